@@ -1,0 +1,19 @@
+"""Temporal operators of TIN and TSM: compiled C++/CUDA kernels with a pure-PyTorch fallback.
+
+    interlace(x, offset, weight, num_segments, shift_channels=None)   TIN's temporal interlace
+    temporal_shift(x, num_segments, shift_div=8)                      TSM's temporal shift
+    interlace_reference / temporal_shift_reference                    the pure-PyTorch ground truth
+    compiled_devices()                                                where compiled kernels run
+"""
+
+from tin.ops._extension import load as _load_extension
+from tin.ops.interlace import interlace, temporal_shift
+from tin.ops.reference import interlace_reference, temporal_shift_reference
+
+
+def compiled_devices() -> frozenset[str]:
+    """Device types ("cpu", "cuda") with compiled kernels; builds them on first call."""
+    return _load_extension()
+
+
+__all__ = ["compiled_devices", "interlace", "interlace_reference", "temporal_shift", "temporal_shift_reference"]

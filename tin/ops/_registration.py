@@ -1,0 +1,52 @@
+"""Fake (meta) and autograd registrations of the compiled ``tin::`` operators.
+
+Imported once the compiled library has defined the schemas. The fake kernels let
+``torch.compile(fullgraph=True)`` and ``torch.export`` trace through the operators without running
+them; the autograd formula calls the compiled backward, which returns only the gradients asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.register_fake("tin::interlace")
+def _interlace_fake(
+    x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, num_segments: int, shift_channels: int
+) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("tin::interlace_backward")
+def _interlace_backward_fake(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    num_segments: int,
+    shift_channels: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(
+        torch.empty_like(tensor) if wanted else tensor.new_empty(0)
+        for tensor, wanted in zip((x, offset, weight), output_mask)
+    )
+
+
+def _setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    x, offset, weight, num_segments, shift_channels = inputs
+    ctx.save_for_backward(x, offset, weight)
+    ctx.num_segments = num_segments
+    ctx.shift_channels = shift_channels
+
+
+def _backward(ctx, grad_out: torch.Tensor) -> tuple:
+    x, offset, weight = ctx.saved_tensors
+    wanted = list(ctx.needs_input_grad[:3])
+    grads = torch.ops.tin.interlace_backward(
+        grad_out, x, offset, weight, ctx.num_segments, ctx.shift_channels, wanted
+    )
+    return (*(grad if need else None for grad, need in zip(grads, wanted)), None, None)
+
+
+torch.library.register_autograd("tin::interlace", _backward, setup_context=_setup_context)
