@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 
 #include <array>
 #include <cmath>
@@ -41,8 +42,8 @@ InterlaceGeometry interlace_geometry(const at::Tensor& x, const at::Tensor& offs
 // Integer part of an offset, clamped to [-T-1, T]: every larger shift empties the output alike,
 // and the clamp keeps frame arithmetic far from integer overflow.
 template <typename acc_t>
-inline int64_t whole_shift(acc_t offset, int64_t frames) {
-  acc_t whole = std::floor(offset);
+C10_HOST_DEVICE inline int64_t whole_shift(acc_t offset, int64_t frames) {
+  const acc_t whole = floor(offset);
   if (!(whole > static_cast<acc_t>(-frames - 1))) return -frames - 1;  // also catches NaN
   if (whole > static_cast<acc_t>(frames)) return frames;
   return static_cast<int64_t>(whole);
@@ -55,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> opmath_offset_and_weight(const at::Tensor& of
                                                             at::ScalarType acc_type);
 
 // Splits per-group sums (N, G, T+1) -- T frame-weight sums, then the offset sum -- into
-// grad_offset (N, G) and grad_weight (N, T, G) of the dtypes of offset and weight.
+// contiguous grad_offset (N, G) and grad_weight (N, T, G) of the dtypes of offset and weight.
 std::tuple<at::Tensor, at::Tensor> split_group_gradients(const at::Tensor& per_group,
                                                          const InterlaceGeometry& geo,
                                                          const at::Tensor& offset,

@@ -166,11 +166,11 @@ void forward_kernel(const scalar_t* x, const at::opmath_type<scalar_t>* offset,
 // (scale (1 - f) * w[t]) and t' (scale f * w[t]), so
 //   grad_x[t'] = (1 - f) * w[t - 1] * grad_out[t - 1] + f * w[t] * grad_out[t]    for t in [0, T]
 // and the offset and frame-weight gradients are correlations of grad_out[t] with x[t-s], x[t-s-1].
-// `partial` receives T frame-weight sums and then the offset sum.
+// `partial`, when given, receives T frame-weight sums and then the offset sum.
 template <typename scalar_t>
 void backward_column(const Column<scalar_t>& grad_out, const Column<scalar_t>& x, scalar_t* grad_x,
                      const at::opmath_type<scalar_t>* weight, at::opmath_type<scalar_t> offset,
-                     int64_t length, std::array<bool, 3> needed, at::opmath_type<scalar_t>* partial) {
+                     int64_t length, at::opmath_type<scalar_t>* partial) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t frames = x.frames;
   const int64_t s = whole_shift(offset, frames);
@@ -179,19 +179,19 @@ void backward_column(const Column<scalar_t>& grad_out, const Column<scalar_t>& x
   acc_t offset_sum = 0;
   for (int64_t t = 0; t <= frames; ++t) {
     const int64_t target = t - s - 1;
-    if (needed[0] && target >= 0 && target < frames) {
+    if (grad_x != nullptr && target >= 0 && target < frames) {
       blend_rows(grad_x + target * x.frame_size, grad_out.frame(t - 1), (1 - f) * weight_at(t - 1),
                  grad_out.frame(t), f * weight_at(t), length);
     }
-    if ((needed[1] || needed[2]) && t < frames) {
+    if (partial != nullptr && t < frames) {
       const auto [near, far] = correlate_rows<scalar_t, acc_t>(grad_out.frame(t), x.frame(t - s),
                                                                x.frame(t - s - 1), length);
       partial[t] = (1 - f) * near + f * far;
       offset_sum += weight[t] * (far - near);
     }
   }
-  partial[frames] = offset_sum;
-  if (needed[0]) {
+  if (partial != nullptr) partial[frames] = offset_sum;
+  if (grad_x != nullptr) {
     // Frames that no output frame reads from get no gradient.
     for (int64_t target = 0; target < frames; ++target) {
       if (target < -s - 1 || target > frames - s - 1) {
@@ -221,7 +221,7 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* x,
         backward_column<scalar_t>({grad_out + at, zeros.data(), geo.frame_size(), frames},
                                   {x + at, zeros.data(), geo.frame_size(), frames},
                                   needed[0] ? grad_x + at : nullptr, weight + clip_group * frames,
-                                  offset[clip_group], row.length, needed,
+                                  offset[clip_group], row.length,
                                   partials ? partials + i * (frames + 1) : nullptr);
       }
     });
@@ -241,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> split_group_gradients(const at::Tensor& per_g
                                                          const InterlaceGeometry& geo,
                                                          const at::Tensor& offset,
                                                          const at::Tensor& weight) {
-  return {per_group.select(2, geo.frames).to(offset.scalar_type()),
+  return {per_group.select(2, geo.frames).to(offset.scalar_type()).contiguous(),
           per_group.narrow(2, 0, geo.frames).transpose(1, 2).to(weight.scalar_type()).contiguous()};
 }
 

@@ -27,10 +27,10 @@ def _interlace_backward_fake(
     shift_channels: int,
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(
-        torch.empty_like(tensor) if wanted else tensor.new_empty(0)
-        for tensor, wanted in zip((x, offset, weight), output_mask)
-    )
+    grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)
+    grad_offset = offset.new_empty(offset.shape if output_mask[1] else (0,))  # always contiguous
+    grad_weight = weight.new_empty(weight.shape if output_mask[2] else (0,))
+    return grad_x, grad_offset, grad_weight
 
 
 def _setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:

@@ -1,0 +1,261 @@
+"""The interlace and temporal-shift operators: compiled kernels against the reference and calculus."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tin.ops import compiled_devices, interlace, interlace_reference, temporal_shift, temporal_shift_reference
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    if request.param not in compiled_devices():
+        pytest.fail(f"the compiled kernels were not built for {request.param}; see the warning above")
+    return request.param
+
+
+def make_inputs(
+    clips: int,
+    frames: int,
+    channels: int,
+    groups: int,
+    size: tuple[int, int] = (3, 4),
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str = "cpu",
+    channels_last: bool = False,
+    offset_scale: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (x, offset, weight) that require grad; offsets span several frames both ways."""
+    options = {"dtype": dtype, "generator": generator}
+    x = torch.randn(clips * frames, channels, *size, **options)
+    offset = torch.randn(clips, groups, **options) * offset_scale
+    weight = torch.rand(clips, frames, groups, **options) * 2
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return tuple(t.to(device).requires_grad_() for t in (x, offset, weight))
+
+
+def gradients(fn, inputs, grad_out):
+    out = fn(*inputs)
+    return out, torch.autograd.grad(out, inputs, grad_out)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shift_channels", [None, 4])
+def test_compiled_op_passes_float64_gradcheck(device, channels_last, shift_channels):
+    inputs = make_inputs(2, 5, 8, 2, device=device, channels_last=channels_last)
+    assert torch.autograd.gradcheck(lambda x, o, w: interlace(x, o, w, 5, shift_channels), inputs)
+
+
+def test_reference_passes_float64_gradcheck():
+    inputs = make_inputs(2, 4, 6, 3)
+    assert torch.autograd.gradcheck(lambda x, o, w: interlace_reference(x, o, w, 4, 3), inputs)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_data_gradient_is_the_adjoint_of_the_forward(device, channels_last):
+    """<F x, g> = <x, F^T g>: the backward shifts the data gradient the opposite way."""
+    x, offset, weight = make_inputs(3, 7, 12, 3, (5, 5), device=device, channels_last=channels_last)
+    out = interlace(x, offset.detach(), weight.detach(), 7, 9)
+    grad_out = torch.randn_like(out)
+    (grad_x,) = torch.autograd.grad(out, x, grad_out)
+    assert torch.allclose((out * grad_out).sum(), (x * grad_x).sum(), rtol=1e-12, atol=1e-12)
+
+
+def random_case(rng: random.Random) -> dict:
+    frames = rng.randint(1, 16)
+    groups = rng.randint(1, 8)
+    shifted = groups * rng.randint(0, 3)
+    channels = shifted + rng.randint(1, 5)  # S < C
+    offset_kind = rng.choice(["fractional", "integer", "large", "negative"])
+    return {
+        "clips": rng.randint(1, 3),
+        "frames": frames,
+        "channels": channels,
+        "groups": groups,
+        "shifted": shifted,
+        "size": (rng.randint(1, 5), rng.randint(1, 5)),
+        "channels_last": rng.random() < 0.5,
+        "offset_kind": offset_kind,
+    }
+
+
+def offsets_of_kind(kind: str, clips: int, groups: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+    base = torch.randn(clips, groups, dtype=torch.float64, generator=generator)
+    if kind == "integer":
+        return torch.round(base * 3)
+    if kind == "large":  # |offset| >= T
+        return torch.sign(base) * (frames + 3 * base.abs()) + 0.25
+    if kind == "negative":
+        return -base.abs() * frames
+    return base * 2
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_matches_reference_on_random_shapes(device, seed):
+    rng = random.Random(seed)
+    case = random_case(rng)
+    generator = torch.Generator().manual_seed(seed)
+    x, _, weight = make_inputs(
+        case["clips"], case["frames"], case["channels"], case["groups"], case["size"],
+        channels_last=case["channels_last"], generator=generator,
+    )
+    offset = offsets_of_kind(case["offset_kind"], case["clips"], case["groups"], case["frames"], generator)
+    inputs = (x.to(device), offset.to(device).requires_grad_(), weight.to(device))
+    grad_out = torch.randn(x.shape, dtype=x.dtype, generator=generator).to(device)
+
+    def compiled(*a):
+        return interlace(*a, case["frames"], case["shifted"])
+
+    def reference(*a):
+        return interlace_reference(*a, case["frames"], case["shifted"])
+
+    out, grads = gradients(compiled, inputs, grad_out)
+    expected, expected_grads = gradients(reference, inputs, grad_out)
+    assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for name, actual, wanted in zip(("x", "offset", "weight"), grads, expected_grads):
+        torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reduced_precision_matches_float32(device, dtype, channels_last):
+    x, offset, weight = make_inputs(2, 8, 32, 4, (6, 6), dtype=torch.float32, device=device, channels_last=channels_last)
+    x_low = x.detach().to(dtype).requires_grad_()
+    # Same values in both precisions, so only the arithmetic differs.
+    x32 = x_low.detach().float().requires_grad_()
+    grad_out = torch.randn(x.shape, device=device).to(dtype)
+    out_low, grads_low = gradients(lambda *a: interlace(*a, 8, 16), (x_low, offset, weight), grad_out)
+    out32, grads32 = gradients(lambda *a: interlace(*a, 8, 16), (x32, offset, weight), grad_out.float())
+    assert out_low.dtype == dtype and grads_low[0].dtype == dtype
+    assert grads_low[1].dtype == torch.float32 and grads_low[2].dtype == torch.float32
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert relative_error(out_low, out32) < tolerance
+    for actual, expected in zip(grads_low, grads32):
+        assert relative_error(actual, expected) < tolerance
+
+
+@pytest.mark.parametrize("shift_div", [2, 4, 8, 64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_temporal_shift_matches_tsm(device, shift_div, channels_last):
+    x = torch.randn(3 * 4, 16, 3, 5, dtype=torch.float64, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad_out = torch.randn_like(x)
+    out, (grad,) = gradients(lambda v: temporal_shift(v, 4, shift_div), (x,), grad_out)
+    expected, (expected_grad,) = gradients(lambda v: temporal_shift_reference(v, 4, shift_div), (x,), grad_out)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_temporal_shift_moves_the_first_fold_backwards_in_time():
+    frames = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 8, 1, 1).contiguous()
+    out = temporal_shift(frames, 4, shift_div=4).view(4, 8)
+    assert out[:, 0].tolist() == [1, 2, 3, 0]  # takes the next frame
+    assert out[:, 2].tolist() == [0, 0, 1, 2]  # takes the previous frame
+    assert out[:, 4].tolist() == [0, 1, 2, 3]  # unchanged
+
+
+def test_interlace_semantics_on_a_hand_worked_example():
+    # One clip, T = 4, one channel per group; frame t holds the value t + 1.
+    x = torch.arange(1, 5, dtype=torch.float64).view(4, 1, 1, 1).repeat(1, 2, 1, 1)
+    offset = torch.tensor([[0.25, -1.5]], dtype=torch.float64)
+    weight = torch.tensor([[1.0, 2.0]], dtype=torch.float64).repeat(4, 1).unsqueeze(0)
+    out = interlace(x, offset, weight, 4).view(4, 2)
+    # Group 0: s = 0, f = 0.25: 0.75 * x[t] + 0.25 * x[t - 1].
+    assert out[:, 0].tolist() == [0.75, 1.75, 2.75, 3.75]
+    # Group 1: s = -2, f = 0.5, weight 2: 2 * (0.5 * x[t + 2] + 0.5 * x[t + 1]).
+    assert out[:, 1].tolist() == [5.0, 7.0, 4.0, 0.0]
+
+
+class InterlaceBlock(torch.nn.Module):
+    def __init__(self, frames: int, groups: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.offset = torch.nn.Parameter(torch.tensor([[0.5, -1.25]]).repeat(1, groups // 2))
+        self.weight = torch.nn.Parameter(torch.ones(1, frames, groups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return interlace(x, self.offset, self.weight, self.frames, x.shape[1] // 2)
+
+
+def test_torch_export_keeps_the_custom_op(device):
+    module = InterlaceBlock(frames=4, groups=4).to(device)
+    x = torch.randn(4, 16, 5, 5, device=device)
+    exported = torch.export.export(module, (x,))
+    assert "tin.interlace" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(x), module(x))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, o, w: interlace(x, o, w, 3), "not divisible by num_segments"),
+        (lambda x, o, w: interlace(x, o, w, 4, shift_channels=6), "not divisible by the number of groups"),
+        (lambda x, o, w: interlace(x, o, w, 4, shift_channels=40), "shift_channels must be an integer in"),
+        (lambda x, o, w: interlace(x, o, w[:, :3], 4), "weight must have shape"),
+        (lambda x, o, w: interlace(x, o[:1], w, 4), "offset must have shape"),
+        (lambda x, o, w: interlace(x[0], o, w, 4), "x must be a 4-D"),
+        (lambda x, o, w: interlace(x.long(), o, w, 4), "floating-point"),
+        (lambda x, o, w: interlace(x, o, w, 0), "num_segments must be a positive integer"),
+        (lambda x, o, w: temporal_shift(x, 4, shift_div=0), "shift_div must be a positive integer"),
+    ],
+)
+def test_malformed_calls_raise_value_error(call, message):
+    x, offset, weight = make_inputs(2, 4, 32, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        call(x.detach(), offset.detach(), weight.detach())
+
+
+def test_offsets_and_weights_of_another_dtype_keep_their_own_gradient_dtype():
+    x = torch.randn(8, 8, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    offset = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(2, 4, 2, dtype=torch.float32, requires_grad=True)
+    out = interlace(x, offset, weight, 4)
+    grads = torch.autograd.grad(out.float().sum(), (x, offset, weight))
+    assert out.dtype == torch.bfloat16
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float64, torch.float32]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_custom_op_registration_passes_opcheck(device, channels_last):
+    """Schema, fake kernel (shapes and strides), autograd registration and AOT dispatch."""
+    x, offset, weight = make_inputs(2, 4, 8, 2, (3, 3), dtype=torch.float32, device=device, channels_last=channels_last)
+    torch.library.opcheck(torch.ops.tin.interlace.default, (x, offset, weight.transpose(0, 1).contiguous().transpose(0, 1), 4, 6))
+    grad_out = torch.randn_like(x)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        torch.library.opcheck(
+            torch.ops.tin.interlace_backward.default,
+            (grad_out, x.detach(), offset.detach(), weight.detach(), 4, 6, mask),
+        )
+
+
+def test_torch_compile_fullgraph_matches_eager(device):
+    def block(x, offset, weight):
+        return temporal_shift(interlace(x, offset, weight, 4, 8).relu(), 4).sum(dim=1)
+
+    x, offset, weight = make_inputs(2, 4, 16, 2, (4, 4), dtype=torch.float32, device=device)
+    out = torch.compile(block, fullgraph=True)(x, offset, weight)
+    grads = torch.autograd.grad(out.square().sum(), (x, offset, weight))
+    expected = block(x, offset, weight)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, offset, weight))
+    torch.testing.assert_close(out, expected)
+    for actual, wanted in zip(grads, expected_grads):
+        torch.testing.assert_close(actual, wanted)
