@@ -1,11 +1,13 @@
 // Temporal interlace: operator schemas and the CPU kernels.
 //
 // The CPU kernels see a frame as "rows": runs of unit-stride elements that share one channel group.
-//   contiguous:     row r < S is channel r, P = H*W elements long, group r / K
-//   channels_last:  row r < P*G is the K = S/G channels of group r % G at position r / G
-// For a fixed (clip, row) the kernels walk along t; the two source rows of a step (frames t-s and
-// t-s-1) are the current and previous step's rows, so each element comes from memory once and the
-// reuse hits the cache. Channels [S, C) are copied.
+// One parallel work item is a clip's
+//   contiguous:     interlaced channel c < S, a row of P = H*W elements in group c / K, or a chunk
+//                   of the copied channels [S, C), which are one block per frame
+//   channels_last:  position p: G rows of K = S/G channels, then the C - S copied channels
+// and it walks its rows along t. The two source rows of a step (frames t-s and t-s-1) are the
+// current and previous step's rows, so each element comes from memory once and the reuse hits the
+// cache. Interlacing and copying share one parallel region: one barrier per call.
 #include "interlace.h"
 
 #include <ATen/OpMathType.h>
@@ -44,52 +46,75 @@ InterlaceGeometry interlace_geometry(const at::Tensor& x, const at::Tensor& offs
 
 namespace {
 
-// A run of `length` unit-stride elements at frame-local offset `start`, all in channel group `group`.
+// A run of `length` unit-stride elements at frame-local offset `start`. Interlaced rows belong to
+// channel group `group` and have index `index` among a clip's interlaced rows; copied rows have
+// group -1.
 struct Row {
   int64_t start;
   int64_t length;
   int64_t group;
+  int64_t index;
 };
 
-int64_t interlaced_rows(const InterlaceGeometry& geo) {
-  if (geo.shifted == 0) return 0;
-  return geo.channels_last ? geo.positions * geo.groups : geo.shifted;
+// Contiguous layout: the copied channels of a frame form one block, copied in chunks of whole
+// channels at least this long, so small frames do not cost a call per channel.
+constexpr int64_t kCopyChunk = 16384;
+
+int64_t channels_per_copy_chunk(const InterlaceGeometry& geo) {
+  return std::max<int64_t>(1, kCopyChunk / std::max<int64_t>(1, geo.positions));
 }
 
-Row interlaced_row(const InterlaceGeometry& geo, int64_t r) {
-  if (geo.channels_last) {
-    const int64_t group = r % geo.groups;
-    return {(r / geo.groups) * geo.channels + group * geo.group_channels(), geo.group_channels(),
-            group};
-  }
-  return {r * geo.positions, geo.positions, r / geo.group_channels()};
+int64_t items_per_clip(const InterlaceGeometry& geo) {
+  if (geo.channels_last) return geo.positions;
+  const int64_t per_chunk = channels_per_copy_chunk(geo);
+  return geo.shifted + (geo.channels - geo.shifted + per_chunk - 1) / per_chunk;
 }
 
-// Rows of the channels [S, C) that pass through unchanged, per frame.
-int64_t passthrough_rows(const InterlaceGeometry& geo) {
-  return geo.channels_last ? geo.positions : 1;
+int64_t interlaced_rows_per_clip(const InterlaceGeometry& geo) {
+  return geo.channels_last ? (geo.shifted > 0 ? geo.positions * geo.groups : 0) : geo.shifted;
 }
 
-Row passthrough_row(const InterlaceGeometry& geo, int64_t r) {
-  if (geo.channels_last) return {r * geo.channels + geo.shifted, geo.channels - geo.shifted, 0};
-  return {geo.shifted * geo.positions, (geo.channels - geo.shifted) * geo.positions, 0};
+// Length of the longest interlaced row (the size of a row of zeros standing in for absent frames).
+int64_t interlaced_row_length(const InterlaceGeometry& geo) {
+  return geo.channels_last ? geo.group_channels() : geo.positions;
 }
 
-// Enough elements per task to amortise the scheduling.
-int64_t grain_for(int64_t elements_per_item) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, elements_per_item));
-}
-
-template <typename scalar_t>
-void copy_passthrough(const scalar_t* src, scalar_t* dst, const InterlaceGeometry& geo) {
-  if (geo.shifted == geo.channels) return;
-  const int64_t rows = passthrough_rows(geo);
-  const int64_t length = passthrough_row(geo, 0).length;
-  at::parallel_for(0, geo.clips * geo.frames * rows, grain_for(length), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t at = (i / rows) * geo.frame_size() + passthrough_row(geo, i % rows).start;
-      std::copy(src + at, src + at + length, dst + at);
+// Calls visit(row) for every row of one item.
+template <typename Visit>
+void for_each_row(const InterlaceGeometry& geo, int64_t item, Visit&& visit) {
+  if (!geo.channels_last) {
+    if (item < geo.shifted) {
+      visit(Row{item * geo.positions, geo.positions, item / geo.group_channels(), item});
+      return;
     }
+    const int64_t per_chunk = channels_per_copy_chunk(geo);
+    const int64_t first = geo.shifted + (item - geo.shifted) * per_chunk;
+    const int64_t channels = std::min(per_chunk, geo.channels - first);
+    visit(Row{first * geo.positions, channels * geo.positions, -1, -1});
+    return;
+  }
+  const int64_t position_start = item * geo.channels;
+  if (geo.shifted > 0) {
+    for (int64_t group = 0; group < geo.groups; ++group) {
+      visit(Row{position_start + group * geo.group_channels(), geo.group_channels(), group,
+                item * geo.groups + group});
+    }
+  }
+  if (geo.shifted < geo.channels) {
+    visit(Row{position_start + geo.shifted, geo.channels - geo.shifted, -1, -1});
+  }
+}
+
+// Runs work(n, item, zeros) over all (clip, item) pairs in one parallel region; `zeros` is a row of
+// zeros standing in for frames outside the clip.
+template <typename scalar_t, typename Work>
+void parallel_items(const InterlaceGeometry& geo, int64_t passes, Work&& work) {
+  const int64_t items = items_per_clip(geo);
+  const int64_t elements_per_item = passes * geo.frames * geo.frame_size() / std::max<int64_t>(1, items);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, elements_per_item));
+  at::parallel_for(0, geo.clips * items, grain, [&](int64_t begin, int64_t end) {
+    const std::vector<scalar_t> zeros(interlaced_row_length(geo), scalar_t(0));
+    for (int64_t i = begin; i < end; ++i) work(i / items, i % items, zeros.data());
   });
 }
 
@@ -117,49 +142,57 @@ std::pair<acc_t, acc_t> correlate_rows(const scalar_t* g, const scalar_t* a, con
   return {with_a, with_b};
 }
 
-// Frame t of one (clip, row) column, or a row of zeros when t lies outside [0, T).
+// One row of a clip seen along t: frame t's copy of the row, or zeros outside [0, T).
 template <typename scalar_t>
 struct Column {
-  const scalar_t* clip_start;  // element 0 of frame 0 of the clip, plus the row's start
+  const scalar_t* first;  // the row in frame 0
   const scalar_t* zeros;
   int64_t frame_size;
   int64_t frames;
 
   const scalar_t* frame(int64_t t) const {
-    return (t >= 0 && t < frames) ? clip_start + t * frame_size : zeros;
+    return (t >= 0 && t < frames) ? first + t * frame_size : zeros;
   }
 };
+
+template <typename scalar_t>
+void copy_column(const scalar_t* src, scalar_t* dst, const Row& row, const InterlaceGeometry& geo) {
+  for (int64_t t = 0; t < geo.frames; ++t) {
+    const int64_t at = t * geo.frame_size() + row.start;
+    std::copy(src + at, src + at + row.length, dst + at);
+  }
+}
+
+// out[t] = w[t] * ((1 - f) * x[t - s] + f * x[t - s - 1]) along one column; w is the (clip, group)
+// row of frame weights.
+template <typename scalar_t>
+void forward_column(const Column<scalar_t>& x, scalar_t* out, const at::opmath_type<scalar_t>* w,
+                    at::opmath_type<scalar_t> offset, int64_t length) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t s = whole_shift(offset, x.frames);
+  const acc_t f = offset - std::floor(offset);
+  for (int64_t t = 0; t < x.frames; ++t) {
+    blend_rows(out + t * x.frame_size, x.frame(t - s), w[t] * (1 - f), x.frame(t - s - 1), w[t] * f, length);
+  }
+}
 
 // offset is (N, G); weight is (N, G, T), so every (clip, group) has a unit-stride row of weights.
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const at::opmath_type<scalar_t>* offset,
                     const at::opmath_type<scalar_t>* weight, scalar_t* out,
                     const InterlaceGeometry& geo) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t rows = interlaced_rows(geo);
-  const int64_t frames = geo.frames;
-  const int64_t clip_size = frames * geo.frame_size();
-  if (rows > 0) {
-    const int64_t length = interlaced_row(geo, 0).length;
-    at::parallel_for(0, geo.clips * rows, grain_for(length * frames), [&](int64_t begin, int64_t end) {
-      const std::vector<scalar_t> zeros(length, scalar_t(0));
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / rows;
-        const Row row = interlaced_row(geo, i % rows);
-        const Column<scalar_t> source{x + n * clip_size + row.start, zeros.data(), geo.frame_size(), frames};
-        const acc_t o = offset[n * geo.groups + row.group];
-        const acc_t* w_row = weight + (n * geo.groups + row.group) * frames;
-        const int64_t s = whole_shift(o, frames);
-        const acc_t f = o - std::floor(o);
-        for (int64_t t = 0; t < frames; ++t) {
-          const acc_t w = w_row[t];
-          blend_rows(out + n * clip_size + t * geo.frame_size() + row.start, source.frame(t - s),
-                     w * (1 - f), source.frame(t - s - 1), w * f, row.length);
-        }
-      }
+  const int64_t clip_size = geo.frames * geo.frame_size();
+  parallel_items<scalar_t>(geo, 2, [&](int64_t n, int64_t item, const scalar_t* zeros) {
+    const scalar_t* clip = x + n * clip_size;
+    scalar_t* clip_out = out + n * clip_size;
+    for_each_row(geo, item, [&](const Row& row) {
+      if (row.group < 0) return copy_column(clip, clip_out, row, geo);
+      const int64_t clip_group = n * geo.groups + row.group;
+      forward_column<scalar_t>({clip + row.start, zeros, geo.frame_size(), geo.frames},
+                               clip_out + row.start, weight + clip_group * geo.frames,
+                               offset[clip_group], row.length);
     });
-  }
-  copy_passthrough(x, out, geo);
+  });
 }
 
 // Gradients for one (clip, row) column. With t' = t - s - 1, output frame t feeds x frames t' + 1
@@ -201,32 +234,30 @@ void backward_column(const Column<scalar_t>& grad_out, const Column<scalar_t>& x
   }
 }
 
+// partials: (N, interlaced rows, T+1) per-row sums, or null when no offset/weight gradient is wanted.
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_out, const scalar_t* x,
                      const at::opmath_type<scalar_t>* offset, const at::opmath_type<scalar_t>* weight,
                      scalar_t* grad_x, at::opmath_type<scalar_t>* partials,
-                     const InterlaceGeometry& geo, std::array<bool, 3> needed) {
-  const int64_t rows = interlaced_rows(geo);
-  const int64_t frames = geo.frames;
-  const int64_t clip_size = frames * geo.frame_size();
-  if (rows > 0) {
-    const int64_t length = interlaced_row(geo, 0).length;
-    at::parallel_for(0, geo.clips * rows, grain_for(3 * length * frames), [&](int64_t begin, int64_t end) {
-      const std::vector<scalar_t> zeros(length, scalar_t(0));
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / rows;
-        const Row row = interlaced_row(geo, i % rows);
-        const int64_t at = n * clip_size + row.start;
-        const int64_t clip_group = n * geo.groups + row.group;
-        backward_column<scalar_t>({grad_out + at, zeros.data(), geo.frame_size(), frames},
-                                  {x + at, zeros.data(), geo.frame_size(), frames},
-                                  needed[0] ? grad_x + at : nullptr, weight + clip_group * frames,
-                                  offset[clip_group], row.length,
-                                  partials ? partials + i * (frames + 1) : nullptr);
+                     const InterlaceGeometry& geo) {
+  const int64_t clip_size = geo.frames * geo.frame_size();
+  const int64_t rows = interlaced_rows_per_clip(geo);
+  parallel_items<scalar_t>(geo, 3, [&](int64_t n, int64_t item, const scalar_t* zeros) {
+    const int64_t at = n * clip_size;
+    for_each_row(geo, item, [&](const Row& row) {
+      if (row.group < 0) {
+        if (grad_x != nullptr) copy_column(grad_out + at, grad_x + at, row, geo);
+        return;
       }
+      const int64_t clip_group = n * geo.groups + row.group;
+      backward_column<scalar_t>(
+          {grad_out + at + row.start, zeros, geo.frame_size(), geo.frames},
+          {x + at + row.start, zeros, geo.frame_size(), geo.frames},
+          grad_x != nullptr ? grad_x + at + row.start : nullptr, weight + clip_group * geo.frames,
+          offset[clip_group], row.length,
+          partials != nullptr ? partials + (n * rows + row.index) * (geo.frames + 1) : nullptr);
     });
-  }
-  if (needed[0]) copy_passthrough(grad_out, grad_x, geo);
+  });
 }
 
 }  // namespace
@@ -277,13 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(
     const auto [offset_acc, weight_acc] = opmath_offset_and_weight(offset, weight, acc_type);
     at::Tensor partials;
     if (group_grads) {
-      partials = at::empty({geo.clips, interlaced_rows(geo), geo.frames + 1}, x.options().dtype(acc_type));
+      partials = at::empty({geo.clips, interlaced_rows_per_clip(geo), geo.frames + 1}, x.options().dtype(acc_type));
     }
     backward_kernel<scalar_t>(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                               offset_acc.const_data_ptr<acc_t>(), weight_acc.const_data_ptr<acc_t>(),
                               output_mask[0] ? grad_x.mutable_data_ptr<scalar_t>() : nullptr,
-                              group_grads ? partials.mutable_data_ptr<acc_t>() : nullptr, geo,
-                              output_mask);
+                              group_grads ? partials.mutable_data_ptr<acc_t>() : nullptr, geo);
     if (group_grads) {
       // Per-row sums (N, rows, T+1) -> per-group sums (N, G, T+1).
       const at::Tensor per_group =
