@@ -1,0 +1,188 @@
+"""Training from a dataset root: Ray Data pipelines of augmented clips and the Ray Train run.
+
+    shards --read_parquet--> sample T of F frames (random per segment in training, centre in
+    evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
+    --iter_torch_batches on each worker--> normalise on the device --> model
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipelines.prepare import storage_options_from_env
+from pipelines.ray_runtime import init_ray
+from tin.data import DatasetInfo, decode_jpeg, frames_from_column, load_dataset_info, open_root
+from tin.data.sampling import segment_indices
+from tin.data.transforms import eval_view, train_view
+from tin.models import MODEL_NAMES
+from tin.train.config import TrainConfig
+from tin.train.loop import DatasetFacts, train_loop_per_worker
+
+DECODE_BATCH = 16  # clips per decode task batch
+
+
+class TrainingSetupError(ValueError):
+    """A training run that cannot start; the message names the flag or file to fix."""
+
+
+def decode_clips(
+    batch: pa.Table,
+    num_segments: int,
+    crop_size: int,
+    train: bool,
+    flip: bool,
+    flip_label_pairs: tuple[tuple[int, int], ...],
+    num_classes: int,
+    multi_label: bool,
+) -> dict[str, np.ndarray]:
+    """Shard rows -> model-ready uint8 clips and targets (a Ray Data ``map_batches`` function).
+
+    Only the T sampled JPEG frames of each clip are decoded.
+
+    Returns:
+        {"clips": uint8 (B, T, crop, crop, 3), "target": int64 (B,) or float32 multi-hot (B, K)}.
+    """
+    rng = np.random.default_rng()
+    swaps = {a: b for a, b in flip_label_pairs} | {b: a for a, b in flip_label_pairs}
+    clips = np.empty((batch.num_rows, num_segments, crop_size, crop_size, 3), dtype=np.uint8)
+    targets = np.zeros((batch.num_rows, num_classes), np.float32) if multi_label else np.empty(batch.num_rows, np.int64)
+    for row, (labels, frames) in enumerate(zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))):
+        view = torch.from_numpy(frames)
+        if train:
+            view, flipped = train_view(view, crop_size, rng, flip)
+            if flipped:
+                labels = [swaps.get(label, label) for label in labels]
+        else:
+            view = eval_view(view, crop_size)
+        clips[row] = view.numpy()
+        if multi_label:
+            targets[row, labels] = 1.0
+        else:
+            targets[row] = labels[0]
+    return {"clips": clips, "target": targets}
+
+
+def selected_frames(batch: pa.Table, num_segments: int, train: bool, rng: np.random.Generator) -> list[np.ndarray]:
+    """The T sampled frames of every clip of a batch as uint8 (T, H, W, 3) arrays."""
+    column = batch.column("frames")
+    if pa.types.is_list(column.type):  # jpeg: decode only the sampled frames
+        return [decode_jpeg([images[i] for i in segment_indices(len(images), num_segments, train, rng)]) for images in column.to_pylist()]
+    return [frames[segment_indices(len(frames), num_segments, train, rng)] for frames in frames_from_column(column)]
+
+
+def clip_dataset(root: str, split: str, info: DatasetInfo, config: TrainConfig, train: bool) -> ray.data.Dataset:
+    """A Ray dataset of decoded, augmented clips of one split."""
+    filesystem, path = open_root(root, storage_options_from_env())
+    dataset = ray.data.read_parquet(f"{path}/{split}", filesystem=filesystem, columns=["labels", "frames"])
+    return dataset.map_batches(
+        decode_clips,
+        batch_format="pyarrow",
+        batch_size=DECODE_BATCH,
+        fn_kwargs={
+            "num_segments": config.num_segments,
+            "crop_size": config.crop_size,
+            "train": train,
+            "flip": config.flip,
+            "flip_label_pairs": config.flip_label_pairs,
+            "num_classes": len(info.classes),
+            "multi_label": info.multi_label,
+        },
+    )
+
+
+class TrainAndValidationSplit(DataConfig):
+    """Splits "train" equally over the workers (DDP needs equal step counts) and "val" without
+    dropping rows, so every validation clip is evaluated exactly once per epoch."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        others = {name: dataset for name, dataset in datasets.items() if name != "val"}
+        output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
+        validation = datasets["val"].copy(datasets["val"])
+        validation.context.execution_options = self._resolve_execution_options("val")
+        for worker, split in enumerate(validation.streaming_split(world_size, equal=False)):
+            output[worker]["val"] = split
+        return output
+
+
+def check_config(config: TrainConfig) -> DatasetInfo:
+    """Validate the flags against the dataset root; return its dataset.json contents."""
+    if config.model not in MODEL_NAMES:
+        raise TrainingSetupError(f"--model {config.model!r} does not exist; choose one of {', '.join(MODEL_NAMES)}")
+    if config.num_workers < 1:
+        raise TrainingSetupError(f"--num-workers must be at least 1, got {config.num_workers}")
+    if config.batch_size < config.num_workers:
+        raise TrainingSetupError(f"--batch-size {config.batch_size} is smaller than --num-workers {config.num_workers}: every worker needs at least one clip per step")
+    if config.schedule not in ("cosine", "step"):
+        raise TrainingSetupError(f"--schedule must be cosine or step, got {config.schedule!r}")
+    if config.epochs < 1:
+        raise TrainingSetupError(f"--epochs must be at least 1, got {config.epochs}")
+    try:
+        info = load_dataset_info(config.data, storage_options_from_env())
+    except FileNotFoundError as error:
+        raise TrainingSetupError(f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
+    for split in (config.train_split, config.val_split):
+        if info.splits.get(split, {}).get("written", 0) == 0:
+            raise TrainingSetupError(f"--data {config.data}: split {split!r} has no clips (dataset.json lists {sorted(info.splits)})")
+    per_worker_train = info.splits[config.train_split]["written"] // config.num_workers
+    if per_worker_train < config.batch_size // config.num_workers:
+        raise TrainingSetupError(
+            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; {config.data} has {info.splits[config.train_split]['written']}"
+        )
+    return info
+
+
+def worker_cpus(config: TrainConfig) -> float:
+    """CPUs per training worker: as asked, 1 with a GPU, otherwise what leaves a quarter of the
+    cluster's CPUs (at least one) to the data pipeline, so the two never starve each other."""
+    if config.cpus_per_worker is not None:
+        return config.cpus_per_worker
+    if config.use_gpu:
+        return 1.0
+    total = ray.cluster_resources().get("CPU", 1.0)
+    for_data = max(1.0, total // 4)
+    return max(0.25, (total - for_data) / config.num_workers)
+
+
+def train(config: TrainConfig) -> ray.train.Result:
+    """Run (or resume) a training: the same --name and --storage-path continue from the latest checkpoint."""
+    info = check_config(config)
+    config.storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
+    init_ray()
+    facts = DatasetFacts(
+        classes=tuple(info.classes),
+        multi_label=info.multi_label,
+        train_clips=info.splits[config.train_split]["written"],
+        val_clips=info.splits[config.val_split]["written"],
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)}),
+        run_config=RunConfig(
+            name=config.name,
+            storage_path=config.storage_path,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            "train": clip_dataset(config.data, config.train_split, info, config, train=True),
+            "val": clip_dataset(config.data, config.val_split, info, config, train=False),
+        },
+        dataset_config=TrainAndValidationSplit(),
+    )
+    return trainer.fit()
+
+
+def run_summary(result: ray.train.Result) -> dict[str, Any]:
+    """The last epoch's metrics and the latest checkpoint's path."""
+    return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None}

@@ -1,0 +1,205 @@
+"""The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every worker.
+
+Each worker builds the model, wraps it in DDP (gloo on CPU, nccl on GPU), trains on its shard of
+the training split and evaluates its part of the validation split; metrics are reduced over all
+ranks. Rank 0 writes the checkpoint of every epoch and logs to MLflow. A restarted or re-run
+training continues from the latest checkpoint and the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tin.data.transforms import normalize
+from tin.models import build_model, param_groups
+from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
+from tin.train.config import TrainConfig
+from tin.train.distributed import all_reduce_sum, gather_rows
+from tin.train.metrics import class_map, sample_map, topk_correct
+from tin.train.progress import EpochLog, RunRecorder
+from tin.train.schedule import build_scheduler
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the loop needs to know about the dataset root (read once by the driver)."""
+
+    classes: tuple[str, ...]
+    multi_label: bool
+    train_clips: int
+    val_clips: int
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Entry point of every Ray Train worker.
+
+    Args:
+        loop_config: {"config": TrainConfig.to_dict(), "dataset": DatasetFacts fields}.
+    """
+    config = TrainConfig.from_dict(loop_config["config"])
+    facts = DatasetFacts(**loop_config["dataset"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.seed + rank)
+
+    model = build_model(config.model, len(facts.classes), config.num_segments, **config.model_options())
+    if config.partial_bn:
+        model.set_partial_bn(True)
+    state = restore_state(model)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    ddp_model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+
+    per_worker_batch = config.batch_size // world
+    steps_per_epoch = (facts.train_clips // world) // per_worker_batch
+    optimizer = torch.optim.SGD(param_groups(model, config.lr, config.weight_decay), lr=config.lr, momentum=config.momentum)
+    scheduler = build_scheduler(
+        optimizer, steps_per_epoch, config.epochs, schedule=config.schedule,
+        warmup_epochs=config.warmup_epochs, milestones=config.lr_steps,
+    )
+    if state.optimizer:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+
+    recorder = RunRecorder(config, facts, enabled=rank == 0)
+    for epoch in range(state.epoch, config.epochs):
+        started = time.perf_counter()
+        train_stats = train_one_epoch(ddp_model, optimizer, scheduler, config, facts, device, per_worker_batch, steps_per_epoch)
+        val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
+        log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
+        state = TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics])
+        report_epoch(state, config, facts, log.metrics, rank)
+        recorder.epoch_done(log, state.history)
+    recorder.finish(model, state)
+
+
+def restore_state(model: nn.Module) -> TrainingState:
+    """Load the latest checkpoint of this run into ``model``; a fresh state when there is none."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainingState()
+    with checkpoint.as_directory() as directory:
+        state = load_state(Path(directory) / CHECKPOINT_FILE)
+    model.load_state_dict(state.model)
+    return state
+
+
+def loss_function(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Cross-entropy for single-label targets (N,), binary cross-entropy for multi-hot (N, K)."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    facts: DatasetFacts,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+) -> dict[str, float]:
+    """One pass over this worker's training shard; returns metrics reduced over all ranks.
+
+    Every rank runs exactly ``steps`` steps so DDP's all-reduces stay in lockstep. Time spent
+    waiting for the next batch is reported as the data-wait fraction.
+    """
+    model.train()
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=batch_size, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True, prefetch_batches=2
+    )
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    clips = 0
+    waited = 0.0
+    started = time.perf_counter()
+    batch_ready = started
+    for _, batch in zip(range(steps), batches):
+        waited += time.perf_counter() - batch_ready
+        inputs, target = normalize(batch["clips"]), batch["target"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(inputs)
+        loss = loss_function(logits.float(), target, facts.multi_label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(target)  # stays on the device: no sync per step
+        if not facts.multi_label:
+            correct += (logits.argmax(1) == target).sum()
+        clips += len(target)
+        batch_ready = time.perf_counter()
+    elapsed = time.perf_counter() - started
+    totals = torch.stack([loss_sum, correct, torch.tensor(float(clips), dtype=torch.float64, device=device),
+                          torch.tensor(waited / max(elapsed, 1e-9), dtype=torch.float64, device=device),
+                          torch.ones((), dtype=torch.float64, device=device)])
+    loss_sum, correct, clips, wait_sum, ranks = all_reduce_sum(totals).tolist()
+    stats = {
+        "train_loss": loss_sum / max(clips, 1),
+        "clips_per_s": clips / max(elapsed, 1e-9),
+        "data_wait": wait_sum / ranks,  # mean over ranks of the fraction of the epoch spent waiting
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+    if not facts.multi_label:
+        stats["train_top1"] = correct / max(clips, 1)
+    return stats
+
+
+@torch.no_grad()
+def predict_shard(model: nn.Module, shard, device: torch.device, batch_size: int, multi_label: bool, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (n, K) and targets of every clip of a shard, with the plain (non-DDP) model."""
+    model.eval()
+    scores, targets = [], []
+    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=batch_dtypes(multi_label), device=device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            scores.append(model(normalize(batch["clips"])).float())
+        targets.append(batch["target"])
+    if not scores:
+        empty_target = torch.zeros((0, num_classes) if multi_label else (0,), device=device, dtype=torch.float32 if multi_label else torch.int64)
+        return torch.zeros(0, num_classes, device=device), empty_target
+    return torch.cat(scores), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, shard, facts: DatasetFacts, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Validation metrics over all ranks' parts of the validation split."""
+    scores, targets = predict_shard(model, shard, device, batch_size, facts.multi_label, len(facts.classes))
+    scores, targets = gather_rows(scores), gather_rows(targets)
+    loss = loss_function(scores, targets, facts.multi_label).item() if len(scores) else math.nan
+    stats = {"val_loss": loss, "val_clips": float(len(scores))}
+    if facts.multi_label:
+        stats["val_sample_map"] = sample_map(scores, targets)
+        stats["val_class_map"] = class_map(scores, targets)
+    else:
+        correct = topk_correct(scores, targets, ks=(1, 5))
+        stats["val_top1"] = correct[1] / max(len(scores), 1)
+        stats["val_top5"] = correct[5] / max(len(scores), 1)
+    return stats
+
+
+def batch_dtypes(multi_label: bool) -> dict[str, torch.dtype]:
+    return {"clips": torch.uint8, "target": torch.float32 if multi_label else torch.int64}
+
+
+def report_epoch(state: TrainingState, config: TrainConfig, facts: DatasetFacts, metrics: dict[str, float], rank: int) -> None:
+    """Report the epoch to Ray Train on every rank (a barrier), with rank 0's checkpoint attached."""
+    with tempfile.TemporaryDirectory(prefix="tin-checkpoint-") as directory:
+        checkpoint = None
+        if rank == 0:
+            save_state(state, config, facts, Path(directory) / CHECKPOINT_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)

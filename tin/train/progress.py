@@ -1,0 +1,72 @@
+"""Per-epoch progress lines and rank 0's MLflow record of a training run."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+
+from tin import tracking, viz
+from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
+
+
+@dataclass
+class EpochLog:
+    epoch: int  # 1-based
+    epochs: int
+    seconds: float
+    metrics: dict[str, float]
+
+    def line(self, seconds_per_epoch: float) -> str:
+        """'epoch 3/10  train_loss 1.2345  val_top1 0.6100  ...  412.0 clips/s  data-wait 3%  eta 2m10s'."""
+        shown = [f"{k} {v:.4f}" for k, v in self.metrics.items() if k.startswith(("train_", "val_")) and k != "val_clips"]
+        eta = seconds_per_epoch * (self.epochs - self.epoch)
+        return (
+            f"epoch {self.epoch}/{self.epochs}  " + "  ".join(shown)
+            + f"  {self.metrics['clips_per_s']:.1f} clips/s  data-wait {self.metrics['data_wait']:.0%}"
+            + f"  {self.seconds:.1f}s  eta {format_duration(eta)}"
+        )
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class RunRecorder:
+    """Prints progress and records the run in MLflow; does nothing where ``enabled`` is False
+    (every rank but 0). The MLflow run is keyed by storage path and name, so a resumed or
+    restarted training logs into the run it started."""
+
+    def __init__(self, config, facts, enabled: bool) -> None:
+        self.config, self.facts, self.enabled = config, facts, enabled
+        self.epoch_seconds: list[float] = []
+        if not enabled:
+            return
+        uri = config.mlflow_uri or tracking.default_tracking_uri()
+        run_key = f"{Path(config.storage_path).as_posix().rstrip('/')}/{config.name}"
+        self.run_id = tracking.start_run(uri, config.experiment, run_key, config.name)
+        tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
+
+    def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
+        if not self.enabled:
+            return
+        self.epoch_seconds.append(log.seconds)
+        print(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)), flush=True)
+        mlflow.log_metrics(log.metrics, step=log.epoch)
+        tracking.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
+
+    def finish(self, model, state: TrainingState) -> None:
+        """Log the final model and the learned offsets/weights plot, and end the run."""
+        if not self.enabled:
+            return
+        with tempfile.TemporaryDirectory(prefix="tin-model-") as directory:
+            save_state(TrainingState(state.epoch, model.state_dict(), history=state.history), self.config, self.facts, Path(directory) / CHECKPOINT_FILE)
+            mlflow.log_artifact(str(Path(directory) / CHECKPOINT_FILE), "model")
+        stats = model.temporal_stats()
+        if stats:
+            tracking.log_figure(viz.plot_temporal_stats(stats), "plots/temporal_offsets_weights.png")
+        mlflow.end_run()
