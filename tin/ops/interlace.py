@@ -67,7 +67,8 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
         raise ValueError(f"temporal_shift: shift_div must be a positive integer, got {shift_div!r}")
     _check_frames(x, num_segments, "temporal_shift")
     clips = x.shape[0] // num_segments
-    offset = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).expand(clips, 2)
+    # (-1, +1) made on the device: a tensor built from a Python list would be a host-to-device copy.
+    offset = (torch.arange(2, dtype=x.dtype, device=x.device) * 2 - 1).expand(clips, 2)
     weight = torch.ones((), dtype=x.dtype, device=x.device).expand(clips, num_segments, 2)
     return interlace(x, offset, weight, num_segments, 2 * (x.shape[1] // shift_div))
 
