@@ -105,8 +105,11 @@ class TrainAndValidationSplit(DataConfig):
     dropping rows, so every validation clip is evaluated exactly once per epoch."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        # Ray Train configures one dataset at a time, when the workers first ask for it.
         others = {name: dataset for name, dataset in datasets.items() if name != "val"}
         output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
+        if "val" not in datasets:
+            return output
         validation = datasets["val"].copy(datasets["val"])
         validation.context.execution_options = self._resolve_execution_options("val")
         for worker, split in enumerate(validation.streaming_split(world_size, equal=False)):
