@@ -67,3 +67,16 @@ def test_wrong_depth_is_a_shape_mismatch_naming_the_file(resnet18_checkpoint):
     path, _ = resnet18_checkpoint
     with pytest.raises(ValueError, match="resnet18.pth does not fit the model .*shape mismatches"):
         build_model("tsn_r50", 7, pretrained=path)
+
+
+def test_keys_that_do_not_map_are_reported_as_a_warning(resnet18_checkpoint, tmp_path, caplog):
+    _, saved = resnet18_checkpoint
+    prefixed = tmp_path / "data_parallel.pth"
+    torch.save({f"module.{key}": tensor for key, tensor in saved.items()}, prefixed)
+    model = build_model("tsn_r18", 7)
+    with caplog.at_level(logging.WARNING, logger="tin.models.pretrained"):
+        report = load_pretrained(model, prefixed)
+    assert report.loaded == [] and "layer1.0.conv1.weight" in report.missing_trunk
+    assert "module.layer1.0.conv1.weight" in report.unexpected
+    assert "trunk tensors NOT in the checkpoint (left random): bn1.bias" in caplog.text
+    assert "checkpoint tensors the model does not use: module." in caplog.text

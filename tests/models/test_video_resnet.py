@@ -148,3 +148,17 @@ def test_partial_bn_freezes_every_batch_norm_but_the_first_through_train():
 
     model.set_partial_bn(False)
     assert all(bn.training and bn.weight.requires_grad for bn in rest)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_tin_training_step_has_no_host_synchronisation():
+    model = build_model("tin_r18", 10, num_segments=4).cuda()
+    clips = tiny_clips(2, 4).cuda()
+    model(clips).sum().backward()  # first use: kernel loading, cuDNN autotuning
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(clips).sum().backward()
+        model.temporal_stats()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

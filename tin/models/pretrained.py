@@ -15,7 +15,6 @@ CHECKPOINT_HEAD_PREFIX = "fc."
 """The ImageNet classifier of a torchvision checkpoint; never loaded (the video head is new)."""
 
 
-
 @dataclass
 class PretrainedReport:
     """What ``load_pretrained`` did with a checkpoint's keys.
