@@ -47,6 +47,15 @@ def test_tin_sits_before_conv1_of_every_block_on_the_residual_branch(depth, bloc
             assert not modules_of(other, TemporalInterlace)  # the shortcut never sees it
 
 
+def test_conv1_convolves_the_output_of_the_temporal_module():
+    torch.manual_seed(0)
+    conv1 = build_model("tin_r18", 10, num_segments=4).layer2[0].conv1
+    x = torch.randn(8, 64, 6, 6)
+    expected = torch.nn.functional.conv2d(conv1.temporal(x), conv1.weight, stride=2, padding=1)
+    torch.testing.assert_close(conv1(x), expected, rtol=0, atol=0)
+    assert not torch.equal(conv1(x), torch.nn.functional.conv2d(x, conv1.weight, stride=2, padding=1))
+
+
 def test_tsm_uses_the_shift_with_shift_div_8_and_tsn_has_no_temporal_module():
     tsm = build_model("tsm_r50", 10)
     shifts = modules_of(tsm, TemporalShift)
