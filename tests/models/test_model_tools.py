@@ -1,0 +1,31 @@
+"""The summary command and the Figure-5 plot."""
+
+import torch
+from matplotlib.figure import Figure
+
+from tin.models import build_model
+from tin.models.summary import count_macs, main
+from tin.viz import plot_temporal_stats
+
+
+def test_macs_of_tin_exceed_tsn_by_the_interlace_and_its_small_networks():
+    clips = torch.zeros(1, 4, 3, 32, 32)
+    tsn = count_macs(build_model("tsn_r18", 10, num_segments=4).eval(), clips)
+    tsm = count_macs(build_model("tsm_r18", 10, num_segments=4).eval(), clips)
+    tin = count_macs(build_model("tin_r18", 10, num_segments=4).eval(), clips)
+    assert tsn < tsm < tin < 1.01 * tsn
+
+
+def test_summary_prints_a_table(capsys):
+    main(["tin_r18", "tsn_r18", "--num-segments", "4", "--size", "32", "--num-classes", "10"])
+    out = capsys.readouterr().out
+    assert "one clip of 4x32x32, 10 classes" in out
+    assert "tin_r18" in out and "11,185,218" in out and "tsn_r18" in out
+
+
+def test_plot_of_learned_offsets_and_weights(tmp_path):
+    model = build_model("tin_r18", 10, num_segments=4)
+    model(torch.randn(2, 4, 3, 32, 32))
+    figure = plot_temporal_stats(model.temporal_stats(), tmp_path / "offsets.png")
+    assert isinstance(figure, Figure) and len(figure.axes) == 1 + 4 + 1  # offsets, 4 groups, colour bar
+    assert (tmp_path / "offsets.png").stat().st_size > 10_000

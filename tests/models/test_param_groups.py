@@ -1,0 +1,48 @@
+"""Optimiser parameter groups of the training recipes."""
+
+import pytest
+import torch
+
+from tin.models import TemporalInterlace, build_model, param_groups
+
+
+def group_by_name(groups):
+    return {group["name"]: group for group in groups}
+
+
+@pytest.mark.parametrize("name", ["tin_r18", "tsm_r18", "tsn_r18"])
+def test_every_trainable_parameter_is_in_exactly_one_group(name):
+    model = build_model(name, 10, num_segments=4)
+    groups = param_groups(model, lr=0.01, weight_decay=1e-4)
+    grouped = [id(parameter) for group in groups for parameter in group["params"]]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(parameter) for parameter in model.parameters() if parameter.requires_grad}
+    torch.optim.SGD(groups, lr=0.01, momentum=0.9)  # accepted as is
+
+
+def test_recipe_rates_and_decay():
+    model = build_model("tin_r18", 10, num_segments=4)
+    groups = group_by_name(param_groups(model, lr=0.01, weight_decay=5e-4))
+    assert list(groups) == ["trunk", "trunk_no_decay", "temporal", "temporal_no_decay", "head_weight", "head_bias"]
+    assert groups["head_weight"]["params"] == [model.head.weight] and groups["head_weight"]["lr"] == pytest.approx(0.05)
+    assert groups["head_bias"]["params"] == [model.head.bias] and groups["head_bias"]["lr"] == pytest.approx(0.1)
+    assert groups["head_bias"]["weight_decay"] == 0 and groups["head_weight"]["weight_decay"] == 5e-4
+    temporal = {
+        id(parameter) for module in model.modules() if isinstance(module, TemporalInterlace) for parameter in module.parameters()
+    }
+    in_temporal_groups = groups["temporal"]["params"] + groups["temporal_no_decay"]["params"]
+    assert {id(parameter) for parameter in in_temporal_groups} == temporal
+    batch_norm = [module.weight for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert {id(weight) for weight in batch_norm} <= {id(parameter) for parameter in groups["trunk_no_decay"]["params"]}
+    for group in groups.values():
+        decayed = all(parameter.dim() >= 2 for parameter in group["params"])
+        assert group["weight_decay"] == (5e-4 if decayed else 0)
+        assert group["lr"] == pytest.approx(0.01 * group["lr_mult"])
+
+
+def test_frozen_batch_norms_are_left_out():
+    model = build_model("tsn_r18", 10, partial_bn=True)
+    groups = group_by_name(param_groups(model, lr=0.01, weight_decay=1e-4))
+    assert "temporal" not in groups
+    no_decay = {id(parameter) for parameter in groups["trunk_no_decay"]["params"]}
+    assert id(model.bn1.weight) in no_decay and id(model.layer1[0].bn1.weight) not in no_decay

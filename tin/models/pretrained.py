@@ -1,0 +1,112 @@
+"""Initialising a video ResNet's trunk from a local torchvision-format ImageNet state dict."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_HEAD_PREFIX = "fc."
+"""The ImageNet classifier of a torchvision checkpoint; never loaded (the video head is new)."""
+
+
+@dataclass
+class PretrainedReport:
+    """What ``load_pretrained`` did with a checkpoint's keys.
+
+    Attributes:
+        path: the checkpoint file.
+        loaded: model keys that took a tensor from the checkpoint.
+        skipped: checkpoint keys left out on purpose (its ``fc.`` classifier).
+        missing: model keys the checkpoint did not provide (expected: temporal modules and head).
+        unexpected: checkpoint keys the model has no place for.
+    """
+
+    path: str
+    loaded: list[str]
+    skipped: list[str]
+    missing: list[str]
+    unexpected: list[str]
+
+    @property
+    def missing_trunk(self) -> list[str]:
+        """Missing keys other than the expected new ones: trunk tensors left at random init."""
+        return [key for key in self.missing if not _is_new_parameter(key)]
+
+    def __str__(self) -> str:
+        lines = [
+            f"pretrained {self.path}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped)} "
+            f"({', '.join(self.skipped) or 'none'}), {len(self.missing)} missing "
+            f"({len(self.missing) - len(self.missing_trunk)} new temporal/head tensors), "
+            f"{len(self.unexpected)} unexpected"
+        ]
+        if self.missing_trunk:
+            lines.append(f"  trunk tensors NOT in the checkpoint (left random): {', '.join(self.missing_trunk)}")
+        if self.unexpected:
+            lines.append(f"  checkpoint tensors the model does not use: {', '.join(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
+    """Load a torchvision ResNet state dict (``layer1.0.conv1.weight``, ..., ``fc.weight``) into model.
+
+    The checkpoint's ``fc.*`` classifier is skipped; temporal modules and the head keep their
+    initialisation. The report is logged (a warning when trunk tensors are missing or checkpoint
+    tensors are unused) and returned.
+
+    Raises:
+        FileNotFoundError: path does not exist.
+        ValueError: the file is not a state dict of tensors, or a tensor's shape does not match
+            (e.g. a ResNet-18 checkpoint for a ResNet-50 model); the message names the file.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    skipped = sorted(key for key in state if key.startswith(CHECKPOINT_HEAD_PREFIX))
+    state = {key: tensor for key, tensor in state.items() if not key.startswith(CHECKPOINT_HEAD_PREFIX)}
+
+    own = model.state_dict()
+    mismatched = [
+        f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}"
+        for key, tensor in state.items()
+        if key in own and tensor.shape != own[key].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"pretrained checkpoint {path} does not fit the model ({len(mismatched)} shape mismatches, "
+            f"is it the right ResNet depth?): " + "; ".join(mismatched[:5])
+        )
+    result = model.load_state_dict(state, strict=False)
+    report = PretrainedReport(
+        path=str(path),
+        loaded=sorted(key for key in state if key in own),
+        skipped=skipped,
+        missing=sorted(result.missing_keys),
+        unexpected=sorted(result.unexpected_keys),
+    )
+    log.log(logging.WARNING if report.missing_trunk or report.unexpected else logging.INFO, "%s", report)
+    return report
+
+
+def _is_new_parameter(key: str) -> bool:
+    """Keys no torchvision checkpoint has: the temporal modules and the video head."""
+    return ".temporal." in key or key.startswith("head.")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"could not read pretrained checkpoint {path}: {error}") from error
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(
+            f"pretrained checkpoint {path} is not a torchvision state dict (a flat mapping of "
+            f"parameter names to tensors, as saved by torch.save(resnet.state_dict(), path))"
+        )
+    return state

@@ -1,0 +1,70 @@
+"""Parameters and multiply-accumulates (MACs) of the video models.
+
+    python -m tin.models.summary tin_r50 tsm_r50 tsn_r50 [--num-segments 8] [--size 224] [--num-classes 400]
+
+MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one clip of T frames (MACs =
+FLOPs / 2): convolutions and linear layers, plus the ``tin::interlace`` kernel (TIN's interlace and
+TSM's shift) at 2 MACs per interlaced element. Pooling, BatchNorm, activations and the descriptor
+means are not counted, as in the published tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from tin.models.build import MODEL_NAMES, build_model
+from tin.ops import compiled_devices
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def count_macs(model: nn.Module, clips: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward of model on clips (run once, without gradients)."""
+    _register_interlace_formula()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(clips)
+    return counter.get_total_flops() // 2
+
+
+@functools.cache
+def _register_interlace_formula() -> None:
+    if not compiled_devices():  # the reference ops are plain tensor ops the counter ignores
+        return
+
+    @register_flop_formula(torch.ops.tin.interlace)
+    def interlace_flops(x_shape, offset_shape, weight_shape, num_segments, shift_channels, *, out_shape=None, **kwargs) -> int:
+        frames, _, height, width = x_shape
+        return 4 * frames * shift_channels * height * width  # two products and their sum, scaled
+
+
+def summarise(name: str, num_classes: int, num_segments: int, size: int) -> tuple[int, int]:
+    """(parameters, MACs of one clip (1, T, 3, size, size)) of a freshly built model."""
+    model = build_model(name, num_classes, num_segments).eval()
+    clips = torch.zeros(1, num_segments, 3, size, size)
+    return count_parameters(model), count_macs(model, clips)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tin.models.summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="+", choices=MODEL_NAMES, metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--num-segments", type=int, default=8, help="frames per clip (T)")
+    parser.add_argument("--size", type=int, default=224, help="frame height and width")
+    parser.add_argument("--num-classes", type=int, default=400)
+    args = parser.parse_args(argv)
+    print(f"one clip of {args.num_segments}x{args.size}x{args.size}, {args.num_classes} classes")
+    print(f"{'model':<10} {'params':>12} {'GMACs':>9}")
+    for name in args.names:
+        parameters, macs = summarise(name, args.num_classes, args.num_segments, args.size)
+        print(f"{name:<10} {parameters:>12,} {macs / 1e9:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5).
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so they
+render headless and can be logged as MLflow artifacts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+
+def plot_temporal_stats(
+    stats: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path | None = None
+) -> Figure:
+    """Offsets and frame weights of every TemporalInterlace, layer by layer.
+
+    Args:
+        stats: ``VideoResNet.temporal_stats()``: ``{block: {"offset": (G,), "weight": (T, G)}}``,
+            blocks in network order.
+        path: if given, the figure is also saved there (PNG by the suffix).
+
+    Returns:
+        A figure with the offset of each channel group per block (left) and, per group, a heat map
+        of the frame weights (blocks x frames).
+    """
+    if not stats:
+        raise ValueError("plot_temporal_stats: no statistics (the model has no TemporalInterlace or has not run)")
+    blocks = list(stats)
+    offsets = torch.stack([stats[block]["offset"] for block in blocks]).detach().float().cpu()  # (L, G)
+    weights = torch.stack([stats[block]["weight"] for block in blocks]).detach().float().cpu()  # (L, T, G)
+    layers, frames, groups = weights.shape
+
+    figure = Figure(figsize=(4 + 2.2 * groups, 0.25 * layers + 2.5), layout="constrained")
+    axes = figure.subplots(1, groups + 1, gridspec_kw={"width_ratios": [2] + [1] * groups})
+    for group in range(groups):
+        axes[0].plot(offsets[:, group].numpy(), range(layers), marker="o", label=f"group {group}")
+    axes[0].axvline(0, color="grey", linewidth=0.5)
+    axes[0].set(title="offset (frames)", yticks=range(layers), yticklabels=blocks, ylim=(layers - 0.5, -0.5))
+    axes[0].legend(fontsize="small")
+    for group in range(groups):
+        image = axes[group + 1].imshow(weights[:, :, group].numpy(), aspect="auto", vmin=0, vmax=2, cmap="viridis")
+        axes[group + 1].set(title=f"weight, group {group}", xlabel="frame", yticks=[])
+    figure.colorbar(image, ax=axes[1:], shrink=0.8)
+    if path is not None:
+        figure.savefig(path)
+    return figure
