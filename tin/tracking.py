@@ -63,13 +63,5 @@ def log_params_once(params: dict) -> None:
         mlflow.log_params(fresh)
 
 
-def log_figure(figure, artifact_path: str) -> None:
-    """Save a matplotlib figure as a PNG artifact of the active run, then close it."""
-    import matplotlib.pyplot as plt
-
-    mlflow.log_figure(figure, artifact_path)
-    plt.close(figure)
-
-
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")

@@ -48,3 +48,30 @@ def plot_temporal_stats(
     if path is not None:
         figure.savefig(path)
     return figure
+
+
+def plot_training_curves(history: list[Mapping[str, float]], path: str | Path | None = None) -> Figure:
+    """Losses (left) and accuracy / mAP metrics (right) per epoch.
+
+    Args:
+        history: one dict of metrics per epoch, in order (keys like ``train_loss``, ``val_top1``,
+            ``val_sample_map``); keys absent from an epoch are skipped there.
+        path: if given, the figure is also saved there.
+    """
+    if not history:
+        raise ValueError("plot_training_curves: the history is empty")
+    epochs = range(1, len(history) + 1)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    losses, scores = figure.subplots(1, 2)
+    keys = [key for key in history[-1] if key.startswith(("train_", "val_")) and key != "val_clips"]
+    for key in keys:
+        axis = losses if key.endswith("loss") else scores
+        points = [(epoch, values[key]) for epoch, values in zip(epochs, history) if key in values]
+        axis.plot(*zip(*points), marker="o", label=key)
+    losses.set(title="loss", xlabel="epoch")
+    scores.set(title="accuracy / mAP", xlabel="epoch", ylim=(0, 1))
+    for axis in (losses, scores):
+        axis.legend(fontsize="small")
+    if path is not None:
+        figure.savefig(path)
+    return figure

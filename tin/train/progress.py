@@ -57,7 +57,7 @@ class RunRecorder:
         self.epoch_seconds.append(log.seconds)
         print(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)), flush=True)
         mlflow.log_metrics(log.metrics, step=log.epoch)
-        tracking.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
+        mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
 
     def finish(self, model, state: TrainingState) -> None:
         """Log the final model and the learned offsets/weights plot, and end the run."""
@@ -68,5 +68,5 @@ class RunRecorder:
             mlflow.log_artifact(str(Path(directory) / CHECKPOINT_FILE), "model")
         stats = model.temporal_stats()
         if stats:
-            tracking.log_figure(viz.plot_temporal_stats(stats), "plots/temporal_offsets_weights.png")
+            mlflow.log_figure(viz.plot_temporal_stats(stats), "plots/temporal_offsets_weights.png")
         mlflow.end_run()
