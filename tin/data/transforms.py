@@ -6,6 +6,7 @@ same crop and flip. Normalisation happens on the training device, on whole batch
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +100,27 @@ def three_crop_boxes(height: int, width: int, size: int) -> list[Box]:
     return [Box(top, (width - crop_w) // 2, crop_h, crop_w) for top in tops]
 
 
-def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 clips (N, T, H, W, 3) -> normalised float clips (N, T, 3, H, W), on batch's device."""
-    mean_t = torch.tensor(mean, device=batch.device, dtype=dtype).view(1, 1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=batch.device, dtype=dtype).view(1, 1, 3, 1, 1) * 255
-    return (batch.permute(0, 1, 4, 2, 3).to(dtype) - mean_t) / std_t
+def normalize(
+    batch: torch.Tensor,
+    channels_last: bool = False,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 clips (N, T, H, W, 3) -> normalised float32 clips (N, T, 3, H, W) on batch's device.
+
+    With ``channels_last`` every frame keeps the stored channels-last memory layout (what a
+    channels_last model wants, at no copy); otherwise the result is contiguous, so the convolutions
+    of a contiguous model produce contiguous gradients (which DDP's buckets expect).
+    """
+    shift, scale = _normalisation_constants(batch.device, mean, std)
+    clips = (batch.permute(0, 1, 4, 2, 3).float() - shift) / scale
+    return clips if channels_last else clips.contiguous()
+
+
+@functools.cache
+def _normalisation_constants(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(255 * mean, 255 * std) as (1, 1, 3, 1, 1) tensors, made once per device: building them from
+    Python lists every step would be a blocking host-to-device copy on a GPU."""
+    shift = torch.tensor(mean, device=device).view(1, 1, 3, 1, 1) * 255
+    scale = torch.tensor(std, device=device).view(1, 1, 3, 1, 1) * 255
+    return shift, scale

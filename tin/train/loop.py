@@ -129,7 +129,7 @@ def train_one_epoch(
     batch_ready = started
     for _, batch in zip(range(steps), batches):
         waited += time.perf_counter() - batch_ready
-        inputs, target = normalize(batch["clips"]), batch["target"]
+        inputs, target = normalize(batch["clips"], channels_last=device.type == "cuda"), batch["target"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(inputs)
         loss = loss_function(logits.float(), target, facts.multi_label)
@@ -167,7 +167,7 @@ def predict_shard(model: nn.Module, shard, device: torch.device, batch_size: int
     scores, targets = [], []
     for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=batch_dtypes(multi_label), device=device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores.append(model(normalize(batch["clips"])).float())
+            scores.append(model(normalize(batch["clips"], channels_last=device.type == "cuda")).float())
         targets.append(batch["target"])
     if not scores:
         empty_target = torch.zeros((0, num_classes) if multi_label else (0,), device=device, dtype=torch.float32 if multi_label else torch.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ import mlflow
 
 from tin import tracking, viz
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
+
+# Ray Train routes worker prints through its logger and echoes them again when something (MLflow)
+# wraps stdout; a logger prints each line once.
+logger = logging.getLogger("tin.train")
 
 
 @dataclass
@@ -55,7 +60,7 @@ class RunRecorder:
         if not self.enabled:
             return
         self.epoch_seconds.append(log.seconds)
-        print(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)), flush=True)
+        logger.info(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)))
         mlflow.log_metrics(log.metrics, step=log.epoch)
         mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
 
