@@ -69,7 +69,7 @@ def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
 
 
 def latest_checkpoint(config: TrainConfig) -> Path:
-    checkpoints = sorted((Path(config.storage_path) / config.name).glob("checkpoint_*"))
+    checkpoints = sorted(p for p in (Path(config.storage_path) / config.name).glob("checkpoint_*") if p.is_dir())
     assert checkpoints, "no checkpoint written"
     return checkpoints[-1] / CHECKPOINT_FILE
 
@@ -133,7 +133,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
     job = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = Path(config.storage_path) / config.name
     deadline = time.monotonic() + 300
-    while not list(run_dir.glob("checkpoint_*")):
+    while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]:
         assert job.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.5)
     victims = training_workers()
