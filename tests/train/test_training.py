@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,10 +153,11 @@ def test_ray_job_submit_of_train_mmit(multi_label_root, tmp_path):
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6391",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", "8291", "--num-cpus", "2", "--include-dashboard", "true",
-         "--temp-dir", str(tmp_path / "ray")],
+         "--temp-dir", temp_dir],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -173,6 +176,7 @@ def test_ray_job_submit_of_train_mmit(multi_label_root, tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
