@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +74,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state.scheduler)
 
     recorder = RunRecorder(config, facts, enabled=rank == 0)
+    # One stream over all epochs (the driver repeats the split), read steps_per_epoch batches at a time.
+    train_batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=per_worker_batch, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True, prefetch_batches=2
+    ))
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
-        train_stats = train_one_epoch(ddp_model, optimizer, scheduler, config, facts, device, per_worker_batch, steps_per_epoch)
+        train_stats = train_one_epoch(ddp_model, train_batches, optimizer, scheduler, config, facts, device, steps_per_epoch)
         val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics])
@@ -104,23 +109,20 @@ def loss_function(logits: torch.Tensor, target: torch.Tensor, multi_label: bool)
 
 def train_one_epoch(
     model: nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: TrainConfig,
     facts: DatasetFacts,
     device: torch.device,
-    batch_size: int,
     steps: int,
 ) -> dict[str, float]:
-    """One pass over this worker's training shard; returns metrics reduced over all ranks.
+    """``steps`` training steps on batches from this worker's stream; metrics reduced over all ranks.
 
     Every rank runs exactly ``steps`` steps so DDP's all-reduces stay in lockstep. Time spent
     waiting for the next batch is reported as the data-wait fraction.
     """
     model.train()
-    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=batch_size, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True, prefetch_batches=2
-    )
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     clips = 0
