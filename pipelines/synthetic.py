@@ -155,12 +155,15 @@ def render_clip(motions: Sequence[str], config: SyntheticConfig, rng: np.random.
     return np.clip(video, 0, 255).astype(np.uint8)
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
-    """Encode uint8 (T, H, W, 3) RGB (H, W even) as H.264 MP4 with PyAV, single-threaded."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str = "libx264") -> None:
+    """Encode uint8 (T, H, W, 3) RGB (H, W even) with PyAV, single-threaded; the container
+    follows the file extension (.mp4, .avi, .webm, .mkv). ``codec``: any FFmpeg encoder name
+    (libx264, mpeg4, libvpx-vp9, libsvtav1, ...)."""
     import av
 
+    options = {"crf": "18", "preset": "fast"} if codec == "libx264" else {}
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "fast"})
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
@@ -192,7 +195,7 @@ def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) 
         rng = np.random.default_rng([config.seed, split_code, index])
         motions = _clip_motions(index, config, rng)
         relative = f"{split}/clip_{index:05d}.mp4"
-        write_mp4(root / relative, render_clip(motions, config, rng), config.fps)
+        write_video(root / relative, render_clip(motions, config, rng), config.fps)
         if config.multi_label:
             lines.append(",".join([relative] + [str(config.motions.index(m)) for m in motions]))
         else:
