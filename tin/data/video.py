@@ -7,6 +7,7 @@ local path or the whole file as ``bytes`` (what an object store returns).
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -28,6 +29,11 @@ class VideoInfo:
     num_frames: int
     fps: float
     codec: str
+
+
+def _tidy(message: object) -> str:
+    """Drop decord's "[hh:mm:ss] /path/file.cc:123: " source-location prefixes."""
+    return re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(message)).strip()
 
 
 def _as_file(source: VideoSource) -> Union[str, io.BytesIO]:
@@ -155,8 +161,8 @@ def decode_frames(source: VideoSource, indices: np.ndarray, size: tuple[int, int
             raise
         except Exception as pyav_error:
             raise VideoError(
-                f"cannot decode: decord: {decord_error}; PyAV: {type(pyav_error).__name__}: "
-                f"{pyav_error}"
+                f"cannot decode: decord: {_tidy(decord_error)}; PyAV: "
+                f"{type(pyav_error).__name__}: {pyav_error}"
             ) from pyav_error
     if frames.shape != (len(indices), size[0], size[1], 3) or frames.dtype != np.uint8:
         raise VideoError(f"decoder returned frames of shape {frames.shape}, {frames.dtype}")
