@@ -60,6 +60,7 @@ class IngestConfig:
     jpeg_quality: int = 90
     chunk_size: int = 64
     row_group_size: int = 8
+    num_cpus: int | None = None  # CPUs of the local Ray started when none is running
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -245,7 +246,7 @@ def _chunks(rows: list[ManifestRow], size: int) -> list[list[ManifestRow]]:
 def _plan(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
     """What makes chunk files of two runs interchangeable: the rows and the frame settings."""
     digest = hashlib.sha256(json.dumps([asdict(row) for row in manifest.rows]).encode()).hexdigest()
-    keys = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size")
+    keys = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size")  # not num_cpus
     return {"rows": len(manifest.rows), "manifest_sha256": digest, **{k: getattr(config, k) for k in keys}}
 
 
@@ -293,6 +294,9 @@ def _run_pending(
     """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk."""
     import ray
 
+    from pipelines.ray_runtime import init_ray
+
+    init_ray(config.num_cpus)
     items = [{"chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])} for i in pending]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
         run_chunk, fn_kwargs={"config": config}, num_cpus=1
@@ -311,7 +315,7 @@ def _run_pending(
 def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print) -> IngestResult:
     """Write ``manifest`` as split ``config.split`` of the dataset root ``config.output``.
 
-    Needs Ray initialised (see pipelines.ray_runtime.init_ray) when there is work left. Chunks done
+    Starts or attaches to Ray (pipelines.ray_runtime.init_ray) only when there is work left. Chunks done
     by an earlier run are kept; a completed split is a no-op apart from rewriting the summaries.
     Raises IngestError when it cannot run at all; bad videos only make error rows.
     """

@@ -16,8 +16,6 @@ from typing import Any, Iterable, Sequence
 
 import fsspec
 
-FORMATS = ("generic", "mmit", "kinetics", "sthv2", "ucf101")
-
 
 @dataclass(frozen=True)
 class ManifestRow:
