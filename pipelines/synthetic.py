@@ -75,8 +75,12 @@ class Trajectory:
     angle: np.ndarray
 
 
-def _motion_trajectory(motion: str, frames: int, size: int, rng: np.random.Generator) -> Trajectory:
-    """A constant-velocity path of one object that stays inside a (size x size) frame."""
+def motion_trajectory(motion: str, frames: int, size: int, rng: np.random.Generator) -> Trajectory:
+    """A constant-velocity path of one object whose centre stays inside a (size x size) frame.
+
+    Mirror classes (left/right, up/down, approach/recede, rotate_cw/rotate_ccw) draw the same
+    random numbers and return the same path reversed in time.
+    """
     progress = np.linspace(0.0, 1.0, frames)
     angle0 = rng.uniform(0, 2 * np.pi)
     if motion in ("left", "right", "up", "down"):
@@ -100,8 +104,9 @@ def _motion_trajectory(motion: str, frames: int, size: int, rng: np.random.Gener
         half = rng.uniform(0.14, 0.2) * size
         centre = rng.uniform(half * 1.45, size - half * 1.45, size=2)
         turn = 0.0 if motion == "static" else rng.uniform(0.6, 1.0) * np.pi
-        sign = 1.0 if motion == "rotate_cw" else -1.0  # image y points down: +angle is clockwise
-        angle = angle0 + sign * turn * progress
+        angle = angle0 + turn * progress  # image y points down: increasing angle is clockwise
+        if motion == "rotate_ccw":
+            angle = angle[::-1]
         return Trajectory(np.tile(centre, (frames, 1)), np.full(frames, half), angle)
     raise ValueError(f"unknown motion {motion!r}; choose from {MOTIONS}")
 
@@ -143,7 +148,7 @@ def render_clip(motions: Sequence[str], config: SyntheticConfig, rng: np.random.
     background = _background(size, rng)
     video = np.repeat(background[None], frames, axis=0)
     for motion in motions:
-        path = _motion_trajectory(motion, frames, size, rng)
+        path = motion_trajectory(motion, frames, size, rng)
         outline = SHAPES[rng.integers(len(SHAPES))]
         colour = _object_colour(background, rng)
         for t in range(frames):
