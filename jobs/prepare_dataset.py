@@ -18,7 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
 from pipelines.ingest import IngestError  # noqa: E402
-from pipelines.prepare import FORMATS, PrepareConfig, PrepareError, prepare_dataset  # noqa: E402
+from pipelines.prepare import (  # noqa: E402
+    FORMATS,
+    PrepareConfig,
+    PrepareError,
+    prepare_dataset,
+    storage_options_from_env,
+)
 from pipelines.synthetic import SyntheticConfig  # noqa: E402
 from tin.data.shards import ENCODINGS  # noqa: E402
 
@@ -75,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         num_cpus=args.num_cpus,
         kinetics_layout=args.kinetics_layout,
         synthetic=synthetic,
+        storage_options=storage_options_from_env(),
     )
 
 

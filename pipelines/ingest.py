@@ -38,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import tin
 from pipelines.manifests import Manifest, ManifestRow
-from tin.data.reader import open_root
+from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
 
@@ -90,7 +90,7 @@ class IngestResult:
 
 def _load_source(path: str, storage_options: dict[str, Any]) -> str | bytes:
     """A local path (checked to exist and be non-empty) or the whole remote file as bytes."""
-    fs, inner = fsspec.core.url_to_fs(path, **storage_options)
+    fs, inner = filesystem_for(path, storage_options)
     if isinstance(fs, LocalFileSystem):
         if not os.path.isfile(inner):
             raise VideoError("file not found")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import fsspec
 
@@ -44,6 +45,7 @@ class PrepareConfig:
     num_cpus: int | None = None
     kinetics_layout: str = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(
@@ -54,7 +56,26 @@ class PrepareConfig:
             encoding=self.encoding,
             chunk_size=self.chunk_size,
             num_cpus=self.num_cpus,
+            storage_options=self.storage_options,
         )
+
+
+def storage_options_from_env() -> dict[str, Any]:
+    """s3fs options from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    AWS_DEFAULT_REGION of this process, handed to the Ray tasks explicitly so that workers on
+    other nodes (whose environment may differ) reach the same object store."""
+    options: dict[str, Any] = {}
+    client_kwargs = {
+        key: os.environ[name]
+        for key, name in (("endpoint_url", "AWS_ENDPOINT_URL"), ("region_name", "AWS_DEFAULT_REGION"))
+        if os.environ.get(name)
+    }
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+    return options
 
 
 def check_inputs(config: PrepareConfig) -> None:

@@ -25,9 +25,16 @@ class Clip:
 
 
 def open_root(root: str, storage_options: dict[str, Any] | None = None):
-    """(fsspec filesystem, path inside it) for a local path or a URI like s3://bucket/prefix."""
-    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    """(fsspec filesystem, path inside it) for a local path or a URI like s3://bucket/prefix.
+    ``storage_options`` (e.g. s3fs ``key``/``secret``/``client_kwargs``) apply to URIs only."""
+    fs, path = filesystem_for(root, storage_options)
     return fs, path.rstrip("/")
+
+
+def filesystem_for(path: str, storage_options: dict[str, Any] | None = None):
+    """(fsspec filesystem, path inside it); ``storage_options`` are ignored for local paths."""
+    local = fsspec.utils.get_protocol(path) in ("file", "local")
+    return fsspec.core.url_to_fs(path, **({} if local else storage_options or {}))
 
 
 def load_dataset_info(root: str, storage_options: dict[str, Any] | None = None) -> DatasetInfo:
