@@ -172,8 +172,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str = "li
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            picture.pts = index
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
 
 
