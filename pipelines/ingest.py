@@ -82,6 +82,7 @@ class IngestResult:
     chunks_run: int
     chunks_skipped: int
     errors_path: str
+    cpu_seconds: float = 0.0  # CPU time of this run's chunk tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +208,10 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     """Ingest one chunk ``{"chunk": index, "rows": JSON list of ManifestRow}`` and commit it.
 
     Writes the chunk's shard (clips that worked, flushed every ``row_group_size`` clips), then its
-    done-marker with the error rows. Returns {"chunk", "written", "failed"}.
+    done-marker with the error rows. Returns {"chunk", "written", "failed", "cpu_seconds"} (CPU
+    time of this task's process, for throughput accounting on a shared machine).
     """
+    started_cpu = time.process_time()
     index = int(item["chunk"])
     rows = [ManifestRow(**{**row, "labels": tuple(row["labels"])}) for row in json.loads(item["rows"])]
     fs, root = open_root(config.output, config.storage_options)
@@ -232,7 +235,8 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
             writer.close()
     marker = {"chunk": index, "written": written, "failed": len(errors), "errors": errors}
     _write_text(fs, _marker_path(root, config.split, index), json.dumps(marker), root)
-    return {"chunk": index, "written": written, "failed": len(errors)}
+    cpu_seconds = time.process_time() - started_cpu
+    return {"chunk": index, "written": written, "failed": len(errors), "cpu_seconds": cpu_seconds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +294,9 @@ def _done_chunks(fs: fsspec.AbstractFileSystem, root: str, split: str) -> set[in
 
 def _run_pending(
     chunks: list[list[ManifestRow]], pending: list[int], config: IngestConfig, log: Callable[[str], None]
-) -> None:
-    """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk."""
+) -> float:
+    """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk.
+    Returns the CPU seconds the tasks used."""
     import ray
 
     from pipelines.ray_runtime import init_ray
@@ -301,15 +306,18 @@ def _run_pending(
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
         run_chunk, fn_kwargs={"config": config}, num_cpus=1
     )
-    started, clips, done = time.perf_counter(), 0, 0
+    started, clips, done, cpu_seconds = time.perf_counter(), 0, 0, 0.0
     for summary in dataset.iter_rows():
         done += 1
         clips += summary["written"] + summary["failed"]
+        cpu_seconds += summary["cpu_seconds"]
         rate = clips / max(time.perf_counter() - started, 1e-9)
         log(
             f"[{config.split}] chunk {summary['chunk']} done ({done}/{len(pending)}): "
-            f"{summary['written']} written, {summary['failed']} failed; {rate:.1f} clips/s"
+            f"{summary['written']} written, {summary['failed']} failed; {rate:.1f} clips/s, "
+            f"{1000 * cpu_seconds / clips:.0f} CPU-ms/clip"
         )
+    return cpu_seconds
 
 
 def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print) -> IngestResult:
@@ -344,9 +352,8 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     done = _done_chunks(fs, root, config.split)
     pending = [i for i in range(len(chunks)) if i not in done]
     log(f"[{config.split}] {len(manifest.rows)} clips in {len(chunks)} chunks; {len(pending)} to do")
-    if pending:
-        _run_pending(chunks, pending, config, log)
-        fs.invalidate_cache()
+    cpu_seconds = _run_pending(chunks, pending, config, log) if pending else 0.0
+    fs.invalidate_cache()
 
     markers = [_read_json(fs, _marker_path(root, config.split, i)) for i in range(len(chunks))]
     written = sum(marker["written"] for marker in markers)
@@ -359,4 +366,4 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     info.splits[config.split] = {"written": written, "failed": failed}
     info.software_version = tin.__version__
     _write_text(fs, f"{root}/dataset.json", info.to_json(), root)
-    return IngestResult(written, failed, len(pending), len(chunks) - len(pending), errors_path)
+    return IngestResult(written, failed, len(pending), len(chunks) - len(pending), errors_path, cpu_seconds)
