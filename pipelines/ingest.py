@@ -43,6 +43,9 @@ from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, sh
 from tin.data.video import VideoError, read_video_clip
 
 
+TASK_RETRIES = 3
+
+
 class IngestError(RuntimeError):
     """The ingest cannot run at all (bad settings, unwritable or incompatible output root)."""
 
@@ -292,6 +295,18 @@ def _done_chunks(fs: fsspec.AbstractFileSystem, root: str, split: str) -> set[in
     return {int(name[5:10]) for name in names if name.startswith("done-") and name.endswith(".json")}
 
 
+def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
+    """The dataset's rows; a failure of Ray itself (not of a video) becomes an IngestError."""
+    try:
+        yield from dataset.iter_rows()
+    except Exception as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise IngestError(
+            f"ingest of split {config.split!r} stopped: {reason}. Chunks finished so far are kept; "
+            f"run the same command again to resume"
+        ) from error
+
+
 def _run_pending(
     chunks: list[list[ManifestRow]], pending: list[int], config: IngestConfig, log: Callable[[str], None]
 ) -> float:
@@ -303,11 +318,13 @@ def _run_pending(
 
     init_ray(config.num_cpus)
     items = [{"chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])} for i in pending]
+    # Finite retries: a worker that dies on every attempt (a decoder crash) stops the job with a
+    # message instead of being retried forever (Ray Data's default).
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        run_chunk, fn_kwargs={"config": config}, num_cpus=1
+        run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
     )
     started, clips, done, cpu_seconds = time.perf_counter(), 0, 0, 0.0
-    for summary in dataset.iter_rows():
+    for summary in _iterate(dataset, config):
         done += 1
         clips += summary["written"] + summary["failed"]
         cpu_seconds += summary["cpu_seconds"]

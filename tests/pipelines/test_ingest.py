@@ -109,3 +109,14 @@ def test_raw_encoding_is_square_fixed_shape_and_reads_in_ray(ray_session, media_
     assert sorted(row["clip_id"] for row in rows) == ["bigbuckbunny", "h264", "vp9"]
     assert all(row["frames"].shape == (FRAMES, SHORT_SIDE, SHORT_SIDE, 3) for row in rows)
     assert not (root / "errors" / "train.jsonl").exists()
+
+
+def test_a_failure_outside_any_video_stops_with_a_clear_error(ray_session, media_root, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train").write_text("a file where the split directory should be")
+    annotations = tmp_path / "one.jsonl"
+    annotations.write_text(json.dumps({"path": GOOD["h264"], "labels": [0]}) + "\n")
+    manifest = read_generic(str(annotations), str(media_root))
+    with pytest.raises(IngestError, match="stopped: .*run the same command again to resume"):
+        ingest(manifest, IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE), log=lambda _: None)
