@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -319,10 +320,13 @@ def _run_pending(
     init_ray(config.num_cpus)
     items = [{"chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])} for i in pending]
     # Finite retries: a worker that dies on every attempt (a decoder crash) stops the job with a
-    # message instead of being retried forever (Ray Data's default).
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
-    )
+    # message instead of being retried forever (Ray Data's default). Ray 2.60 deprecates passing
+    # remote args this way but offers no other way to bound retries of a map task.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
+        )
     started, clips, done, cpu_seconds = time.perf_counter(), 0, 0, 0.0
     for summary in _iterate(dataset, config):
         done += 1
