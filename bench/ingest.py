@@ -51,7 +51,9 @@ def bare_decord(paths: list[Path], frames: int, short_side: int) -> tuple[float,
     for path in paths:
         reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
         reader.get_batch(indices).asnumpy()
-    return len(paths) / (time.perf_counter() - started), (time.process_time() - started_cpu) / len(paths)
+    return len(paths) / (time.perf_counter() - started), (time.process_time() - started_cpu) / len(
+        paths
+    )
 
 
 def pipeline(
@@ -62,9 +64,15 @@ def pipeline(
     init_ray(cpus)
     warm = read_generic(str(manifest_path), str(manifest_path.parent))
     warm.rows = warm.rows[: 2 * cpus]
-    ingest(warm, IngestConfig(str(output / "warm"), "train", frames, short_side, encoding, chunk_size=1), log=lambda _: None)
+    ingest(
+        warm,
+        IngestConfig(str(output / "warm"), "train", frames, short_side, encoding, chunk_size=1),
+        log=lambda _: None,
+    )
     chunk = max(1, len(manifest.rows) // (4 * cpus))
-    config = IngestConfig(str(output / "ds"), "train", frames, short_side, encoding, chunk_size=chunk)
+    config = IngestConfig(
+        str(output / "ds"), "train", frames, short_side, encoding, chunk_size=chunk
+    )
     started = time.perf_counter()
     result = ingest(manifest, config, log=lambda _: None)
     elapsed = time.perf_counter() - started
@@ -87,20 +95,40 @@ def main() -> None:
         bare_decord(paths[:2], args.frames, args.short_side)  # warm the page cache
         load_before = os.getloadavg()[0]
         bare, bare_cpu = bare_decord(paths, args.frames, args.short_side)
-        one, one_cpu, jpeg_bytes = pipeline(manifest, work_dir / "p1", 1, args.frames, args.short_side, "jpeg")
-        two, two_cpu, _ = pipeline(manifest, work_dir / "p2", 2, args.frames, args.short_side, "jpeg")
-        _, _, raw_bytes = pipeline(manifest, work_dir / "raw", 2, args.frames, args.short_side, "raw")
+        one, one_cpu, jpeg_bytes = pipeline(
+            manifest, work_dir / "p1", 1, args.frames, args.short_side, "jpeg"
+        )
+        two, two_cpu, _ = pipeline(
+            manifest, work_dir / "p2", 2, args.frames, args.short_side, "jpeg"
+        )
+        _, _, raw_bytes = pipeline(
+            manifest, work_dir / "raw", 2, args.frames, args.short_side, "raw"
+        )
         load_after = os.getloadavg()[0]
-    print(f"{args.clips} clips of bigbuckbunny.mp4 (1280x720 H.264), F={args.frames}, short side {args.short_side}")
-    print(f"load average before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} cores (shared machine)")
-    print(f"(a) bare decord:           {bare:6.2f} clips/s per CPU   {1000 * bare_cpu:5.0f} CPU-ms/clip")
-    print(f"(b) pipeline, 1 CPU:       {one:6.2f} clips/s per CPU   {1000 * one_cpu:5.0f} CPU-ms/clip in tasks")
-    print(f"(b) pipeline, 2 CPUs:      {two / 2:6.2f} clips/s per CPU   {1000 * two_cpu:5.0f} CPU-ms/clip in tasks"
-          f"  ({two:.2f} clips/s)")
-    print(f"overhead a/b (1 CPU):      {bare / one:6.2f}x wall, {one_cpu / bare_cpu:.2f}x CPU time   (goal <= 1.3x)")
+    print(
+        f"{args.clips} clips of bigbuckbunny.mp4 (1280x720 H.264), F={args.frames}, short side {args.short_side}"
+    )
+    print(
+        f"load average before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} cores (shared machine)"
+    )
+    print(
+        f"(a) bare decord:           {bare:6.2f} clips/s per CPU   {1000 * bare_cpu:5.0f} CPU-ms/clip"
+    )
+    print(
+        f"(b) pipeline, 1 CPU:       {one:6.2f} clips/s per CPU   {1000 * one_cpu:5.0f} CPU-ms/clip in tasks"
+    )
+    print(
+        f"(b) pipeline, 2 CPUs:      {two / 2:6.2f} clips/s per CPU   {1000 * two_cpu:5.0f} CPU-ms/clip in tasks"
+        f"  ({two:.2f} clips/s)"
+    )
+    print(
+        f"overhead a/b (1 CPU):      {bare / one:6.2f}x wall, {one_cpu / bare_cpu:.2f}x CPU time   (goal <= 1.3x)"
+    )
     print(f"scaling 1 -> 2 CPUs:       {two / one:6.2f}x   (goal >= 1.7x)")
-    print(f"bytes per clip: jpeg {jpeg_bytes / 1e3:.0f} kB, raw {raw_bytes / 1e3:.0f} kB, "
-          f"jpeg/raw = 1/{raw_bytes / jpeg_bytes:.1f}   (goal <= 1/8)")
+    print(
+        f"bytes per clip: jpeg {jpeg_bytes / 1e3:.0f} kB, raw {raw_bytes / 1e3:.0f} kB, "
+        f"jpeg/raw = 1/{raw_bytes / jpeg_bytes:.1f}   (goal <= 1/8)"
+    )
 
 
 if __name__ == "__main__":

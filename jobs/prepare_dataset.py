@@ -33,25 +33,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--annotations", help="annotation file (not needed for synthetic)")
-    parser.add_argument("--classes", help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)")
-    parser.add_argument("--video-root", required=True, help="directory or URI the annotation paths are relative to")
+    parser.add_argument(
+        "--classes", help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)"
+    )
+    parser.add_argument(
+        "--video-root", required=True, help="directory or URI the annotation paths are relative to"
+    )
     parser.add_argument("--split", required=True, help="split name, e.g. train or val")
-    parser.add_argument("--output", required=True, help="dataset root: local directory or s3://bucket/prefix")
+    parser.add_argument(
+        "--output", required=True, help="dataset root: local directory or s3://bucket/prefix"
+    )
     parser.add_argument("--name", help="dataset name in dataset.json (default: the format)")
     parser.add_argument("--frames", type=int, default=16, help="frames stored per clip (F)")
-    parser.add_argument("--short-side", type=int, default=256, help="short side of stored frames in pixels")
+    parser.add_argument(
+        "--short-side", type=int, default=256, help="short side of stored frames in pixels"
+    )
     parser.add_argument("--encoding", default="jpeg", choices=ENCODINGS)
-    parser.add_argument("--chunk-size", type=int, default=64, help="clips per shard file and per task")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=64, help="clips per shard file and per task"
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)"
+    )
     parser.add_argument("--kinetics-layout", default="auto", choices=("auto", "flat", "by_label"))
-    synthetic = parser.add_argument_group("synthetic (--format synthetic: clips are written to --video-root)")
+    synthetic = parser.add_argument_group(
+        "synthetic (--format synthetic: clips are written to --video-root)"
+    )
     defaults = SyntheticConfig()
     synthetic.add_argument("--num-clips", type=int, default=defaults.num_clips)
-    synthetic.add_argument("--size", type=int, default=defaults.size, help="frame width = height (even)")
-    synthetic.add_argument("--clip-frames", type=int, default=defaults.frames, help="length of each clip")
-    synthetic.add_argument("--noise", type=float, default=defaults.noise, help="pixel noise std / 255")
+    synthetic.add_argument(
+        "--size", type=int, default=defaults.size, help="frame width = height (even)"
+    )
+    synthetic.add_argument(
+        "--clip-frames", type=int, default=defaults.frames, help="length of each clip"
+    )
+    synthetic.add_argument(
+        "--noise", type=float, default=defaults.noise, help="pixel noise std / 255"
+    )
     synthetic.add_argument("--seed", type=int, default=defaults.seed)
-    synthetic.add_argument("--multi-label", action="store_true", help="several objects, MMiT format")
+    synthetic.add_argument(
+        "--multi-label", action="store_true", help="several objects, MMiT format"
+    )
     synthetic.add_argument("--objects-per-clip", type=int, default=defaults.objects_per_clip)
     return parser
 
@@ -95,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except (IngestError, FileNotFoundError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)")
+    print(
+        f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)"
+    )
     return 0
 
 

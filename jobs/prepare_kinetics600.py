@@ -23,16 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=("train", "val", "test"))
     args, rest = parser.parse_known_args(argv)
     root = args.root.rstrip("/")
-    return prepare_dataset.main(
-        [
-            "--format", "kinetics",
-            "--name", "kinetics600",
-            "--annotations", f"{root}/annotations/{args.split}.csv",
-            "--video-root", f"{root}/{args.split}",
-            "--split", args.split,
-            *rest,
-        ]
-    )
+    defaults = {
+        "--format": "kinetics",
+        "--name": "kinetics600",
+        "--annotations": f"{root}/annotations/{args.split}.csv",
+        "--video-root": f"{root}/{args.split}",
+        "--split": args.split,
+    }
+    return prepare_dataset.main([part for flag in defaults.items() for part in flag] + rest)
 
 
 if __name__ == "__main__":

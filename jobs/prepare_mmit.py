@@ -25,17 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="training", choices=sorted(ANNOTATIONS))
     args, rest = parser.parse_known_args(argv)
     root = args.root.rstrip("/")
-    return prepare_dataset.main(
-        [
-            "--format", "mmit",
-            "--name", "mmit",
-            "--annotations", f"{root}/{ANNOTATIONS[args.split]}",
-            "--classes", f"{root}/moments_categories.txt",
-            "--video-root", f"{root}/videos/{args.split}",
-            "--split", args.split,
-            *rest,
-        ]
-    )
+    defaults = {
+        "--format": "mmit",
+        "--name": "mmit",
+        "--annotations": f"{root}/{ANNOTATIONS[args.split]}",
+        "--classes": f"{root}/moments_categories.txt",
+        "--video-root": f"{root}/videos/{args.split}",
+        "--split": args.split,
+    }
+    return prepare_dataset.main([part for flag in defaults.items() for part in flag] + rest)
 
 
 if __name__ == "__main__":

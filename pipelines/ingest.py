@@ -43,7 +43,6 @@ from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
 
-
 TASK_RETRIES = 3
 
 
@@ -217,7 +216,9 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     """
     started_cpu = time.process_time()
     index = int(item["chunk"])
-    rows = [ManifestRow(**{**row, "labels": tuple(row["labels"])}) for row in json.loads(item["rows"])]
+    rows = [
+        ManifestRow(**{**row, "labels": tuple(row["labels"])}) for row in json.loads(item["rows"])
+    ]
     fs, root = open_root(config.output, config.storage_options)
     schema = shard_schema(config.encoding, config.frames, config.short_side)
     errors: list[dict[str, str]] = []
@@ -229,7 +230,9 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
             try:
                 pending.append(clip_record(row, config))
             except Exception as error:  # one bad video costs one error row, nothing more
-                errors.append({"clip_id": row.clip_id, "source": row.path, "error": describe_error(error)})
+                errors.append(
+                    {"clip_id": row.clip_id, "source": row.path, "error": describe_error(error)}
+                )
             if pending and (len(pending) == config.row_group_size or position == len(rows) - 1):
                 writer = writer or pq.ParquetWriter(temporary, schema, use_dictionary=False)
                 writer.write_table(_records_to_table(pending, schema))
@@ -255,10 +258,16 @@ def _plan(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
     """What makes chunk files of two runs interchangeable: the rows and the frame settings."""
     digest = hashlib.sha256(json.dumps([asdict(row) for row in manifest.rows]).encode()).hexdigest()
     keys = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size")  # not num_cpus
-    return {"rows": len(manifest.rows), "manifest_sha256": digest, **{k: getattr(config, k) for k in keys}}
+    return {
+        "rows": len(manifest.rows),
+        "manifest_sha256": digest,
+        **{k: getattr(config, k) for k in keys},
+    }
 
 
-def _check_plan(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig) -> None:
+def _check_plan(
+    fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig
+) -> None:
     """Record the plan of a new split, or refuse to mix chunks of a different one."""
     path = f"{_progress_dir(root, config.split)}/plan.json"
     plan = _plan(manifest, config)
@@ -292,8 +301,14 @@ def _check_dataset_info(fs: fsspec.AbstractFileSystem, root: str, info: DatasetI
 def _done_chunks(fs: fsspec.AbstractFileSystem, root: str, split: str) -> set[int]:
     directory = _progress_dir(root, split)
     fs.invalidate_cache()  # object-store listings are cached; workers wrote since
-    names = [os.path.basename(path) for path in fs.ls(directory, detail=False)] if fs.exists(directory) else []
-    return {int(name[5:10]) for name in names if name.startswith("done-") and name.endswith(".json")}
+    names = (
+        [os.path.basename(path) for path in fs.ls(directory, detail=False)]
+        if fs.exists(directory)
+        else []
+    )
+    return {
+        int(name[5:10]) for name in names if name.startswith("done-") and name.endswith(".json")
+    }
 
 
 def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
@@ -309,7 +324,10 @@ def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
 
 
 def _run_pending(
-    chunks: list[list[ManifestRow]], pending: list[int], config: IngestConfig, log: Callable[[str], None]
+    chunks: list[list[ManifestRow]],
+    pending: list[int],
+    config: IngestConfig,
+    log: Callable[[str], None],
 ) -> float:
     """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk.
     Returns the CPU seconds the tasks used."""
@@ -341,7 +359,9 @@ def _run_pending(
     return cpu_seconds
 
 
-def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print) -> IngestResult:
+def ingest(
+    manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print
+) -> IngestResult:
     """Write ``manifest`` as split ``config.split`` of the dataset root ``config.output``.
 
     Starts or attaches to Ray (pipelines.ray_runtime.init_ray) only when there is work left. Chunks done
@@ -372,7 +392,9 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     chunks = _chunks(manifest.rows, config.chunk_size)
     done = _done_chunks(fs, root, config.split)
     pending = [i for i in range(len(chunks)) if i not in done]
-    log(f"[{config.split}] {len(manifest.rows)} clips in {len(chunks)} chunks; {len(pending)} to do")
+    log(
+        f"[{config.split}] {len(manifest.rows)} clips in {len(chunks)} chunks; {len(pending)} to do"
+    )
     cpu_seconds = _run_pending(chunks, pending, config, log) if pending else 0.0
     fs.invalidate_cache()
 
@@ -387,4 +409,6 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     info.splits[config.split] = {"written": written, "failed": failed}
     info.software_version = tin.__version__
     _write_text(fs, f"{root}/dataset.json", info.to_json(), root)
-    return IngestResult(written, failed, len(pending), len(chunks) - len(pending), errors_path, cpu_seconds)
+    return IngestResult(
+        written, failed, len(pending), len(chunks) - len(pending), errors_path, cpu_seconds
+    )

@@ -61,11 +61,15 @@ def _mark_duplicates(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
     return marked
 
 
-def _resolve(names: Sequence[Any], index: dict[str, int], num_classes: int) -> tuple[tuple[int, ...], str | None]:
+def _resolve(
+    names: Sequence[Any], index: dict[str, int], num_classes: int
+) -> tuple[tuple[int, ...], str | None]:
     """Label names or integer ids -> (class indices, error message or None)."""
     labels, unknown = [], []
     for name in names:
-        if isinstance(name, int) or (isinstance(name, str) and name.strip().isdigit() and name not in index):
+        if isinstance(name, int) or (
+            isinstance(name, str) and name.strip().isdigit() and name not in index
+        ):
             value = int(name)
             (labels if 0 <= value < num_classes else unknown).append(value)
         elif name in index:
@@ -90,7 +94,9 @@ def read_class_list(path: str) -> list[str]:
     return lines
 
 
-def read_generic(annotations: str, video_root: str, classes_file: str | None = None, name: str = "generic") -> Manifest:
+def read_generic(
+    annotations: str, video_root: str, classes_file: str | None = None, name: str = "generic"
+) -> Manifest:
     """JSON Lines ``{"path", "labels": [names or ids], "start"?, "end"?, "id"?}``.
 
     Classes: ``classes_file`` (one name a line) when given; otherwise the sorted label names seen
@@ -159,24 +165,41 @@ def read_kinetics(
     """
     records = list(csv.DictReader(io.StringIO(read_text(annotations))))
     labelled = [record for record in records if record.get("label")]
-    classes = read_class_list(classes_file) if classes_file else sorted({r["label"] for r in labelled})
+    classes = (
+        read_class_list(classes_file) if classes_file else sorted({r["label"] for r in labelled})
+    )
     index = _class_index(classes)
     if layout == "auto":
         fs, root = fsspec.core.url_to_fs(video_root) if video_root else (None, "")
-        layout = "by_label" if labelled and fs is not None and fs.isdir(join_path(root, labelled[0]["label"])) else "flat"
+        layout = (
+            "by_label"
+            if labelled and fs is not None and fs.isdir(join_path(root, labelled[0]["label"]))
+            else "flat"
+        )
     if layout not in ("flat", "by_label"):
         raise ValueError(f"unknown Kinetics layout {layout!r}; use flat, by_label or auto")
     rows = []
     for record in records:
-        file_name = kinetics_file_name(record["youtube_id"], int(record["time_start"]), int(record["time_end"]))
+        file_name = kinetics_file_name(
+            record["youtube_id"], int(record["time_start"]), int(record["time_end"])
+        )
         label = record.get("label")
         labels, error = _resolve([label] if label else [], index, len(classes))
         folder = f"{label}/" if layout == "by_label" and label else ""
-        rows.append(ManifestRow(file_name[: -len(".mp4")], join_path(video_root, folder + file_name), labels, error=error))
+        rows.append(
+            ManifestRow(
+                file_name[: -len(".mp4")],
+                join_path(video_root, folder + file_name),
+                labels,
+                error=error,
+            )
+        )
     return Manifest(name, classes, False, _mark_duplicates(rows))
 
 
-def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = "sthv2") -> Manifest:
+def read_sthv2(
+    annotations: str, labels_json: str, video_root: str, name: str = "sthv2"
+) -> Manifest:
     """Something-Something V2: ``labels.json`` ({name: "index"}) and ``train.json`` /
     ``validation.json`` ([{"id", "template", ...}]); class = labels[template without brackets].
     ``test.json`` entries (no template) get no labels. Videos are ``<root>/<id>.webm``."""
@@ -189,7 +212,9 @@ def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = 
         names = [template.replace("[", "").replace("]", "")] if template else []
         labels, error = _resolve(names, index, len(classes))
         clip_id = str(entry["id"])
-        rows.append(ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error))
+        rows.append(
+            ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error)
+        )
     return Manifest(name, classes, False, _mark_duplicates(rows))
 
 

@@ -67,7 +67,10 @@ def storage_options_from_env() -> dict[str, Any]:
     options: dict[str, Any] = {}
     client_kwargs = {
         key: os.environ[name]
-        for key, name in (("endpoint_url", "AWS_ENDPOINT_URL"), ("region_name", "AWS_DEFAULT_REGION"))
+        for key, name in (
+            ("endpoint_url", "AWS_ENDPOINT_URL"),
+            ("region_name", "AWS_DEFAULT_REGION"),
+        )
         if os.environ.get(name)
     }
     if client_kwargs:
@@ -123,5 +126,7 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
     """Build the manifest and ingest it into ``config.output``/``config.split``."""
     config.ingest_config().validate()
     manifest = build_manifest(config)
-    log(f"{manifest.name}: {len(manifest.rows)} clips, {len(manifest.classes)} classes -> {config.output}")
+    log(
+        f"{manifest.name}: {len(manifest.rows)} clips, {len(manifest.classes)} classes -> {config.output}"
+    )
     return ingest(manifest, config.ingest_config(), log)

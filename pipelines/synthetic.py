@@ -142,7 +142,9 @@ def _object_colour(background: np.ndarray, rng: np.random.Generator) -> np.ndarr
             return colour
 
 
-def render_clip(motions: Sequence[str], config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+def render_clip(
+    motions: Sequence[str], config: SyntheticConfig, rng: np.random.Generator
+) -> np.ndarray:
     """One clip with one object per entry of ``motions``. Returns uint8 (T, S, S, 3) RGB."""
     size, frames = config.size, config.frames
     background = _background(size, rng)
@@ -183,7 +185,9 @@ def _clip_motions(index: int, config: SyntheticConfig, rng: np.random.Generator)
     if not config.multi_label:
         return [config.motions[index % len(config.motions)]]
     count = min(config.objects_per_clip, len(config.motions))
-    return [config.motions[i] for i in sorted(rng.choice(len(config.motions), count, replace=False))]
+    return [
+        config.motions[i] for i in sorted(rng.choice(len(config.motions), count, replace=False))
+    ]
 
 
 def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) -> SyntheticFiles:

@@ -26,7 +26,12 @@ from tin.data import (
 
 def test_tin_data_imports_neither_ray_nor_pipelines():
     code = "import sys, tin.data; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pipelines')))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )
 
 
 def test_jpeg_round_trip_is_close():
@@ -55,7 +60,12 @@ def test_sample_indices(first, stop, count, expected):
 
 @pytest.mark.parametrize(
     "height, width, short, expected",
-    [(720, 1280, 256, (256, 456)), (1280, 720, 256, (456, 256)), (48, 64, 32, (32, 42)), (64, 64, 32, (32, 32))],
+    [
+        (720, 1280, 256, (256, 456)),
+        (1280, 720, 256, (456, 256)),
+        (48, 64, 32, (32, 42)),
+        (64, 64, 32, (32, 32)),
+    ],
 )
 def test_resized_shape_keeps_aspect(height, width, short, expected):
     assert resized_shape(height, width, short) == expected
@@ -70,12 +80,18 @@ def write_root(root, encoding: str) -> dict[str, np.ndarray]:
     """A dataset root written with pyarrow alone: 5 clips of 4 frames, 8x8 (raw) or 8x10 (jpeg)."""
     rng = np.random.default_rng(1)
     width = 8 if encoding == "raw" else 10
-    clips = {f"c{i}": np.full((4, 8, width, 3), 40 * i, dtype=np.uint8) + rng.integers(0, 3, (4, 8, width, 3), dtype=np.uint8) for i in range(5)}
+    clips = {
+        f"c{i}": np.full((4, 8, width, 3), 40 * i, dtype=np.uint8)
+        + rng.integers(0, 3, (4, 8, width, 3), dtype=np.uint8)
+        for i in range(5)
+    }
     schema = shard_schema(encoding, 4, 8)
     if encoding == "raw":
         frames = pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack(list(clips.values())))
     else:
-        frames = pa.array([encode_jpeg(clip, 100) for clip in clips.values()], type=schema.field("frames").type)
+        frames = pa.array(
+            [encode_jpeg(clip, 100) for clip in clips.values()], type=schema.field("frames").type
+        )
     table = pa.Table.from_arrays(
         [
             pa.array(list(clips)),
@@ -91,7 +107,16 @@ def write_root(root, encoding: str) -> dict[str, np.ndarray]:
     (root / "train").mkdir(parents=True)
     pq.write_table(table.slice(0, 3), root / "train" / "part-00000.parquet")
     pq.write_table(table.slice(3), root / "train" / "part-00001.parquet")
-    info = DatasetInfo("toy", [str(i) for i in range(5)], False, 4, encoding, 8, {"train": {"written": 5, "failed": 0}}, "0.1.0")
+    info = DatasetInfo(
+        "toy",
+        [str(i) for i in range(5)],
+        False,
+        4,
+        encoding,
+        8,
+        {"train": {"written": 5, "failed": 0}},
+        "0.1.0",
+    )
     (root / "dataset.json").write_text(info.to_json())
     return clips
 
@@ -112,7 +137,9 @@ def test_iter_and_read_clips_without_ray(tmp_path, encoding):
 
 
 def test_dataset_info_json_round_trip():
-    info = DatasetInfo("x", ["a", "b"], True, 16, "jpeg", 256, {"train": {"written": 1, "failed": 2}}, "0.1.0")
+    info = DatasetInfo(
+        "x", ["a", "b"], True, 16, "jpeg", 256, {"train": {"written": 1, "failed": 2}}, "0.1.0"
+    )
     assert DatasetInfo.from_json(info.to_json()) == info
     assert info.same_layout(DatasetInfo("y", ["a", "b"], True, 16, "jpeg", 256))
     assert not info.same_layout(DatasetInfo("x", ["a", "b"], True, 8, "jpeg", 256))

@@ -16,16 +16,29 @@ from tin.data.video import frame_range
 @pytest.fixture(scope="module")
 def ramp_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("video")
-    ramp = np.broadcast_to((16 + np.arange(24) * 9)[:, None, None, None], (24, 32, 48, 3)).astype(np.uint8)
+    ramp = np.broadcast_to((16 + np.arange(24) * 9)[:, None, None, None], (24, 32, 48, 3)).astype(
+        np.uint8
+    )
     files = {"h264": root / "a.mp4", "av1": root / "a.mkv"}
     write_video(files["h264"], ramp, 12)
-    write_video(files["av1"], np.pad(ramp, ((0, 0), (8, 8), (0, 0), (0, 0)), mode="edge"), 12, codec="libsvtav1")
+    write_video(
+        files["av1"],
+        np.pad(ramp, ((0, 0), (8, 8), (0, 0), (0, 0)), mode="edge"),
+        12,
+        codec="libsvtav1",
+    )
     return files
 
 
 def test_probe(ramp_files):
     info = probe_video(str(ramp_files["h264"]))
-    assert (info.width, info.height, info.num_frames, info.fps, info.codec) == (48, 32, 24, 12.0, "h264")
+    assert (info.width, info.height, info.num_frames, info.fps, info.codec) == (
+        48,
+        32,
+        24,
+        12.0,
+        "h264",
+    )
 
 
 @pytest.mark.parametrize("key", ["h264", "av1"])

@@ -17,7 +17,9 @@ FRAMES, SHORT_SIDE = 8, 32
 
 
 def _read_errors(root: Path, split: str) -> list[dict]:
-    return [json.loads(line) for line in (root / "errors" / f"{split}.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (root / "errors" / f"{split}.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,18 @@ def test_frames_in_temporal_order_and_resized(jpeg_root, key):
 
 
 def test_aspect_kept_on_real_clips(jpeg_root):
-    assert read_clip(str(jpeg_root), "val", "bigbuckbunny").frames.shape == (FRAMES, 32, 56, 3)  # 1280x720
-    assert read_clip(str(jpeg_root), "val", "carphone").frames.shape == (FRAMES, 32, 40, 3)  # 176x144
+    assert read_clip(str(jpeg_root), "val", "bigbuckbunny").frames.shape == (
+        FRAMES,
+        32,
+        56,
+        3,
+    )  # 1280x720
+    assert read_clip(str(jpeg_root), "val", "carphone").frames.shape == (
+        FRAMES,
+        32,
+        40,
+        3,
+    )  # 176x144
 
 
 def test_short_video_repeats_frames_uniformly(jpeg_root):
@@ -83,7 +95,9 @@ def test_completed_split_rerun_is_a_no_op(jpeg_root, media_root, mixed_manifest)
     config = IngestConfig(str(jpeg_root), "val", frames=FRAMES, short_side=SHORT_SIDE, chunk_size=3)
     result = ingest(manifest, config, log=lambda line: None)
     assert result.chunks_run == 0 and (result.written, result.failed) == (len(GOOD), len(BAD) + 1)
-    assert {path: path.stat().st_mtime_ns for path in sorted((jpeg_root / "val").glob("*.parquet"))} == before
+    assert {
+        path: path.stat().st_mtime_ns for path in sorted((jpeg_root / "val").glob("*.parquet"))
+    } == before
 
 
 def test_other_settings_on_the_same_root_are_refused(jpeg_root, media_root, mixed_manifest):
@@ -95,12 +109,16 @@ def test_other_settings_on_the_same_root_are_refused(jpeg_root, media_root, mixe
 def test_raw_encoding_is_square_fixed_shape_and_reads_in_ray(ray_session, media_root, tmp_path):
     import ray
 
-    lines = [{"id": key, "path": GOOD[key], "labels": [0]} for key in ("h264", "vp9", "bigbuckbunny")]
+    lines = [
+        {"id": key, "path": GOOD[key], "labels": [0]} for key in ("h264", "vp9", "bigbuckbunny")
+    ]
     annotations = tmp_path / "raw.jsonl"
     annotations.write_text("".join(json.dumps(line) + "\n" for line in lines))
     manifest = read_generic(str(annotations), str(media_root))
     root = tmp_path / "raw"
-    config = IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE, encoding="raw", chunk_size=2)
+    config = IngestConfig(
+        str(root), "train", frames=FRAMES, short_side=SHORT_SIDE, encoding="raw", chunk_size=2
+    )
     assert ingest(manifest, config).written == 3
     clip = read_clip(str(root), "train", "h264")
     assert clip.frames.shape == (FRAMES, SHORT_SIDE, SHORT_SIDE, 3)
@@ -119,4 +137,8 @@ def test_a_failure_outside_any_video_stops_with_a_clear_error(ray_session, media
     annotations.write_text(json.dumps({"path": GOOD["h264"], "labels": [0]}) + "\n")
     manifest = read_generic(str(annotations), str(media_root))
     with pytest.raises(IngestError, match="stopped: .*run the same command again to resume"):
-        ingest(manifest, IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE), log=lambda _: None)
+        ingest(
+            manifest,
+            IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE),
+            log=lambda _: None,
+        )

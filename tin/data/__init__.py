@@ -42,4 +42,5 @@ __all__ = [
     "read_video_clip",
     "resized_shape",
     "sample_indices",
+    "shard_schema",
 ]

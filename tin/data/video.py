@@ -79,6 +79,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(height, width) with the shorter side equal to ``short_side``, aspect kept, the longer even."""
+
     def even(value: float) -> int:
         return max(2, int(round(value / 2)) * 2)
 
