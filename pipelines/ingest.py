@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
 
-TASK_RETRIES = 3
+TASK_RETRIES = 8  # per chunk; each retry after a decoder crash skips the row that crashed
 
 
 class IngestError(RuntimeError):
@@ -207,8 +208,50 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 # One chunk (runs inside a Ray Data task)
 
 
+class CrashJournal:
+    """Which rows of a chunk a task started and finished, kept on the worker's local disk.
+
+    A decoder that crashes the process (a segfault in FFmpeg/decord) kills the task; Ray runs it
+    again, and the new attempt reads the journal of the old one: the row that was started but not
+    finished is the one that crashed, and becomes an error row instead of crashing every retry.
+    Journals are keyed by a per-run id, so an interrupted run never blames rows in the next one.
+    Lines: ``start <row> <pid>`` / ``end <row>``.
+    """
+
+    def __init__(self, run_id: str, split: str, chunk: int):
+        directory = os.path.join(tempfile.gettempdir(), "tin-ingest-journals")
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"{run_id}-{split}-{chunk:05d}.log")
+        started, ended = set(), set()
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as handle:
+                for kind, row, *_ in (line.split() for line in handle if line.strip()):
+                    (started if kind == "start" else ended).add(int(row))
+        self.crashed = started - ended
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def _write(self, line: str) -> None:
+        self._handle.write(line + "\n")
+        self._handle.flush()  # in the page cache: survives the process, which is what matters
+
+    def start(self, row: int) -> None:
+        self._write(f"start {row} {os.getpid()}")
+
+    def end(self, row: int) -> None:
+        self._write(f"end {row}")
+
+    def close(self) -> None:
+        self._handle.close()
+        os.remove(self.path)
+
+
+def _error_row(row: ManifestRow, reason: str) -> dict[str, str]:
+    return {"clip_id": row.clip_id, "source": row.path, "error": reason}
+
+
 def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
-    """Ingest one chunk ``{"chunk": index, "rows": JSON list of ManifestRow}`` and commit it.
+    """Ingest one chunk ``{"run": run id, "chunk": index, "rows": JSON list of ManifestRow}`` and
+    commit it.
 
     Writes the chunk's shard (clips that worked, flushed every ``row_group_size`` clips), then its
     done-marker with the error rows. Returns {"chunk", "written", "failed", "cpu_seconds"} (CPU
@@ -223,16 +266,20 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     schema = shard_schema(config.encoding, config.frames, config.short_side)
     errors: list[dict[str, str]] = []
     written = 0
+    journal = CrashJournal(item["run"], config.split, index)
     with _staged_file(fs, _shard_path(root, config.split, index), root) as temporary:
         writer: pq.ParquetWriter | None = None
         pending: list[dict[str, Any]] = []
         for position, row in enumerate(rows):
-            try:
-                pending.append(clip_record(row, config))
-            except Exception as error:  # one bad video costs one error row, nothing more
-                errors.append(
-                    {"clip_id": row.clip_id, "source": row.path, "error": describe_error(error)}
-                )
+            if position in journal.crashed:
+                errors.append(_error_row(row, "decoding crashed the worker process"))
+            else:
+                journal.start(position)
+                try:
+                    pending.append(clip_record(row, config))
+                except Exception as error:  # one bad video costs one error row, nothing more
+                    errors.append(_error_row(row, describe_error(error)))
+                journal.end(position)
             if pending and (len(pending) == config.row_group_size or position == len(rows) - 1):
                 writer = writer or pq.ParquetWriter(temporary, schema, use_dictionary=False)
                 writer.write_table(_records_to_table(pending, schema))
@@ -242,6 +289,7 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
             writer.close()
     marker = {"chunk": index, "written": written, "failed": len(errors), "errors": errors}
     _write_text(fs, _marker_path(root, config.split, index), json.dumps(marker), root)
+    journal.close()
     cpu_seconds = time.process_time() - started_cpu
     return {"chunk": index, "written": written, "failed": len(errors), "cpu_seconds": cpu_seconds}
 
@@ -336,10 +384,15 @@ def _run_pending(
     from pipelines.ray_runtime import init_ray
 
     init_ray(config.num_cpus)
-    items = [{"chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])} for i in pending]
-    # Finite retries: a worker that dies on every attempt (a decoder crash) stops the job with a
-    # message instead of being retried forever (Ray Data's default). Ray 2.60 deprecates passing
-    # remote args this way but offers no other way to bound retries of a map task.
+    run_id = uuid.uuid4().hex
+    items = [
+        {"run": run_id, "chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])}
+        for i in pending
+    ]
+    # Finite retries: a task that dies on every attempt although the crash journal skips the row
+    # that crashed (e.g. it dies outside any row, or retries land on other nodes) stops the job
+    # with a message instead of being retried forever (Ray Data's default). Ray 2.60 deprecates
+    # passing remote args this way but offers no other way to bound retries of a map task.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(

