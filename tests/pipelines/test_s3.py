@@ -11,7 +11,7 @@ from pipelines.ingest import IngestConfig, ingest
 from pipelines.manifests import read_generic
 from tests.pipelines.conftest import GOOD
 from tests.pipelines.test_jobs import run_job
-from tin.data import iter_clips, load_dataset_info, read_clip
+from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -88,13 +88,7 @@ def test_s3_round_trip(ray_session, s3, tmp_path):
     info = load_dataset_info("s3://datasets/demo", options)
     assert info.splits == {"train": {"written": 3, "failed": 1}}
 
-    import s3fs
-
-    fs = s3fs.S3FileSystem(**options)
-    errors = [
-        json.loads(line)
-        for line in fs.cat_file("datasets/demo/errors/train.jsonl").decode().splitlines()
-    ]
+    errors = read_errors("s3://datasets/demo", "train", options)
     assert [(e["clip_id"], e["error"]) for e in errors] == [("missing", "file not found")]
     assert ingest(manifest, config, log=lambda line: None).chunks_run == 0
 

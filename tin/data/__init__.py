@@ -1,10 +1,16 @@
 """Clip data without Ray: the shard schema, frame encodings, dataset metadata, video decoding
 and readers of a prepared dataset root."""
 
-from tin.data.reader import Clip, iter_clips, load_dataset_info, open_root, read_clip
+from tin.data.reader import (
+    Clip,
+    iter_clips,
+    load_dataset_info,
+    open_root,
+    read_clip,
+    read_errors,
+)
 from tin.data.shards import (
     ENCODINGS,
-    ERROR_FIELDS,
     DatasetInfo,
     centre_crop,
     decode_jpeg,
@@ -26,7 +32,6 @@ __all__ = [
     "Clip",
     "DatasetInfo",
     "ENCODINGS",
-    "ERROR_FIELDS",
     "VideoError",
     "VideoInfo",
     "centre_crop",
@@ -39,6 +44,7 @@ __all__ = [
     "open_root",
     "probe_video",
     "read_clip",
+    "read_errors",
     "read_video_clip",
     "resized_shape",
     "sample_indices",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -79,3 +80,15 @@ def read_clip(
     if table.num_rows == 0:
         raise KeyError(f"no clip {clip_id!r} in {root}/{split}")
     return next(_clips(table))
+
+
+def read_errors(
+    root: str, split: str, storage_options: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """Error rows of ``split`` ({"clip_id", "source", "error"}); [] when every clip was written."""
+    fs, path = open_root(root, storage_options)
+    errors_path = f"{path}/errors/{split}.jsonl"
+    if not fs.exists(errors_path):
+        return []
+    with fs.open(errors_path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 
 ENCODINGS = ("jpeg", "raw")
-ERROR_FIELDS = ("clip_id", "source", "error")  # one JSON object a line in errors/<split>.jsonl
 
 
 def frames_type(encoding: str, frames_per_clip: int, short_side: int) -> pa.DataType:
