@@ -162,13 +162,18 @@ def render_clip(
     return np.clip(video, 0, 255).astype(np.uint8)
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str = "libx264") -> None:
+def write_video(
+    path: str | Path, frames: np.ndarray, fps: int, codec: str = "libx264", all_intra: bool = False
+) -> None:
     """Encode uint8 (T, H, W, 3) RGB (H, W even) with PyAV, single-threaded; the container
     follows the file extension (.mp4, .avi, .webm, .mkv). ``codec``: any FFmpeg encoder name
-    (libx264, mpeg4, libvpx-vp9, libsvtav1, ...)."""
+    (libx264, mpeg4, libvpx-vp9, libsvtav1, ...). ``all_intra`` codes every frame as a key frame.
+    """
     import av
 
     options = {"crf": "18", "preset": "fast"} if codec == "libx264" else {}
+    if all_intra:
+        options["g"] = "1"
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -206,7 +211,9 @@ def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) 
         rng = np.random.default_rng([config.seed, split_code, index])
         motions = _clip_motions(index, config, rng)
         relative = f"{split}/clip_{index:05d}.mp4"
-        write_video(root / relative, render_clip(motions, config, rng), config.fps)
+        # All-intra: with key frames only, compression artefacts do not depend on the playback
+        # direction, so they cannot tell mirror classes apart either.
+        write_video(root / relative, render_clip(motions, config, rng), config.fps, all_intra=True)
         if config.multi_label:
             lines.append(",".join([relative] + [str(config.motions.index(m)) for m in motions]))
         else:

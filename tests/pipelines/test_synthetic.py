@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import av
 import numpy as np
 import pytest
 
@@ -76,6 +77,9 @@ def test_generation_is_deterministic_real_h264(tmp_path):
     assert (info.codec, info.num_frames, info.width, info.height) == ("h264", 8, 32, 32)
     frames, _ = read_video_clip(str(tmp_path / "a" / rows[0]["path"]), 8, 32)
     assert frames.shape == (8, 32, 32, 3)
+    with av.open(str(tmp_path / "a" / rows[0]["path"])) as container:
+        # all key frames: compression does not depend on the playback direction
+        assert all(frame.key_frame for frame in container.decode(video=0))
 
 
 def test_splits_differ(tmp_path):
