@@ -86,6 +86,11 @@ def check_inputs(config: PrepareConfig) -> None:
     if config.format not in FORMATS:
         raise PrepareError(f"--format {config.format!r}: choose one of {', '.join(FORMATS)}")
     if config.format == "synthetic":
+        if fsspec.utils.get_protocol(config.video_root) not in ("file", "local"):
+            raise PrepareError(
+                f"--video-root {config.video_root}: synthetic clips are written to a local "
+                f"directory (the output root may be remote)"
+            )
         return
     if not config.annotations:
         raise PrepareError(f"--annotations is required for --format {config.format}")

@@ -148,6 +148,7 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
             "--classes is required for --format mmit",
         ),
         (["--format", "avi"], "invalid choice: 'avi'"),
+        (["--format", "synthetic", "--video-root", "s3://b/v"], "--video-root s3://b/v: synthetic"),
         (
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],
             "frames must be positive",
@@ -160,7 +161,7 @@ def test_job_cannot_run_exits_non_zero_naming_the_flag(
     args = [arg.replace("{manifest}", str(mixed_manifest)) for arg in args]
     done = run_job(
         "prepare_dataset.py",
-        [*args, "--video-root", str(tmp_path), "--split", "val", "--output", str(tmp_path / "ds")],
+        ["--video-root", str(tmp_path), "--split", "val", "--output", str(tmp_path / "ds"), *args],
         ray_session,
     )
     assert done.returncode != 0 and message in done.stderr, done.stderr
