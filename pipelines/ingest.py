@@ -9,7 +9,10 @@ one Ray task handles one chunk, writes ``<split>/part-NNNNN.parquet`` through a 
 that is renamed (local) or uploaded in one piece (object store), then records the chunk as done in
 ``_ingest/<split>/done-NNNNN.json`` (counts and error rows). A rerun skips done chunks and rewrites
 the others under the same names, so nothing lands twice. Memory per task is one Parquet row group
-of clips, whatever the size of the dataset.
+of clips, whatever the size of the dataset. (Ray's ``Dataset.write_parquet`` is not used: it
+names files by a per-run write id and writes them in place, so an interrupted run could not be
+resumed without duplicates or partial files.) A video that crashes the decoder process is found
+by the task's crash journal when Ray retries the task (see CrashJournal).
 
 Layout of the dataset root::
 
