@@ -1,0 +1,127 @@
+"""Prepare one split of a video dataset as Parquet frame shards (see README "Preparing datasets").
+
+    python jobs/prepare_dataset.py --format {generic,mmit,kinetics,sthv2,ucf101,synthetic}
+        --annotations FILE [--classes FILE] --video-root DIR --split NAME --output ROOT
+        [--frames 16] [--short-side 256] [--encoding jpeg|raw]
+
+Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
+``ray job submit``. Exit status 0 unless the job cannot run at all (bad flags, missing annotation
+file, unwritable or incompatible output); bad videos only become error rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
+
+from pipelines.ingest import IngestError  # noqa: E402
+from pipelines.prepare import (  # noqa: E402
+    FORMATS,
+    PrepareConfig,
+    PrepareError,
+    prepare_dataset,
+    storage_options_from_env,
+)
+from pipelines.synthetic import SyntheticConfig  # noqa: E402
+from tin.data.shards import ENCODINGS  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--annotations", help="annotation file (not needed for synthetic)")
+    parser.add_argument(
+        "--classes", help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)"
+    )
+    parser.add_argument(
+        "--video-root", required=True, help="directory or URI the annotation paths are relative to"
+    )
+    parser.add_argument("--split", required=True, help="split name, e.g. train or val")
+    parser.add_argument(
+        "--output", required=True, help="dataset root: local directory or s3://bucket/prefix"
+    )
+    parser.add_argument("--name", help="dataset name in dataset.json (default: the format)")
+    parser.add_argument("--frames", type=int, default=16, help="frames stored per clip (F)")
+    parser.add_argument(
+        "--short-side", type=int, default=256, help="short side of stored frames in pixels"
+    )
+    parser.add_argument("--encoding", default="jpeg", choices=ENCODINGS)
+    parser.add_argument(
+        "--chunk-size", type=int, default=64, help="clips per shard file and per task"
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)"
+    )
+    parser.add_argument("--kinetics-layout", default="auto", choices=("auto", "flat", "by_label"))
+    synthetic = parser.add_argument_group(
+        "synthetic (--format synthetic: clips are written to --video-root)"
+    )
+    defaults = SyntheticConfig()
+    synthetic.add_argument("--num-clips", type=int, default=defaults.num_clips)
+    synthetic.add_argument(
+        "--size", type=int, default=defaults.size, help="frame width = height (even)"
+    )
+    synthetic.add_argument(
+        "--clip-frames", type=int, default=defaults.frames, help="length of each clip"
+    )
+    synthetic.add_argument(
+        "--noise", type=float, default=defaults.noise, help="pixel noise std / 255"
+    )
+    synthetic.add_argument("--seed", type=int, default=defaults.seed)
+    synthetic.add_argument(
+        "--multi-label", action="store_true", help="several objects, MMiT format"
+    )
+    synthetic.add_argument("--objects-per-clip", type=int, default=defaults.objects_per_clip)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    synthetic = SyntheticConfig(
+        num_clips=args.num_clips,
+        frames=args.clip_frames,
+        size=args.size,
+        noise=args.noise,
+        seed=args.seed,
+        multi_label=args.multi_label,
+        objects_per_clip=args.objects_per_clip,
+    )
+    return PrepareConfig(
+        format=args.format,
+        video_root=args.video_root,
+        split=args.split,
+        output=args.output,
+        annotations=args.annotations,
+        classes=args.classes,
+        name=args.name,
+        frames=args.frames,
+        short_side=args.short_side,
+        encoding=args.encoding,
+        chunk_size=args.chunk_size,
+        num_cpus=args.num_cpus,
+        kinetics_layout=args.kinetics_layout,
+        synthetic=synthetic,
+        storage_options=storage_options_from_env(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(argv))
+    try:
+        result = prepare_dataset(config, log=lambda line: print(line, flush=True))
+    except PrepareError as error:
+        parser.error(str(error))
+    except (IngestError, FileNotFoundError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Shared fixtures: one Ray runtime per test session (local on 127.0.0.1 unless RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray for the whole session: attaches to RAY_ADDRESS when set, else starts a local 2-CPU Ray
+    on 127.0.0.1. Yields the address other processes (subprocess jobs) can attach to."""
+    ray = pytest.importorskip("ray")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

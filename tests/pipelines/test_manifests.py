@@ -1,0 +1,193 @@
+"""Manifest parsers on literal sample annotation files of each dataset format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.manifests import (
+    read_class_list,
+    read_generic,
+    read_kinetics,
+    read_mmit,
+    read_sthv2,
+    read_ucf101,
+)
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_generic_names_ids_times_and_unknown_classes(tmp_path):
+    annotations = write(
+        tmp_path / "a.jsonl",
+        '{"path": "x/a.mp4", "labels": ["jump"], "start": 1.5, "end": 3.0}\n'
+        '{"path": "x/b.mp4", "labels": ["run", "jump"], "id": "clip-b"}\n'
+        "\n"
+        '{"path": "x/c.mp4", "labels": ["fly"]}\n'
+        '{"path": "x/a.mp4", "labels": ["run"]}\n',
+    )
+    classes = write(tmp_path / "classes.txt", "run\njump\n")
+    manifest = read_generic(annotations, "/videos", classes)
+    assert manifest.classes == ["run", "jump"] and manifest.multi_label
+    a, b, c, duplicate = manifest.rows
+    assert (a.clip_id, a.path, a.labels, a.start, a.end, a.error) == (
+        "x/a.mp4",
+        "/videos/x/a.mp4",
+        (1,),
+        1.5,
+        3.0,
+        None,
+    )
+    assert (b.clip_id, b.labels) == ("clip-b", (0, 1))
+    assert c.error == "unknown class 'fly' (not in the class list)"
+    assert "duplicate clip_id 'x/a.mp4'" in duplicate.error
+
+
+def test_generic_without_class_file_uses_sorted_names_or_ids(tmp_path):
+    names = write(
+        tmp_path / "n.jsonl",
+        '{"path": "a.mp4", "labels": ["b"]}\n{"path": "c.mp4", "labels": ["a"]}\n',
+    )
+    assert read_generic(names, "").classes == ["a", "b"]
+    ids = write(tmp_path / "i.jsonl", '{"path": "a.mp4", "labels": [2]}\n')
+    manifest = read_generic(ids, "s3://bucket/videos/")
+    assert (
+        manifest.classes == ["0", "1", "2"] and manifest.rows[0].path == "s3://bucket/videos/a.mp4"
+    )
+    assert not manifest.multi_label
+
+
+def test_mmit(tmp_path):
+    categories = write(
+        tmp_path / "moments_categories.txt", "crafting,0\nsinging,2\nadult+female+singing,1\n"
+    )
+    annotations = write(
+        tmp_path / "trainingSet.csv",
+        "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4,2,1\n"
+        "crafting/yt-abc_12.mp4,0\n"
+        "crafting/yt-bad_1.mp4,0,313\n",
+    )
+    manifest = read_mmit(annotations, categories, "/mmit/videos/training")
+    assert (
+        manifest.classes == ["crafting", "adult+female+singing", "singing"] and manifest.multi_label
+    )
+    first, second, bad = manifest.rows
+    assert first.clip_id == "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
+    assert (
+        first.path == "/mmit/videos/training/adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
+    )
+    assert first.labels == (1, 2) and second.labels == (0,)
+    assert bad.error == "unknown class 313 (not in the class list)"
+
+
+KINETICS_400 = """label,youtube_id,time_start,time_end,split,is_cc
+"air drumming",--nQbRBEz2s,104,114,val,0
+abseiling,-3B32lodo2M,59,69,val,0
+"air drumming",-0Ng4KJQQxI,7,17,val,0
+"""
+
+
+def test_kinetics_flat_and_by_label(tmp_path):
+    annotations = write(tmp_path / "val.csv", KINETICS_400)
+    flat = read_kinetics(annotations, str(tmp_path / "flat"), layout="flat")
+    assert flat.classes == ["abseiling", "air drumming"] and not flat.multi_label
+    row = flat.rows[0]
+    assert row.clip_id == "--nQbRBEz2s_000104_000114" and row.labels == (1,)
+    assert row.path == f"{tmp_path}/flat/--nQbRBEz2s_000104_000114.mp4"
+    (tmp_path / "by" / "air drumming").mkdir(parents=True)
+    by_label = read_kinetics(annotations, str(tmp_path / "by"))  # auto-detected
+    assert by_label.rows[0].path == f"{tmp_path}/by/air drumming/--nQbRBEz2s_000104_000114.mp4"
+
+
+def test_kinetics_600_test_csv_without_labels_and_class_file(tmp_path):
+    annotations = write(
+        tmp_path / "test.csv", "youtube_id,time_start,time_end,split\nzzz,0,10,test\n"
+    )
+    classes = write(tmp_path / "classes.txt", "abseiling\nair drumming\n")
+    manifest = read_kinetics(annotations, str(tmp_path), classes)
+    assert manifest.rows[0].labels == () and manifest.rows[0].error is None
+    unknown = write(
+        tmp_path / "u.csv", "label,youtube_id,time_start,time_end,split\nyodeling,a,0,10,train\n"
+    )
+    assert (
+        "unknown class 'yodeling'" in read_kinetics(unknown, str(tmp_path), classes).rows[0].error
+    )
+
+
+def test_something_something_v2(tmp_path):
+    labels = write(
+        tmp_path / "labels.json",
+        json.dumps(
+            {
+                "Approaching something with your camera": "0",
+                "Holding something next to something": "1",
+            }
+        ),
+    )
+    train = write(
+        tmp_path / "train.json",
+        json.dumps(
+            [
+                {
+                    "id": "78687",
+                    "label": "holding potato next to vicks vaporub bottle",
+                    "template": "Holding [something] next to [something]",
+                    "placeholders": ["potato", "vicks"],
+                },
+                {
+                    "id": "42326",
+                    "label": "approaching a cup with your camera",
+                    "template": "Approaching [something] with your camera",
+                    "placeholders": ["a cup"],
+                },
+                {
+                    "id": "1",
+                    "label": "x",
+                    "template": "Spinning [something]",
+                    "placeholders": ["x"],
+                },
+            ]
+        ),
+    )
+    manifest = read_sthv2(train, labels, "/ssv2/videos")
+    assert manifest.classes == [
+        "Approaching something with your camera",
+        "Holding something next to something",
+    ]
+    holding, approaching, unknown = manifest.rows
+    assert (holding.clip_id, holding.path, holding.labels) == (
+        "78687",
+        "/ssv2/videos/78687.webm",
+        (1,),
+    )
+    assert approaching.labels == (0,)
+    assert "unknown class 'Spinning something'" in unknown.error
+    test = write(tmp_path / "test.json", json.dumps([{"id": "5"}]))
+    assert read_sthv2(test, labels, "/v").rows[0].labels == ()
+
+
+def test_ucf101_train_and_test_lists(tmp_path):
+    class_ind = write(tmp_path / "classInd.txt", "1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n")
+    train = write(
+        tmp_path / "trainlist01.txt",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nArchery/v_Archery_g08_c02.avi 3\nX/v_X_g01_c01.avi 102\n",
+    )
+    manifest = read_ucf101(train, class_ind, "/ucf/UCF-101")
+    assert manifest.classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    first, archery, bad = manifest.rows
+    assert first.clip_id == "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi" and first.labels == (0,)
+    assert first.path == "/ucf/UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"
+    assert archery.labels == (2,) and "unknown class 101" in bad.error
+    test = write(tmp_path / "testlist01.txt", "ApplyLipstick/v_ApplyLipstick_g01_c01.avi\n")
+    assert read_ucf101(test, class_ind, "/ucf").rows[0].labels == (1,)
+
+
+@pytest.mark.parametrize("text", ["a\nb\n\n", "b,1\na,0\n"])
+def test_class_list_plain_or_indexed(tmp_path, text):
+    assert read_class_list(write(tmp_path / "c.txt", text)) == ["a", "b"]

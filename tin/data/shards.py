@@ -1,0 +1,111 @@
+"""The shard contract: Parquet schema of a dataset root, frame encodings and ``dataset.json``.
+
+Shared by ingest (writes) and training/evaluation (reads). Schema of ``<root>/<split>/*.parquet``::
+
+    clip_id     string            unique within a split
+    labels      list<int32>       class indices into dataset.json "classes"
+    frames      jpeg: list<binary> (F JPEG images)
+                raw:  arrow.fixed_shape_tensor<uint8>[F, S, S, 3]
+    num_frames  int32             distinct source frames behind the F stored ones (<= F)
+    height      int32             frame height in pixels
+    width       int32             frame width in pixels
+    source      string            the video file the clip came from
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+ENCODINGS = ("jpeg", "raw")
+
+
+def frames_type(encoding: str, frames_per_clip: int, short_side: int) -> pa.DataType:
+    """Arrow type of the ``frames`` column. ``raw`` clips are square: (F, S, S, 3)."""
+    if encoding == "jpeg":
+        return pa.list_(pa.binary())
+    if encoding == "raw":
+        return pa.fixed_shape_tensor(pa.uint8(), [frames_per_clip, short_side, short_side, 3])
+    raise ValueError(f"unknown frame encoding {encoding!r}; choose one of {ENCODINGS}")
+
+
+def shard_schema(encoding: str, frames_per_clip: int, short_side: int) -> pa.Schema:
+    """Schema of one split's Parquet shards (see the module docstring)."""
+    return pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("labels", pa.list_(pa.int32())),
+            ("frames", frames_type(encoding, frames_per_clip, short_side)),
+            ("num_frames", pa.int32()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("source", pa.string()),
+        ]
+    )
+
+
+def encode_jpeg(frames: np.ndarray, quality: int = 90) -> list[bytes]:
+    """uint8 (F, H, W, 3) RGB -> F JPEG images."""
+    from PIL import Image
+
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def decode_jpeg(images: list[bytes]) -> np.ndarray:
+    """F JPEG images -> uint8 (F, H, W, 3) RGB."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(image)).convert("RGB")) for image in images])
+
+
+def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (F, H, W, 3) with min(H, W) >= size -> the central (F, size, size, 3)."""
+    top = (frames.shape[1] - size) // 2
+    left = (frames.shape[2] - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+def frames_from_column(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Decode a ``frames`` column (either encoding) into uint8 (F, H, W, 3) arrays."""
+    if isinstance(column, pa.ChunkedArray):
+        return [clip for chunk in column.chunks for clip in frames_from_column(chunk)]
+    if isinstance(column.type, pa.FixedShapeTensorType):
+        return list(column.to_numpy_ndarray())
+    return [decode_jpeg(images) for images in column.to_pylist()]
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of ``<root>/dataset.json``. ``splits`` maps split -> {"written": n, "failed": m}."""
+
+    name: str
+    classes: list[str]
+    multi_label: bool
+    frames_per_clip: int
+    encoding: str
+    short_side: int
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    software_version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetInfo":
+        data: dict[str, Any] = json.loads(text)
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+    def same_layout(self, other: "DatasetInfo") -> bool:
+        """True when shards of ``other`` could sit beside ours (same classes and frame format)."""
+        keys = ("classes", "multi_label", "frames_per_clip", "encoding", "short_side")
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
