@@ -11,10 +11,10 @@ import pytest
 def ray_session():
     """Ray for the whole session: attaches to RAY_ADDRESS when set, else starts a local 2-CPU Ray
     on 127.0.0.1. Yields the address other processes (subprocess jobs) can attach to."""
-    ray = pytest.importorskip("ray")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    import ray
+
+    from pipelines.ray_runtime import init_ray
+
+    init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
