@@ -175,18 +175,25 @@ def worker_cpus(config: TrainConfig) -> float:
     return max(0.25, (total - for_data) / config.num_workers)
 
 
-def train(config: TrainConfig) -> ray.train.Result:
-    """Run (or resume) a training: the same --name and --storage-path continue from the latest checkpoint."""
+def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` of a training run (Ray must be running).
+
+    Args:
+        config: the run; ``storage_path`` and ``name`` identify it (same pair = resume).
+        callbacks: extra ``RunConfig`` callbacks, e.g. Tune's ``TuneReportCallback`` in a trial.
+
+    Raises:
+        TrainingSetupError: naming the flag or file that makes the run impossible.
+    """
     info = check_config(config)
     config.storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
-    init_ray()
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,
         train_clips=info.splits[config.train_split]["written"],
         val_clips=info.splits[config.val_split]["written"],
     )
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)}),
@@ -195,11 +202,18 @@ def train(config: TrainConfig) -> ray.train.Result:
             storage_path=config.storage_path,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets={"train": training_stream(config, info), "val": validation_clips(config, info)},
         dataset_config=TrainAndValidationSplit(),
     )
-    return trainer.fit()
+
+
+def train(config: TrainConfig) -> ray.train.Result:
+    """Run (or resume) a training: the same --name and --storage-path continue from the latest checkpoint."""
+    check_config(config)  # before starting Ray: a bad flag should not cost a cluster start
+    init_ray()
+    return build_trainer(config).fit()
 
 
 def run_summary(result: ray.train.Result) -> dict[str, Any]:
