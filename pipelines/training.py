@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import ray
 import ray.data
 import torch
@@ -175,6 +176,23 @@ def worker_cpus(config: TrainConfig) -> float:
     return max(0.25, (total - for_data) / config.num_workers)
 
 
+def checkpoint_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """(path, filesystem) for ``RunConfig``: a local path as it is, or for s3:// an S3 filesystem
+    built from this process's AWS_* settings (endpoint, credentials, region), which then travels
+    to the workers with the run, whatever their own environment."""
+    if not storage_path.startswith("s3://"):
+        return storage_path, None
+    options = storage_options_from_env()
+    client = options.get("client_kwargs", {})
+    filesystem = pyarrow.fs.S3FileSystem(
+        access_key=options.get("key"),
+        secret_key=options.get("secret"),
+        region=client.get("region_name"),
+        endpoint_override=client.get("endpoint_url"),
+    )
+    return storage_path.removeprefix("s3://"), filesystem
+
+
 def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` of a training run (Ray must be running).
 
@@ -193,13 +211,15 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTr
         train_clips=info.splits[config.train_split]["written"],
         val_clips=info.splits[config.val_split]["written"],
     )
+    storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)}),
         run_config=RunConfig(
             name=config.name,
-            storage_path=config.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
