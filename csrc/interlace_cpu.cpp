@@ -128,18 +128,35 @@ void blend_rows(scalar_t* dst, const scalar_t* a, acc_t a_scale, const scalar_t*
   }
 }
 
-// (sum g[j] * a[j], sum g[j] * b[j])
+// (sum g[j] * a[j], sum g[j] * b[j]). Sums into kLanes independent partials: a single running sum
+// is a chain of dependent additions the compiler may not reorder into vector lanes.
+constexpr int64_t kLanes = 8;
+
 template <typename scalar_t, typename acc_t>
 std::pair<acc_t, acc_t> correlate_rows(const scalar_t* g, const scalar_t* a, const scalar_t* b,
                                        int64_t length) {
-  acc_t with_a = 0;
-  acc_t with_b = 0;
-  for (int64_t j = 0; j < length; ++j) {
-    const acc_t gj = static_cast<acc_t>(g[j]);
-    with_a += gj * static_cast<acc_t>(a[j]);
-    with_b += gj * static_cast<acc_t>(b[j]);
+  acc_t with_a[kLanes] = {};
+  acc_t with_b[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= length; j += kLanes) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      const acc_t gj = static_cast<acc_t>(g[j + lane]);
+      with_a[lane] += gj * static_cast<acc_t>(a[j + lane]);
+      with_b[lane] += gj * static_cast<acc_t>(b[j + lane]);
+    }
   }
-  return {with_a, with_b};
+  for (int64_t lane = 0; j < length; ++j, ++lane) {
+    const acc_t gj = static_cast<acc_t>(g[j]);
+    with_a[lane] += gj * static_cast<acc_t>(a[j]);
+    with_b[lane] += gj * static_cast<acc_t>(b[j]);
+  }
+  acc_t total_a = 0;
+  acc_t total_b = 0;
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    total_a += with_a[lane];
+    total_b += with_b[lane];
+  }
+  return {total_a, total_b};
 }
 
 // One row of a clip seen along t: frame t's copy of the row, or zeros outside [0, T).
