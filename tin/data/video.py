@@ -13,6 +13,8 @@ from typing import Union
 
 import numpy as np
 
+from tin.data.sampling import segment_indices
+
 VideoSource = Union[str, bytes]
 
 
@@ -108,8 +110,7 @@ def sample_indices(first: int, stop: int, count: int) -> np.ndarray:
 
     Returns int64 (count,), non-decreasing.
     """
-    length = stop - first
-    return first + np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
+    return first + segment_indices(stop - first, count, train=False)
 
 
 def _decode_decord(source: VideoSource, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
