@@ -1,7 +1,7 @@
 """Benchmark of the interlace operator against the reference, TSM's shift and a plain copy.
 
 Times forward and forward+backward on the ResNet-50 TIN layer shapes at 8 clips x 8 frames
-(S = C/4 interlaced channels in G = 4 groups), all variants side by side in one run, and prints
+(S = C/4 interlaced channels in G = 4 groups), all variants timed in turns in one run, and prints
 the ratios. On CUDA it also prints achieved bandwidth (ideal bytes: every input read once, every
 output written once) against a measured device-to-device copy.
 
@@ -24,26 +24,34 @@ LAYER_SHAPES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 GROUPS = 4
 
 
-def median_seconds(fn: Callable[[], object], device: str, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeat):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+def time_round_robin(fns: dict[str, Callable[[], object]], device: str, repeat: int, warmup: int = 2) -> dict[str, float]:
+    """Seconds per call of every function, timed in turns so that load changes hit all alike.
+
+    CUDA: device events, median. CPU: wall clock, minimum (on a shared machine interference only
+    ever adds time, so the minimum is the best estimate of the cost).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(times)
-    times = []
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        begin = time.perf_counter()
+        for name, fn in fns.items():
+            samples[name].append(_seconds(fn, device))
+    pick = statistics.median if device == "cuda" else min
+    return {name: pick(values) for name, values in samples.items()}
+
+
+def _seconds(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
 
 
 def variants(x: torch.Tensor, frames: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -68,7 +76,7 @@ def copy_bandwidth(device: str, dtype: torch.dtype, repeat: int) -> float:
     """Bytes per second of a large device-to-device copy (read + write)."""
     source = torch.randn(256 * 2**20 // 4, device=device).to(dtype)
     target = torch.empty_like(source)
-    seconds = median_seconds(lambda: target.copy_(source), device, repeat)
+    seconds = time_round_robin({"copy": lambda: target.copy_(source)}, device, repeat)["copy"]
     return 2 * source.numel() * source.element_size() / seconds
 
 
@@ -91,13 +99,11 @@ def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -
         grad = torch.randn_like(x)
         ops = variants(x, frames)
         for label, backward in (("fwd", False), ("fwd+bwd", True)):
-            times = {}
-            for name, op in ops.items():
-                if backward:
-                    times[name] = median_seconds(lambda op=op: forward_backward(op, x, grad), device, repeat)
-                else:
-                    with torch.no_grad():
-                        times[name] = median_seconds(lambda op=op: op(x), device, repeat)
+            if backward:
+                times = time_round_robin({n: lambda op=op: forward_backward(op, x, grad) for n, op in ops.items()}, device, repeat)
+            else:
+                with torch.no_grad():
+                    times = time_round_robin({n: lambda op=op: op(x) for n, op in ops.items()}, device, repeat)
             line = f"{str(tuple(x.shape)):>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in ops)
             line += f"   {times['reference'] / times['interlace']:>7.2f}x  {times['interlace'] / times['clone']:>9.2f}x"
             if peak:
@@ -112,11 +118,11 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per variant (default: 5 on CPU, 50 on CUDA)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed turns per variant (default: 7 on CPU, 50 on CUDA)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
-    repeat = args.repeat or (50 if args.device == "cuda" else 5)
+    repeat = args.repeat or (50 if args.device == "cuda" else 7)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
     for dtype in args.dtype:
