@@ -58,7 +58,7 @@ MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss")
 SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss")
 
 FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
-DATA_CPUS = 1.0  # kept free of trials: every Ray Data task reserves one whole CPU
+DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
 SAMPLING_KINDS = ("choice", "grid", "uniform", "loguniform")
 RANGE_KINDS = ("uniform", "loguniform")
 
@@ -326,26 +326,24 @@ def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: flo
     """Decide the CPUs of each trial's Train workers; return the CPUs one trial reserves.
 
     A trial reserves ``FUNCTION_CPUS`` for its function (the Train controller takes none) plus
-    its workers. Trials running at once must leave ``DATA_CPUS`` free, or their Ray Data tasks
-    (one CPU each) never run and every trial waits for data forever. Without --trial-cpus or
-    --cpus-per-worker the free CPUs are shared equally by the concurrent trials.
+    its workers. Every running trial must also leave ``DATA_CPUS`` whole CPU to its Ray Data
+    pipeline: Ray Data's coordinator splits the CPUs that Train workers leave over the running
+    pipelines in whole CPUs (a pipeline offered 0.6 CPU gets none) and each Data task takes one,
+    so with less, trials wait for data forever. Without --trial-cpus or --cpus-per-worker the
+    rest is shared equally by the concurrent trials.
     """
     if base.use_gpu and base.cpus_per_worker is None:
         base.cpus_per_worker = 1.0
     if base.cpus_per_worker is None:
-        budget = search.trial_cpus or (cluster_cpus - DATA_CPUS) / search.max_concurrent
+        budget = search.trial_cpus or cluster_cpus / search.max_concurrent - DATA_CPUS
         base.cpus_per_worker = round((budget - FUNCTION_CPUS) / base.num_workers, 3)
-    if base.cpus_per_worker <= 0:
+    per_trial = FUNCTION_CPUS + base.num_workers * base.cpus_per_worker
+    if base.cpus_per_worker <= 0 or search.max_concurrent * (per_trial + DATA_CPUS) > cluster_cpus + 1e-6:
         raise TrainingSetupError(
             f"{cluster_cpus:g} CPUs cannot run --max-concurrent {search.max_concurrent} trials of --num-workers {base.num_workers} "
-            f"and keep {DATA_CPUS:g} CPU for data; lower --max-concurrent or --num-workers"
-        )
-    per_trial = FUNCTION_CPUS + base.num_workers * base.cpus_per_worker
-    if search.max_concurrent * per_trial > cluster_cpus - DATA_CPUS + 1e-6:
-        raise TrainingSetupError(
-            f"--max-concurrent {search.max_concurrent} trials x {per_trial:g} CPUs each (--trial-cpus / --cpus-per-worker) "
-            f"leave less than {DATA_CPUS:g} of the {cluster_cpus:g} CPUs to data loading, so the trials would wait for data forever; "
-            "lower --max-concurrent, --trial-cpus or --cpus-per-worker"
+            f"({max(per_trial, FUNCTION_CPUS):g} CPUs each by --trial-cpus / --cpus-per-worker) and leave each trial's data loading "
+            f"{DATA_CPUS:g} whole CPU; trials would wait for data forever. Lower --max-concurrent, --num-workers, --trial-cpus "
+            "or --cpus-per-worker"
         )
     return per_trial
 
