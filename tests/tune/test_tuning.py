@@ -108,7 +108,8 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
 
 def tiny_search(data: str, tmp_path: Path, **options) -> SearchConfig:
     train = TrainConfig(data=data, model="tin_r18", num_segments=4, crop_size=32, epochs=2, batch_size=6, num_workers=1,
-                        storage_path=str(tmp_path), name="plan", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                        storage_path=str(tmp_path), name="plan", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        lr=None, schedule=None, warmup_epochs=None, weight_decay=None)  # None: searched
     return SearchConfig(train=train, **options)
 
 
