@@ -1,4 +1,5 @@
-"""Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5).
+"""Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5),
+training curves, and a tuning search's metric against each hyperparameter.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so they
 render headless and can be logged as MLflow artifacts.
@@ -6,8 +7,9 @@ render headless and can be logged as MLflow artifacts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -72,6 +74,46 @@ def plot_training_curves(history: list[Mapping[str, float]], path: str | Path | 
     scores.set(title="accuracy / mAP", xlabel="epoch", ylim=(0, 1))
     for axis in (losses, scores):
         axis.legend(fontsize="small")
+    if path is not None:
+        figure.savefig(path)
+    return figure
+
+
+def plot_metric_against_params(
+    trials: Sequence[Mapping[str, Any]],
+    params: Sequence[str],
+    metric: str,
+    log_params: Sequence[str] = (),
+    path: str | Path | None = None,
+) -> Figure:
+    """A search's metric against each hyperparameter, one panel per parameter.
+
+    Args:
+        trials: one dict per trial with its parameter values, ``metric`` and ``epochs`` (how far it
+            trained; the points are coloured by it, so trials a scheduler stopped early stand out).
+        params: the searched parameters, in panel order. Numbers are placed on a numeric axis
+            (logarithmic for ``log_params``); anything else (on/off, names) on a categorical one.
+        metric: the key of the metric in ``trials``.
+        path: if given, the figure is also saved there.
+    """
+    if not trials or not params:
+        raise ValueError("plot_metric_against_params: no trials or no parameters to plot")
+    figure = Figure(figsize=(3.2 * len(params) + 1, 3.4), layout="constrained")
+    axes = figure.subplots(1, len(params), squeeze=False)[0]
+    scores = [trial[metric] for trial in trials]
+    epochs = [trial.get("epochs", 0) for trial in trials]
+    for axis, param in zip(axes, params):
+        values = [trial[param] for trial in trials]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            positions = values
+            axis.set_xscale("log" if param in log_params else "linear")
+        else:
+            labels = sorted({str(v) for v in values})
+            positions = [labels.index(str(v)) for v in values]
+            axis.set(xticks=range(len(labels)), xticklabels=labels, xlim=(-0.5, len(labels) - 0.5))
+        points = axis.scatter(positions, scores, c=epochs, cmap="viridis", vmin=0, vmax=max(max(epochs), 1))
+        axis.set(xlabel=param, ylabel=metric if axis is axes[0] else None)
+    figure.colorbar(points, ax=list(axes), label="epochs trained")
     if path is not None:
         figure.savefig(path)
     return figure

@@ -41,6 +41,7 @@ HELP = {
     "name": "run name; re-running with the same name and storage path resumes the run",
     "mlflow_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
     "experiment": "MLflow experiment",
+    "mlflow_parent_run_id": "MLflow run id to nest this run under (a tuning search sets it per trial)",
     "max_failures": "restarts from the latest checkpoint after a worker dies",
 }
 

@@ -47,6 +47,7 @@ class TrainConfig:
     name: str = "tin"
     mlflow_uri: str | None = None  # default: sqlite file mlflow.db in the working directory
     experiment: str = "tin"
+    mlflow_parent_run_id: str | None = None  # nest the run under this MLflow run (a Tune search's)
     max_failures: int = 0
     seed: int = 0
 

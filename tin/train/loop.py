@@ -198,10 +198,14 @@ def batch_dtypes(multi_label: bool) -> dict[str, torch.dtype]:
 
 
 def report_epoch(state: TrainingState, config: TrainConfig, facts: DatasetFacts, metrics: dict[str, float], rank: int) -> None:
-    """Report the epoch to Ray Train on every rank (a barrier), with rank 0's checkpoint attached."""
+    """Report the epoch to Ray Train on every rank (a barrier), with rank 0's checkpoint attached.
+
+    The 1-based ``epoch`` goes with the metrics: Tune's schedulers count time in epochs, which
+    stay right when a trial resumes from a checkpoint (Tune's own iteration count restarts).
+    """
     with tempfile.TemporaryDirectory(prefix="tin-checkpoint-") as directory:
         checkpoint = None
         if rank == 0:
             save_state(state, config, facts, Path(directory) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, "epoch": state.epoch}, checkpoint=checkpoint)

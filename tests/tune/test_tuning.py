@@ -1,0 +1,186 @@
+"""Ray Tune searches end to end: real local Ray, real MLflow (sqlite), real synthetic videos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.prepare import PrepareConfig, prepare_dataset
+from pipelines.synthetic import SyntheticConfig
+from pipelines.training import TrainingSetupError
+from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, results_table
+from tin.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+LEARNING_RATES = [0.01, 0.3, 0.4, 0.5]  # the first learns; the others overshoot, so ASHA stops them
+
+
+@pytest.fixture(scope="module")
+def tiny_root(ray_session, tmp_path_factory) -> str:
+    """24 training and 12 validation clips of 32 x 32 pixels (single-label)."""
+    root = tmp_path_factory.mktemp("tune")
+    for split, clips, seed in (("train", 24, 0), ("val", 12, 1)):
+        prepare_dataset(
+            PrepareConfig(
+                format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
+                frames=8, short_side=32, synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
+            ),
+            log=lambda line: None,
+        )
+    return str(root / "data")
+
+
+def search_flags(data: str, tmp_path: Path, *extra: str) -> list[str]:
+    """tin_r18 on 4 frames of 32 x 32, 3 epochs of 4 steps, every dimension but lr fixed."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": {"grid": LEARNING_RATES}}))
+    return [
+        "--data", data, "--model", "tin_r18", "--num-segments", "4", "--crop-size", "32", "--epochs", "3",
+        "--batch-size", "6", "--num-workers", "1", "--groups", "2", "--reverse", "--shift-div", "4",
+        "--offset-scale", "2", "--schedule", "cosine", "--warmup-epochs", "0", "--weight-decay", "1e-4",
+        "--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "asha",
+        "--grace-period", "1", "--reduction-factor", "2", "--metric", "val_loss",
+        "--storage-path", str(tmp_path / "runs"), "--name", "search",
+        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "tune", *extra,
+    ]
+
+
+def run_job(flags: list[str], ray_address: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "jobs/tune_tin.py", *flags], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trial_checkpoints(search_dir: Path, trial_suffix: str) -> list[Path]:
+    return [p for p in search_dir.glob(f"search_*_{trial_suffix}/checkpoint_*") if p.is_dir()]
+
+
+def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_path):
+    flags = search_flags(tiny_root, tmp_path)
+    search_dir = tmp_path / "runs" / "search"
+    job = run_job(flags, ray_session)
+    deadline = time.monotonic() + 400
+    while not trial_checkpoints(search_dir, "00001"):  # the first trial is done, the second has an epoch
+        assert job.poll() is None, job.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the second trial never saved a checkpoint"
+        time.sleep(0.5)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+
+    resumed = run_job(flags, ray_session)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resuming the search" in output
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tune")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if run.info.run_name == "search"]
+    assert len(parents) == 1, [run.info.run_name for run in runs]
+    parent = parents[0]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4, [run.info.run_name for run in runs]
+    assert sorted(float(run.data.params["config.lr"]) for run in children) == LEARNING_RATES
+
+    epochs = {float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss")) for run in children}
+    assert epochs[0.01] == 3, epochs  # finished before the kill, not trained again after it
+    assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"
+    assert int(parent.data.tags["search.stopped_early"]) == sum(count < 3 for count in epochs.values())
+
+    last_loss = {float(run.data.params["config.lr"]): client.get_metric_history(run.info.run_id, "val_loss")[-1].value for run in children}
+    best_lr = min(last_loss, key=last_loss.get)
+    assert float(parent.data.tags["best.lr"]) == best_lr
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(last_loss[best_lr], rel=1e-5)
+    assert Path(parent.data.tags["best.checkpoint"]).is_dir()
+    artifacts = {a.path for folder in ("plots", "search") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"plots/metric_against_params.png", "search/results.txt"} <= artifacts
+    assert "best trial" in output and "checkpoint:" in output
+
+
+def tiny_search(data: str, tmp_path: Path, **options) -> SearchConfig:
+    train = TrainConfig(data=data, model="tin_r18", num_segments=4, crop_size=32, epochs=2, batch_size=6, num_workers=1,
+                        storage_path=str(tmp_path), name="plan", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        lr=None, schedule=None, warmup_epochs=None, weight_decay=None)  # None: searched
+    return SearchConfig(train=train, **options)
+
+
+def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
+    search = tiny_search(tiny_root, tmp_path)
+    search.train.groups, search.train.lr = 4, 0.05
+    plan = plan_search(search)
+    assert {d.name for d in plan.dimensions} == {"reverse", "shift_div", "offset_scale", "schedule", "warmup_epochs", "weight_decay"}
+    assert (plan.base.groups, plan.base.lr) == (4, 0.05)
+    assert plan.metric == "val_top1" and plan.mode == "max"
+    offset_scale = next(d for d in plan.dimensions if d.name == "offset_scale")
+    assert offset_scale.values == (2.0, 4.0)  # T/2 = 2 for 4 segments, counted once
+
+
+def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path):
+    plan = plan_search(tiny_search(tiny_root, tmp_path, preset="paper-ablation"))
+    assert [(d.name, d.kind, d.values) for d in plan.dimensions] == [("groups", "grid", (1, 2, 4)), ("reverse", "grid", (False, True))]
+    assert (plan.base.lr, plan.base.schedule) == (TrainConfig(data="").lr, TrainConfig(data="").schedule)
+    rows = [TrialRow("a_00000", {"groups": 1, "reverse": False}, 2, 0.5, "finished"),
+            TrialRow("a_00001", {"groups": 1, "reverse": True}, 2, 0.625, "finished")]
+    assert results_table(rows, ["groups", "reverse"], "val_top1").splitlines() == [
+        "trial    groups  reverse  epochs  val_top1  status",
+        "a_00000  1       off      2       0.5000    finished",
+        "a_00001  1       on       2       0.6250    finished",
+    ]
+
+
+def test_space_file_formats(tmp_path):
+    yaml_file = tmp_path / "space.yaml"
+    yaml_file.write_text("groups: [1, 2]\nreverse: {grid: [on, off]}\nlr: {loguniform: [0.001, 0.1]}\noffset_scale: T/2\n")
+    from pipelines.tuning import load_space_file
+
+    dimensions, fixed = parse_space(load_space_file(str(yaml_file)), "--space space.yaml", num_segments=8)
+    assert [(d.name, d.kind, d.values) for d in dimensions] == [
+        ("groups", "choice", (1, 2)), ("reverse", "grid", (True, False)), ("lr", "loguniform", (0.001, 0.1))]
+    assert fixed == {"offset_scale": 4.0}
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"group": [1, 2]}, "unknown dimension 'group'"),
+        ({"groups": [0, 2]}, "groups: expected a positive integer, got 0"),
+        ({"reverse": ["maybe"]}, "reverse: expected on/off"),
+        ({"lr": {"loguniform": [0, 0.1]}}, "lr: expected a number > 0.0, got 0"),
+        ({"lr": {"uniform": [0.1, 0.01]}}, "low < high"),
+        ({"schedule": {"sometimes": ["step"]}}, "expected one of choice, grid, uniform, loguniform"),
+    ],
+)
+def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
+    with pytest.raises(TrainingSetupError, match=message):
+        parse_space(space, "--space bad.json", num_segments=8)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--space", "/no/such/space.yaml"], "--space /no/such/space.yaml: cannot read it"),
+        (["--preset", "paper"], "--preset 'paper' does not exist"),
+        (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (["--metric", "val_sample_map"], "not reported for single-label data"),
+        (["--groups", "1", "--reverse", "--shift-div", "4", "--offset-scale", "2", "--lr", "0.1", "--schedule", "step",
+          "--warmup-epochs", "0", "--weight-decay", "0"], "nothing left to search"),
+        (["--max-concurrent", "2", "--cpus-per-worker", "1"], "2 CPUs cannot run --max-concurrent 2 trials"),
+    ],
+)
+def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra, message):
+    sys.path.insert(0, str(REPO / "jobs"))
+    from tune_tin import main
+
+    flags = ["--data", tiny_root, "--model", "tin_r18", "--num-segments", "4", "--batch-size", "6", "--num-workers", "1",
+             "--epochs", "2", "--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    assert main(flags) == 2
+    assert message in capsys.readouterr().err
