@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines.prepare import storage_options_from_env
 from pipelines.ray_runtime import init_ray
+from tin import tracking
 from tin.data import DatasetInfo, decode_jpeg, frames_from_column, load_dataset_info, open_root
 from tin.data.sampling import segment_indices
 from tin.data.transforms import eval_view, train_view
@@ -205,6 +206,8 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTr
     """
     info = check_config(config)
     config.storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
+    # Resolved here: Ray Train workers run in a per-run folder, not this working directory.
+    config.mlflow_uri = config.mlflow_uri or tracking.default_tracking_uri()
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,

@@ -130,10 +130,13 @@ def training_workers() -> list[int]:
 
 
 def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single_label_root, tmp_path):
+    """Also: without --mlflow-uri the run goes to mlflow.db in the job's working directory."""
     config = tiny_config(single_label_root, tmp_path, "killed", epochs=3)
     command = job_command("train.py", config) + ["--max-failures", "1"]
+    without_uri = command[: command.index("--mlflow-uri")] + command[command.index("--mlflow-uri") + 2 :]
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
-    job = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen([sys.executable, str(REPO / without_uri[1]), *without_uri[2:]], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = Path(config.storage_path) / config.name
     deadline = time.monotonic() + 300
     while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]:
@@ -146,6 +149,9 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
     assert job.returncode == 0, output[-3000:]
     state = load_state(latest_checkpoint(config))
     assert state.epoch == 3 and len(state.history) == 3
+    config.mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, run = mlflow_run(config)
+    assert metric_steps(client, run, "val_top1")[-1] == 3
 
 
 def free_ports(count: int) -> list[int]:

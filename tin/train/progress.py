@@ -51,9 +51,8 @@ class RunRecorder:
         self.epoch_seconds: list[float] = []
         if not enabled:
             return
-        uri = config.mlflow_uri or tracking.default_tracking_uri()
         run_key = f"{Path(config.storage_path).as_posix().rstrip('/')}/{config.name}"
-        self.run_id = tracking.start_run(uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
+        self.run_id = tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
         tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
 
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
