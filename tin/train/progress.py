@@ -52,7 +52,7 @@ class RunRecorder:
         if not enabled:
             return
         uri = config.mlflow_uri or tracking.default_tracking_uri()
-        run_key = f"{Path(config.storage_path).as_posix().rstrip('/')}/{config.name}"
+        run_key = tracking.training_run_key(config.storage_path, config.name)
         self.run_id = tracking.start_run(uri, config.experiment, run_key, config.name)
         tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
 
