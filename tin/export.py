@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +42,12 @@ def example_clips(num_segments: int, crop_size: int, batch: int = 2) -> torch.Te
 def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.export.ExportedProgram:
     """``torch.export`` the eval-mode ``model`` with a dynamic batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=1024)
-    return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=({0: batch},))
+    with warnings.catch_warnings():
+        # TemporalInterlace keeps the offsets/weights of its last forward for plots
+        # (temporal_stats); export warns that these plain attributes are not buffers. The exported
+        # graph does not need them.
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=({0: batch},))
 
 
 def metadata(meta: dict) -> dict:
