@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import mlflow
@@ -24,9 +24,17 @@ from tin.evaluate import (
 from tin.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "jobs"))
 
-import evaluate as evaluate_job  # noqa: E402  (jobs/evaluate.py)
+
+def load_job(name: str):
+    """A script of jobs/ as a module (jobs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_job = load_job("evaluate")
 
 
 def test_single_view_is_training_validation_view():
