@@ -213,6 +213,8 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTr
         multi_label=info.multi_label,
         train_clips=info.splits[config.train_split]["written"],
         val_clips=info.splits[config.val_split]["written"],
+        frames_per_clip=info.frames_per_clip,
+        short_side=info.short_side,
     )
     storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
     return TorchTrainer(

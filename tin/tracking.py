@@ -42,16 +42,29 @@ def start_run(tracking_uri: str, experiment: str, run_key: str, run_name: str, p
         The run id; the run is active in this process.
     """
     mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
-    existing = MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_quote(run_key)}'", max_results=1
-    )
+    mlflow.set_experiment(experiment)
+    existing = find_run(tracking_uri, experiment, run_key)
     if existing:
-        return mlflow.start_run(run_id=existing[0].info.run_id).info.run_id
+        return mlflow.start_run(run_id=existing).info.run_id
     tags = {RUN_KEY_TAG: run_key}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return mlflow.start_run(run_name=run_name, tags=tags).info.run_id
+
+
+def training_run_key(storage_path: str, name: str) -> str:
+    """The key of a training run: its Ray Train storage path and name (what resuming matches)."""
+    return f"{Path(storage_path).as_posix().rstrip('/')}/{name}"
+
+
+def find_run(tracking_uri: str, experiment: str, run_key: str) -> str | None:
+    """The id of the run tagged with ``run_key`` in ``experiment``; None when there is none."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_quote(run_key)}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def log_params_once(params: dict) -> None:

@@ -1,5 +1,5 @@
 """Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5),
-training curves, and a tuning search's metric against each hyperparameter.
+training curves, confusion matrices, and a tuning search's metric against each hyperparameter.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so they
 render headless and can be logged as MLflow artifacts.
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -114,6 +115,35 @@ def plot_metric_against_params(
         points = axis.scatter(positions, scores, c=epochs, cmap="viridis", vmin=0, vmax=max(max(epochs), 1))
         axis.set(xlabel=param, ylabel=metric if axis is axes[0] else None)
     figure.colorbar(points, ax=list(axes), label="epochs trained")
+    if path is not None:
+        figure.savefig(path)
+    return figure
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | Path | None = None) -> Figure:
+    """A confusion matrix with rows normalised to fractions of each true class, counts written in.
+
+    Args:
+        matrix: (K, K) counts, rows the true class, columns the predicted class.
+        classes: the K class names.
+        path: if given, the figure is also saved there.
+    """
+    counts = np.asarray(matrix)
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = 1.5 + 0.45 * len(classes)
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(fractions, vmin=0, vmax=1, cmap="Blues")
+    ticks = range(len(classes))
+    axis.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="confusion matrix (row fractions)")
+    axis.set_xticklabels(classes, rotation=60, ha="right", fontsize="small")
+    axis.set_yticklabels(classes, fontsize="small")
+    if len(classes) <= 30:
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                colour = "white" if fractions[row, column] > 0.5 else "black"
+                axis.text(column, row, str(count), ha="center", va="center", fontsize="x-small", color=colour)
+    figure.colorbar(image, ax=axis, shrink=0.8)
     if path is not None:
         figure.savefig(path)
     return figure

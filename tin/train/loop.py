@@ -39,6 +39,8 @@ class DatasetFacts:
     multi_label: bool
     train_clips: int
     val_clips: int
+    frames_per_clip: int | None = None  # how ingest decoded the videos: prediction on video files
+    short_side: int | None = None  # decodes them the same way
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

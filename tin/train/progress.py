@@ -51,7 +51,7 @@ class RunRecorder:
         self.epoch_seconds: list[float] = []
         if not enabled:
             return
-        run_key = f"{Path(config.storage_path).as_posix().rstrip('/')}/{config.name}"
+        run_key = tracking.training_run_key(config.storage_path, config.name)
         self.run_id = tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
         tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
 

@@ -1,0 +1,50 @@
+"""python -m tin.predict on video files (one unreadable) and torch.export of a TIN checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from pipelines.synthetic import SyntheticConfig, render_clip, write_video
+from tin import predict
+from tin.export import METADATA_FILE, example_clips, export_checkpoint
+from tin.train.checkpoint import load_model
+
+
+def test_predict_prints_top_k_and_names_unreadable_files(tin_checkpoint, tmp_path, capsys):
+    video = tmp_path / "moving.mp4"
+    write_video(video, render_clip(["left"], SyntheticConfig(frames=12, size=48), np.random.default_rng(0)), fps=12)
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video\n")
+    status = predict.main(["--checkpoint", str(tin_checkpoint), str(broken), str(video), str(tmp_path / "gone.mp4"), "--top-k", "3"])
+    out, err = capsys.readouterr()
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == str(video) and len(lines) == 4
+    probabilities = [float(line.split()[0]) for line in lines[1:]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    assert f"cannot predict {broken}: cannot open as a video" in err
+    assert f"cannot predict {tmp_path / 'gone.mp4'}: file not found" in err
+
+
+def test_predict_fails_only_when_nothing_was_read(tin_checkpoint, tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tin_checkpoint), str(tmp_path / "gone.mp4")]) == 1
+    assert "none of the videos could be read" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(tmp_path / "none.pt"), str(tmp_path / "gone.mp4")]) == 2
+
+
+def test_exported_program_gives_eager_logits(tin_checkpoint, tmp_path):
+    output = tmp_path / "model.pt2"
+    program = export_checkpoint(tin_checkpoint, output)
+    assert "tin.interlace" in str(program.graph)  # the custom op, not a decomposition
+    extra = {METADATA_FILE: ""}
+    loaded = torch.export.load(str(output), extra_files=extra).module()
+    model, _ = load_model(tin_checkpoint)
+    for batch in (1, 3):  # the batch dimension is dynamic
+        clips = example_clips(8, 32, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(clips), model(clips), rtol=1e-5, atol=1e-5)
+    metadata = json.loads(extra[METADATA_FILE])
+    assert metadata["num_segments"] == 8 and metadata["crop_size"] == 32 and len(metadata["classes"]) == 9

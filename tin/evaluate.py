@@ -1,0 +1,257 @@
+"""Evaluation of a trained checkpoint on a prepared split, without Ray (pyarrow reading via tin.data).
+
+    views: clips x crops per video. 1 x 1 is TIN's protocol (segment centres, one centre crop);
+    multi-view takes ``clips`` temporal views (``multi_view_starts``) times ``crops`` spatial crops
+    (1 = centre, 3 = start/centre/end of the long side) and averages the class probabilities
+    (softmax, or sigmoid for multi-label data) over the views.
+
+Single-label data gets top-1/top-5, multi-label data both mAPs (``sample_map``, the one TIN and
+MMAction2 report for MMiT, and ``class_map``); both get a per-class table and a confusion matrix
+(rows: true class, columns: top-1 prediction; a multi-label clip counts once per true label).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from tin import tracking, viz
+from tin.data import Clip, iter_clips, load_dataset_info
+from tin.data.sampling import multi_view_starts
+from tin.data.transforms import center_box, crop_resize, normalize, resize_short_side, three_crop_boxes
+from tin.train.checkpoint import load_model
+from tin.train.metrics import average_precision_along, class_map, sample_map, topk_correct
+
+CROPS = (1, 3)
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run; the message names the flag or file to fix."""
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation measured.
+
+    ``metrics``: {"top1", "top5"} or {"sample_map", "class_map"}, plus "clips".
+    ``per_class``: one row per class: {"class", "clips", "correct", "top1"} (single-label; "clips"
+    counts clips of that class, "correct" those predicted right) or {"class", "positives", "ap"}.
+    ``confusion``: (K, K) counts, rows true class, columns top-1 prediction.
+    ``training``: from the checkpoint: {"model", "experiment", "mlflow_uri", "run_key"} (where its
+    training run was recorded).
+    """
+
+    checkpoint: str
+    data: str
+    split: str
+    clips: int
+    crops: int
+    multi_label: bool
+    classes: list[str]
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+    training: dict[str, str | None]
+
+    def top1_over(self, classes: Iterable[str]) -> float:
+        """Top-1 accuracy over the clips of ``classes`` (single-label only)."""
+        wanted = set(classes)
+        rows = [row for row in self.per_class if row["class"] in wanted]
+        clips = sum(row["clips"] for row in rows)
+        return sum(row["correct"] for row in rows) / clips if clips else float("nan")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def clip_views(frames: torch.Tensor, num_segments: int, crop_size: int, clips: int = 1, crops: int = 1) -> torch.Tensor:
+    """The views a model sees of one clip.
+
+    Args:
+        frames: uint8 (F, H, W, 3), all frames stored for (or decoded from) the clip.
+        num_segments: T, frames per view.
+        crop_size: side of the square crop.
+        clips: temporal views; 1 = the segment centres.
+        crops: 1 (centre) or 3 (along the long side), taken after resizing the short side to
+            crop_size * 8 / 7 as in training's validation.
+
+    Returns:
+        uint8 (clips * crops, T, crop_size, crop_size, 3).
+    """
+    if crops not in CROPS:
+        raise EvaluationError(f"--crops must be one of {CROPS}, got {crops}")
+    if clips < 1:
+        raise EvaluationError(f"--clips must be at least 1, got {clips}")
+    resized = resize_short_side(frames, round(crop_size * 8 / 7))
+    height, width = resized.shape[1:3]
+    boxes = [center_box(height, width, crop_size)] if crops == 1 else three_crop_boxes(height, width, crop_size)
+    views = [crop_resize(resized[torch.from_numpy(indices)], box, crop_size) for indices in multi_view_starts(len(frames), num_segments, clips) for box in boxes]
+    return torch.stack(views)
+
+
+@torch.no_grad()
+def clip_probabilities(model: torch.nn.Module, views: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Class probabilities of clips averaged over their views.
+
+    Args:
+        views: uint8 (N, V, T, S, S, 3).
+
+    Returns:
+        float32 (N, K): softmax (single-label) or sigmoid (multi-label) averaged over the V views.
+    """
+    device = next(model.parameters()).device
+    count, per_clip = views.shape[:2]
+    logits = model(normalize(views.flatten(0, 1).to(device))).float()
+    probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=1)
+    return probabilities.view(count, per_clip, -1).mean(dim=1).cpu()
+
+
+def _batches(clips: Iterator[Clip], size: int) -> Iterator[list[Clip]]:
+    while batch := list(itertools.islice(clips, size)):
+        yield batch
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    split: str = "val",
+    clips: int = 1,
+    crops: int = 1,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> Evaluation:
+    """Evaluate a training checkpoint on one split of a dataset root.
+
+    Args:
+        checkpoint: a ``checkpoint.pt`` (or its folder) written by training.
+        data: a dataset root (local path or URI) prepared with the checkpoint's classes.
+        split: the split to evaluate.
+        clips, crops: views per video (see the module docstring).
+        batch_size: videos per forward pass (each contributes clips * crops views).
+        device: where the model runs.
+
+    Raises:
+        EvaluationError: a missing checkpoint, dataset root or split, or classes that differ.
+    """
+    try:
+        model, meta = load_model(checkpoint, device)
+    except FileNotFoundError as error:
+        raise EvaluationError(f"--checkpoint: {error}") from error
+    try:
+        info = load_dataset_info(data)
+    except FileNotFoundError as error:
+        raise EvaluationError(f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
+    if info.splits.get(split, {}).get("written", 0) == 0:
+        raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
+    classes = list(meta["dataset"]["classes"])
+    if list(info.classes) != classes:
+        raise EvaluationError(f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on")
+    config = meta["config"]
+
+    scores, labels = [], []
+    for batch in _batches(iter_clips(data, split), batch_size):
+        views = torch.stack([clip_views(torch.from_numpy(clip.frames), config["num_segments"], config["crop_size"], clips, crops) for clip in batch])
+        scores.append(clip_probabilities(model, views, info.multi_label))
+        labels.extend(clip.labels.tolist() for clip in batch)
+    scores = torch.cat(scores)
+    metrics, per_class = (multi_label_metrics if info.multi_label else single_label_metrics)(scores, labels, classes)
+    return Evaluation(
+        checkpoint=str(checkpoint), data=data, split=split, clips=clips, crops=crops, multi_label=info.multi_label,
+        classes=classes, metrics=metrics, per_class=per_class, confusion=confusion_matrix(scores, labels).tolist(),
+        training={"model": config["model"], "experiment": config["experiment"], "mlflow_uri": config["mlflow_uri"],
+                  "run_key": tracking.training_run_key(config["storage_path"], config["name"])},
+    )
+
+
+def single_label_metrics(scores: torch.Tensor, labels: list[list[int]], classes: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Top-1/top-5 over all clips and top-1 per class. ``scores`` (N, K); ``labels`` one list per clip."""
+    targets = torch.tensor([clip_labels[0] for clip_labels in labels])
+    correct = topk_correct(scores, targets, ks=(1, 5))
+    hits = scores.argmax(dim=1) == targets
+    per_class = []
+    for index, name in enumerate(classes):
+        mine = targets == index
+        count, right = int(mine.sum()), int((hits & mine).sum())
+        per_class.append({"class": name, "clips": count, "correct": right, "top1": right / count if count else float("nan")})
+    metrics = {"top1": correct[1] / len(targets), "top5": correct[5] / len(targets), "clips": float(len(targets))}
+    return metrics, per_class
+
+
+def multi_label_metrics(scores: torch.Tensor, labels: list[list[int]], classes: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Sample-wise and class-wise mAP, and the AP of every class (NaN without positives)."""
+    targets = multi_hot(labels, len(classes))
+    ap = average_precision_along(scores, targets, dim=0)
+    per_class = [{"class": name, "positives": int(targets[:, i].sum()), "ap": float(ap[i])} for i, name in enumerate(classes)]
+    metrics = {"sample_map": sample_map(scores, targets), "class_map": class_map(scores, targets), "clips": float(len(labels))}
+    return metrics, per_class
+
+
+def multi_hot(labels: list[list[int]], num_classes: int) -> torch.Tensor:
+    """(N, K) float32 with 1 at every clip's labels."""
+    targets = torch.zeros(len(labels), num_classes)
+    for row, clip_labels in enumerate(labels):
+        targets[row, clip_labels] = 1.0
+    return targets
+
+
+def confusion_matrix(scores: torch.Tensor, labels: list[list[int]]) -> np.ndarray:
+    """(K, K) int64 counts: row = a true label of the clip, column = its top-1 prediction."""
+    matrix = np.zeros((scores.shape[1],) * 2, dtype=np.int64)
+    for predicted, clip_labels in zip(scores.argmax(dim=1).tolist(), labels):
+        for label in clip_labels:
+            matrix[label, predicted] += 1
+    return matrix
+
+
+def format_report(evaluation: Evaluation) -> str:
+    """The metrics line and the per-class table as text."""
+    head = f"{evaluation.split}: {int(evaluation.metrics['clips'])} clips, {evaluation.clips} clip(s) x {evaluation.crops} crop(s)  " + "  ".join(
+        f"{key} {value:.4f}" for key, value in evaluation.metrics.items() if key != "clips"
+    )
+    width = max(len("class"), *(len(row["class"]) for row in evaluation.per_class))
+    if evaluation.multi_label:
+        lines = [f"{'class':<{width}}  positives      AP"] + [f"{row['class']:<{width}}  {row['positives']:>9}  {row['ap']:.4f}" for row in evaluation.per_class]
+    else:
+        lines = [f"{'class':<{width}}  clips   top1"] + [f"{row['class']:<{width}}  {row['clips']:>5}  {row['top1']:.4f}" for row in evaluation.per_class]
+    return "\n".join([head, *lines])
+
+
+def log_to_mlflow(evaluation: Evaluation, tracking_uri: str | None = None, experiment: str | None = None) -> str:
+    """Record an evaluation as an MLflow run: params (checkpoint, data, split, views), metrics,
+    ``evaluation.json`` and ``plots/confusion_matrix.png``. Re-running the same evaluation
+    (checkpoint, data, split, views) logs into the same run.
+
+    Args:
+        tracking_uri, experiment: default to where the checkpoint's training was recorded; in
+            that experiment the evaluation becomes a child run of the training run.
+
+    Returns:
+        The run id.
+    """
+    tracking_uri = tracking_uri or evaluation.training["mlflow_uri"] or tracking.default_tracking_uri()
+    experiment = experiment or evaluation.training["experiment"]
+    parent = tracking.find_run(tracking_uri, experiment, evaluation.training["run_key"])
+    run_key = f"evaluate:{Path(evaluation.checkpoint).resolve()}:{evaluation.data}:{evaluation.split}:{evaluation.clips}x{evaluation.crops}"
+    run_name = f"evaluate-{evaluation.training['model']}-{evaluation.split}-{evaluation.clips}x{evaluation.crops}"
+    run_id = tracking.start_run(tracking_uri, experiment, run_key, run_name, parent_run_id=parent)
+    try:
+        tracking.log_params_once({"checkpoint": evaluation.checkpoint, "data": evaluation.data, "split": evaluation.split,
+                                  "clips": evaluation.clips, "crops": evaluation.crops})
+        mlflow.log_metrics(evaluation.metrics)
+        mlflow.log_figure(viz.plot_confusion_matrix(np.asarray(evaluation.confusion), evaluation.classes), "plots/confusion_matrix.png")
+        with tempfile.TemporaryDirectory(prefix="tin-evaluation-") as directory:
+            path = Path(directory) / "evaluation.json"
+            path.write_text(evaluation.to_json())
+            mlflow.log_artifact(str(path))
+    finally:
+        mlflow.end_run()
+    return run_id

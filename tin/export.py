@@ -1,0 +1,91 @@
+"""Export a trained checkpoint with ``torch.export`` (a ``.pt2`` program) for inference without
+the model code.
+
+    python -m tin.export --checkpoint CKPT --output model.pt2 [--batch 1]
+
+The program takes normalised float32 clips (N, T, 3, S, S) (``tin.data.transforms.normalize`` of
+uint8 frames) and returns logits (N, K); N is dynamic, T and S are the checkpoint's
+``num_segments`` and ``crop_size``. TIN's interlace stays one custom operator
+(``torch.ops.tin.interlace``) in the graph: load the program in a process that has imported
+``tin.ops`` (which registers it), e.g.
+
+    import json, torch, tin.ops
+    extra = {"tin.json": ""}
+    program = torch.export.load("model.pt2", extra_files=extra)
+    logits = program.module()(clips)
+    classes = json.loads(extra["tin.json"])["classes"]
+
+``tin.json`` (stored inside the archive) holds the class names, T, S and the normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from tin.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tin.train.checkpoint import load_model
+
+METADATA_FILE = "tin.json"
+
+
+def example_clips(num_segments: int, crop_size: int, batch: int = 2) -> torch.Tensor:
+    """A random normalised input of the shape the model takes: (batch, T, 3, S, S)."""
+    return torch.randn(batch, num_segments, 3, crop_size, crop_size)
+
+
+def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.export.ExportedProgram:
+    """``torch.export`` the eval-mode ``model`` with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        # TemporalInterlace keeps the offsets/weights of its last forward for plots
+        # (temporal_stats); export warns that these plain attributes are not buffers. The exported
+        # graph does not need them.
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=({0: batch},))
+
+
+def metadata(meta: dict) -> dict:
+    """What a user of the exported program needs besides the graph (``tin.json``)."""
+    config = meta["config"]
+    return {
+        "model": config["model"],
+        "classes": list(meta["dataset"]["classes"]),
+        "multi_label": meta["dataset"]["multi_label"],
+        "num_segments": config["num_segments"],
+        "crop_size": config["crop_size"],
+        "input": "float32 (N, T, 3, S, S): RGB frames / 255, minus mean, divided by std",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path) -> torch.export.ExportedProgram:
+    """Export a training checkpoint to ``output`` (.pt2, with ``tin.json`` inside); returns the program."""
+    model, meta = load_model(checkpoint)
+    program = export_model(model, meta["config"]["num_segments"], meta["config"]["crop_size"])
+    torch.export.save(program, str(output), extra_files={METADATA_FILE: json.dumps(metadata(meta))})
+    return program
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2).")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
+    parser.add_argument("--output", required=True, help="the .pt2 file to write")
+    args = parser.parse_args(argv)
+    try:
+        export_checkpoint(args.checkpoint, args.output)
+    except FileNotFoundError as error:
+        print(f"error: --checkpoint: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Predict the classes of video files with a trained checkpoint.
+
+    python -m tin.predict --checkpoint CKPT VIDEO... [--top-k 5] [--device cpu]
+
+Every video is decoded exactly as ingest decoded the training data (``tin.data.read_video_clip``
+with the dataset's frames per clip and short side, decord with a PyAV fallback), then sampled and
+cropped as in validation: T segment centres, one centre crop. Prints the top-k class names with
+their probabilities (softmax; sigmoid per class for multi-label checkpoints) per video. A video
+that cannot be read gets one message on stderr naming the file and the reason; the others are
+still predicted.
+
+Exit status: 0 when at least one video was predicted, 1 when none could be, 2 when the checkpoint
+cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tin.data import VideoError, read_video_clip
+from tin.evaluate import clip_probabilities, clip_views
+from tin.train.checkpoint import load_model
+
+
+@dataclass
+class Prediction:
+    """One video's result: ``top`` (class name, probability) pairs, best first, or ``error``."""
+
+    path: str
+    top: list[tuple[str, float]] | None = None
+    error: str | None = None
+
+
+def decode_settings(meta: dict) -> tuple[int, int]:
+    """(frames per clip, short side) the checkpoint's training data was decoded with; checkpoints
+    that do not record them get T frames and the short side validation resizes to."""
+    dataset, config = meta["dataset"], meta["config"]
+    frames = dataset.get("frames_per_clip") or config["num_segments"]
+    short_side = dataset.get("short_side") or round(config["crop_size"] * 8 / 7)
+    return frames, short_side
+
+
+def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top_k: int = 5) -> Iterator[Prediction]:
+    """Predict each video in turn.
+
+    Args:
+        model, meta: what ``tin.train.checkpoint.load_model`` returns.
+        paths: video files.
+        top_k: classes to keep per video (at most K).
+
+    Yields:
+        One ``Prediction`` per path, in order.
+    """
+    classes = meta["dataset"]["classes"]
+    config = meta["config"]
+    frames, short_side = decode_settings(meta)
+    for path in paths:
+        if not os.path.isfile(path):
+            yield Prediction(path, error="file not found")
+            continue
+        try:
+            decoded, _ = read_video_clip(path, frames, short_side)
+        except VideoError as error:
+            yield Prediction(path, error=str(error))
+            continue
+        views = clip_views(torch.from_numpy(decoded), config["num_segments"], config["crop_size"])
+        probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])[0]
+        best = probabilities.topk(min(top_k, len(classes)))
+        yield Prediction(path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Predict the classes of video files with a trained TIN/TSM/TSN checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    parser.add_argument("--top-k", type=int, default=5, help="classes to print per video (default: 5)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    args = parser.parse_args(argv)
+    try:
+        model, meta = load_model(args.checkpoint, args.device)
+    except FileNotFoundError as error:
+        print(f"error: --checkpoint: {error}", file=sys.stderr)
+        return 2
+    predicted = 0
+    for prediction in predict_videos(model, meta, args.videos, args.top_k):
+        if prediction.error is not None:
+            print(f"cannot predict {prediction.path}: {prediction.error}", file=sys.stderr)
+            continue
+        predicted += 1
+        print(prediction.path)
+        for name, probability in prediction.top:
+            print(f"  {probability:.4f}  {name}")
+    if not predicted:
+        print("error: none of the videos could be read", file=sys.stderr)
+    return 0 if predicted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
