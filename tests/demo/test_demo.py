@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.demo import EXPERIMENT, DemoConfig, comparison_table, run_demo
 
 
-def test_quick_demo_shows_that_frame_order_matters(ray_session, tmp_path):
+def test_quick_demo_runs_end_to_end_and_reuses_its_work(ray_session, tmp_path):
     config = DemoConfig.quick(str(tmp_path / "demo"))
     summary = run_demo(config, log=print)
 
