@@ -194,17 +194,18 @@ def checkpoint_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem | 
     return storage_path.removeprefix("s3://"), filesystem
 
 
-def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(config: TrainConfig, callbacks: list | None = None, info: DatasetInfo | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` of a training run (Ray must be running).
 
     Args:
         config: the run; ``storage_path`` and ``name`` identify it (same pair = resume).
         callbacks: extra ``RunConfig`` callbacks, e.g. Tune's ``TuneReportCallback`` in a trial.
+        info: the dataset's ``check_config`` result when the caller already has it.
 
     Raises:
         TrainingSetupError: naming the flag or file that makes the run impossible.
     """
-    info = check_config(config)
+    info = info or check_config(config)
     config.storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
     # Resolved here: Ray Train workers run in a per-run folder, not this working directory.
     config.mlflow_uri = config.mlflow_uri or tracking.default_tracking_uri()
@@ -236,9 +237,9 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTr
 
 def train(config: TrainConfig) -> ray.train.Result:
     """Run (or resume) a training: the same --name and --storage-path continue from the latest checkpoint."""
-    check_config(config)  # before starting Ray: a bad flag should not cost a cluster start
+    info = check_config(config)  # before starting Ray: a bad flag should not cost a cluster start
     init_ray()
-    return build_trainer(config).fit()
+    return build_trainer(config, info=info).fit()
 
 
 def run_summary(result: ray.train.Result) -> dict[str, Any]:

@@ -472,7 +472,7 @@ def _absolute(path: str) -> str:
 def start_parent_run(search: SearchConfig, plan: SearchPlan) -> str:
     """The search's MLflow run (continued when the search is resumed), with the search's settings."""
     config = plan.base
-    run_id = tracking.start_run(config.mlflow_uri, config.experiment, f"{config.storage_path.rstrip('/')}/{config.name}", config.name)
+    run_id = tracking.start_run(config.mlflow_uri, config.experiment, tracking.training_run_key(config.storage_path, config.name), config.name)
     space = {d.name: {d.kind: list(d.values)} for d in plan.dimensions}
     tracking.log_params_once({"search": {k: v for k, v in search.to_dict().items() if k != "train"}, "space": space, "config": config.to_dict()})
     mlflow.end_run()

@@ -53,8 +53,9 @@ def start_run(tracking_uri: str, experiment: str, run_key: str, run_name: str, p
 
 
 def training_run_key(storage_path: str, name: str) -> str:
-    """The key of a training run: its Ray Train storage path and name (what resuming matches)."""
-    return f"{Path(storage_path).as_posix().rstrip('/')}/{name}"
+    """The key of a training run: its Ray Train storage path (absolute, or a URI) and name, which
+    is what resuming matches."""
+    return f"{storage_path.rstrip('/')}/{name}"
 
 
 def find_run(tracking_uri: str, experiment: str, run_key: str) -> str | None:

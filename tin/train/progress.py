@@ -52,7 +52,7 @@ class RunRecorder:
         if not enabled:
             return
         run_key = tracking.training_run_key(config.storage_path, config.name)
-        self.run_id = tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
+        tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
         tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
 
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
