@@ -35,30 +35,38 @@ FLIP_PAIRS = (("left", "right"), ("rotate_cw", "rotate_ccw"))
 class DemoConfig:
     """The demo's dataset and training recipe (about 10 minutes on 2 CPUs).
 
-    From-scratch training (no ImageNet weights) is hard on this data: SGD at the references'
-    learning rates diverges without tight gradient clipping, and with ``clip_grad`` 1 the models
-    leave chance level only slowly; 8-frame clips (a larger motion between frames) helped most.
+    From scratch (no ImageNet weights) on a few hundred clips, what made the models learn motion
+    within minutes: bright objects on dark backgrounds (see ``pipelines.synthetic``), AdamW instead
+    of SGD, crops of 1 and 0.875 of the frame only (the references' smaller crops cut the object off
+    at 32 px; 0.875 is what the evaluation's centre crop sees), the same learning rate for the head
+    as for the trunk, 8-frame clips (a clearly visible motion between frames). With SGD at the
+    references' rates and all four crop scales, all three models stayed at chance for 8 epochs.
     """
 
     workdir: str = "demo_workdir"
     models: tuple[str, ...] = ("tin_r18", "tsm_r18", "tsn_r18")
     motions: tuple[str, ...] = MOTIONS
-    train_clips: int = 360
-    val_clips: int = 90
+    train_clips: int = 720
+    val_clips: int = 180
     size: int = 32  # frame side, generated and trained on
-    clip_frames: int = 8  # frames per generated clip: 8 gives a clearly visible motion per frame
+    clip_frames: int = 8  # frames per generated clip, all of them seen by the models
     epochs: int = 8
     batch_size: int = 8
-    lr: float = 0.02
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    clip_grad: float = 1.0
-    dropout: float = 0.0
+    clip_grad: float = 5.0
+    scales: tuple[float, ...] = (1.0, 0.875)
     seed: int = 0
 
     @classmethod
     def quick(cls, workdir: str) -> "DemoConfig":
-        """A CI-sized version: TIN and TSN only, few clips, one epoch (checks the plumbing)."""
-        return cls(workdir=workdir, models=("tin_r18", "tsn_r18"), train_clips=36, val_clips=18, epochs=1)
+        """A CI-sized version: TIN and TSN on one mirrored pair plus static, few clips and epochs;
+        still enough for TIN to tell left from right while TSN cannot."""
+        return cls(
+            workdir=workdir, models=("tin_r18", "tsn_r18"), motions=("left", "right", "static"),
+            train_clips=120, val_clips=30, epochs=4,
+        )
 
     @property
     def root(self) -> Path:
@@ -109,9 +117,11 @@ def train_config(config: DemoConfig, model: str) -> TrainConfig:
     index = {name: i for i, name in enumerate(config.motions)}
     pairs = tuple((index[a], index[b]) for a, b in FLIP_PAIRS if a in index and b in index)
     return TrainConfig(
-        data=config.data, model=model, num_segments=8, epochs=config.epochs, batch_size=config.batch_size,
-        num_workers=1, lr=config.lr, warmup_epochs=config.warmup_epochs, clip_grad=config.clip_grad,
-        dropout=config.dropout, crop_size=config.size, flip=True, flip_label_pairs=pairs,
+        data=config.data, model=model, num_segments=config.clip_frames, epochs=config.epochs,
+        batch_size=config.batch_size, num_workers=1, optimizer="adamw", lr=config.lr,
+        weight_decay=config.weight_decay, head_lr_mult=1.0, head_bias_lr_mult=1.0,
+        warmup_epochs=config.warmup_epochs, clip_grad=config.clip_grad, dropout=0.0,
+        crop_size=config.size, scales=config.scales, flip=True, flip_label_pairs=pairs,
         storage_path=str(config.root / "ray_results"), name=f"demo-{model}",
         mlflow_uri=config.mlflow_uri, experiment=EXPERIMENT, seed=config.seed,
     )

@@ -27,7 +27,7 @@ from tin.data import DatasetInfo, decode_jpeg, frames_from_column, load_dataset_
 from tin.data.sampling import segment_indices
 from tin.data.transforms import eval_view, train_view
 from tin.models import MODEL_NAMES
-from tin.train.config import TrainConfig
+from tin.train.config import OPTIMIZERS, TrainConfig
 from tin.train.loop import DatasetFacts, train_loop_per_worker
 
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
@@ -44,6 +44,7 @@ def decode_clips(
     crop_size: int,
     train: bool,
     flip: bool,
+    scales: tuple[float, ...],
     flip_label_pairs: tuple[tuple[int, int], ...],
     num_classes: int,
     multi_label: bool,
@@ -62,7 +63,7 @@ def decode_clips(
     for row, (labels, frames) in enumerate(zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))):
         view = torch.from_numpy(frames)
         if train:
-            view, flipped = train_view(view, crop_size, rng, flip)
+            view, flipped = train_view(view, crop_size, rng, flip, scales)
             if flipped:
                 labels = [swaps.get(label, label) for label in labels]
         else:
@@ -96,6 +97,7 @@ def clip_dataset(root: str, split: str, info: DatasetInfo, config: TrainConfig, 
             "crop_size": config.crop_size,
             "train": train,
             "flip": config.flip,
+            "scales": config.scales,
             "flip_label_pairs": config.flip_label_pairs,
             "num_classes": len(info.classes),
             "multi_label": info.multi_label,
@@ -150,6 +152,10 @@ def check_config(config: TrainConfig) -> DatasetInfo:
         raise TrainingSetupError(f"--schedule must be cosine or step, got {config.schedule!r}")
     if config.epochs < 1:
         raise TrainingSetupError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.optimizer not in OPTIMIZERS:
+        raise TrainingSetupError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
+        raise TrainingSetupError(f"--scales must be fractions of the short side in (0, 1], got {list(config.scales)}")
     try:
         info = load_dataset_info(config.data, storage_options_from_env())
     except FileNotFoundError as error:

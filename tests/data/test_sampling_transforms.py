@@ -56,6 +56,12 @@ def test_train_view_crops_resizes_and_flips_all_frames_alike():
     assert not flipped
 
 
+def test_train_view_with_full_scale_only_keeps_the_whole_square_frame():
+    clip = clip_with_marked_corner(height=32, width=32)
+    view, flipped = train_view(clip, 32, np.random.default_rng(3), flip=False, scales=(1.0,))
+    assert not flipped and torch.equal(view, clip)
+
+
 def test_multi_scale_box_respects_scales_and_bounds():
     rng = np.random.default_rng(2)
     for _ in range(100):

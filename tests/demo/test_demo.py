@@ -1,7 +1,6 @@
 """The demo end to end in its CI-sized version (--quick): synthetic data -> Ray Data ingest -> Ray
 Train of TIN and TSN -> evaluation -> summary.json, MLflow runs and plots, and a re-run that reuses
-everything. (The accuracy goal, TIN clearly above TSN on mirrored classes, is not reached yet by
-the recipe in this budget, so it is not asserted here.)"""
+everything; TIN must tell the mirrored classes (left/right) apart, TSN cannot."""
 
 from __future__ import annotations
 
@@ -12,15 +11,18 @@ from mlflow.tracking import MlflowClient
 from pipelines.demo import EXPERIMENT, DemoConfig, comparison_table, run_demo
 
 
-def test_quick_demo_runs_end_to_end_and_reuses_its_work(ray_session, tmp_path):
+def test_quick_demo_shows_tin_beating_tsn_on_mirrored_classes_and_reuses_its_work(ray_session, tmp_path):
     config = DemoConfig.quick(str(tmp_path / "demo"))
     summary = run_demo(config, log=print)
 
     assert set(summary) == set(config.models)
     saved = json.loads((config.root / "summary.json").read_text())
     assert saved == summary
-    for row in summary.values():
-        assert 0 <= row["mirrored_top1"] <= 1 and 0 <= row["top1"] <= 1
+    tin, tsn = summary["tin_r18"], summary["tsn_r18"]
+    # TSN sees an unordered set of frames: at most chance (0.5) on a mirrored pair, up to sampling noise.
+    assert tsn["mirrored_top1"] <= 0.65, summary
+    assert tin["mirrored_top1"] >= tsn["mirrored_top1"] + 0.25, summary
+    assert tin["top1"] >= tsn["top1"] + 0.2, summary
     assert "tsn_r18" in comparison_table(summary, len(config.motions))
 
     client = MlflowClient(config.mlflow_uri)

@@ -106,6 +106,20 @@ def test_loss_falls_on_synthetic_data(single_label_root, tmp_path):
     assert min(losses[-2:]) < 0.85 * losses[0], losses
 
 
+def test_adamw_without_scale_jitter_learns_and_resumes_its_optimizer(single_label_root, tmp_path):
+    config = tiny_config(single_label_root, tmp_path, "adamw", epochs=1, num_workers=1, optimizer="adamw", lr=1e-3,
+                         head_lr_mult=1.0, head_bias_lr_mult=1.0, scales=(1.0,))
+    assert train(config).error is None
+    config.epochs = 2
+    assert train(config).error is None
+    state = load_state(latest_checkpoint(config))
+    assert state.epoch == 2
+    # AdamW's moments came back from the checkpoint: every parameter has a step count of both epochs.
+    steps = {float(value["step"]) for value in state.optimizer["state"].values()}
+    assert steps == {2 * (36 // 8)}, steps
+    assert {group["lr_mult"] for group in state.optimizer["param_groups"]} == {1.0}
+
+
 def test_multi_label_training_reports_both_maps(multi_label_root, tmp_path):
     config = tiny_config(multi_label_root, tmp_path, "multi", epochs=1)
     result = train(config)
@@ -206,6 +220,8 @@ def test_ray_job_submit_of_train_mmit(multi_label_root, tmp_path):
         ({"batch_size": 64}, "needs at least 64 training clips"),
         ({"data": "/no/such/root"}, "no dataset.json there"),
         ({"schedule": "linear"}, "--schedule must be cosine or step"),
+        ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
+        ({"scales": (1.0, 1.5)}, r"--scales must be fractions of the short side in \(0, 1\]"),
     ],
 )
 def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, overrides, message):

@@ -72,13 +72,17 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def train_view(frames: torch.Tensor, size: int, rng: np.random.Generator, flip: bool) -> tuple[torch.Tensor, bool]:
-    """Multi-scale crop, resize to size x size and, if allowed, a random horizontal flip.
+def train_view(
+    frames: torch.Tensor, size: int, rng: np.random.Generator, flip: bool, scales: tuple[float, ...] = MULTI_SCALES
+) -> tuple[torch.Tensor, bool]:
+    """Multi-scale crop (``multi_scale_box`` with ``scales``; ``(1.0,)`` takes a short-side square
+    at a random place, i.e. no scale jitter), resize to size x size and, if allowed, a random
+    horizontal flip.
 
     Returns:
         ((T, size, size, 3) uint8, whether the clip was flipped).
     """
-    box = multi_scale_box(frames.shape[1], frames.shape[2], rng)
+    box = multi_scale_box(frames.shape[1], frames.shape[2], rng, scales)
     view = crop_resize(frames, box, size)
     flipped = bool(flip and rng.random() < 0.5)
     return (view.flip(2) if flipped else view), flipped

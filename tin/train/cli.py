@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import typing
 
-from tin.train.config import TrainConfig
+from tin.train.config import OPTIMIZERS, TrainConfig
 
 HELP = {
     "data": "dataset root written by jobs/prepare_dataset.py (local path or s3:// URI)",
@@ -21,12 +21,17 @@ HELP = {
     "num_workers": "Ray Train workers (DDP processes)",
     "use_gpu": "one GPU per worker (nccl, bf16 autocast, channels_last)",
     "cpus_per_worker": "CPUs reserved per worker (default: leave a quarter of the CPUs to data loading)",
+    "optimizer": "sgd (momentum, the references') or adamw",
     "lr": "learning rate for the whole --batch-size (scale it linearly with the batch)",
+    "momentum": "SGD momentum",
+    "head_lr_mult": "the new classifier's weight learns at this multiple of --lr",
+    "head_bias_lr_mult": "the new classifier's bias learns at this multiple of --lr",
     "schedule": "cosine or step",
     "warmup_epochs": "linear warm-up from lr/10",
     "lr_steps": "epochs where the step schedule divides lr by 10",
     "clip_grad": "clip the gradient norm to this (0: off)",
     "crop_size": "training crop side; evaluation uses the centre crop of this side",
+    "scales": "multi-scale crop sides as fractions of the short side (1.0 alone: no scale jitter)",
     "flip": "random horizontal flips (disable for Something-Something unless label pairs swap)",
     "flip_label_pairs": "label pairs swapped on flip, e.g. 86:87 93:94 166:167 (SSv2)",
     "pretrained": "local torchvision ImageNet ResNet state dict to start from",
@@ -61,6 +66,10 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> N
             parser.add_argument(flag, nargs="*", type=_label_pair, metavar="A:B", help=help_text, **extra)
         elif field.name == "lr_steps":
             parser.add_argument(flag, nargs="*", type=int, metavar="EPOCH", help=help_text, **extra)
+        elif field.name == "scales":
+            parser.add_argument(flag, nargs="+", type=float, metavar="FRACTION", help=help_text, **extra)
+        elif field.name == "optimizer":
+            parser.add_argument(flag, choices=OPTIMIZERS, help=help_text, **extra)
         else:
             parser.add_argument(flag, type=_scalar_type(kind), help=help_text, **extra)
 

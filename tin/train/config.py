@@ -6,6 +6,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from tin.data.transforms import MULTI_SCALES
+
+OPTIMIZERS = ("sgd", "adamw")
+
 
 @dataclass
 class TrainConfig:
@@ -24,15 +28,19 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # default: 1 with a GPU, else what the machine can spare
+    optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
+    head_lr_mult: float = 5.0  # the new head's weight trains at this x lr ...
+    head_bias_lr_mult: float = 10.0  # ... and its bias at this x lr (the references' recipe)
     schedule: str = "cosine"  # cosine | step
     warmup_epochs: float = 1.0
     lr_steps: tuple[int, ...] = (10, 20)
     clip_grad: float = 20.0
     dropout: float = 0.5
     crop_size: int = 224
+    scales: tuple[float, ...] = MULTI_SCALES  # multi-scale crop sides, fractions of the short side
     flip: bool = True
     flip_label_pairs: tuple[tuple[int, int], ...] = ()  # swap these labels on flip (Something-Something)
     pretrained: str | None = None
@@ -67,5 +75,6 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.lr_steps = tuple(config.lr_steps)
+        config.scales = tuple(config.scales)
         config.flip_label_pairs = tuple(tuple(pair) for pair in config.flip_label_pairs)
         return config
