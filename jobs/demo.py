@@ -2,9 +2,9 @@
 
     python jobs/demo.py [--workdir demo_workdir] [--quick]
 
-Generates short clips whose class is a direction of motion (left/right, up/down, approach/recede,
-clockwise/anticlockwise rotation and static; each moving class is the mirror image in time of
-another, so a model that ignores frame order cannot tell the two apart), ingests them with Ray
+Generates short clips whose class is a direction of motion (left/right, up/down, approach/recede
+and static; each moving class is the mirror image in time of another, so a model that ignores
+frame order cannot tell the two apart), ingests them with Ray
 Data, trains tin_r18, tsm_r18 and tsn_r18 with Ray Train, records everything in MLflow (sqlite in
 the work directory), evaluates each model on the validation split and prints a comparison.
 Writes <workdir>/summary.json. Re-running reuses the data and finished trainings in --workdir.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.synthetic import MOTIONS, SyntheticConfig
+from pipelines.synthetic import SyntheticConfig
 from pipelines.training import train
 from tin import tracking, viz
 from tin.data import load_dataset_info
@@ -27,6 +27,9 @@ from tin.train.config import TrainConfig
 
 EXPERIMENT = "demo"
 STATIC = "static"
+# The generator's rotations are left out: at 32 px a from-scratch ResNet-18 did not tell them from
+# static objects within 8 epochs (0.15-0.6 top-1 on them), while every other class reached 1.0.
+DEMO_MOTIONS = ("left", "right", "up", "down", "approach", "recede", STATIC)
 # Horizontal flips turn these classes into each other; training swaps their labels on flip.
 FLIP_PAIRS = (("left", "right"), ("rotate_cw", "rotate_ccw"))
 
@@ -39,20 +42,21 @@ class DemoConfig:
     within minutes: bright objects on dark backgrounds (see ``pipelines.synthetic``), AdamW instead
     of SGD, crops of 1 and 0.875 of the frame only (the references' smaller crops cut the object off
     at 32 px; 0.875 is what the evaluation's centre crop sees), the same learning rate for the head
-    as for the trunk, 8-frame clips (a clearly visible motion between frames). With SGD at the
-    references' rates and all four crop scales, all three models stayed at chance for 8 epochs.
+    as for the trunk, 8-frame clips (a clearly visible motion between frames), lr 2e-3 (1e-3 often
+    sat on a plateau for 5 epochs). With SGD at the references' rates and all four crop scales, all
+    three models stayed at chance for 8 epochs.
     """
 
     workdir: str = "demo_workdir"
     models: tuple[str, ...] = ("tin_r18", "tsm_r18", "tsn_r18")
-    motions: tuple[str, ...] = MOTIONS
-    train_clips: int = 720
-    val_clips: int = 180
+    motions: tuple[str, ...] = DEMO_MOTIONS
+    train_clips: int = 560
+    val_clips: int = 140
     size: int = 32  # frame side, generated and trained on
     clip_frames: int = 8  # frames per generated clip, all of them seen by the models
     epochs: int = 8
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     clip_grad: float = 5.0
@@ -64,8 +68,8 @@ class DemoConfig:
         """A CI-sized version: TIN and TSN on one mirrored pair plus static, few clips and epochs;
         still enough for TIN to tell left from right while TSN cannot."""
         return cls(
-            workdir=workdir, models=("tin_r18", "tsn_r18"), motions=("left", "right", "static"),
-            train_clips=120, val_clips=30, epochs=4,
+            workdir=workdir, models=("tin_r18", "tsn_r18"), motions=("left", "right", STATIC),
+            train_clips=240, val_clips=60, epochs=5,
         )
 
     @property

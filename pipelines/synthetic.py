@@ -87,8 +87,11 @@ def motion_trajectory(motion: str, frames: int, size: int, rng: np.random.Genera
     """
     progress = np.linspace(0.0, 1.0, frames)
     angle0 = rng.uniform(0, 2 * np.pi)
-    if motion in ("left", "right", "up", "down"):
-        half = rng.uniform(0.14, 0.22) * size
+    if motion in ("left", "right", "up", "down", "static"):
+        half = rng.uniform(0.14, 0.22) * size  # static objects look like moving ones frame by frame
+        if motion == "static":
+            centre = rng.uniform(half, size - half, size=2)
+            return Trajectory(np.tile(centre, (frames, 1)), np.full(frames, half), np.full(frames, angle0))
         travel = rng.uniform(0.4, 0.55) * size
         along = rng.uniform(half, size - half - travel) + travel * progress
         if motion in ("left", "up"):
@@ -104,10 +107,10 @@ def motion_trajectory(motion: str, frames: int, size: int, rng: np.random.Genera
             half = half[::-1]
         centre = rng.uniform(large, size - large, size=2)
         return Trajectory(np.tile(centre, (frames, 1)), half, np.full(frames, angle0))
-    if motion in ("rotate_cw", "rotate_ccw", "static"):
+    if motion in ("rotate_cw", "rotate_ccw"):
         half = rng.uniform(0.2, 0.26) * size  # large, so that its corners move visibly
         centre = rng.uniform(half * 1.45, size - half * 1.45, size=2)
-        turn = 0.0 if motion == "static" else rng.uniform(0.9, 1.2) * np.pi
+        turn = rng.uniform(0.9, 1.2) * np.pi
         angle = angle0 + turn * progress  # image y points down: increasing angle is clockwise
         if motion == "rotate_ccw":
             angle = angle[::-1]
