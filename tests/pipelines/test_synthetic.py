@@ -60,6 +60,25 @@ def test_motion_is_constant_velocity_and_stays_in_frame(motion, moves):
         assert np.all(path.centre >= 0) and np.all(path.centre <= 64)
 
 
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_objects_are_brighter_than_the_background_in_every_channel(motion):
+    """Constant contrast polarity: what makes motion direction learnable from scratch in minutes."""
+    for seed in range(3):
+        clip = render_clip([motion], SMALL, np.random.default_rng(seed)).reshape(-1, 3)
+        background, foreground = np.all(clip <= 80, axis=1), np.all(clip >= 150, axis=1)
+        assert np.all(background | foreground) and background.any() and foreground.any()
+
+
+def test_static_objects_are_sized_like_translating_ones():
+    """Otherwise a single frame would tell static clips from moving ones (TSN would learn it)."""
+    sizes = {
+        motion: [motion_trajectory(motion, 8, 64, np.random.default_rng(seed)).half_size[0] for seed in range(200)]
+        for motion in ("static", "left", "up")
+    }
+    assert abs(np.mean(sizes["static"]) - np.mean(sizes["left"])) < 0.5
+    assert (min(sizes["static"]), max(sizes["static"])) == pytest.approx((min(sizes["up"]), max(sizes["up"])), abs=0.5)
+
+
 def test_generation_is_deterministic_real_h264(tmp_path):
     config = SyntheticConfig(num_clips=9, frames=8, size=32, noise=0.05, seed=7)
     files = generate_split(tmp_path / "a", "train", config)
