@@ -1,7 +1,8 @@
-"""Export a trained checkpoint with ``torch.export`` (a ``.pt2`` program) for inference without
-the model code.
+"""Export a trained checkpoint for inference without the model code: a ``torch.export`` program
+(``.pt2``) or an ONNX model (``.onnx``), chosen by the output's extension.
 
-    python -m tin.export --checkpoint CKPT --output model.pt2 [--batch 1]
+    python -m tin.export --checkpoint CKPT --output model.pt2
+    python -m tin.export --checkpoint CKPT --output model.onnx     # needs onnx + onnxscript
 
 The program takes normalised float32 clips (N, T, 3, S, S) (``tin.data.transforms.normalize`` of
 uint8 frames) and returns logits (N, K); N is dynamic, T and S are the checkpoint's
@@ -16,6 +17,16 @@ uint8 frames) and returns logits (N, K); N is dynamic, T and S are the checkpoin
     classes = json.loads(extra["tin.json"])["classes"]
 
 ``tin.json`` (stored inside the archive) holds the class names, T, S and the normalisation.
+
+ONNX has no interlace operator, so the ONNX model is traced through the pure-PyTorch reference
+(``tin.ops.reference_only``): gathers and blends in standard ONNX operators, any ONNX runtime, same
+logits. Input ``clips`` (dynamic batch), output ``logits``; ``tin.json`` is in the model's
+metadata_props:
+
+    import json, onnxruntime
+    session = onnxruntime.InferenceSession("model.onnx")
+    logits = session.run(None, {"clips": clips.numpy()})[0]
+    classes = json.loads(session.get_modelmeta().custom_metadata_map["tin.json"])["classes"]
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from pathlib import Path
 import torch
 
 from tin.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tin.ops import reference_only
 from tin.train.checkpoint import load_model
 
 METADATA_FILE = "tin.json"
@@ -39,15 +51,37 @@ def example_clips(num_segments: int, crop_size: int, batch: int = 2) -> torch.Te
     return torch.randn(batch, num_segments, 3, crop_size, crop_size)
 
 
+def batch_dimension() -> dict[int, torch.export.Dim]:
+    """Dynamic shapes of the model's one input: any batch size N (dimension 0)."""
+    return {0: torch.export.Dim("batch", min=1, max=1024)}
+
+
 def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.export.ExportedProgram:
     """``torch.export`` the eval-mode ``model`` with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings():
         # TemporalInterlace keeps the offsets/weights of its last forward for plots
         # (temporal_stats); export warns that these plain attributes are not buffers. The exported
         # graph does not need them.
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-        return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=({0: batch},))
+        return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=(batch_dimension(),))
+
+
+def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> "torch.onnx.ONNXProgram":
+    """The eval-mode ``model`` as an ONNX program (dynamic batch), interlace through the reference.
+
+    Raises:
+        ImportError: when onnx or onnxscript (the exporter's dependencies) are not installed.
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+    except ImportError as error:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'tin-on-ray[onnx]'") from error
+    with reference_only(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        return torch.onnx.export(
+            model.eval(), (example_clips(num_segments, crop_size),), dynamo=True, verbose=False,
+            input_names=["clips"], output_names=["logits"], dynamic_shapes=(batch_dimension(),),
+        )
 
 
 def metadata(meta: dict) -> dict:
@@ -65,23 +99,34 @@ def metadata(meta: dict) -> dict:
     }
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> torch.export.ExportedProgram:
-    """Export a training checkpoint to ``output`` (.pt2, with ``tin.json`` inside); returns the program."""
+def export_checkpoint(checkpoint: str | Path, output: str | Path) -> torch.export.ExportedProgram | torch.onnx.ONNXProgram:
+    """Export a training checkpoint to ``output``: ONNX for ``.onnx``, else a ``.pt2`` program;
+    ``tin.json`` goes inside either. Returns the program."""
     model, meta = load_model(checkpoint)
-    program = export_model(model, meta["config"]["num_segments"], meta["config"]["crop_size"])
-    torch.export.save(program, str(output), extra_files={METADATA_FILE: json.dumps(metadata(meta))})
+    num_segments, crop_size = meta["config"]["num_segments"], meta["config"]["crop_size"]
+    described = json.dumps(metadata(meta))
+    if Path(output).suffix == ".onnx":
+        program = export_onnx(model, num_segments, crop_size)
+        program.model.metadata_props[METADATA_FILE] = described
+        program.save(str(output))
+        return program
+    program = export_model(model, num_segments, crop_size)
+    torch.export.save(program, str(output), extra_files={METADATA_FILE: described})
     return program
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2).")
+    parser = argparse.ArgumentParser(description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2) or to ONNX (.onnx).")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
-    parser.add_argument("--output", required=True, help="the .pt2 file to write")
+    parser.add_argument("--output", required=True, help="the file to write: .onnx for ONNX, otherwise a torch.export program (.pt2)")
     args = parser.parse_args(argv)
     try:
         export_checkpoint(args.checkpoint, args.output)
     except FileNotFoundError as error:
         print(f"error: --checkpoint: {error}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        print(f"error: --output {args.output}: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")
     return 0

@@ -1,4 +1,4 @@
-"""python -m tin.predict on video files (one unreadable) and torch.export of a TIN checkpoint."""
+"""python -m tin.predict on video files (one unreadable); torch.export and ONNX export of a TIN checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from pipelines.synthetic import SyntheticConfig, render_clip, write_video
 from tin import predict
+from tin import export
 from tin.export import METADATA_FILE, example_clips, export_checkpoint
 from tin.train.checkpoint import load_model
 
@@ -48,3 +49,20 @@ def test_exported_program_gives_eager_logits(tin_checkpoint, tmp_path):
             torch.testing.assert_close(loaded(clips), model(clips), rtol=1e-5, atol=1e-5)
     metadata = json.loads(extra[METADATA_FILE])
     assert metadata["num_segments"] == 8 and metadata["crop_size"] == 32 and len(metadata["classes"]) == 9
+
+
+def test_onnx_model_runs_in_onnxruntime_with_eager_logits(tin_checkpoint, tmp_path, capsys):
+    import onnxruntime
+
+    output = tmp_path / "model.onnx"
+    assert export.main(["--checkpoint", str(tin_checkpoint), "--output", str(output)]) == 0
+    assert f"wrote {output}" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    model, _ = load_model(tin_checkpoint)
+    for batch in (1, 3):  # the batch dimension is dynamic
+        clips = example_clips(8, 32, batch)
+        (logits,) = session.run(None, {"clips": clips.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(logits), model(clips), rtol=1e-4, atol=1e-4)
+    metadata = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_FILE])
+    assert metadata["model"] == "tin_r18" and len(metadata["classes"]) == 9

@@ -4,10 +4,11 @@
     temporal_shift(x, num_segments, shift_div=8)                      TSM's temporal shift
     interlace_reference / temporal_shift_reference                    the pure-PyTorch ground truth
     compiled_devices()                                                where compiled kernels run
+    reference_only()                              context: trace/run the reference (ONNX export)
 """
 
 from tin.ops._extension import load as _load_extension
-from tin.ops.interlace import interlace, temporal_shift
+from tin.ops.interlace import interlace, reference_only, temporal_shift
 from tin.ops.reference import interlace_reference, temporal_shift_reference
 
 
@@ -16,4 +17,11 @@ def compiled_devices() -> frozenset[str]:
     return _load_extension()
 
 
-__all__ = ["compiled_devices", "interlace", "interlace_reference", "temporal_shift", "temporal_shift_reference"]
+__all__ = [
+    "compiled_devices",
+    "interlace",
+    "interlace_reference",
+    "reference_only",
+    "temporal_shift",
+    "temporal_shift_reference",
+]

@@ -6,6 +6,9 @@ pure-PyTorch reference everywhere else, with the same results and gradients.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from tin.ops import _extension
@@ -73,10 +76,28 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
     return interlace(x, offset, weight, num_segments, 2 * (x.shape[1] // shift_div))
 
 
+_reference_only = False
+
+
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Run the pure-PyTorch reference instead of the compiled kernels inside this block.
+
+    A graph traced here holds only standard ATen operators instead of ``tin::interlace``: what an
+    exporter without our custom operator (ONNX) needs. Not thread-safe; meant for export.
+    """
+    global _reference_only
+    previous, _reference_only = _reference_only, True
+    try:
+        yield
+    finally:
+        _reference_only = previous
+
+
 @torch.compiler.assume_constant_result
 def _has_compiled_kernel(device_type: str) -> bool:
     # Evaluated eagerly while torch.compile traces, so a first-use build never enters a graph.
-    return device_type in _extension.load()
+    return not _reference_only and device_type in _extension.load()
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
