@@ -11,21 +11,17 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.fs
 import ray
 import ray.data
-import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.prepare import storage_options_from_env
 from pipelines.ray_runtime import init_ray
 from tin import tracking
-from tin.data import DatasetInfo, decode_jpeg, frames_from_column, load_dataset_info, open_root
-from tin.data.sampling import segment_indices
-from tin.data.transforms import eval_view, train_view
+from tin.data import DatasetInfo, load_dataset_info, open_root
+from tin.data.batches import decode_clips
 from tin.models import MODEL_NAMES
 from tin.train.config import OPTIMIZERS, TrainConfig
 from tin.train.loop import DatasetFacts, train_loop_per_worker
@@ -36,52 +32,6 @@ VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size st
 
 class TrainingSetupError(ValueError):
     """A training run that cannot start; the message names the flag or file to fix."""
-
-
-def decode_clips(
-    batch: pa.Table,
-    num_segments: int,
-    crop_size: int,
-    train: bool,
-    flip: bool,
-    scales: tuple[float, ...],
-    flip_label_pairs: tuple[tuple[int, int], ...],
-    num_classes: int,
-    multi_label: bool,
-) -> dict[str, np.ndarray]:
-    """Shard rows -> model-ready uint8 clips and targets (a Ray Data ``map_batches`` function).
-
-    Only the T sampled JPEG frames of each clip are decoded.
-
-    Returns:
-        {"clips": uint8 (B, T, crop, crop, 3), "target": int64 (B,) or float32 multi-hot (B, K)}.
-    """
-    rng = np.random.default_rng()
-    swaps = {a: b for a, b in flip_label_pairs} | {b: a for a, b in flip_label_pairs}
-    clips = np.empty((batch.num_rows, num_segments, crop_size, crop_size, 3), dtype=np.uint8)
-    targets = np.zeros((batch.num_rows, num_classes), np.float32) if multi_label else np.empty(batch.num_rows, np.int64)
-    for row, (labels, frames) in enumerate(zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))):
-        view = torch.from_numpy(frames)
-        if train:
-            view, flipped = train_view(view, crop_size, rng, flip, scales)
-            if flipped:
-                labels = [swaps.get(label, label) for label in labels]
-        else:
-            view = eval_view(view, crop_size)
-        clips[row] = view.numpy()
-        if multi_label:
-            targets[row, labels] = 1.0
-        else:
-            targets[row] = labels[0]
-    return {"clips": clips, "target": targets}
-
-
-def selected_frames(batch: pa.Table, num_segments: int, train: bool, rng: np.random.Generator) -> list[np.ndarray]:
-    """The T sampled frames of every clip of a batch as uint8 (T, H, W, 3) arrays."""
-    column = batch.column("frames")
-    if pa.types.is_list(column.type):  # jpeg: decode only the sampled frames
-        return [decode_jpeg([images[i] for i in segment_indices(len(images), num_segments, train, rng)]) for images in column.to_pylist()]
-    return [frames[segment_indices(len(frames), num_segments, train, rng)] for frames in frames_from_column(column)]
 
 
 def clip_dataset(root: str, split: str, info: DatasetInfo, config: TrainConfig, train: bool) -> ray.data.Dataset:
