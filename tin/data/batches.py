@@ -1,4 +1,4 @@
-"""Shard rows -> model-ready training batches: the Ray Data ``map_batches`` function of training.
+"""Shard files -> model-ready training batches: the Ray Data ``map_batches`` functions of training.
 
 It lives in a module of its own that imports only numpy, pyarrow, torch and ``tin.data``: every
 Ray Data worker that runs it imports its module first, and the training driver's module would also
@@ -8,8 +8,12 @@ while the trainer waits for its first batch).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from tin.data.sampling import segment_indices
@@ -61,3 +65,24 @@ def selected_frames(batch: pa.Table, num_segments: int, train: bool, rng: np.ran
     if pa.types.is_list(column.type):  # jpeg: decode only the sampled frames
         return [decode_jpeg([images[i] for i in segment_indices(len(images), num_segments, train, rng)]) for images in column.to_pylist()]
     return [frames[segment_indices(len(frames), num_segments, train, rng)] for frames in frames_from_column(column)]
+
+
+def decode_shards(
+    batch: dict[str, np.ndarray], filesystem: Any, decode_batch: int, **decode_options: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read the shard files named in ``batch["path"]`` and decode their clips ``decode_batch`` rows
+    at a time (a generator ``map_batches`` function: blocks stay small, the first batch comes early).
+
+    Args:
+        batch: {"path": (B,) shard paths inside ``filesystem``}.
+        filesystem: the fsspec filesystem of the dataset root (local or s3).
+        decode_batch: clips per yielded batch.
+        decode_options: ``decode_clips``'s keyword arguments.
+
+    Yields:
+        ``decode_clips`` batches.
+    """
+    for path in batch["path"]:
+        with filesystem.open(str(path), "rb") as handle:
+            for rows in pq.ParquetFile(handle).iter_batches(batch_size=decode_batch, columns=["labels", "frames"]):
+                yield decode_clips(pa.Table.from_batches([rows]), **decode_options)
