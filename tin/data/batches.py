@@ -1,9 +1,8 @@
 """Shard files -> model-ready training batches: the Ray Data ``map_batches`` functions of training.
 
 It lives in a module of its own that imports only numpy, pyarrow, torch and ``tin.data``: every
-Ray Data worker that runs it imports its module first, and the training driver's module would also
-pull in torchvision, MLflow and Ray Train (seconds per worker process on a small machine, paid
-while the trainer waits for its first batch).
+Ray Data worker that runs it imports its module, and the training driver's module would also pull
+in torchvision, MLflow and Ray Train, which decoding does not need.
 """
 
 from __future__ import annotations
