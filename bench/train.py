@@ -32,10 +32,10 @@ from pipelines.training import train  # noqa: E402
 from tin.data import iter_clips  # noqa: E402
 from tin.data.sampling import segment_indices  # noqa: E402
 from tin.data.transforms import normalize, train_view  # noqa: E402
-from tin.models import build_model, param_groups  # noqa: E402
+from tin.models import build_model  # noqa: E402
 from tin.train.checkpoint import CHECKPOINT_FILE, load_state  # noqa: E402
 from tin.train.config import TrainConfig  # noqa: E402
-from tin.train.loop import loss_function  # noqa: E402
+from tin.train.loop import build_optimizer, loss_function  # noqa: E402
 
 
 def make_dataset(root: Path, clips: int, size: int) -> str:
@@ -65,7 +65,8 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
     model = build_model(args.model, 9, args.frames).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(model, 0.01, 5e-4), lr=0.01, momentum=0.9)
+    recipe = TrainConfig(data=data)  # the defaults ray_path trains with
+    optimizer = build_optimizer(model, recipe)
     model.train()
 
     def step(clips: torch.Tensor, target: torch.Tensor) -> None:
@@ -74,7 +75,7 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
         loss = loss_function(logits.float(), target, multi_label=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 20)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
         optimizer.step()
 
     step(*batches[0])  # warm-up

@@ -50,9 +50,10 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     """A Ray dataset of decoded, augmented clips of one split, ``epochs`` passes in a row.
 
     One read-and-decode task per shard file. In training every pass takes the shards in a new
-    order (``shard_order``); Ray Data streams without preserving order, so the passes' ends overlap. Listing the files once in the driver, instead of
-    a ``read_parquet`` per pass, keeps the pipeline a single operator whose worker processes serve
-    every pass: the per-pass file listing tasks cost 12 s before the first batch on 2 CPUs.
+    order (``shard_order``); Ray Data streams without preserving order, so the passes' ends
+    overlap. Listing the files once in the driver, instead of a ``read_parquet`` per pass, keeps
+    the pipeline a single operator whose worker processes serve every pass: the per-pass file
+    listing tasks cost 12 s before the first batch on 2 CPUs.
     """
     filesystem, files = shard_paths(config.data, split)
     if not files:

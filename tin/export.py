@@ -32,9 +32,11 @@ metadata_props:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -56,13 +58,18 @@ def batch_dimension() -> dict[int, torch.export.Dim]:
     return {0: torch.export.Dim("batch", min=1, max=1024)}
 
 
+@contextlib.contextmanager
+def quiet_attribute_warnings() -> Iterator[None]:
+    """Silence export's warning about tensors assigned to plain attributes: TemporalInterlace keeps
+    the offsets/weights of its last forward for plots (temporal_stats), which the graph does not need."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+        yield
+
+
 def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.export.ExportedProgram:
     """``torch.export`` the eval-mode ``model`` with a dynamic batch dimension."""
-    with warnings.catch_warnings():
-        # TemporalInterlace keeps the offsets/weights of its last forward for plots
-        # (temporal_stats); export warns that these plain attributes are not buffers. The exported
-        # graph does not need them.
-        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+    with quiet_attribute_warnings():
         return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=(batch_dimension(),))
 
 
@@ -76,8 +83,7 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> "t
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
     except ImportError as error:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'tin-on-ray[onnx]'") from error
-    with reference_only(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+    with reference_only(), quiet_attribute_warnings():
         return torch.onnx.export(
             model.eval(), (example_clips(num_segments, crop_size),), dynamo=True, verbose=False,
             input_names=["clips"], output_names=["logits"], dynamic_shapes=(batch_dimension(),),
