@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# Frames ingest stores per clip by default: an odd multiple (3x) of the 8 segments the recipes use.
+# Stored frame j sits at the centre of the j-th of F equal parts of the source range, so with
+# F = (2m + 1) * T the centre part of every segment's 2m + 1 stored frames lies exactly on the
+# segment's centre: validation sees the true segment centres, training jitters over 2m + 1 frames
+# per segment, and multi-view evaluation has 2m + 1 distinct temporal views. (F = 2T, the old
+# default, put every validation frame a quarter segment late and left 2 choices per segment.)
+STORED_FRAMES = 24
+
 
 def segment_indices(num_frames: int, num_segments: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
     """Pick one frame in each of ``num_segments`` equal segments of a clip.

@@ -24,6 +24,11 @@ import pyarrow as pa
 
 ENCODINGS = ("jpeg", "raw")
 
+# Split names shared by every prepare, train, evaluate and tune job. Dataset-specific prepare jobs
+# map their release's own file names (trainingSet.csv, validation.json, testlist01.txt ...) to these.
+TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
+SPLIT_NAMES = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
+
 
 def frames_type(encoding: str, frames_per_clip: int, short_side: int) -> pa.DataType:
     """Arrow type of the ``frames`` column. ``raw`` clips are square: (F, S, S, 3)."""
@@ -86,7 +91,17 @@ def frames_from_column(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
 
 @dataclass
 class DatasetInfo:
-    """Contents of ``<root>/dataset.json``. ``splits`` maps split -> {"written": n, "failed": m}."""
+    """Contents of ``<root>/dataset.json``.
+
+    ``splits`` maps a split name to its facts::
+
+        written       clips in the split's shards
+        failed        annotation rows that became error rows
+        labelled      False for test splits released without labels (Kinetics test, SSv2 test)
+        shuffle_seed  seed of the permutation applied to the annotation rows before they were cut
+                      into shards; absent in roots written before ingest permuted, whose shards
+                      follow the annotation order (single-class shards on sorted lists)
+    """
 
     name: str
     classes: list[str]
@@ -94,8 +109,20 @@ class DatasetInfo:
     frames_per_clip: int
     encoding: str
     short_side: int
-    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     software_version: str = ""
+
+    def written(self, split: str) -> int:
+        """Clips of ``split`` in its shards (0 for a split that was never ingested)."""
+        return int(self.splits.get(split, {}).get("written", 0))
+
+    def labelled(self, split: str) -> bool:
+        """Whether ``split`` carries labels (roots written before the flag existed: labelled)."""
+        return bool(self.splits.get(split, {}).get("labelled", True))
+
+    def permuted(self, split: str) -> bool:
+        """Whether the shards of ``split`` hold annotation rows in a seeded random order."""
+        return self.splits.get(split, {}).get("shuffle_seed") is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
