@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
 from pipelines.ingest import IngestError  # noqa: E402
+from pipelines.layouts import LayoutError, ReleaseLayout  # noqa: E402
 from pipelines.prepare import (  # noqa: E402
     FORMATS,
     PrepareConfig,
@@ -120,6 +121,36 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)"
     )
+    return 0
+
+
+def release_main(layout: ReleaseLayout, doc: str, argv: list[str] | None = None) -> int:
+    """A dataset's own prepare job: ``--root`` (the extracted release), ``--split`` (one or more of
+    the project's split names, default all the release has), ``--fold`` where the release has
+    several; every other flag goes to ``main`` unchanged, once per split."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], epilog="Other flags (--output is required) are those of jobs/prepare_dataset.py."
+    )
+    parser.add_argument("--root", required=True, help=f"the extracted {layout.name} release (local folder or s3:// URI)")
+    parser.add_argument(
+        "--split", nargs="+", choices=layout.splits, default=list(layout.splits),
+        help="splits to prepare: " + ", ".join(f"{split} ({layout.notes.get(split, split)})" for split in layout.splits),
+    )
+    if layout.folds:
+        parser.add_argument("--fold", type=int, choices=layout.folds, default=layout.folds[0], help="official train/test fold")
+    args, rest = parser.parse_known_args(argv)
+    for split in args.split:
+        try:
+            files = layout.resolve(args.root, split, getattr(args, "fold", None), storage_options_from_env())
+        except LayoutError as error:
+            parser.error(str(error))
+        flags = {"--format": layout.format, "--name": layout.name, "--annotations": files.annotations,
+                 "--video-root": files.video_root, "--split": split}
+        if files.classes:
+            flags["--classes"] = files.classes
+        status = main([part for flag in flags.items() for part in flag] + rest)
+        if status:
+            return status
     return 0
 
 

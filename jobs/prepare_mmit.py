@@ -1,40 +1,23 @@
-"""Prepare Multi-Moments in Time with its own layout as defaults.
+"""Prepare Multi-Moments in Time from its release folder, both splits by default.
 
-    python jobs/prepare_mmit.py --root Multi_Moments_in_Time --split training --output ROOT [...]
+    python jobs/prepare_mmit.py --root Multi_Moments_in_Time --output ROOT [--split train val] [...]
 
-Reads ``<root>/trainingSet.csv`` or ``validationSet.csv``, ``<root>/moments_categories.txt`` and
-videos under ``<root>/videos/<split>/``. Other flags go to prepare_dataset.py.
+Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``),
+``moments_categories.txt`` and the videos under ``videos/`` (``videos/training`` and
+``videos/validation`` when the release has them), or the same files under ``annotations/`` as
+MMAction2 arranges them. Other flags go to prepare_dataset.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import prepare_dataset  # noqa: E402
+import prepare_dataset  # noqa: E402  (jobs/prepare_dataset.py, beside this file)
 
-ANNOTATIONS = {"training": "trainingSet.csv", "validation": "validationSet.csv"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="the extracted Multi_Moments_in_Time folder")
-    parser.add_argument("--split", default="training", choices=sorted(ANNOTATIONS))
-    args, rest = parser.parse_known_args(argv)
-    root = args.root.rstrip("/")
-    defaults = {
-        "--format": "mmit",
-        "--name": "mmit",
-        "--annotations": f"{root}/{ANNOTATIONS[args.split]}",
-        "--classes": f"{root}/moments_categories.txt",
-        "--video-root": f"{root}/videos/{args.split}",
-        "--split": args.split,
-    }
-    return prepare_dataset.main([part for flag in defaults.items() for part in flag] + rest)
-
+from pipelines.layouts import LAYOUTS  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(prepare_dataset.release_main(LAYOUTS["mmit"], __doc__))
