@@ -55,7 +55,9 @@ def test_generic_labelled_unless_no_record_has_labels(tmp_path):
     classes = write(tmp_path / "classes.txt", "run\njump\n")
     mixed = write(
         tmp_path / "mixed.jsonl",
-        '{"path": "a.mp4", "labels": ["run"]}\n{"path": "b.mp4", "labels": []}\n{"path": "c.mp4"}\n',
+        '{"path": "a.mp4", "labels": ["run"]}\n'
+        '{"path": "b.mp4", "labels": []}\n'
+        '{"path": "c.mp4"}\n',
     )
     manifest = read_generic(mixed, "", classes)
     assert manifest.labelled and [row.error for row in manifest.rows] == [None, NO_LABEL, NO_LABEL]
