@@ -96,6 +96,8 @@ class IngestConfig:
                 raise IngestError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.split or "/" in self.split:
             raise IngestError(f"split name {self.split!r} must be a non-empty name without '/'")
+        if self.shuffle_seed < 0:  # numpy seeds are non-negative
+            raise IngestError(f"--shuffle-seed must be 0 or more, got {self.shuffle_seed}")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,9 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
     """Build the manifest and ingest it into ``config.output``/``config.split``."""
     config.ingest_config().validate()
     manifest = build_manifest(config)
+    labels = "" if manifest.labelled else " (split without labels)"
     log(
-        f"{manifest.name}: {len(manifest.rows)} clips, {len(manifest.classes)} classes -> {config.output}"
+        f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes "
+        f"-> {config.output}"
     )
     return ingest(manifest, config.ingest_config(), log)

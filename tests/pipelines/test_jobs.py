@@ -167,6 +167,10 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],
             "frames must be positive",
         ),
+        (
+            ["--format", "generic", "--annotations", "{manifest}", "--shuffle-seed", "-1"],
+            "--shuffle-seed must be 0 or more, got -1",
+        ),
     ],
 )
 def test_job_cannot_run_exits_non_zero_naming_the_flag(
