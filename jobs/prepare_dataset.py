@@ -2,7 +2,7 @@
 
     python jobs/prepare_dataset.py --format {generic,mmit,kinetics,sthv2,ucf101,synthetic}
         --annotations FILE [--classes FILE] --video-root DIR --split NAME --output ROOT
-        [--frames 16] [--short-side 256] [--encoding jpeg|raw]
+        [--frames 24] [--short-side 256] [--encoding jpeg|raw] [--shuffle-seed 0]
 
 Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
 ``ray job submit``. Exit status 0 unless the job cannot run at all (bad flags, missing annotation
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from pipelines.ingest import IngestError  # noqa: E402
+from pipelines.ingest import DEFAULT_SHUFFLE_SEED, IngestError  # noqa: E402
 from pipelines.layouts import LayoutError, ReleaseLayout  # noqa: E402
 from pipelines.prepare import (  # noqa: E402
     FORMATS,
@@ -27,6 +27,7 @@ from pipelines.prepare import (  # noqa: E402
     storage_options_from_env,
 )
 from pipelines.synthetic import SyntheticConfig  # noqa: E402
+from tin.data.sampling import STORED_FRAMES  # noqa: E402
 from tin.data.shards import ENCODINGS  # noqa: E402
 
 
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="dataset root: local directory or s3://bucket/prefix"
     )
     parser.add_argument("--name", help="dataset name in dataset.json (default: the format)")
-    parser.add_argument("--frames", type=int, default=16, help="frames stored per clip (F)")
+    parser.add_argument(
+        "--frames", type=int, default=STORED_FRAMES, help="frames stored per clip (F)"
+    )
     parser.add_argument(
         "--short-side", type=int, default=256, help="short side of stored frames in pixels"
     )
@@ -57,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)"
     )
     parser.add_argument("--kinetics-layout", default="auto", choices=("auto", "flat", "by_label"))
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=DEFAULT_SHUFFLE_SEED,
+        help="seed of the permutation of the annotation rows before they are cut into shards "
+        "(annotation lists are sorted by class; shards must mix classes)",
+    )
     synthetic = parser.add_argument_group(
         "synthetic (--format synthetic: clips are written to --video-root)"
     )
@@ -103,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         chunk_size=args.chunk_size,
         num_cpus=args.num_cpus,
         kinetics_layout=args.kinetics_layout,
+        shuffle_seed=args.shuffle_seed,
         synthetic=synthetic,
         storage_options=storage_options_from_env(),
     )

@@ -4,22 +4,36 @@ Per manifest row: fetch the file (local path or object-store bytes) -> probe (op
 fps) -> decode F frames spread uniformly over [start, end], resized in the decoder (decord, PyAV
 fallback) -> encode (jpeg | raw) -> Parquet. Any failure becomes an error row with its reason.
 
-Exactly once and resumable: the manifest is cut into deterministic chunks of ``chunk_size`` rows;
-one Ray task handles one chunk, writes ``<split>/part-NNNNN.parquet`` through a temporary file
-that is renamed (local) or uploaded in one piece (object store), then records the chunk as done in
-``_ingest/<split>/done-NNNNN.json`` (counts and error rows). A rerun skips done chunks and rewrites
-the others under the same names, so nothing lands twice. Memory per task is one Parquet row group
-of clips, whatever the size of the dataset. (Ray's ``Dataset.write_parquet`` is not used: it
-names files by a per-run write id and writes them in place, so an interrupted run could not be
-resumed without duplicates or partial files.) A video that crashes the decoder process is found
-by the task's crash journal when Ray retries the task (see CrashJournal).
+Mixed shards: annotation lists ship sorted by class, so consecutive rows would give shards of
+one class each and training batches of one class. The rows are therefore put in the order of a
+permutation seeded by ``shuffle_seed`` before they are cut into chunks; the seed is recorded in
+the plan and in dataset.json.
+
+Exactly once and resumable: the permuted manifest is cut into deterministic chunks of
+``chunk_size`` rows, written once as ``_ingest/<split>/manifest.arrow`` (one record batch per
+chunk). One Ray task handles one chunk: it reads its batch, writes ``<split>/part-NNNNN.parquet``
+through a temporary file that is renamed (local) or uploaded in one piece (object store), then
+records the chunk as done in ``_ingest/<split>/done-NNNNN.json`` (counts and error rows). A rerun
+of the same plan (same rows, seed and settings) skips done chunks and rewrites the others under the
+same names, so nothing lands twice. When every chunk is done, the totals go to
+``_ingest/<split>/summary.json``; a rerun of a completed split answers from it without listing
+or reading markers and without starting Ray. Memory per task is one Parquet row group of clips,
+whatever the size of the dataset. (Ray's ``Dataset.write_parquet`` is not used: it names files by
+a per-run write id and writes them in place, so an interrupted run could not be resumed without
+duplicates or partial files.) A video that crashes the decoder process is found by the task's
+crash journal when Ray retries the task (see CrashJournal).
 
 Layout of the dataset root::
 
-    dataset.json                 tin.data.DatasetInfo
+    dataset.json                 tin.data.DatasetInfo (per split: written, failed, labelled,
+                                 shuffle_seed)
     <split>/part-NNNNN.parquet   tin.data.shard_schema
     errors/<split>.jsonl         {"clip_id", "source", "error"} a line
-    _ingest/<split>/             plan.json (manifest fingerprint) and done-NNNNN.json markers
+    _ingest/<split>/plan.json    what the chunks were cut from: row count, manifest fingerprint,
+                                 labelled, frame settings, chunk_size, shuffle_seed
+    _ingest/<split>/manifest.arrow   the permuted rows, record batch i = chunk i (CHUNK_SCHEMA)
+    _ingest/<split>/done-NNNNN.json  {"chunk", "written", "failed", "errors"} per finished chunk
+    _ingest/<split>/summary.json     {"written", "failed", "chunks"} once the split is complete
 """
 
 from __future__ import annotations
@@ -32,8 +46,8 @@ import time
 import uuid
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -44,10 +58,13 @@ from fsspec.implementations.local import LocalFileSystem
 import tin
 from pipelines.manifests import Manifest, ManifestRow
 from tin.data.reader import filesystem_for, open_root
+from tin.data.sampling import STORED_FRAMES
 from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
 
 TASK_RETRIES = 8  # per chunk; each retry after a decoder crash skips the row that crashed
+DEFAULT_SHUFFLE_SEED = 0
+FINGERPRINT_BLOCK = 65536  # rows hashed per update: bounded memory, few calls
 
 
 class IngestError(RuntimeError):
@@ -61,7 +78,7 @@ class IngestConfig:
 
     output: str
     split: str
-    frames: int = 16
+    frames: int = STORED_FRAMES
     short_side: int = 256
     encoding: str = "jpeg"
     jpeg_quality: int = 90
@@ -69,6 +86,7 @@ class IngestConfig:
     row_group_size: int = 8
     num_cpus: int | None = None  # CPUs of the local Ray started when none is running
     storage_options: dict[str, Any] = field(default_factory=dict)
+    shuffle_seed: int = DEFAULT_SHUFFLE_SEED  # order of the rows before chunking (see the module)
 
     def validate(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -78,11 +96,14 @@ class IngestConfig:
                 raise IngestError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.split or "/" in self.split:
             raise IngestError(f"split name {self.split!r} must be a non-empty name without '/'")
+        if self.shuffle_seed < 0:  # numpy seeds are non-negative
+            raise IngestError(f"--shuffle-seed must be 0 or more, got {self.shuffle_seed}")
 
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Totals for the split after this run (done chunks of earlier runs included)."""
+    """Totals for the split after this run (done chunks of earlier runs included).
+    ``already_complete``: the split was complete before this run, which did nothing."""
 
     written: int
     failed: int
@@ -90,6 +111,7 @@ class IngestResult:
     chunks_skipped: int
     errors_path: str
     cpu_seconds: float = 0.0  # CPU time of this run's chunk tasks
+    already_complete: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,19 +180,36 @@ def _records_to_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Ta
 
 
 # ---------------------------------------------------------------------------------------------
-# Files of the dataset root
+# Files of the dataset root (the layout in the module docstring)
 
 
-def _shard_path(root: str, split: str, chunk: int) -> str:
+def shard_path(root: str, split: str, chunk: int) -> str:
     return f"{root}/{split}/part-{chunk:05d}.parquet"
 
 
-def _progress_dir(root: str, split: str) -> str:
+def progress_dir(root: str, split: str) -> str:
     return f"{root}/_ingest/{split}"
 
 
-def _marker_path(root: str, split: str, chunk: int) -> str:
-    return f"{_progress_dir(root, split)}/done-{chunk:05d}.json"
+def marker_path(root: str, split: str, chunk: int) -> str:
+    return f"{progress_dir(root, split)}/done-{chunk:05d}.json"
+
+
+def errors_path(root: str, split: str) -> str:
+    return f"{root}/errors/{split}.jsonl"
+
+
+def plan_path(root: str, split: str) -> str:
+    return f"{progress_dir(root, split)}/plan.json"
+
+
+def summary_path(root: str, split: str) -> str:
+    return f"{progress_dir(root, split)}/summary.json"
+
+
+def chunk_manifest_path(root: str, split: str) -> str:
+    """The permuted manifest of ``split``, one Arrow record batch per chunk."""
+    return f"{progress_dir(root, split)}/manifest.arrow"
 
 
 @contextmanager
@@ -205,6 +244,103 @@ def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str, root: str) 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "r") as handle:
         return json.load(handle)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: which rows form which chunk
+
+
+# Columns of manifest.arrow, named after the ManifestRow fields. Large strings: one array holds
+# every row's strings, which may pass the 2 GiB that 32-bit offsets address.
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.large_string()),
+        ("path", pa.large_string()),
+        ("labels", pa.list_(pa.int32())),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("error", pa.large_string()),
+    ]
+)
+PLAN_SETTINGS = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size", "shuffle_seed")
+
+
+def _row_text(row: ManifestRow) -> str:
+    """One row in a fixed, unambiguous text form (repr escapes line breaks inside strings)."""
+    return repr((row.clip_id, row.path, row.labels, row.start, row.end, row.error)) + "\n"
+
+
+def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
+    """Fingerprint of the rows in annotation order, hashed in blocks of FINGERPRINT_BLOCK rows so
+    that a million rows never become one string."""
+    digest = hashlib.sha256()
+    for start in range(0, len(rows), FINGERPRINT_BLOCK):
+        block = rows[start : start + FINGERPRINT_BLOCK]
+        digest.update("".join(map(_row_text, block)).encode())
+    return digest.hexdigest()
+
+
+def plan_of(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
+    """What makes chunk files of two runs interchangeable: the rows, their order (the seed) and
+    the frame settings (not num_cpus or storage options)."""
+    return {
+        "rows": len(manifest.rows),
+        "manifest_sha256": manifest_sha256(manifest.rows),
+        "labelled": manifest.labelled,
+        **{key: getattr(config, key) for key in PLAN_SETTINGS},
+    }
+
+
+def shuffled_order(rows: int, seed: int) -> np.ndarray:
+    """Positions of the annotation rows in ingest order: a permutation seeded by ``seed``, so
+    that the chunks of a list sorted by class hold many classes and a rerun cuts the same chunks."""
+    return np.random.default_rng(seed).permutation(rows)
+
+
+def _rows_batch(rows: Sequence[ManifestRow]) -> pa.RecordBatch:
+    columns = [
+        pa.array([getattr(row, column.name) for row in rows], type=column.type)
+        for column in CHUNK_SCHEMA
+    ]
+    return pa.record_batch(columns, schema=CHUNK_SCHEMA)
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[ManifestRow]:
+    return [
+        ManifestRow(**{**record, "labels": tuple(record["labels"])})
+        for record in batch.to_pylist()
+    ]
+
+
+def write_chunk_manifest(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    split: str,
+    rows: Sequence[ManifestRow],
+    order: np.ndarray,
+    chunk_size: int,
+) -> None:
+    """Write ``rows`` in ``order`` as ``chunk_manifest_path``, record batch i = chunk i.
+
+    An Arrow IPC file, because a task reads its own batch alone: the footer gives every batch's
+    offset in a few bytes (a Parquet footer with one row group per chunk is 10 MB at 15k chunks,
+    and every task would read it). The columns are built in annotation order and then permuted by
+    Arrow: gathering a million Python objects in random order takes twice as long (cache misses).
+    """
+    permuted = _rows_batch(rows).take(pa.array(order))
+    with _staged_file(fs, chunk_manifest_path(root, split), root) as temporary:
+        with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, CHUNK_SCHEMA) as writer:
+            for start in range(0, permuted.num_rows, chunk_size):
+                writer.write_batch(permuted.slice(start, chunk_size))
+
+
+def _chunk_rows(
+    fs: fsspec.AbstractFileSystem, root: str, split: str, chunk: int
+) -> list[ManifestRow]:
+    """The rows of chunk ``chunk``: its record batch of the chunk manifest, read without the rest
+    (no read-ahead cache: on an object store that would fetch megabytes past the batch)."""
+    with fs.open(chunk_manifest_path(root, split), "rb", cache_type="none") as handle:
+        return _batch_rows(pa.ipc.open_file(handle).get_batch(chunk))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,24 +389,22 @@ def _error_row(row: ManifestRow, reason: str) -> dict[str, str]:
 
 
 def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
-    """Ingest one chunk ``{"run": run id, "chunk": index, "rows": JSON list of ManifestRow}`` and
-    commit it.
+    """Ingest one chunk ``{"run": run id, "chunk": index}`` of the chunk manifest and commit it.
 
     Writes the chunk's shard (clips that worked, flushed every ``row_group_size`` clips), then its
-    done-marker with the error rows. Returns {"chunk", "written", "failed", "cpu_seconds"} (CPU
-    time of this task's process, for throughput accounting on a shared machine).
+    done-marker with the error rows. Returns {"chunk", "marker": the marker's JSON text,
+    "cpu_seconds": CPU time of this task's process, for throughput accounting on a shared
+    machine}; the driver sums this run's markers without reading them back.
     """
     started_cpu = time.process_time()
     index = int(item["chunk"])
-    rows = [
-        ManifestRow(**{**row, "labels": tuple(row["labels"])}) for row in json.loads(item["rows"])
-    ]
     fs, root = open_root(config.output, config.storage_options)
+    rows = _chunk_rows(fs, root, config.split, index)
     schema = shard_schema(config.encoding, config.frames, config.short_side)
     errors: list[dict[str, str]] = []
     written = 0
     journal = CrashJournal(item["run"], config.split, index)
-    with _staged_file(fs, _shard_path(root, config.split, index), root) as temporary:
+    with _staged_file(fs, shard_path(root, config.split, index), root) as temporary:
         writer: pq.ParquetWriter | None = None
         pending: list[dict[str, Any]] = []
         for position, row in enumerate(rows):
@@ -290,56 +424,79 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
                 pending = []
         if writer is not None:
             writer.close()
-    marker = {"chunk": index, "written": written, "failed": len(errors), "errors": errors}
-    _write_text(fs, _marker_path(root, config.split, index), json.dumps(marker), root)
+    marker = marker_text(index, written, errors)
+    _write_text(fs, marker_path(root, config.split, index), marker, root)
     journal.close()
-    cpu_seconds = time.process_time() - started_cpu
-    return {"chunk": index, "written": written, "failed": len(errors), "cpu_seconds": cpu_seconds}
+    return {"chunk": index, "marker": marker, "cpu_seconds": time.process_time() - started_cpu}
+
+
+def marker_text(chunk: int, written: int, errors: list[dict[str, str]]) -> str:
+    """The done-marker of a chunk: its counts and error rows."""
+    return json.dumps({"chunk": chunk, "written": written, "failed": len(errors), "errors": errors})
 
 
 # ---------------------------------------------------------------------------------------------
 # The split
 
 
-def _chunks(rows: list[ManifestRow], size: int) -> list[list[ManifestRow]]:
-    return [rows[start : start + size] for start in range(0, len(rows), size)]
-
-
-def _plan(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
-    """What makes chunk files of two runs interchangeable: the rows and the frame settings."""
-    digest = hashlib.sha256(json.dumps([asdict(row) for row in manifest.rows]).encode()).hexdigest()
-    keys = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size")  # not num_cpus
-    return {
-        "rows": len(manifest.rows),
-        "manifest_sha256": digest,
-        **{k: getattr(config, k) for k in keys},
-    }
-
-
 def _check_plan(
+    fs: fsspec.AbstractFileSystem, root: str, plan: dict[str, Any], config: IngestConfig
+) -> bool:
+    """Record the plan of a new split (True), or check that it is the plan the split was started
+    with (False); refuse to mix chunks of another plan or of a split ingested without permuting."""
+    path = plan_path(root, config.split)
+    if not fs.exists(path):
+        _write_text(fs, path, json.dumps(plan, indent=2), root)
+        return True
+    recorded = _read_json(fs, path)
+    if "shuffle_seed" not in recorded:
+        raise IngestError(
+            f"{config.output}/{config.split} was ingested before ingest permuted annotation rows: "
+            f"its shards follow the annotation order (one class each on a sorted list). Re-ingest "
+            f"it into a new --output, or delete {config.split}/ and _ingest/{config.split}/ there "
+            f"and run again"
+        )
+    if recorded != plan:
+        differing = ", ".join(key for key in plan if recorded.get(key) != plan[key])
+        raise IngestError(
+            f"{config.output}/{config.split} was started from other annotations or settings "
+            f"({differing} differ; see {path}); use another --output or --split, or delete "
+            f"{config.split}/ and _ingest/{config.split}/ there"
+        )
+    return False
+
+
+def _dataset_info(
     fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig
-) -> None:
-    """Record the plan of a new split, or refuse to mix chunks of a different one."""
-    path = f"{_progress_dir(root, config.split)}/plan.json"
-    plan = _plan(manifest, config)
-    if fs.exists(path):
-        if _read_json(fs, path) != plan:
-            raise IngestError(
-                f"{config.output}/{config.split} was started from other annotations or settings "
-                f"(see {path}); use another --output or --split, or delete {config.split}/ and "
-                f"_ingest/{config.split}/ there"
-            )
-        return
-    _write_text(fs, path, json.dumps(plan, indent=2), root)
+) -> DatasetInfo:
+    """The dataset.json to update: the root's own when ``manifest`` fits it, else a new one.
 
-
-def _check_dataset_info(fs: fsspec.AbstractFileSystem, root: str, info: DatasetInfo) -> DatasetInfo:
-    """The dataset.json to update: the existing one when compatible, else ``info``."""
+    An unlabelled split carries no classes of its own unless a class list was given: it takes the
+    root's classes (and multi-label flag). A root needs a class list, so an unlabelled split
+    without one cannot start a root.
+    """
+    info = DatasetInfo(
+        name=manifest.name,
+        classes=list(manifest.classes),
+        multi_label=manifest.multi_label,
+        frames_per_clip=config.frames,
+        encoding=config.encoding,
+        short_side=config.short_side,
+        software_version=tin.__version__,
+    )
     path = f"{root}/dataset.json"
     if not fs.exists(path):
+        if not info.classes:
+            raise IngestError(
+                f"split {config.split!r} has no labels and no class list; give the dataset's "
+                f"class list (--classes) or ingest a labelled split into {config.output} first"
+            )
         return info
     with fs.open(path, "r") as handle:
         existing = DatasetInfo.from_json(handle.read())
+    if not manifest.labelled:
+        info.classes = info.classes or list(existing.classes)
+        info.multi_label = existing.multi_label
     if not existing.same_layout(info):
         raise IngestError(
             f"{path} describes a dataset with other classes or frame settings "
@@ -349,9 +506,20 @@ def _check_dataset_info(fs: fsspec.AbstractFileSystem, root: str, info: DatasetI
     return existing
 
 
+def _record_split(
+    fs: fsspec.AbstractFileSystem, root: str, info: DatasetInfo, split: str, facts: dict[str, Any]
+) -> None:
+    """Write ``facts`` as ``info.splits[split]`` to dataset.json, unless they are there already."""
+    if info.splits.get(split) == facts:
+        return
+    info.splits[split] = facts
+    info.software_version = tin.__version__
+    _write_text(fs, f"{root}/dataset.json", info.to_json(), root)
+
+
 def _done_chunks(fs: fsspec.AbstractFileSystem, root: str, split: str) -> set[int]:
-    directory = _progress_dir(root, split)
-    fs.invalidate_cache()  # object-store listings are cached; workers wrote since
+    """Chunks with a done-marker: one listing of the progress directory."""
+    directory = progress_dir(root, split)
     names = (
         [os.path.basename(path) for path in fs.ls(directory, detail=False)]
         if fs.exists(directory)
@@ -360,6 +528,18 @@ def _done_chunks(fs: fsspec.AbstractFileSystem, root: str, split: str) -> set[in
     return {
         int(name[5:10]) for name in names if name.startswith("done-") and name.endswith(".json")
     }
+
+
+def _read_markers(
+    fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]
+) -> dict[int, dict[str, Any]]:
+    """The done-markers of ``chunks``, fetched in one call: concurrent requests on an object store.
+    (``cat_ranges`` rather than ``cat``: ``cat`` would glob paths with ``[`` or ``*`` in them.)"""
+    if not chunks:
+        return {}
+    paths = [marker_path(root, split, chunk) for chunk in chunks]
+    contents = fs.cat_ranges(paths, None, None, on_error="raise")
+    return {chunk: json.loads(content) for chunk, content in zip(chunks, contents)}
 
 
 def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
@@ -375,23 +555,17 @@ def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
 
 
 def _run_pending(
-    chunks: list[list[ManifestRow]],
-    pending: list[int],
-    config: IngestConfig,
-    log: Callable[[str], None],
-) -> float:
+    pending: list[int], config: IngestConfig, log: Callable[[str], None]
+) -> tuple[dict[int, dict[str, Any]], float]:
     """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk.
-    Returns the CPU seconds the tasks used."""
+    Returns their done-markers by chunk and the CPU seconds the tasks used."""
     import ray
 
     from pipelines.ray_runtime import init_ray
 
     init_ray(config.num_cpus)
     run_id = uuid.uuid4().hex
-    items = [
-        {"run": run_id, "chunk": i, "rows": json.dumps([asdict(row) for row in chunks[i]])}
-        for i in pending
-    ]
+    items = [{"run": run_id, "chunk": chunk} for chunk in pending]
     # Finite retries: a task that dies on every attempt although the crash journal skips the row
     # that crashed (e.g. it dies outside any row, or retries land on other nodes) stops the job
     # with a message instead of being retried forever (Ray Data's default). Ray 2.60 deprecates
@@ -401,18 +575,83 @@ def _run_pending(
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
             run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
         )
-    started, clips, done, cpu_seconds = time.perf_counter(), 0, 0, 0.0
-    for summary in _iterate(dataset, config):
-        done += 1
-        clips += summary["written"] + summary["failed"]
-        cpu_seconds += summary["cpu_seconds"]
+    started, clips, cpu_seconds = time.perf_counter(), 0, 0.0
+    markers: dict[int, dict[str, Any]] = {}
+    for result in _iterate(dataset, config):
+        marker = markers[result["chunk"]] = json.loads(result["marker"])
+        clips += marker["written"] + marker["failed"]
+        cpu_seconds += result["cpu_seconds"]
         rate = clips / max(time.perf_counter() - started, 1e-9)
         log(
-            f"[{config.split}] chunk {summary['chunk']} done ({done}/{len(pending)}): "
-            f"{summary['written']} written, {summary['failed']} failed; {rate:.1f} clips/s, "
-            f"{1000 * cpu_seconds / clips:.0f} CPU-ms/clip"
+            f"[{config.split}] chunk {marker['chunk']} done ({len(markers)}/{len(pending)}): "
+            f"{marker['written']} written, {marker['failed']} failed; {rate:.1f} clips/s, "
+            f"{1000 * cpu_seconds / max(clips, 1):.0f} CPU-ms/clip"
         )
-    return cpu_seconds
+    return markers, cpu_seconds
+
+
+def _read_summary(fs: fsspec.AbstractFileSystem, root: str, split: str) -> dict[str, int] | None:
+    """The totals of a completed split (written, failed, chunks); None while it is not complete."""
+    try:
+        return _read_json(fs, summary_path(root, split))
+    except FileNotFoundError:
+        return None
+
+
+def _split_facts(
+    summary: dict[str, int], manifest: Manifest, config: IngestConfig
+) -> dict[str, Any]:
+    """The split's entry in dataset.json (see tin.data.DatasetInfo)."""
+    return {
+        "written": summary["written"],
+        "failed": summary["failed"],
+        "labelled": manifest.labelled,
+        "shuffle_seed": config.shuffle_seed,
+    }
+
+
+def _commit_split(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    info: DatasetInfo,
+    manifest: Manifest,
+    config: IngestConfig,
+    markers: list[dict[str, Any]],
+) -> dict[str, int]:
+    """Write the split's error rows, its dataset.json entry and, last, its summary (so a summary
+    means all the rest is written). ``markers``: every chunk's, in chunk order."""
+    summary = {
+        "written": sum(marker["written"] for marker in markers),
+        "failed": sum(marker["failed"] for marker in markers),
+        "chunks": len(markers),
+    }
+    errors_file = errors_path(root, config.split)
+    error_lines = [json.dumps(error) + "\n" for marker in markers for error in marker["errors"]]
+    _write_text(fs, errors_file, "".join(error_lines), root)
+    if not error_lines and fs.exists(errors_file):
+        fs.rm(errors_file)
+    _record_split(fs, root, info, config.split, _split_facts(summary, manifest, config))
+    _write_text(fs, summary_path(root, config.split), json.dumps(summary), root)
+    return summary
+
+
+def _result(
+    summary: dict[str, int],
+    root: str,
+    split: str,
+    chunks_run: int,
+    cpu_seconds: float = 0.0,
+    already_complete: bool = False,
+) -> IngestResult:
+    return IngestResult(
+        written=summary["written"],
+        failed=summary["failed"],
+        chunks_run=chunks_run,
+        chunks_skipped=summary["chunks"] - chunks_run,
+        errors_path=errors_path(root, split),
+        cpu_seconds=cpu_seconds,
+        already_complete=already_complete,
+    )
 
 
 def ingest(
@@ -420,51 +659,47 @@ def ingest(
 ) -> IngestResult:
     """Write ``manifest`` as split ``config.split`` of the dataset root ``config.output``.
 
-    Starts or attaches to Ray (pipelines.ray_runtime.init_ray) only when there is work left. Chunks done
-    by an earlier run are kept; a completed split is a no-op apart from rewriting the summaries.
-    Raises IngestError when it cannot run at all; bad videos only make error rows.
+    Starts or attaches to Ray (pipelines.ray_runtime.init_ray) only when there is work left. Chunks
+    done by an earlier run are kept; a completed split is answered from its summary without
+    listing or reading its markers. Raises IngestError when it cannot run at all; bad videos only
+    make error rows.
     """
     config.validate()
+    split = config.split
     try:
         fs, root = open_root(config.output, config.storage_options)
         fs.makedirs(root, exist_ok=True)
-        info = _check_dataset_info(
-            fs,
-            root,
-            DatasetInfo(
-                name=manifest.name,
-                classes=list(manifest.classes),
-                multi_label=manifest.multi_label,
-                frames_per_clip=config.frames,
-                encoding=config.encoding,
-                short_side=config.short_side,
-                software_version=tin.__version__,
-            ),
-        )
-        _check_plan(fs, root, manifest, config)
+        fs.invalidate_cache()  # object-store listings are cached; other processes wrote since
+        info = _dataset_info(fs, root, manifest, config)
+        fresh = _check_plan(fs, root, plan_of(manifest, config), config)
     except (OSError, PermissionError) as error:
         raise IngestError(f"cannot write to the output root {config.output}: {error}") from error
 
-    chunks = _chunks(manifest.rows, config.chunk_size)
-    done = _done_chunks(fs, root, config.split)
-    pending = [i for i in range(len(chunks)) if i not in done]
-    log(
-        f"[{config.split}] {len(manifest.rows)} clips in {len(chunks)} chunks; {len(pending)} to do"
-    )
-    cpu_seconds = _run_pending(chunks, pending, config, log) if pending else 0.0
-    fs.invalidate_cache()
+    summary = None if fresh else _read_summary(fs, root, split)
+    if summary is not None:
+        _record_split(fs, root, info, split, _split_facts(summary, manifest, config))
+        log(
+            f"[{split}] complete already: {summary['written']} written, {summary['failed']} "
+            f"failed in {summary['chunks']} chunks; nothing to do"
+        )
+        return _result(summary, root, split, chunks_run=0, already_complete=True)
 
-    markers = [_read_json(fs, _marker_path(root, config.split, i)) for i in range(len(chunks))]
-    written = sum(marker["written"] for marker in markers)
-    failed = sum(marker["failed"] for marker in markers)
-    errors_path = f"{root}/errors/{config.split}.jsonl"
-    error_lines = [json.dumps(error) + "\n" for marker in markers for error in marker["errors"]]
-    _write_text(fs, errors_path, "".join(error_lines), root)
-    if not error_lines and fs.exists(errors_path):
-        fs.rm(errors_path)
-    info.splits[config.split] = {"written": written, "failed": failed}
-    info.software_version = tin.__version__
-    _write_text(fs, f"{root}/dataset.json", info.to_json(), root)
-    return IngestResult(
-        written, failed, len(pending), len(chunks) - len(pending), errors_path, cpu_seconds
+    chunks = -(-len(manifest.rows) // config.chunk_size)
+    done = set() if fresh else _done_chunks(fs, root, split)  # a new plan has no done chunks
+    pending = [chunk for chunk in range(chunks) if chunk not in done]
+    log(
+        f"[{split}] {len(manifest.rows)} clips in {chunks} chunks; {len(pending)} to do (rows in "
+        f"the order of shuffle seed {config.shuffle_seed})"
     )
+    markers: dict[int, dict[str, Any]] = {}
+    cpu_seconds = 0.0
+    if pending:
+        if fresh or not fs.exists(chunk_manifest_path(root, split)):
+            order = shuffled_order(len(manifest.rows), config.shuffle_seed)
+            write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
+        markers, cpu_seconds = _run_pending(pending, config, log)
+    markers.update(_read_markers(fs, root, split, [c for c in range(chunks) if c in done]))
+    summary = _commit_split(
+        fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)]
+    )
+    return _result(summary, root, split, chunks_run=len(pending), cpu_seconds=cpu_seconds)

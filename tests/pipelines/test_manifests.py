@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.manifests import (
+    NO_LABEL,
     read_class_list,
     read_generic,
     read_kinetics,
@@ -47,6 +48,25 @@ def test_generic_names_ids_times_and_unknown_classes(tmp_path):
     assert (b.clip_id, b.labels) == ("clip-b", (0, 1))
     assert c.error == "unknown class 'fly' (not in the class list)"
     assert "duplicate clip_id 'x/a.mp4'" in duplicate.error
+    assert manifest.labelled
+
+
+def test_generic_labelled_unless_no_record_has_labels(tmp_path):
+    classes = write(tmp_path / "classes.txt", "run\njump\n")
+    mixed = write(
+        tmp_path / "mixed.jsonl",
+        '{"path": "a.mp4", "labels": ["run"]}\n'
+        '{"path": "b.mp4", "labels": []}\n'
+        '{"path": "c.mp4"}\n',
+    )
+    manifest = read_generic(mixed, "", classes)
+    assert manifest.labelled and [row.error for row in manifest.rows] == [None, NO_LABEL, NO_LABEL]
+    odd = write(tmp_path / "odd.jsonl", '{"path": "a.mp4", "labels": [["run"]]}\n')
+    assert read_generic(odd, "", classes).rows[0].error.startswith("unknown class ['run']")
+    bare = write(tmp_path / "bare.jsonl", '{"path": "a.mp4"}\n{"path": "b.mp4", "labels": []}\n')
+    manifest = read_generic(bare, "", classes)
+    assert not manifest.labelled
+    assert [(row.labels, row.error) for row in manifest.rows] == [((), None), ((), None)]
 
 
 def test_generic_without_class_file_uses_sorted_names_or_ids(tmp_path):
@@ -71,19 +91,22 @@ def test_mmit(tmp_path):
         tmp_path / "trainingSet.csv",
         "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4,2,1\n"
         "crafting/yt-abc_12.mp4,0\n"
-        "crafting/yt-bad_1.mp4,0,313\n",
+        "crafting/yt-bad_1.mp4,0,313\n"
+        "crafting/yt-none_2.mp4\n",
     )
     manifest = read_mmit(annotations, categories, "/mmit/videos/training")
     assert (
         manifest.classes == ["crafting", "adult+female+singing", "singing"] and manifest.multi_label
     )
-    first, second, bad = manifest.rows
+    assert manifest.labelled
+    first, second, bad, unlabelled = manifest.rows
     assert first.clip_id == "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
     assert (
         first.path == "/mmit/videos/training/adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
     )
     assert first.labels == (1, 2) and second.labels == (0,)
     assert bad.error == "unknown class 313 (not in the class list)"
+    assert unlabelled.error == NO_LABEL
 
 
 KINETICS_400 = """label,youtube_id,time_start,time_end,split,is_cc
@@ -97,6 +120,7 @@ def test_kinetics_flat_and_by_label(tmp_path):
     annotations = write(tmp_path / "val.csv", KINETICS_400)
     flat = read_kinetics(annotations, str(tmp_path / "flat"), layout="flat")
     assert flat.classes == ["abseiling", "air drumming"] and not flat.multi_label
+    assert flat.labelled and all(row.error is None for row in flat.rows)
     row = flat.rows[0]
     assert row.clip_id == "--nQbRBEz2s_000104_000114" and row.labels == (1,)
     assert row.path == f"{tmp_path}/flat/--nQbRBEz2s_000104_000114.mp4"
@@ -111,13 +135,28 @@ def test_kinetics_600_test_csv_without_labels_and_class_file(tmp_path):
     )
     classes = write(tmp_path / "classes.txt", "abseiling\nair drumming\n")
     manifest = read_kinetics(annotations, str(tmp_path), classes)
+    assert not manifest.labelled and manifest.classes == ["abseiling", "air drumming"]
     assert manifest.rows[0].labels == () and manifest.rows[0].error is None
+    assert read_kinetics(annotations, str(tmp_path)).classes == []  # no class list given
     unknown = write(
         tmp_path / "u.csv", "label,youtube_id,time_start,time_end,split\nyodeling,a,0,10,train\n"
     )
     assert (
         "unknown class 'yodeling'" in read_kinetics(unknown, str(tmp_path), classes).rows[0].error
     )
+
+
+def test_kinetics_row_without_label_in_a_labelled_csv_is_an_error(tmp_path):
+    annotations = write(tmp_path / "val.csv", KINETICS_400 + ",nolabel,0,10,val,0\n")
+    manifest = read_kinetics(annotations, str(tmp_path), layout="flat")
+    assert manifest.labelled
+    assert [row.error for row in manifest.rows] == [None, None, None, NO_LABEL]
+
+
+def test_kinetics_csv_without_its_columns_names_the_file(tmp_path):
+    annotations = write(tmp_path / "odd.csv", "label,video\nabseiling,a.mp4\n")
+    with pytest.raises(ValueError, match=r"odd.csv: not a Kinetics CSV, no column youtube_id"):
+        read_kinetics(annotations, str(tmp_path))
 
 
 def test_something_something_v2(tmp_path):
@@ -156,6 +195,7 @@ def test_something_something_v2(tmp_path):
         ),
     )
     manifest = read_sthv2(train, labels, "/ssv2/videos")
+    assert manifest.labelled
     assert manifest.classes == [
         "Approaching something with your camera",
         "Holding something next to something",
@@ -169,7 +209,9 @@ def test_something_something_v2(tmp_path):
     assert approaching.labels == (0,)
     assert "unknown class 'Spinning something'" in unknown.error
     test = write(tmp_path / "test.json", json.dumps([{"id": "5"}]))
-    assert read_sthv2(test, labels, "/v").rows[0].labels == ()
+    unlabelled = read_sthv2(test, labels, "/v")
+    assert not unlabelled.labelled and unlabelled.classes == manifest.classes
+    assert (unlabelled.rows[0].labels, unlabelled.rows[0].error) == ((), None)
 
 
 def test_ucf101_train_and_test_lists(tmp_path):
@@ -185,7 +227,8 @@ def test_ucf101_train_and_test_lists(tmp_path):
     assert first.path == "/ucf/UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"
     assert archery.labels == (2,) and "unknown class 101" in bad.error
     test = write(tmp_path / "testlist01.txt", "ApplyLipstick/v_ApplyLipstick_g01_c01.avi\n")
-    assert read_ucf101(test, class_ind, "/ucf").rows[0].labels == (1,)
+    test_manifest = read_ucf101(test, class_ind, "/ucf")
+    assert test_manifest.labelled and test_manifest.rows[0].labels == (1,)
 
 
 @pytest.mark.parametrize("text", ["a\nb\n\n", "b,1\na,0\n"])

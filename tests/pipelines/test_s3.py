@@ -13,6 +13,11 @@ from tests.pipelines.conftest import GOOD
 from tests.pipelines.test_jobs import run_job
 from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
 
+CLIENT_CREDENTIALS = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -37,13 +42,7 @@ def s3(media_root):
         "secret": "testing",
         "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = boto3.client("s3", endpoint_url=endpoint, **CLIENT_CREDENTIALS)
     for bucket in ("videos", "datasets"):
         client.create_bucket(Bucket=bucket)
     fs = s3fs.S3FileSystem(**options)
@@ -86,11 +85,46 @@ def test_s3_round_trip(ray_session, s3, tmp_path):
         3,
     )
     info = load_dataset_info("s3://datasets/demo", options)
-    assert info.splits == {"train": {"written": 3, "failed": 1}}
+    facts = {"written": 3, "failed": 1, "labelled": True, "shuffle_seed": 0}
+    assert info.splits == {"train": facts}
 
     errors = read_errors("s3://datasets/demo", "train", options)
     assert [(e["clip_id"], e["error"]) for e in errors] == [("missing", "file not found")]
     assert ingest(manifest, config, log=lambda line: None).chunks_run == 0
+
+
+def test_s3_completed_rerun_reads_no_markers(ray_session, s3, tmp_path):
+    """A rerun of a completed split answers from its summary: done-markers overwritten with
+    garbage are never read, and no object of the root gets a new version."""
+    import boto3
+    import s3fs
+
+    endpoint, options = s3
+    client = boto3.client("s3", endpoint_url=endpoint, **CLIENT_CREDENTIALS)
+    client.create_bucket(Bucket="versioned")
+    client.put_bucket_versioning(
+        Bucket="versioned", VersioningConfiguration={"Status": "Enabled"}
+    )
+    lines = [{"id": key, "path": GOOD[key], "labels": [0]} for key in ("h264", "vp9")]
+    lines.append({"id": "missing", "path": "good/nothing.mp4", "labels": [0]})
+    (tmp_path / "s3.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest = read_generic(str(tmp_path / "s3.jsonl"), "s3://videos/in")
+    config = IngestConfig(
+        "s3://versioned/ds", "val", frames=4, short_side=32, chunk_size=1, storage_options=options
+    )
+    assert ingest(manifest, config, log=lambda line: None).chunks_run == 3
+    fs = s3fs.S3FileSystem(**options)
+    markers = fs.glob("versioned/ds/_ingest/val/done-*.json")
+    assert len(markers) == 3
+    fs.pipe({marker: b"not a marker" for marker in markers})
+    versions = len(client.list_object_versions(Bucket="versioned")["Versions"])
+
+    log: list[str] = []
+    result = ingest(manifest, config, log=log.append)
+    assert result.already_complete and (result.written, result.failed) == (2, 1)
+    assert (result.chunks_run, result.chunks_skipped) == (0, 3)
+    assert log == ["[val] complete already: 2 written, 1 failed in 3 chunks; nothing to do"]
+    assert len(client.list_object_versions(Bucket="versioned")["Versions"]) == versions
 
 
 def test_job_reads_endpoint_and_credentials_from_env(ray_session, s3, tmp_path, monkeypatch):
