@@ -1,10 +1,15 @@
-"""Shared fixtures: one Ray runtime per test session (local on 127.0.0.1 unless RAY_ADDRESS) and a
-dataset root of ramp videos whose frames tell which source frame they show."""
+"""Shared fixtures: one Ray runtime per test session (local on 127.0.0.1 unless RAY_ADDRESS), a
+dataset root of ramp videos whose frames tell which source frame they show, and copies of dataset
+roots with altered dataset.json split facts."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -66,3 +71,24 @@ def ramp_root(ray_session, tmp_path_factory) -> RampRoot:
         log=lambda line: None,
     )
     return RampRoot(str(root / "data"))
+
+
+@pytest.fixture
+def root_with_split_facts(tmp_path) -> Callable[..., str]:
+    """A factory: ``(root, split, **facts)`` -> a copy of the dataset root whose dataset.json has
+    ``facts`` set on ``split`` (a None value removes the fact), e.g. ``labelled=False``."""
+
+    def altered(root: str, split: str, **facts: Any) -> str:
+        copy = Path(tempfile.mkdtemp(prefix="altered-", dir=tmp_path)) / "data"
+        shutil.copytree(root, copy)
+        info = json.loads((copy / "dataset.json").read_text())
+        split_facts = info["splits"][split]
+        for name, value in facts.items():
+            if value is None:
+                split_facts.pop(name, None)
+            else:
+                split_facts[name] = value
+        (copy / "dataset.json").write_text(json.dumps(info, indent=2))
+        return str(copy)
+
+    return altered

@@ -42,6 +42,8 @@ HELP = {
     "offset_scale": "TIN: offsets lie in (-offset_scale/2, offset_scale/2)",
     "train_split": "split to train on",
     "val_split": "split to validate on every epoch",
+    "shuffle_buffer": "clips each worker shuffles in a local buffer before batching (0: off); mixes "
+    "clips across shards further, at the cost of memory and a later first batch",
     "storage_path": "where Ray Train keeps checkpoints (local directory or s3:// URI)",
     "name": "run name; re-running with the same name and storage path resumes the run",
     "mlflow_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
