@@ -159,10 +159,18 @@ def check_config(config: TrainConfig) -> DatasetInfo:
 
 
 def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
-    """The training and validation splits must hold clips."""
+    """The training and validation splits (``--val-split none``: no validation) must hold labelled clips."""
     for flag, split in (("--train-split", config.train_split), ("--val-split", config.val_split)):
+        if split is None:
+            continue
         if info.written(split) == 0:
             raise TrainingSetupError(f"--data {config.data}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})")
+        if not info.labelled(split):
+            instead = "; train without validation with --val-split none" if flag == "--val-split" else ""
+            raise TrainingSetupError(
+                f"{flag} {split}: split {split!r} of {config.data} has no labels (dataset.json marks it unlabelled), so it "
+                f"cannot be trained or validated on; predict on its videos instead (python -m tin.predict){instead}"
+            )
 
 
 def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
@@ -232,11 +240,14 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         classes=tuple(info.classes),
         multi_label=info.multi_label,
         train_clips=info.written(config.train_split),
-        val_clips=info.written(config.val_split),
+        val_clips=info.written(config.val_split) if config.val_split is not None else 0,
         frames_per_clip=info.frames_per_clip,
         short_side=info.short_side,
     )
     storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
+    datasets = {"train": training_clips(config, info)}
+    if config.val_split is not None:
+        datasets["val"] = validation_clips(config, info)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
@@ -249,7 +260,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": training_clips(config, info), "val": validation_clips(config, info)},
+        datasets=datasets,
         dataset_config=TrainAndValidationSplit(),
     )
 

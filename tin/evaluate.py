@@ -151,8 +151,8 @@ def evaluate_checkpoint(
         device: where the model runs.
 
     Raises:
-        EvaluationError: a missing checkpoint, dataset root or split, classes that differ, or
-            more temporal views than the stored frames give.
+        EvaluationError: a missing checkpoint, dataset root or split, a split without labels,
+            classes that differ, or more temporal views than the stored frames give.
     """
     try:
         model, meta = load_model(checkpoint, device)
@@ -162,8 +162,11 @@ def evaluate_checkpoint(
         info = load_dataset_info(data)
     except FileNotFoundError as error:
         raise EvaluationError(f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
-    if info.splits.get(split, {}).get("written", 0) == 0:
+    if info.written(split) == 0:
         raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
+    if not info.labelled(split):
+        raise EvaluationError(f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
+                              f"so there is nothing to score; predict on its videos instead (python -m tin.predict)")
     classes = list(meta["dataset"]["classes"])
     if list(info.classes) != classes:
         raise EvaluationError(f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on")

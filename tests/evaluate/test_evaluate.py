@@ -82,6 +82,13 @@ def test_more_temporal_views_than_the_frames_give_are_refused(ramp_checkpoint, r
     assert not (tmp_path / "evaluation.json").exists()
 
 
+def test_a_split_without_labels_is_refused(tin_checkpoint, tiny_root, root_with_split_facts, capsys):
+    unlabelled = root_with_split_facts(tiny_root, "val", labelled=False)
+    assert evaluate_job.main(["--checkpoint", str(tin_checkpoint), "--data", unlabelled, "--split", "val"]) == 2
+    error = capsys.readouterr().err
+    assert "--split val: split 'val'" in error and "has no labels" in error and "tin.predict" in error
+
+
 def test_multi_label_metrics_and_confusion():
     scores = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.9, 0.7]])
     labels = [[0, 1], [2]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -313,6 +314,15 @@ def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, override
         train(config)
 
 
+@pytest.mark.parametrize("split, flag", [("val", "--val-split"), ("train", "--train-split")])
+def test_splits_without_labels_are_refused(single_label_root, root_with_split_facts, tmp_path, split, flag):
+    root = root_with_split_facts(single_label_root, split, labelled=False)
+    with pytest.raises(TrainingSetupError, match=f"{flag} {split}: split '{split}' of .* has no labels .*python -m tin.predict"):
+        check_config(tiny_config(root, tmp_path, "unlabelled"))
+    if split == "val":  # the way out: train without validation
+        check_config(tiny_config(root, tmp_path, "unlabelled", val_split=None))
+
+
 def training_data_warnings(config: TrainConfig) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -333,6 +343,28 @@ def test_stored_frames_that_miss_the_segment_centres_are_warned_about(single_lab
     root = root_with_split_facts(single_label_root, "train", shuffle_seed=7)
     (message,) = training_data_warnings(tiny_config(root, tmp_path, "off-centre", num_segments=4))  # 8 frames = 2 x 4
     assert "--num-segments 4 with 8 stored frames" in message and "--frames 12 or 20" in message
+
+
+def load_job(name: str):
+    """A script of jobs/ as a module (jobs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_val_split_none_trains_without_validation(single_label_root, tmp_path, capsys):
+    """Also --shuffle-buffer: one worker's batches drawn from a local buffer of clips."""
+    config = tiny_config(single_label_root, tmp_path, "no_val", epochs=1, num_workers=1)
+    flags = job_command("train.py", config)[2:] + ["--val-split", "none", "--shuffle-buffer", "12"]
+    assert load_job("train").main(flags) == 0
+    assert "finished no_val: train_loss" in capsys.readouterr().out
+    state = load_state(latest_checkpoint(config))
+    assert state.epoch == 1 and state.history[0]["steps"] == 36 // 8
+    assert not [key for key in state.history[0] if key.startswith("val_")]
+    client, run = mlflow_run(config)
+    assert metric_steps(client, run, "train_loss") == [1] and not [key for key in run.data.metrics if key.startswith("val_")]
+    assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
 
 
 def test_dataset_and_checkpoints_on_s3(single_label_root, tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ class TrainConfig:
     reverse: bool | None = None
     offset_scale: float | None = None
     train_split: str = TRAIN_SPLIT
-    val_split: str = VAL_SPLIT
+    val_split: str | None = VAL_SPLIT  # None: no validation (a root without a labelled validation split)
     shuffle_buffer: int = 0  # clips in each worker's local shuffle buffer; 0: off
     storage_path: str = field(default_factory=lambda: os.path.abspath("ray_results"))
     name: str = "tin"

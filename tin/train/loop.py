@@ -1,8 +1,8 @@
 """The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every worker.
 
 Each worker builds the model, wraps it in DDP (gloo on CPU, nccl on GPU), trains on its shard of
-the training split (one pass per epoch) and evaluates its part of the validation split; metrics
-are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and logs to MLflow. A restarted or re-run
+the training split (one pass per epoch) and evaluates its part of the validation split, when the
+run has one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and logs to MLflow. A restarted or re-run
 training continues from the latest checkpoint and the same MLflow run.
 """
 
@@ -39,7 +39,7 @@ class DatasetFacts:
     classes: tuple[str, ...]
     multi_label: bool
     train_clips: int
-    val_clips: int
+    val_clips: int  # 0 when the run does not validate
     frames_per_clip: int | None = None  # how ingest decoded the videos: prediction on video files
     short_side: int | None = None  # decodes them the same way
 
@@ -88,7 +88,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if train_stats["steps"] != steps_per_epoch and rank == 0:
             logger.warning("epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
                            "training clips differs from the shards", epoch + 1, train_stats["steps"], steps_per_epoch)
-        val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
+        val_stats = {}
+        if config.val_split is not None:
+            val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics])
         report_epoch(state, config, facts, log.metrics, rank)
