@@ -2,8 +2,9 @@
 
 Each worker builds the model, wraps it in DDP (gloo on CPU, nccl on GPU), trains on its shard of
 the training split (one pass per epoch) and evaluates its part of the validation split, when the
-run has one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and logs to MLflow. A restarted or re-run
-training continues from the latest checkpoint and the same MLflow run.
+run has one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and
+logs to MLflow. A restarted or re-run training continues from the latest checkpoint and the same
+MLflow run.
 """
 
 from __future__ import annotations
