@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None, defaults: TrainConfig | None = None, des
         print(f"training failed: {result.error}", file=sys.stderr)
         return 1
     summary = run_summary(result)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith("val_") and isinstance(v, float))
+    prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float))
     print(f"finished {config.name}: {shown}\ncheckpoint: {summary['checkpoint']}")
     return 0
 

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--num-samples", type=int, default=None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)")
     search.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (default: 1)")
     search.add_argument("--scheduler", choices=("asha", "fifo"), default=None, help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)")
-    search.add_argument("--metric", default=None, help="validation metric to maximise (val_loss: minimise) (default: val_top1, or val_sample_map for multi-label data)")
+    search.add_argument("--metric", default=None, help="metric to maximise (val_loss, train_loss: minimise); train_loss or train_top1 with --val-split none (default: val_top1, or val_sample_map for multi-label data)")
     search.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default: 1)")
     search.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/this at each rung (default: 2)")
     search.add_argument("--trial-cpus", type=float, default=None, help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, shared by the concurrent trials)")

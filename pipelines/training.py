@@ -1,20 +1,23 @@
 """Training from a dataset root: Ray Data pipelines of augmented clips and the Ray Train run.
 
-    shards --read_parquet--> sample T of F frames (random per segment in training, centre in
+    shard files (in a new order every epoch in training) --read one shard per task, its rows in a
+    new order every epoch--> sample T of F frames (random per segment in training, centre in
     evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
-    --iter_torch_batches on each worker--> normalise on the device --> model
+    --iter_torch_batches on each worker, once per epoch--> normalise on the device --> model
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import pyarrow.fs
 import ray
 import ray.data
+from ray.data import RandomSeedConfig
+from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -23,6 +26,7 @@ from pipelines.ray_runtime import init_ray
 from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
+from tin.data.sampling import centres_exact
 from tin.models import MODEL_NAMES
 from tin.train.config import OPTIMIZERS, TrainConfig
 from tin.train.loop import DatasetFacts, train_loop_per_worker
@@ -35,62 +39,74 @@ class TrainingSetupError(ValueError):
     """A training run that cannot start; the message names the flag or file to fix."""
 
 
+class TrainingDataWarning(UserWarning):
+    """A training run that starts but will not train as well as it could; the message says why
+    and what to fix."""
+
+
+def warn_about(message: str) -> None:
+    """A ``TrainingDataWarning`` for callers, and the same line printed for job logs (Python shows
+    a warning once per place, and a filter may hide it)."""
+    warnings.warn(message, TrainingDataWarning, stacklevel=2)
+    print(f"warning: {message}", flush=True)
+
+
 def shard_paths(root: str, split: str) -> tuple[Any, list[str]]:
     """(fsspec filesystem, sorted Parquet shard paths of ``split``) of a dataset root."""
     filesystem, path = open_root(root, storage_options_from_env())
     return filesystem, sorted(filesystem.glob(f"{path}/{split}/*.parquet"))
 
 
-def shard_order(files: list[str], epochs: int, seed: int) -> list[str]:
-    """``files`` once per epoch, each epoch in its own random order (seeded by seed and epoch)."""
-    return [files[i] for epoch in range(epochs) for i in np.random.default_rng([seed, epoch]).permutation(len(files))]
+def shard_list(files: list[str]) -> MaterializedDataset:
+    """One {"path"} row and one block per shard file: the input of a split's decode operator, as
+    many blocks as shards however many epochs a run trains."""
+    return ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
 
 
-def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool, epochs: int = 1) -> ray.data.Dataset:
-    """A Ray dataset of decoded, augmented clips of one split, ``epochs`` passes in a row.
+def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[str, Any]:
+    """``decode_shards``' keyword arguments, all but the filesystem, for a split of this run."""
+    return {
+        "decode_batch": DECODE_BATCH,
+        "train": train,
+        "num_segments": config.num_segments,
+        "crop_size": config.crop_size,
+        "flip": config.flip,
+        "scales": config.scales,
+        "flip_label_pairs": config.flip_label_pairs,
+        "num_classes": len(info.classes),
+        "multi_label": info.multi_label,
+    }
 
-    One read-and-decode task per shard file. In training every pass takes the shards in a new
-    order (``shard_order``); Ray Data streams without preserving order, so the passes' ends
-    overlap. Listing the files once in the driver, instead of a ``read_parquet`` per pass, keeps
-    the pipeline a single operator whose worker processes serve every pass: the per-pass file
-    listing tasks cost 12 s before the first batch on 2 CPUs.
+
+def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool) -> ray.data.Dataset:
+    """A Ray dataset of the decoded, augmented clips of one split: one pass over its shards.
+
+    The shard files are listed once, in the driver (``shard_list``), and one task reads and
+    decodes a shard (a ``read_parquet`` would list them again at every execution: 12 s before the
+    first batch on 2 CPUs). Every epoch's ``iter_torch_batches`` executes the dataset again; in
+    training each execution takes the shards in a new order (``randomize_block_order`` seeded by
+    ``config.seed`` and Ray Data's count of executions: reproducible, and different every epoch)
+    and ``decode_shards`` reads the rows of every shard in a new order.
     """
     filesystem, files = shard_paths(config.data, split)
     if not files:
         raise TrainingSetupError(f"--data {config.data}: split {split!r} has no Parquet shards")
-    order = shard_order(files, epochs, config.seed) if train else files
-    return ray.data.from_items([{"path": path} for path in order], override_num_blocks=len(order)).map_batches(
-        decode_shards,
-        batch_size=1,
-        fn_kwargs={
-            "filesystem": filesystem,
-            "decode_batch": DECODE_BATCH,
-            "num_segments": config.num_segments,
-            "crop_size": config.crop_size,
-            "train": train,
-            "flip": config.flip,
-            "scales": config.scales,
-            "flip_label_pairs": config.flip_label_pairs,
-            "num_classes": len(info.classes),
-            "multi_label": info.multi_label,
-        },
-    )
+    shards = shard_list(files)
+    if train:
+        shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
+    return shards.map_batches(decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)})
 
 
-def training_stream(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
-    """The training split once per epoch, each pass freshly sampled, augmented and reordered.
-
-    Workers read it as one stream, ``steps_per_epoch`` batches per epoch, so the pipeline never
-    restarts between epochs and the next epoch's first batches are decoded during validation.
-    """
-    return clip_dataset(config, info, config.train_split, train=True, epochs=config.epochs)
+def training_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
+    """The training split: every epoch one pass, freshly ordered, sampled and augmented."""
+    return clip_dataset(config, info, config.train_split, train=True)
 
 
 def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
     """The validation split, decoded once and kept in the object store when it fits in
     ``VALIDATION_CACHE_BYTES`` (its sampling and crop are deterministic), streamed otherwise."""
     clips = clip_dataset(config, info, config.val_split, train=False)
-    decoded_bytes = info.splits[config.val_split]["written"] * config.num_segments * config.crop_size**2 * 3
+    decoded_bytes = info.written(config.val_split) * config.num_segments * config.crop_size**2 * 3
     return clips.materialize() if decoded_bytes <= VALIDATION_CACHE_BYTES else clips
 
 
@@ -127,19 +143,53 @@ def check_config(config: TrainConfig) -> DatasetInfo:
         raise TrainingSetupError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
         raise TrainingSetupError(f"--scales must be fractions of the short side in (0, 1], got {list(config.scales)}")
+    if config.shuffle_buffer < 0:
+        raise TrainingSetupError(f"--shuffle-buffer must be 0 (off) or a number of clips, got {config.shuffle_buffer}")
     try:
         info = load_dataset_info(config.data, storage_options_from_env())
     except FileNotFoundError as error:
         raise TrainingSetupError(f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
-    for split in (config.train_split, config.val_split):
-        if info.splits.get(split, {}).get("written", 0) == 0:
-            raise TrainingSetupError(f"--data {config.data}: split {split!r} has no clips (dataset.json lists {sorted(info.splits)})")
-    per_worker_train = info.splits[config.train_split]["written"] // config.num_workers
-    if per_worker_train < config.batch_size // config.num_workers:
+    check_splits(config, info)
+    if info.written(config.train_split) // config.num_workers < config.batch_size // config.num_workers:
         raise TrainingSetupError(
-            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; {config.data} has {info.splits[config.train_split]['written']}"
+            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; {config.data} has {info.written(config.train_split)}"
         )
+    warn_about_data(config, info)
     return info
+
+
+def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
+    """The training and validation splits (``--val-split none``: no validation) must hold labelled clips."""
+    for flag, split in (("--train-split", config.train_split), ("--val-split", config.val_split)):
+        if split is None:
+            continue
+        if info.written(split) == 0:
+            raise TrainingSetupError(f"--data {config.data}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})")
+        if not info.labelled(split):
+            instead = "; train without validation with --val-split none" if flag == "--val-split" else ""
+            raise TrainingSetupError(
+                f"{flag} {split}: split {split!r} of {config.data} has no labels (dataset.json marks it unlabelled), so it "
+                f"cannot be trained or validated on; predict on its videos instead (python -m tin.predict){instead}"
+            )
+
+
+def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
+    """Warn about a root that trains, but worse than it could: shards written in annotation order,
+    or stored frames that put the validation frames off the segment centres."""
+    if not info.permuted(config.train_split):
+        warn_about(
+            f"--data {config.data}: dataset.json records no shuffle seed for split {config.train_split!r}: it was written "
+            f"before ingest permuted the annotation rows, so its shards follow the annotation order, and as annotation "
+            f"lists ship sorted by class each shard may hold a single class, which makes batches of few classes. "
+            f"Re-ingest it (jobs/prepare_dataset.py); until then --shuffle-buffer mixes a little"
+        )
+    frames, segments = info.frames_per_clip, config.num_segments
+    if not centres_exact(frames, segments):
+        warn_about(
+            f"--num-segments {segments} with {frames} stored frames per clip ({config.data}): validation and evaluation "
+            f"frames are off the segment centres, which needs the stored frames to be an odd multiple of the segments; "
+            f"ingest with --frames {3 * segments} or {5 * segments}"
+        )
 
 
 def worker_cpus(config: TrainConfig) -> float:
@@ -189,12 +239,15 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,
-        train_clips=info.splits[config.train_split]["written"],
-        val_clips=info.splits[config.val_split]["written"],
+        train_clips=info.written(config.train_split),
+        val_clips=info.written(config.val_split) if config.val_split is not None else 0,
         frames_per_clip=info.frames_per_clip,
         short_side=info.short_side,
     )
     storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
+    datasets = {"train": training_clips(config, info)}
+    if config.val_split is not None:
+        datasets["val"] = validation_clips(config, info)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
@@ -207,7 +260,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": training_stream(config, info), "val": validation_clips(config, info)},
+        datasets=datasets,
         dataset_config=TrainAndValidationSplit(),
     )
 

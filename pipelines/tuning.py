@@ -54,9 +54,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
 }
 
-METRIC_MODES = {"val_top1": "max", "val_top5": "max", "val_sample_map": "max", "val_class_map": "max", "val_loss": "min"}
-MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss")
-SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss")
+METRIC_MODES = {"val_top1": "max", "val_top5": "max", "val_sample_map": "max", "val_class_map": "max", "val_loss": "min",
+                "train_loss": "min", "train_top1": "max"}
+MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
+SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
 FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
@@ -297,12 +298,25 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     if not dimensions:
         raise TrainingSetupError(f"{source}: nothing left to search (every dimension is fixed by a flag)")
     info = check_config(base)
-    metric = search.metric or ("val_sample_map" if info.multi_label else "val_top1")
+    metric = search_metric(search.metric, base, info)
+    return SearchPlan(base, dimensions, metric, METRIC_MODES[metric], info)
+
+
+def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> str:
+    """The metric the search optimises: --metric, or by default the data's headline validation
+    metric; it must be one the trials report (no validation metrics with --val-split none)."""
     allowed = MULTI_LABEL_METRICS if info.multi_label else SINGLE_LABEL_METRICS
+    if base.val_split is None and (metric is None or metric.startswith("val_")):
+        training = [name for name in allowed if name.startswith("train_")]
+        raise TrainingSetupError(
+            f"--val-split none: the trials report no validation metrics, so the search needs a training metric; "
+            f"give --metric {' or '.join(training)}" + (f" instead of {metric}" if metric else "")
+        )
+    metric = metric or ("val_sample_map" if info.multi_label else "val_top1")
     if metric not in allowed:
         kind = "multi-label" if info.multi_label else "single-label"
         raise TrainingSetupError(f"--metric {metric!r} is not reported for {kind} data ({base.data}); choose one of {', '.join(allowed)}")
-    return SearchPlan(base, dimensions, metric, METRIC_MODES[metric], info)
+    return metric
 
 
 def _check_search_flags(search: SearchConfig) -> None:
@@ -310,7 +324,7 @@ def _check_search_flags(search: SearchConfig) -> None:
         (search.num_samples >= 1, f"--num-samples must be at least 1, got {search.num_samples}"),
         (search.max_concurrent >= 1, f"--max-concurrent must be at least 1, got {search.max_concurrent}"),
         (search.scheduler in ("asha", "fifo"), f"--scheduler must be asha or fifo, got {search.scheduler!r}"),
-        (search.metric is None or search.metric in METRIC_MODES, f"--metric {search.metric!r} is not a validation metric; choose one of {', '.join(METRIC_MODES)}"),
+        (search.metric is None or search.metric in METRIC_MODES, f"--metric {search.metric!r} is not a metric the trials report; choose one of {', '.join(METRIC_MODES)}"),
         (1 <= search.grace_period <= search.train.epochs, f"--grace-period must be between 1 and --epochs {search.train.epochs}, got {search.grace_period}"),
         (search.reduction_factor > 1, f"--reduction-factor must be greater than 1, got {search.reduction_factor}"),
         (search.trial_cpus is None or search.trial_cpus > FUNCTION_CPUS, f"--trial-cpus must be more than {FUNCTION_CPUS} (the trial function's share), got {search.trial_cpus}"),

@@ -1,9 +1,10 @@
 """Evaluation of a trained checkpoint on a prepared split, without Ray (pyarrow reading via tin.data).
 
     views: clips x crops per video. 1 x 1 is TIN's protocol (segment centres, one centre crop);
-    multi-view takes ``clips`` temporal views (``multi_view_starts``) times ``crops`` spatial crops
-    (1 = centre, 3 = start/centre/end of the long side) and averages the class probabilities
-    (softmax, or sigmoid for multi-label data) over the views.
+    multi-view takes ``clips`` temporal views (``multi_view_starts``; at most
+    ``max_distinct_views`` of the stored frames, so that no two views repeat a frame) times
+    ``crops`` spatial crops (1 = centre, 3 = start/centre/end of the long side) and averages the
+    class probabilities (softmax, or sigmoid for multi-label data) over the views.
 
 Single-label data gets top-1/top-5, multi-label data both mAPs (``sample_map``, the one TIN and
 MMAction2 report for MMiT, and ``class_map``); both get a per-class table and a confusion matrix
@@ -73,6 +74,14 @@ class Evaluation:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
+def temporal_views(num_frames: int, num_segments: int, clips: int) -> list[np.ndarray]:
+    """``multi_view_starts`` of the F stored frames, its refusals as errors naming --clips."""
+    try:
+        return multi_view_starts(num_frames, num_segments, clips)
+    except ValueError as error:
+        raise EvaluationError(f"--clips {clips}: {error}") from None
+
+
 def clip_views(frames: torch.Tensor, num_segments: int, crop_size: int, clips: int = 1, crops: int = 1) -> torch.Tensor:
     """The views a model sees of one clip.
 
@@ -80,21 +89,23 @@ def clip_views(frames: torch.Tensor, num_segments: int, crop_size: int, clips: i
         frames: uint8 (F, H, W, 3), all frames stored for (or decoded from) the clip.
         num_segments: T, frames per view.
         crop_size: side of the square crop.
-        clips: temporal views; 1 = the segment centres.
+        clips: temporal views; 1 = the segment centres, at most ``max_distinct_views(F, T)``.
         crops: 1 (centre) or 3 (along the long side), taken after resizing the short side to
             crop_size * 8 / 7 as in training's validation.
 
     Returns:
         uint8 (clips * crops, T, crop_size, crop_size, 3).
+
+    Raises:
+        EvaluationError: naming --crops or --clips (more temporal views than the frames give).
     """
     if crops not in CROPS:
         raise EvaluationError(f"--crops must be one of {CROPS}, got {crops}")
-    if clips < 1:
-        raise EvaluationError(f"--clips must be at least 1, got {clips}")
+    starts = temporal_views(len(frames), num_segments, clips)
     resized = resize_short_side(frames, round(crop_size * 8 / 7))
     height, width = resized.shape[1:3]
     boxes = [center_box(height, width, crop_size)] if crops == 1 else three_crop_boxes(height, width, crop_size)
-    views = [crop_resize(resized[torch.from_numpy(indices)], box, crop_size) for indices in multi_view_starts(len(frames), num_segments, clips) for box in boxes]
+    views = [crop_resize(resized[torch.from_numpy(indices)], box, crop_size) for indices in starts for box in boxes]
     return torch.stack(views)
 
 
@@ -140,7 +151,8 @@ def evaluate_checkpoint(
         device: where the model runs.
 
     Raises:
-        EvaluationError: a missing checkpoint, dataset root or split, or classes that differ.
+        EvaluationError: a missing checkpoint, dataset root or split, a split without labels,
+            classes that differ, or more temporal views than the stored frames give.
     """
     try:
         model, meta = load_model(checkpoint, device)
@@ -150,12 +162,16 @@ def evaluate_checkpoint(
         info = load_dataset_info(data)
     except FileNotFoundError as error:
         raise EvaluationError(f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
-    if info.splits.get(split, {}).get("written", 0) == 0:
+    if info.written(split) == 0:
         raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
+    if not info.labelled(split):
+        raise EvaluationError(f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
+                              f"so there is nothing to score; predict on its videos instead (python -m tin.predict)")
     classes = list(meta["dataset"]["classes"])
     if list(info.classes) != classes:
         raise EvaluationError(f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on")
     config = meta["config"]
+    temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
 
     scores, labels = [], []
     for batch in _batches(iter_clips(data, split), batch_size):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tin.data.sampling import multi_view_starts, segment_indices
+from tin.data.sampling import centres_exact, max_distinct_views, multi_view_starts, segment_bounds, segment_indices
 from tin.data.transforms import center_box, eval_view, multi_scale_box, normalize, three_crop_boxes, train_view
 
 
@@ -15,11 +15,36 @@ def test_centre_sampling_takes_each_segment_centre():
     assert segment_indices(8, 8, train=False).tolist() == list(range(8))
 
 
-def test_random_sampling_stays_inside_its_segment():
+def test_centre_sampling_hits_the_true_centre_when_frames_are_an_odd_multiple_of_segments():
+    """Stored frame j sits at (j + 0.5) / F of the source range, segment k's centre at (k + 0.5) / T."""
+    for frames, segments in ((24, 8), (40, 8), (8, 8), (12, 4), (15, 5)):
+        assert centres_exact(frames, segments)
+        picked = segment_indices(frames, segments, train=False)
+        assert ((picked + 0.5) / frames).tolist() == pytest.approx(((np.arange(segments) + 0.5) / segments).tolist())
+    for frames, segments in ((16, 8), (20, 8), (4, 8), (32, 8)):
+        assert not centres_exact(frames, segments)
+
+
+def test_every_stored_frame_belongs_to_the_segment_its_position_lies_in():
+    assert [bounds.tolist() for bounds in segment_bounds(20, 8)] == [[0, 2, 5, 7, 10, 12, 15, 17], [2, 5, 7, 10, 12, 15, 17, 20]]
+    for frames, segments in ((24, 8), (20, 8), (7, 3), (3, 8), (100, 16)):
+        first, stop = segment_bounds(frames, segments)
+        owners = np.concatenate([np.full(b - a, k) for k, (a, b) in enumerate(zip(first, stop))])
+        assert owners.tolist() == np.floor((np.arange(frames) + 0.5) * segments / frames).astype(int).tolist()
+        if frames >= segments:  # the centre frame is one of its segment's frames
+            centres = segment_indices(frames, segments, train=False)
+            assert ((first <= centres) & (centres < stop)).all()
+
+
+@pytest.mark.parametrize("frames, segments", [(24, 8), (20, 8), (32, 8)])
+def test_random_sampling_takes_every_frame_of_its_segment_equally_often(frames, segments):
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        picked = segment_indices(32, 8, train=True, rng=rng)
-        assert ((picked // 4) == np.arange(8)).all()
+    draws = np.stack([segment_indices(frames, segments, train=True, rng=rng) for _ in range(3000)])
+    first, stop = segment_bounds(frames, segments)
+    for k in range(segments):
+        values, counts = np.unique(draws[:, k], return_counts=True)
+        assert values.tolist() == list(range(first[k], stop[k]))
+        assert counts.min() > 0.8 * 3000 / len(values)
 
 
 def test_short_clips_repeat_frames_in_order():
@@ -33,6 +58,24 @@ def test_multi_view_starts_cover_segments_and_one_view_is_the_centre():
     assert multi_view_starts(16, 8, 1)[0].tolist() == segment_indices(16, 8, train=False).tolist()
     views = multi_view_starts(32, 8, 4)
     assert [v[0] for v in views] == [0, 1, 2, 3]
+
+
+def test_distinct_views_are_the_fewest_frames_a_segment_holds():
+    assert [max_distinct_views(frames, 8) for frames in (24, 16, 20, 8, 3)] == [3, 2, 2, 1, 1]
+    for frames, segments in ((24, 8), (20, 8), (40, 8), (35, 8)):
+        first, stop = segment_bounds(frames, segments)
+        assert max_distinct_views(frames, segments) == (stop - first).min()
+        for clips in range(1, max_distinct_views(frames, segments) + 1):
+            views = np.stack(multi_view_starts(frames, segments, clips))
+            assert ((first <= views) & (views < stop)).all()  # every view inside each segment
+            assert all(len(set(views[:, k])) == clips for k in range(segments))  # no frame shared
+
+
+def test_more_views_than_distinct_ones_are_refused():
+    with pytest.raises(ValueError, match="10 temporal views asked, but 24 stored frames give at most 3 distinct views"):
+        multi_view_starts(24, 8, 10)
+    with pytest.raises(ValueError, match="at least one temporal view"):
+        multi_view_starts(24, 8, 0)
 
 
 def clip_with_marked_corner(frames: int = 4, height: int = 48, width: int = 64) -> torch.Tensor:

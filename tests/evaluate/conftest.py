@@ -52,3 +52,9 @@ def tin_checkpoint(tiny_root, tmp_path_factory) -> Path:
     from tin.data import load_dataset_info
 
     return write_checkpoint(tmp_path_factory.mktemp("tin-checkpoint"), "tin_r18", tiny_root, load_dataset_info(tiny_root).classes)
+
+
+@pytest.fixture(scope="session")
+def ramp_checkpoint(ramp_root, tmp_path_factory) -> Path:
+    """An untrained TIN checkpoint (T = 8) for the classes of the ramp root (24 stored frames)."""
+    return write_checkpoint(tmp_path_factory.mktemp("ramp-checkpoint"), "tin_r18", ramp_root.path, ["up", "flat"])

@@ -59,10 +59,34 @@ def test_evaluation_counts_like_a_manual_forward(tin_checkpoint, tiny_root):
     assert evaluation.top1_over(evaluation.classes) == pytest.approx(evaluation.metrics["top1"])
 
 
-def test_multi_view_evaluation_runs(tin_checkpoint, tiny_root):
-    evaluation = evaluate_checkpoint(tin_checkpoint, tiny_root, "val", clips=2, crops=3)
-    assert (evaluation.clips, evaluation.crops) == (2, 3)
+def test_single_view_takes_the_true_segment_centres_and_views_the_other_frames(ramp_root):
+    """72 source frames stored as 24 (source frame 3j + 1 for stored frame j), seen at T = 8."""
+    for clip in iter_clips(ramp_root.path, "val"):
+        frames = torch.from_numpy(clip.frames)
+        assert ramp_root.source_frames(clip_views(frames, 8, 32).numpy()).tolist() == [[9 * k + 4 for k in range(8)]]
+        views = ramp_root.source_frames(clip_views(frames, 8, 32, clips=3).numpy())
+        assert views.tolist() == [[9 * k + shift for k in range(8)] for shift in (1, 4, 7)]
+
+
+def test_multi_view_evaluation_runs(ramp_checkpoint, ramp_root):
+    evaluation = evaluate_checkpoint(ramp_checkpoint, ramp_root.path, "val", clips=3, crops=3)
+    assert (evaluation.clips, evaluation.crops) == (3, 3) and evaluation.metrics["clips"] == 4
     assert 0 <= evaluation.metrics["top1"] <= evaluation.metrics["top5"] <= 1
+
+
+def test_more_temporal_views_than_the_frames_give_are_refused(ramp_checkpoint, ramp_root, tmp_path, capsys):
+    assert evaluate_job.main(["--checkpoint", str(ramp_checkpoint), "--data", ramp_root.path, "--clips", "10",
+                              "--output", str(tmp_path / "evaluation.json")]) == 2
+    error = capsys.readouterr().err
+    assert "--clips 10" in error and "24 stored frames give at most 3 distinct views" in error
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_a_split_without_labels_is_refused(tin_checkpoint, tiny_root, root_with_split_facts, capsys):
+    unlabelled = root_with_split_facts(tiny_root, "val", labelled=False)
+    assert evaluate_job.main(["--checkpoint", str(tin_checkpoint), "--data", unlabelled, "--split", "val"]) == 2
+    error = capsys.readouterr().err
+    assert "--split val: split 'val'" in error and "has no labels" in error and "tin.predict" in error
 
 
 def test_multi_label_metrics_and_confusion():

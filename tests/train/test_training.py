@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -10,17 +11,35 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import SyntheticConfig
-from pipelines.training import TrainingSetupError, train
+from pipelines.training import (
+    TrainingDataWarning,
+    TrainingSetupError,
+    check_config,
+    decode_options,
+    shard_list,
+    shard_paths,
+    train,
+    training_clips,
+    validation_clips,
+)
+from tin.data import iter_clips, load_dataset_info
+from tin.data.batches import decode_shards
 from tin.train.checkpoint import CHECKPOINT_FILE, load_model, load_state
 from tin.train.config import TrainConfig
+from tin.train.loop import epoch_steps, local_shuffle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,40 +96,80 @@ def latest_checkpoint(config: TrainConfig) -> Path:
     return checkpoints[-1] / CHECKPOINT_FILE
 
 
-def test_each_epoch_reads_every_shard_once_in_its_own_order():
-    from pipelines.training import shard_order
+def single_class_shards(root: str, tmp_path: Path) -> str:
+    """A copy of ``root`` whose training split holds one shard per class, in class order: the
+    shards ingest made of a sorted annotation list before it permuted the rows."""
+    copy = tmp_path / "single-class-shards"
+    shutil.copytree(root, copy)
+    shards = sorted((copy / "train").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(shard) for shard in shards])
+    for shard in shards:
+        shard.unlink()
+    labels = np.array([labels[0] for labels in table.column("labels").to_pylist()])
+    for label in np.unique(labels):
+        pq.write_table(table.take(np.flatnonzero(labels == label)), copy / "train" / f"part-{label:05d}.parquet")
+    return str(copy)
 
-    files = [f"part-{index:05d}.parquet" for index in range(8)]
-    order = shard_order(files, epochs=3, seed=0)
-    passes = [order[i : i + 8] for i in range(0, 24, 8)]
-    assert all(sorted(one) == files for one in passes)
-    assert len({tuple(one) for one in passes}) == 3
-    assert shard_order(files, epochs=3, seed=0) == order and shard_order(files, epochs=3, seed=1) != order
+
+def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_label_root, tmp_path):
+    root = single_class_shards(single_label_root, tmp_path)
+    # F = T = 8, whole-frame crops and no flips: a training clip is exactly its stored frames.
+    config = tiny_config(root, tmp_path, "stream", epochs=25, num_segments=8, scales=(1.0,), flip=False)
+    label_of = {clip.frames.tobytes(): int(clip.labels[0]) for clip in iter_clips(root, "train")}
+    files = shard_paths(root, "train")[1]
+    assert len(files) == 9 and shard_list(files).num_blocks() == 9  # O(shards) input blocks, whatever the epochs
+
+    clips = training_clips(config, load_dataset_info(root))
+    clips.context.execution_options.preserve_order = True  # rows leave in shard order: the order is visible
+    (stream,) = clips.streaming_split(1, equal=True)  # what one Ray Train worker reads, epoch after epoch
+    epochs = [[row["clips"].tobytes() for row in stream.iter_rows()] for _ in range(3)]
+    for rows in epochs:
+        assert sorted(rows) == sorted(label_of)  # every clip exactly once
+    shard_orders = [[label_of[row] for row in rows[::4]] for rows in epochs]  # 4 clips per shard, one class each
+    assert all(sorted(order) == list(range(9)) for order in shard_orders)
+    assert len({tuple(order) for order in shard_orders}) == 3, shard_orders
+    row_orders = [{label_of[row]: rows[i : i + 4] for i, row in enumerate(rows) if i % 4 == 0} for rows in epochs]
+    assert any(row_orders[0][label] != row_orders[1][label] for label in range(9))  # rows permuted inside shards
+
+    halves = clips.streaming_split(2, equal=True)  # two workers: DDP needs the same number of steps on both
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            parts = list(pool.map(lambda half: [row["clips"].tobytes() for row in half.iter_rows()], halves))
+            assert [len(part) for part in parts] == [18, 18] and sorted(parts[0] + parts[1]) == sorted(label_of)
 
 
-def test_training_stream_holds_every_clip_once_per_epoch(single_label_root, tmp_path):
-    import pyarrow.parquet as pq
+def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(ramp_root, tmp_path):
+    """72 source frames stored as 24, seen at T = 8: segment k holds source frames 9k .. 9k + 8."""
+    config = tiny_config(ramp_root.path, tmp_path, "ramp", num_segments=8)
+    info = load_dataset_info(ramp_root.path)
+    validation = np.stack([row["clips"] for row in validation_clips(config, info).iter_rows()])
+    assert ramp_root.source_frames(validation).tolist() == len(validation) * [[9 * k + 4 for k in range(8)]]
 
-    from pipelines.training import training_stream
-    from tin.data import load_dataset_info
+    filesystem, files = shard_paths(ramp_root.path, "val")
+    seen: list[set[int]] = [set() for _ in range(8)]
+    for _ in range(30):  # training's own decode function, on the same shards
+        for batch in decode_shards({"path": np.array(files)}, filesystem, **decode_options(config, info, train=True)):
+            for k, frames in enumerate(ramp_root.source_frames(batch["clips"]).T):
+                seen[k] |= set(frames.tolist())
+    assert seen == [{9 * k + 1, 9 * k + 4, 9 * k + 7} for k in range(8)]
 
-    root = tmp_path / "three-shards"
-    shutil.copytree(single_label_root, root)
-    (shard,) = (root / "train").glob("*.parquet")
-    table = pq.read_table(shard)
-    shard.unlink()
-    for index, start in enumerate(range(0, 36, 12)):
-        pq.write_table(table.slice(start, 12), root / "train" / f"part-{index:05d}.parquet")
-    config = tiny_config(str(root), tmp_path, "stream", epochs=3)
-    targets = [int(row["target"]) for row in training_stream(config, load_dataset_info(str(root))).iter_rows()]
-    assert sorted(targets) == sorted(3 * [labels[0] for labels in table.column("labels").to_pylist()])
+
+def test_local_shuffle_is_off_by_default_and_seeded_per_epoch_and_rank(tmp_path):
+    assert local_shuffle(tiny_config("root", tmp_path, "off"), epoch=0, rank=0) == {}
+    config = tiny_config("root", tmp_path, "on", shuffle_buffer=64)
+    seeds = {local_shuffle(config, epoch, rank)["local_shuffle_seed"] for epoch in range(3) for rank in range(2)}
+    assert len(seeds) == 6 and local_shuffle(config, 1, 1) == local_shuffle(config, 1, 1)
+    assert local_shuffle(config, 0, 0)["local_shuffle_buffer_size"] == 64
 
 
 def test_two_workers_train_then_resume_continues_the_run(single_label_root, tmp_path):
     config = tiny_config(single_label_root, tmp_path, "resume")
     result = train(config)
     assert result.error is None
-    assert load_state(latest_checkpoint(config)).epoch == 2
+    state = load_state(latest_checkpoint(config))
+    steps = epoch_steps(36, 2, 4)  # 18 clips per rank, batches of 4
+    assert state.epoch == 2 and [epoch["steps"] for epoch in state.history] == [steps, steps]
+    assert state.scheduler["last_epoch"] == 2 * steps  # the schedule counted the steps the ranks took
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2]
     assert run.data.params["config.model"] == "tin_r18" and run.data.params["config.num_workers"] == "2"
@@ -121,7 +180,7 @@ def test_two_workers_train_then_resume_continues_the_run(single_label_root, tmp_
     result = train(config)  # same name and storage path: continues after epoch 2
     assert result.error is None
     state = load_state(latest_checkpoint(config))
-    assert state.epoch == 3 and len(state.history) == 3
+    assert state.epoch == 3 and len(state.history) == 3 and state.scheduler["last_epoch"] == 3 * steps
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2, 3]  # one entry per epoch, not 5
     model, meta = load_model(latest_checkpoint(config))
@@ -243,6 +302,8 @@ def test_ray_job_submit_of_train_mmit(multi_label_root, tmp_path):
         ({"schedule": "linear"}, "--schedule must be cosine or step"),
         ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
         ({"scales": (1.0, 1.5)}, r"--scales must be fractions of the short side in \(0, 1\]"),
+        ({"shuffle_buffer": -1}, "--shuffle-buffer must be 0 \\(off\\) or a number of clips"),
+        ({"val_split": "test"}, "split 'test' \\(--val-split\\) has no clips"),
     ],
 )
 def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, overrides, message):
@@ -251,6 +312,59 @@ def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, override
         setattr(config, key, value)
     with pytest.raises(TrainingSetupError, match=message):
         train(config)
+
+
+@pytest.mark.parametrize("split, flag", [("val", "--val-split"), ("train", "--train-split")])
+def test_splits_without_labels_are_refused(single_label_root, root_with_split_facts, tmp_path, split, flag):
+    root = root_with_split_facts(single_label_root, split, labelled=False)
+    with pytest.raises(TrainingSetupError, match=f"{flag} {split}: split '{split}' of .* has no labels .*python -m tin.predict"):
+        check_config(tiny_config(root, tmp_path, "unlabelled"))
+    if split == "val":  # the way out: train without validation
+        check_config(tiny_config(root, tmp_path, "unlabelled", val_split=None))
+
+
+def training_data_warnings(config: TrainConfig) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_config(config)
+    return [str(warning.message) for warning in caught if warning.category is TrainingDataWarning]
+
+
+def test_roots_written_before_ingest_permuted_rows_are_warned_about(single_label_root, root_with_split_facts, tmp_path, capsys):
+    old = root_with_split_facts(single_label_root, "train", shuffle_seed=None)
+    (message,) = training_data_warnings(tiny_config(old, tmp_path, "old", num_segments=8))
+    assert f"--data {old}: dataset.json records no shuffle seed for split 'train'" in message and "Re-ingest" in message
+    assert f"warning: {message}" in capsys.readouterr().out  # printed too, for job logs
+    permuted = root_with_split_facts(single_label_root, "train", shuffle_seed=7)
+    assert training_data_warnings(tiny_config(permuted, tmp_path, "new", num_segments=8)) == []
+
+
+def test_stored_frames_that_miss_the_segment_centres_are_warned_about(single_label_root, root_with_split_facts, tmp_path):
+    root = root_with_split_facts(single_label_root, "train", shuffle_seed=7)
+    (message,) = training_data_warnings(tiny_config(root, tmp_path, "off-centre", num_segments=4))  # 8 frames = 2 x 4
+    assert "--num-segments 4 with 8 stored frames" in message and "--frames 12 or 20" in message
+
+
+def load_job(name: str):
+    """A script of jobs/ as a module (jobs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_val_split_none_trains_without_validation(single_label_root, tmp_path, capsys):
+    """Also --shuffle-buffer: one worker's batches drawn from a local buffer of clips."""
+    config = tiny_config(single_label_root, tmp_path, "no_val", epochs=1, num_workers=1)
+    flags = job_command("train.py", config)[2:] + ["--val-split", "none", "--shuffle-buffer", "12"]
+    assert load_job("train").main(flags) == 0
+    assert "finished no_val: train_loss" in capsys.readouterr().out
+    state = load_state(latest_checkpoint(config))
+    assert state.epoch == 1 and state.history[0]["steps"] == 36 // 8
+    assert not [key for key in state.history[0] if key.startswith("val_")]
+    client, run = mlflow_run(config)
+    assert metric_steps(client, run, "train_loss") == [1] and not [key for key in run.data.metrics if key.startswith("val_")]
+    assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
 
 
 def test_dataset_and_checkpoints_on_s3(single_label_root, tmp_path, monkeypatch):

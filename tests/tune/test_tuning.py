@@ -124,6 +124,22 @@ def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
     assert offset_scale.values == (2.0, 4.0)  # T/2 = 2 for 4 segments, counted once
 
 
+@pytest.mark.parametrize("metric", [None, "val_loss"])
+def test_a_search_without_validation_refuses_validation_metrics(tiny_root, tmp_path, metric):
+    search = tiny_search(tiny_root, tmp_path, metric=metric)
+    search.train.val_split = None
+    with pytest.raises(TrainingSetupError, match="--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1"):
+        plan_search(search)
+
+
+@pytest.mark.parametrize("metric, mode", [("train_loss", "min"), ("train_top1", "max")])
+def test_a_search_without_validation_optimises_a_training_metric(tiny_root, tmp_path, metric, mode):
+    search = tiny_search(tiny_root, tmp_path, metric=metric)
+    search.train.val_split = None
+    plan = plan_search(search)
+    assert (plan.metric, plan.mode, plan.base.val_split) == (metric, mode, None)
+
+
 def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path):
     plan = plan_search(tiny_search(tiny_root, tmp_path, preset="paper-ablation"))
     assert [(d.name, d.kind, d.values) for d in plan.dimensions] == [("groups", "grid", (1, 2, 4)), ("reverse", "grid", (False, True))]

@@ -67,21 +67,29 @@ def selected_frames(batch: pa.Table, num_segments: int, train: bool, rng: np.ran
 
 
 def decode_shards(
-    batch: dict[str, np.ndarray], filesystem: Any, decode_batch: int, **decode_options: Any
+    batch: dict[str, np.ndarray], filesystem: Any, decode_batch: int, train: bool, **decode_options: Any
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read the shard files named in ``batch["path"]`` and decode their clips ``decode_batch`` rows
     at a time (a generator ``map_batches`` function: blocks stay small, the first batch comes early).
+
+    In training the rows of each shard come in a new random order every time (a fresh, unseeded
+    generator per call, so every epoch and every retried task draws its own): with the shard order
+    shuffled too, batches mix classes whatever order the rows were written in.
 
     Args:
         batch: {"path": (B,) shard paths inside ``filesystem``}.
         filesystem: the fsspec filesystem of the dataset root (local or s3).
         decode_batch: clips per yielded batch.
-        decode_options: ``decode_clips``'s keyword arguments.
+        train: training (rows permuted, random frames and augmentation) or evaluation.
+        decode_options: ``decode_clips``'s other keyword arguments.
 
     Yields:
         ``decode_clips`` batches.
     """
     for path in batch["path"]:
         with filesystem.open(str(path), "rb") as handle:
-            for rows in pq.ParquetFile(handle).iter_batches(batch_size=decode_batch, columns=["labels", "frames"]):
-                yield decode_clips(pa.Table.from_batches([rows]), **decode_options)
+            rows = pq.read_table(handle, columns=["labels", "frames"])
+        if train:
+            rows = rows.take(np.random.default_rng().permutation(rows.num_rows))
+        for start in range(0, rows.num_rows, decode_batch):
+            yield decode_clips(rows.slice(start, decode_batch), train=train, **decode_options)

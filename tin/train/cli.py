@@ -41,7 +41,9 @@ HELP = {
     "reverse": "TIN: mirror the offsets onto as many channel groups again",
     "offset_scale": "TIN: offsets lie in (-offset_scale/2, offset_scale/2)",
     "train_split": "split to train on",
-    "val_split": "split to validate on every epoch",
+    "val_split": "split to validate on every epoch; none: no validation, training metrics only",
+    "shuffle_buffer": "clips each worker shuffles in a local buffer before batching (0: off); mixes "
+    "clips across shards further, at the cost of memory and a later first batch",
     "storage_path": "where Ray Train keeps checkpoints (local directory or s3:// URI)",
     "name": "run name; re-running with the same name and storage path resumes the run",
     "mlflow_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
@@ -68,6 +70,8 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> N
             parser.add_argument(flag, nargs="*", type=int, metavar="EPOCH", help=help_text, **extra)
         elif field.name == "scales":
             parser.add_argument(flag, nargs="+", type=float, metavar="FRACTION", help=help_text, **extra)
+        elif field.name == "val_split":
+            parser.add_argument(flag, type=_split_or_none, metavar="SPLIT", help=help_text, **extra)
         elif field.name == "optimizer":
             parser.add_argument(flag, choices=OPTIMIZERS, help=help_text, **extra)
         else:
@@ -81,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _scalar_type(kind):
     options = [option for option in typing.get_args(kind) if option is not type(None)] or [kind]
     return options[0]
+
+
+def _split_or_none(text: str) -> str | None:
+    return None if text.lower() == "none" else text
 
 
 def _label_pair(text: str) -> tuple[int, int]:

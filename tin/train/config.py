@@ -6,6 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -49,8 +50,9 @@ class TrainConfig:
     groups: int | None = None
     reverse: bool | None = None
     offset_scale: float | None = None
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = TRAIN_SPLIT
+    val_split: str | None = VAL_SPLIT  # None: no validation (a root without a labelled validation split)
+    shuffle_buffer: int = 0  # clips in each worker's local shuffle buffer; 0: off
     storage_path: str = field(default_factory=lambda: os.path.abspath("ray_results"))
     name: str = "tin"
     mlflow_uri: str | None = None  # default: sqlite file mlflow.db in the working directory

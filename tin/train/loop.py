@@ -1,9 +1,10 @@
 """The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every worker.
 
 Each worker builds the model, wraps it in DDP (gloo on CPU, nccl on GPU), trains on its shard of
-the training split and evaluates its part of the validation split; metrics are reduced over all
-ranks. Rank 0 writes the checkpoint of every epoch and logs to MLflow. A restarted or re-run
-training continues from the latest checkpoint and the same MLflow run.
+the training split (one pass per epoch) and evaluates its part of the validation split, when the
+run has one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and
+logs to MLflow. A restarted or re-run training continues from the latest checkpoint and the same
+MLflow run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -27,7 +29,7 @@ from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, sav
 from tin.train.config import TrainConfig
 from tin.train.distributed import all_reduce_sum, gather_rows
 from tin.train.metrics import class_map, sample_map, topk_correct
-from tin.train.progress import EpochLog, RunRecorder
+from tin.train.progress import EpochLog, RunRecorder, logger
 from tin.train.schedule import build_scheduler
 
 
@@ -38,7 +40,7 @@ class DatasetFacts:
     classes: tuple[str, ...]
     multi_label: bool
     train_clips: int
-    val_clips: int
+    val_clips: int  # 0 when the run does not validate
     frames_per_clip: int | None = None  # how ingest decoded the videos: prediction on video files
     short_side: int | None = None  # decodes them the same way
 
@@ -65,7 +67,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
 
     per_worker_batch = config.batch_size // world
-    steps_per_epoch = (facts.train_clips // world) // per_worker_batch
+    steps_per_epoch = epoch_steps(facts.train_clips, world, per_worker_batch)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(
         optimizer, steps_per_epoch, config.epochs, schedule=config.schedule,
@@ -76,19 +78,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state.scheduler)
 
     recorder = RunRecorder(config, facts, enabled=rank == 0)
-    # One stream over all epochs (the driver repeats the split), read steps_per_epoch batches at a time.
-    train_batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=per_worker_batch, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True, prefetch_batches=2
-    ))
+    train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
-        train_stats = train_one_epoch(ddp_model, train_batches, optimizer, scheduler, config, facts, device, steps_per_epoch)
-        val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
+        batches = train_shard.iter_torch_batches(  # one pass over the split, in a new order
+            batch_size=per_worker_batch, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True,
+            prefetch_batches=2, **local_shuffle(config, epoch, rank),
+        )
+        train_stats = train_one_epoch(ddp_model, batches, optimizer, scheduler, config, facts, device)
+        if train_stats["steps"] != steps_per_epoch and rank == 0:
+            logger.warning("epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
+                           "training clips differs from the shards", epoch + 1, train_stats["steps"], steps_per_epoch)
+        val_stats = {}
+        if config.val_split is not None:
+            val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics])
         report_epoch(state, config, facts, log.metrics, rank)
         recorder.epoch_done(log, state.history)
     recorder.finish(model, state)
+
+
+def epoch_steps(train_clips: int, world: int, per_worker_batch: int) -> int:
+    """Optimiser steps per epoch: Ray Train splits the training set with ``streaming_split(equal=True)``,
+    which gives every rank floor(N / world) clips, and each rank drops its last partial batch, so
+    all ranks take this many steps (DDP needs them in lockstep) and the schedule counts them."""
+    return (train_clips // world) // per_worker_batch
+
+
+def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:
+    """``iter_torch_batches``' local shuffle arguments: none with ``shuffle_buffer`` 0, else a
+    buffer of that many clips whose seed comes from the run's seed, the epoch and the rank."""
+    if config.shuffle_buffer == 0:
+        return {}
+    seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
+    return {"local_shuffle_buffer_size": config.shuffle_buffer, "local_shuffle_seed": seed}
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -126,12 +150,11 @@ def train_one_epoch(
     config: TrainConfig,
     facts: DatasetFacts,
     device: torch.device,
-    steps: int,
 ) -> dict[str, float]:
-    """``steps`` training steps on batches from this worker's stream; metrics reduced over all ranks.
+    """One training step per batch of this worker's pass over its shard; metrics reduced over all ranks.
 
-    Every rank runs exactly ``steps`` steps so DDP's all-reduces stay in lockstep. Time spent
-    waiting for the next batch is reported as the data-wait fraction.
+    Every rank gets the same number of batches (``epoch_steps``), so DDP's all-reduces stay in
+    lockstep. Time spent waiting for the next batch is reported as the data-wait fraction.
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -140,7 +163,8 @@ def train_one_epoch(
     waited = 0.0
     started = time.perf_counter()
     batch_ready = started
-    for _, batch in zip(range(steps), batches):
+    steps = 0
+    for batch in batches:
         waited += time.perf_counter() - batch_ready
         inputs, target = normalize(batch["clips"], channels_last=device.type == "cuda"), batch["target"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -156,6 +180,7 @@ def train_one_epoch(
         if not facts.multi_label:
             correct += (logits.argmax(1) == target).sum()
         clips += len(target)
+        steps += 1
         batch_ready = time.perf_counter()
     elapsed = time.perf_counter() - started
     totals = torch.stack([loss_sum, correct, torch.tensor(float(clips), dtype=torch.float64, device=device),
@@ -167,6 +192,7 @@ def train_one_epoch(
         "clips_per_s": clips / max(elapsed, 1e-9),
         "data_wait": wait_sum / ranks,  # mean over ranks of the fraction of the epoch spent waiting
         "lr": optimizer.param_groups[0]["lr"],
+        "steps": float(steps),
     }
     if not facts.multi_label:
         stats["train_top1"] = correct / max(clips, 1)
