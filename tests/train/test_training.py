@@ -5,11 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -246,50 +244,6 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
     config.mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1")[-1] == 3
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def test_ray_job_submit_of_train_mmit(multi_label_root, tmp_path):
-    """`ray job submit --working-dir . -- python jobs/train_mmit.py` against `ray start --head` on 127.0.0.1."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    gcs, dashboard, agent, client = free_ports(4)  # the session's Ray holds the default agent port
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent),
-         "--ray-client-server-port", str(client), "--num-cpus", "2", "--include-dashboard", "true", "--temp-dir", temp_dir],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        config = tiny_config(multi_label_root, tmp_path, "submitted", epochs=1)
-        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--", *job_command("train_mmit.py", config)]
-        deadline = time.monotonic() + 120
-        while True:  # the dashboard and its job agent take a few seconds to come up
-            result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
-            not_ready = any(sign in result.stdout + result.stderr for sign in ("Connection", "try again later"))
-            if result.returncode == 0 or not not_ready or time.monotonic() > deadline:
-                break
-            time.sleep(3)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        assert "succeeded" in result.stdout + result.stderr
-        client, run = mlflow_run(config)
-        assert metric_steps(client, run, "val_sample_map") == [1]
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
