@@ -17,6 +17,8 @@ temporary directory.
     reads them). Then ``ingest()`` twice: first with no summary yet (it reads every marker, in one
     concurrent call, and writes the summary), then on the completed split (it answers from the
     summary). For comparison, markers read one by one, as the summary used to be built.
+(3) The training dataset over as many shards as the list makes chunks, 25 epochs: its build time
+    in the driver and input blocks (bench/stream.py, which also times the former all-epochs stream).
 Prints figures only. CPU seconds are printed beside wall seconds because the machine is shared.
 """
 
@@ -256,6 +258,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--no-s3", action="store_true", help="skip the reruns on moto S3")
+    parser.add_argument("--no-stream", action="store_true", help="skip the training dataset (3)")
     parser.add_argument("--planning-in", help=argparse.SUPPRESS)  # the fresh interpreter of (1)
     args = parser.parse_args()
     if args.planning_in:
@@ -288,6 +291,10 @@ def main() -> None:
     report_planning(figures, args.rows)
     report_reruns(results, chunks)
     print(f"Ray started by the reruns: {'yes' if 'ray' in sys.modules else 'no'}")
+    if not args.no_stream:
+        import stream  # bench/stream.py, beside this file
+
+        stream.measure(chunks, epochs=25, former=False)
 
 
 if __name__ == "__main__":

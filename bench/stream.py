@@ -60,25 +60,29 @@ def timed(build) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
+def measure(shards: int, epochs: int, former: bool) -> None:
+    """Print the build time and input blocks of the training dataset (and of the former stream)."""
+    init_ray(num_cpus=2)
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as directory:
+        info = fake_root(Path(directory), shards)
+        config = TrainConfig(data=directory, epochs=epochs)
+        print(f"training dataset over {shards:,} shard files x {epochs} epochs, built in the driver:")
+        seconds, _ = timed(lambda: training_clips(config, info))
+        blocks = shard_list(shard_paths(directory, "train")[1]).num_blocks()
+        print(f"  now     one pass per epoch:  built in {seconds:8.2f} s  {blocks:>9,} input blocks")
+        if former:
+            seconds, (_, blocks) = timed(lambda: former_stream(config, info))
+            print(f"  former  all-epochs stream:   built in {seconds:8.2f} s  {blocks:>9,} input blocks")
+    ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=15626, help="shard files (default: 15626, 1 M clips of 64)")
     parser.add_argument("--epochs", type=int, default=25, help="training epochs (default: 25)")
     parser.add_argument("--no-former", action="store_true", help="skip the former all-epochs stream (it takes minutes)")
     args = parser.parse_args()
-
-    init_ray(num_cpus=2)
-    with tempfile.TemporaryDirectory(prefix="bench-stream-") as directory:
-        info = fake_root(Path(directory), args.shards)
-        config = TrainConfig(data=directory, epochs=args.epochs)
-        print(f"{args.shards} shard files x {args.epochs} epochs")
-        seconds, _ = timed(lambda: training_clips(config, info))
-        blocks = shard_list(shard_paths(directory, "train")[1]).num_blocks()
-        print(f"now     one pass per epoch:  built in {seconds:8.2f} s  {blocks:>9,} input blocks")
-        if not args.no_former:
-            seconds, (_, blocks) = timed(lambda: former_stream(config, info))
-            print(f"former  all-epochs stream:   built in {seconds:8.2f} s  {blocks:>9,} input blocks")
-    ray.shutdown()
+    measure(args.shards, args.epochs, former=not args.no_former)
 
 
 if __name__ == "__main__":

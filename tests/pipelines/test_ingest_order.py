@@ -132,6 +132,26 @@ def test_resume_after_a_partial_run_cuts_the_same_chunks(
     assert shard_contents(root) == shard_contents(permuted_root)
 
 
+def test_a_resumed_split_reads_earlier_runs_ledgers_not_their_markers(permuted_root, sorted_list, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(permuted_root, root)
+    progress = root / "_ingest" / "train"
+    (progress / "summary.json").unlink()  # as an interrupted run leaves the split
+    assert len(list(progress.glob("ledger-*.json"))) == 1
+    for marker in progress.glob("done-*.json"):
+        marker.write_text("not a marker")  # a resume that read these markers would fail
+    result = ingest(sorted_manifest(sorted_list), config(root), log=quiet)
+    assert (result.written, result.chunks_run, result.chunks_skipped) == (64, 0, 4)
+
+    shutil.rmtree(root)
+    shutil.copytree(permuted_root, root)
+    (progress / "summary.json").unlink()
+    for ledger in progress.glob("ledger-*.json"):
+        ledger.unlink()  # chunks finished after a run's last ledger: their markers are read
+    result = ingest(sorted_manifest(sorted_list), config(root), log=quiet)
+    assert (result.written, result.failed, result.chunks_skipped) == (64, 0, 4)
+
+
 def test_completed_rerun_reads_no_markers(permuted_root, sorted_list, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(permuted_root, root)
