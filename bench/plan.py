@@ -14,9 +14,10 @@ temporary directory.
 (2) Reruns of a split whose chunks are all done, on local disk and on S3 (a moto server started
     here as a separate process on 127.0.0.1 and stopped by its pid): the plan and one done-marker
     per chunk are written as finished tasks leave them (the shards are not, as neither rerun
-    reads them). Then ``ingest()`` twice: first with no summary yet (it reads every marker, in one
-    concurrent call, and writes the summary), then on the completed split (it answers from the
-    summary). For comparison, markers read one by one, as the summary used to be built.
+    reads them). Then ``ingest()`` three times: with no summary yet and no run ledger (it reads
+    every marker, in one concurrent call, and writes the summary); with the summary removed again
+    and the markers gathered in one run ledger, as an interrupted run leaves them (it reads the
+    ledger); on the completed split (it answers from the summary). For comparison, markers read one by one, as the summary used to be built.
 (3) The training dataset over as many shards as the list makes chunks, 25 epochs: its build time
     in the driver and input blocks (bench/stream.py, which also times the former all-epochs stream).
 Prints figures only. CPU seconds are printed beside wall seconds because the machine is shared.
@@ -52,7 +53,9 @@ from pipelines.ingest import (  # noqa: E402
     plan_path,
     progress_dir,
     shuffled_order,
+    summary_path,
     write_chunk_manifest,
+    write_ledger,
 )
 from pipelines.manifests import Manifest, read_mmit  # noqa: E402
 from tin.data.reader import open_root  # noqa: E402
@@ -136,27 +139,31 @@ def run_planning(folder: Path, chunk_size: int) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_finished_chunks(manifest: Manifest, config: IngestConfig) -> int:
+def write_finished_chunks(manifest: Manifest, config: IngestConfig) -> dict[int, dict[str, Any]]:
     """The plan and every chunk's done-marker, as tasks that wrote all clips leave them (in one
-    concurrent call on an object store). Returns the number of chunks."""
+    concurrent call on an object store). Returns the markers by chunk."""
     fs, root = open_root(config.output, config.storage_options)
     fs.makedirs(progress_dir(root, SPLIT), exist_ok=True)
     rows = len(manifest.rows)
     chunks = -(-rows // config.chunk_size)
     files = {plan_path(root, SPLIT): json.dumps(plan_of(manifest, config)).encode()}
+    markers = {}
     for chunk in range(chunks):
         written = min(config.chunk_size, rows - chunk * config.chunk_size)
         files[marker_path(root, SPLIT, chunk)] = marker_text(chunk, written, []).encode()
+        markers[chunk] = json.loads(files[marker_path(root, SPLIT, chunk)])
     fs.pipe(files)
-    return chunks
+    return markers
 
 
 @dataclass
 class Reruns:
-    """Seconds of ingest() with every chunk done but no summary yet, of ingest() on the completed
-    split, and of reading every marker one at a time (scaled up from ``sampled`` markers)."""
+    """Seconds of ingest() with every chunk done but no summary yet (reading every marker; reading
+    the runs' ledgers), of ingest() on the completed split, and of reading every marker one at a
+    time (scaled up from ``sampled`` markers)."""
 
     no_summary: float
+    ledger: float
     complete: float
     one_by_one: float
     sampled: int
@@ -175,16 +182,20 @@ def timed_ingest(manifest: Manifest, config: IngestConfig, complete: bool) -> fl
 
 def reruns(manifest: Manifest, config: IngestConfig, sample: int | None) -> Reruns:
     """The reruns of (2) on ``config.output``; ``sample`` markers (None: all) read one by one."""
-    chunks = write_finished_chunks(manifest, config)
+    markers = write_finished_chunks(manifest, config)
+    chunks = len(markers)
     no_summary = timed_ingest(manifest, config, complete=False)
-    complete = timed_ingest(manifest, config, complete=True)
     fs, root = open_root(config.output, config.storage_options)
+    fs.rm_file(summary_path(root, SPLIT))  # interrupted again, this time after its run's ledger
+    write_ledger(fs, root, SPLIT, "bench", markers)
+    ledger = timed_ingest(manifest, config, complete=False)
+    complete = timed_ingest(manifest, config, complete=True)
     sampled = chunks if sample is None else min(sample, chunks)
     started = time.perf_counter()
     for chunk in range(sampled):
         json.loads(fs.cat_file(marker_path(root, SPLIT, chunk)))
     one_by_one = (time.perf_counter() - started) * chunks / sampled
-    return Reruns(no_summary, complete, one_by_one, sampled)
+    return Reruns(no_summary, ledger, complete, one_by_one, sampled)
 
 
 def free_port() -> int:
@@ -243,6 +254,7 @@ def report_reruns(results: dict[str, Reruns], chunks: int) -> None:
     print(f"  {'':<40}" + "".join(f"{place:>14}" for place in results))
     for name, label in (
         ("no_summary", "no summary yet: markers in one call"),
+        ("ledger", "no summary yet: the runs' ledgers"),
         ("complete", "complete: answered from summary.json"),
         ("one_by_one", "markers read one by one (the old way)"),
     ):
