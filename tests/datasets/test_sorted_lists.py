@@ -67,8 +67,10 @@ def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session
 
 @pytest.mark.slow
 def test_tin_trains_as_well_on_a_class_sorted_list_as_on_a_shuffled_one(ray_session, tmp_path):
-    """TIN on left/right/static (the quick demo's recipe), once from a class-sorted list and once from
-    the same clips listed in random order: both reach the same validation top-1."""
+    """TIN on left/right/static (the quick demo's recipe), once from a class-sorted list and once
+    from the same clips listed in random order: both reach the same validation top-1, within the
+    spread of runs of this size (0.93-1.0; ingesting the sorted list in order, TIN stayed at chance,
+    0.33). With a quarter fewer clips and 4 epochs one of two runs stopped at 0.78: too few to tell."""
     quick = DemoConfig.quick(str(tmp_path))
     splits = {}
     for split, clips, seed in (("train", quick.train_clips, 0), ("val", quick.val_clips, 1)):
@@ -84,4 +86,4 @@ def test_tin_trains_as_well_on_a_class_sorted_list_as_on_a_shuffled_one(ray_sess
         assert result.error is None, result.error
         top1[order] = evaluate_checkpoint(Path(result.checkpoint.path) / CHECKPOINT_FILE, demo.data, "val").metrics["top1"]
     print(f"TIN validation top-1: class-sorted list {top1['sorted']:.3f}, shuffled list {top1['shuffled']:.3f}")
-    assert top1["sorted"] >= 0.9 and abs(top1["sorted"] - top1["shuffled"]) <= 0.05
+    assert min(top1.values()) >= 0.8 and abs(top1["sorted"] - top1["shuffled"]) <= 0.15
