@@ -582,17 +582,21 @@ def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
 
 
 def _run_pending(
-    pending: list[int], config: IngestConfig, log: Callable[[str], None]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    pending: list[int],
+    config: IngestConfig,
+    log: Callable[[str], None],
 ) -> tuple[dict[int, dict[str, Any]], float]:
-    """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk.
-    Returns their done-markers by chunk and the CPU seconds the tasks used."""
+    """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk;
+    the run's ledger goes to the output root ``fs``/``root``. Returns the chunks' done-markers by
+    chunk and the CPU seconds the tasks used."""
     import ray
 
     from pipelines.ray_runtime import init_ray
 
     init_ray(config.num_cpus)
     run_id = uuid.uuid4().hex
-    fs, root = open_root(config.output, config.storage_options)
     items = [{"run": run_id, "chunk": chunk} for chunk in pending]
     # Finite retries: a task that dies on every attempt although the crash journal skips the row
     # that crashed (e.g. it dies outside any row, or retries land on other nodes) stops the job
@@ -731,7 +735,7 @@ def ingest(
         if fresh or not fs.exists(chunk_manifest_path(root, split)):
             order = shuffled_order(len(manifest.rows), config.shuffle_seed)
             write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
-        markers, cpu_seconds = _run_pending(pending, config, log)
+        markers, cpu_seconds = _run_pending(fs, root, pending, config, log)
     markers.update(_earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
     summary = _commit_split(
         fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)]
