@@ -20,8 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.synthetic import SyntheticConfig
 from pipelines.training import (
     TrainingDataWarning,
     TrainingSetupError,
@@ -40,29 +38,6 @@ from tin.train.config import TrainConfig
 from tin.train.loop import epoch_steps, local_shuffle
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_dataset(root: Path, multi_label: bool) -> str:
-    for split, clips, seed in (("train", 36, 0), ("val", 12, 1)):
-        prepare_dataset(
-            PrepareConfig(
-                format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
-                frames=8, short_side=32,
-                synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed, multi_label=multi_label),
-            ),
-            log=lambda line: None,
-        )
-    return str(root / "data")
-
-
-@pytest.fixture(scope="module")
-def single_label_root(ray_session, tmp_path_factory) -> str:
-    return make_dataset(tmp_path_factory.mktemp("single"), multi_label=False)
-
-
-@pytest.fixture(scope="module")
-def multi_label_root(ray_session, tmp_path_factory) -> str:
-    return make_dataset(tmp_path_factory.mktemp("multi"), multi_label=True)
 
 
 def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:

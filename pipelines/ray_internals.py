@@ -1,0 +1,54 @@
+"""The Ray internals this project cannot avoid, each with the reason and the upstream issue.
+
+Every name used here is private to Ray and may move in any release. pyproject.toml admits only the
+Ray releases they were checked against, and tests/pipelines/test_ray_internals.py fails, naming
+the internal, when one of them moves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Off (``0``), a Ray process addresses its node by 127.0.0.1 instead of the machine's routable
+address; on by default on Linux. The switch is named for Windows and macOS, where it is off."""
+
+STATE_API_ADDRESS = "RAY_API_SERVER_ADDRESS"
+"""The dashboard URL that Ray's state API clients use, ahead of ``RAY_ADDRESS`` and of guessing
+among the Rays running on the machine (``ray.dashboard.utils.get_address_for_submission_client``)."""
+
+
+def address_this_process_by_loopback() -> None:
+    """Make this process treat 127.0.0.1 as its node's address, as ``SINGLE_NODE_SWITCH=0`` in the
+    environment does for the Ray processes it starts.
+
+    Ray reads the switch once, when ``ray`` is imported, into
+    ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``. With it on, starting a local Ray swaps
+    127.0.0.1 for the machine's routable address (the GCS and every node address), even when
+    ``ray.init`` is given ``_node_ip_address="127.0.0.1"``. A job imports Ray long before it knows
+    whether it will start a local Ray or attach to a cluster (where the switch must stay on), so it
+    cannot set the variable in time; it sets the constant instead, only when it starts the Ray.
+    Upstream: https://github.com/ray-project/ray/issues/30770 (the opt-in switch, read at import)
+    and https://github.com/ray-project/ray/issues/26293 (a loopback node address not respected).
+    """
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        raise RuntimeError(
+            "ray._private.ray_constants.ENABLE_RAY_CLUSTER is gone in this Ray release, so a local Ray cannot be kept "
+            "on 127.0.0.1; install a Ray release that pyproject.toml admits"
+        )
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+RAY_DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
+"""The YAML file Ray Data configures its ``ray.data`` logger from, each time a process imports
+Ray Data or starts executing a dataset."""
+
+RAY_DATA_LOGGING_FILE = Path(__file__).with_name("ray_data_logging.yaml")
+"""Ray Data's default configuration with the console at WARNING. Its file handler is Ray Data's
+private ``ray.data._internal.logging.SessionFileHandler``, the only handler that writes into the
+Ray session's log folder, which a process learns only once Ray runs there. Ray Data's console
+handler is fixed at INFO, and every dataset that Ray Train's split coordinator executes (one per
+epoch and split) prints there. Upstream: https://github.com/ray-project/ray/issues/41279 (an
+option to silence Ray Data's logs)."""

@@ -1,0 +1,49 @@
+"""The local Ray a job starts lives beside other Rays on the same machine, and its console shows
+the job's own lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ray_clusters import clean_env
+from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 25  # tiny epochs of about a second: the run must outlast the other Ray's start and stop
+CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare(1) for a PID namespace of its own")
+def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_label_root, tmp_path):
+    """Ray Train's placement-group cleaner asks the state API every second whether the run's
+    controller lives. Without its own dashboard's address it guesses among the Rays it sees on
+    the machine and, once another one runs, asks one that knows no such controller and removes
+    the run's workers. The scenario runs in a PID namespace of its own, where the test session's
+    Ray is out of sight, as on a workstation with just the two."""
+    run_dir = tmp_path / "runs" / "beside"
+    train = [sys.executable, str(REPO / "jobs" / "train.py"), "--data", single_label_root, "--model", "tin_r18",
+             "--num-segments", "4", "--crop-size", "32", "--epochs", str(EPOCHS), "--batch-size", "8", "--num-workers", "1",
+             "--warmup-epochs", "0", "--storage-path", str(tmp_path / "runs"), "--name", "beside",
+             "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    scenario = [shutil.which("unshare"), "--pid", "--fork", "--mount-proc", sys.executable, str(REPO / "tests" / "pipelines" / "two_rays.py"),
+                "10", str(run_dir), "--", *train]
+    done = subprocess.run(scenario, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    output = result["output"]
+    assert result["other"][0].startswith("up 127.0.0.1:") and result["other"][1] == "down", result["other"]
+    assert result["returncode"] == 0, output[-4000:]
+    assert result["outlived_other"], "the run finished before the other Ray stopped: give it more epochs"
+    assert 1 <= result["checkpoints_by_then"] < EPOCHS
+    last = max(path for path in run_dir.glob("checkpoint_*") if path.is_dir())
+    assert load_state(last / CHECKPOINT_FILE).epoch == EPOCHS
+    assert [int(epoch) for epoch in re.findall(rf"epoch (\d+)/{EPOCHS}  train_loss", output)] == list(range(1, EPOCHS + 1))
+    assert "Failed to query" not in output and "Traceback" not in output, output[-4000:]
