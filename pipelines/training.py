@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.data
-from ray.data import RandomSeedConfig
+from ray.data import ExecutionOptions, RandomSeedConfig
 from ray.data.dataset import MaterializedDataset
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.prepare import storage_options_from_env
@@ -28,9 +28,10 @@ from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
 from tin.data.sampling import centres_exact
 from tin.models import MODEL_NAMES
-from tin.train.config import OPTIMIZERS, TrainConfig
+from tin.train.config import OPTIMIZERS, PLACEMENT_STRATEGIES, TrainConfig
 from tin.train.loop import DatasetFacts, train_loop_per_worker
 
+RAY_TRAIN_CONSOLE_LEVEL = "WARNING"  # Ray Train's INFO lines go to its log files; the loop prints the epochs
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
 VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size stay in the object store
 
@@ -94,7 +95,17 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     shards = shard_list(files)
     if train:
         shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
-    return shards.map_batches(decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)})
+    clips = shards.map_batches(decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)})
+    return without_progress_output(clips)
+
+
+def without_progress_output(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """``dataset`` executing without Ray Data's plan lines and with its progress as log records
+    (which the workers keep in their log files) instead of progress bars relayed to the driver:
+    it runs once per epoch, and the loop's epoch lines (throughput, data wait, ETA) say more."""
+    dataset.context.use_ray_tqdm = False
+    dataset.context.print_on_execution_start = False
+    return dataset
 
 
 def training_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
@@ -112,7 +123,14 @@ def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset
 
 class TrainAndValidationSplit(DataConfig):
     """Splits "train" equally over the workers (DDP needs equal step counts) and "val" without
-    dropping rows, so every validation clip is evaluated exactly once per epoch."""
+    dropping rows, so every validation clip is evaluated exactly once per epoch; both splits go
+    to the workers on the nodes that hold their blocks where they can.
+
+    The execution options are given explicitly: Ray's default ones copy a deprecated field and
+    warn about it in every run."""
+
+    def __init__(self) -> None:
+        super().__init__(execution_options=ExecutionOptions())
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         # Ray Train configures one dataset at a time, when the workers first ask for it.
@@ -121,8 +139,8 @@ class TrainAndValidationSplit(DataConfig):
         if "val" not in datasets:
             return output
         validation = datasets["val"].copy(datasets["val"])
-        validation.context.execution_options = self._resolve_execution_options("val")
-        for worker, split in enumerate(validation.streaming_split(world_size, equal=False)):
+        validation.context.execution_options = ExecutionOptions()
+        for worker, split in enumerate(validation.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
             output[worker]["val"] = split
         return output
 
@@ -141,6 +159,8 @@ def check_config(config: TrainConfig) -> DatasetInfo:
         raise TrainingSetupError(f"--epochs must be at least 1, got {config.epochs}")
     if config.optimizer not in OPTIMIZERS:
         raise TrainingSetupError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    if config.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise TrainingSetupError(f"--placement-strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {config.placement_strategy!r}")
     if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
         raise TrainingSetupError(f"--scales must be fractions of the short side in (0, 1], got {list(config.scales)}")
     if config.shuffle_buffer < 0:
@@ -251,13 +271,17 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)}),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)},
+            placement_strategy=config.placement_strategy,
+        ),
         run_config=RunConfig(
             name=config.name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
             callbacks=callbacks,
         ),
         datasets=datasets,
@@ -273,5 +297,9 @@ def train(config: TrainConfig) -> ray.train.Result:
 
 
 def run_summary(result: ray.train.Result) -> dict[str, Any]:
-    """The last epoch's metrics and the latest checkpoint's path."""
-    return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None}
+    """The last epoch's metrics and the latest checkpoint's location (an s3:// URI on S3)."""
+    checkpoint = result.checkpoint
+    location = None
+    if checkpoint is not None:
+        location = f"s3://{checkpoint.path}" if checkpoint.filesystem.type_name == "s3" else checkpoint.path
+    return {"metrics": dict(result.metrics or {}), "checkpoint": location}

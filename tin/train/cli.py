@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Collection
 
-from tin.train.config import OPTIMIZERS, TrainConfig
+from tin.train.config import OPTIMIZERS, PLACEMENT_STRATEGIES, TrainConfig
 
 HELP = {
     "data": "dataset root written by jobs/prepare_dataset.py (local path or s3:// URI)",
@@ -21,6 +22,8 @@ HELP = {
     "num_workers": "Ray Train workers (DDP processes)",
     "use_gpu": "one GPU per worker (nccl, bf16 autocast, channels_last)",
     "cpus_per_worker": "CPUs reserved per worker (default: leave a quarter of the CPUs to data loading)",
+    "placement_strategy": "how the workers spread over the nodes: PACK (as few nodes as possible), SPREAD (as many as "
+    "possible), STRICT_PACK (one node), STRICT_SPREAD (one worker per node)",
     "optimizer": "sgd (momentum, the references') or adamw",
     "lr": "learning rate for the whole --batch-size (scale it linearly with the batch)",
     "momentum": "SGD momentum",
@@ -53,15 +56,20 @@ HELP = {
 }
 
 
-def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """Add one flag per ``TrainConfig`` field (``--batch-size`` for ``batch_size``, ...)."""
+def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig, searched: Collection[str] = ()) -> None:
+    """Add one flag per ``TrainConfig`` field (``--batch-size`` for ``batch_size``, ...); the
+    ``searched`` fields (a tuning search's dimensions) say so in their help instead of a default."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         kind = hints[field.name]
         extra = {"required": True} if field.name == "data" and not default else {"default": default}
-        help_text = HELP.get(field.name, "") + (f" (default: {default})" if "default" in extra else "")
+        help_text = HELP.get(field.name, field.name.replace("_", " "))
+        if field.name in searched:
+            help_text += " (default: searched; a value fixes it)"
+        elif "default" in extra:
+            help_text += f" (default: {default})"
         if kind is bool or kind == (bool | None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **extra)
         elif field.name == "flip_label_pairs":
@@ -74,6 +82,8 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> N
             parser.add_argument(flag, type=_split_or_none, metavar="SPLIT", help=help_text, **extra)
         elif field.name == "optimizer":
             parser.add_argument(flag, choices=OPTIMIZERS, help=help_text, **extra)
+        elif field.name == "placement_strategy":
+            parser.add_argument(flag, choices=PLACEMENT_STRATEGIES, help=help_text, **extra)
         else:
             parser.add_argument(flag, type=_scalar_type(kind), help=help_text, **extra)
 

@@ -10,6 +10,7 @@ from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 
 OPTIMIZERS = ("sgd", "adamw")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's, for the workers' bundles
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float | None = None  # default: 1 with a GPU, else what the machine can spare
+    placement_strategy: str = "PACK"  # PLACEMENT_STRATEGIES: how the workers spread over the nodes
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
     momentum: float = 0.9  # SGD only

@@ -18,6 +18,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def gather_objects(value: object) -> list[object]:
+    """Every rank's picklable ``value``, in rank order, on every rank."""
+    if not distributed():
+        return [value]
+    values: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's (n_rank, ...) tensor along dim 0, n_rank may differ per rank.
 

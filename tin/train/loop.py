@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import ray.train
 import ray.train.torch
+import ray.util
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,9 +28,9 @@ from tin.data.transforms import normalize
 from tin.models import build_model, param_groups
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
-from tin.train.distributed import all_reduce_sum, gather_rows
+from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
 from tin.train.metrics import class_map, sample_map, topk_correct
-from tin.train.progress import EpochLog, RunRecorder, logger
+from tin.train.progress import EpochLog, RunRecorder, logger, show_only_project_info
 from tin.train.schedule import build_scheduler
 
 
@@ -51,6 +52,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     Args:
         loop_config: {"config": TrainConfig.to_dict(), "dataset": DatasetFacts fields}.
     """
+    show_only_project_info()
     config = TrainConfig.from_dict(loop_config["config"])
     facts = DatasetFacts(**loop_config["dataset"])
     context = ray.train.get_context()
@@ -78,6 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state.scheduler)
 
     recorder = RunRecorder(config, facts, enabled=rank == 0)
+    recorder.workers_placed(gather_objects(ray.util.get_node_ip_address()), state.epoch)
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()

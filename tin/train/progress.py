@@ -17,6 +17,17 @@ from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
 logger = logging.getLogger("tin.train")
 
 
+def show_only_project_info() -> None:
+    """In a Ray Train worker, keep the console to this project's INFO lines and everyone's warnings.
+
+    Ray Train points the worker's root logger at the console at INFO when training starts, and
+    some of Ray Train's INFO records (one per reported epoch) come from loggers outside
+    ``ray.train``, which its ``LoggingConfig`` does not reach.
+    """
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("tin").setLevel(logging.INFO)
+
+
 @dataclass
 class EpochLog:
     epoch: int  # 1-based
@@ -54,6 +65,20 @@ class RunRecorder:
         run_key = tracking.training_run_key(config.storage_path, config.name)
         tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
         tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
+
+    def workers_placed(self, nodes: list[str], epoch: int) -> None:
+        """Say where the workers run (node address of every rank), e.g. "2 workers on 2 nodes:
+        10.0.0.1 (rank 0), 10.0.0.2 (rank 1), from epoch 1", and keep it as a tag of the run: after a
+        node fails, the restarted workers may run elsewhere."""
+        if not self.enabled:
+            return
+        ranks: dict[str, list[int]] = {}
+        for rank, node in enumerate(nodes):
+            ranks.setdefault(node, []).append(rank)
+        placed = ", ".join(f"{node} (rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))})" for node, r in ranks.items())
+        logger.info("%d worker%s on %d node%s: %s, from epoch %d", len(nodes), "s" * (len(nodes) > 1), len(ranks),
+                    "s" * (len(ranks) > 1), placed, epoch + 1)
+        mlflow.set_tag("workers.nodes", placed)
 
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
         if not self.enabled:
