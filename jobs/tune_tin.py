@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from tin.train.cli import HELP, add_train_flags, config_from_args  # noqa: E402
+from tin.train.cli import add_train_flags, config_from_args  # noqa: E402
 from tin.train.config import TrainConfig  # noqa: E402
 
 SEARCHED_FLAGS = ("groups", "reverse", "shift_div", "offset_scale", "lr", "schedule", "warmup_epochs", "weight_decay")
@@ -27,10 +27,7 @@ SEARCHED_FLAGS = ("groups", "reverse", "shift_div", "offset_scale", "lr", "sched
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_train_flags(parser, TrainConfig(data="", name="tune", **{name: None for name in SEARCHED_FLAGS}))
-    for action in parser._actions:  # searched unless given: say so instead of "(default: None)"
-        if action.dest in SEARCHED_FLAGS:
-            action.help = f"{HELP.get(action.dest, action.dest.replace('_', ' '))} (default: searched; a value fixes it)"
+    add_train_flags(parser, TrainConfig(data="", name="tune", **{name: None for name in SEARCHED_FLAGS}), searched=SEARCHED_FLAGS)
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)")
     search.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (default: 1)")

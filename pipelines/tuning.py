@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -363,45 +362,6 @@ def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: flo
     return per_trial
 
 
-class ReleaseStoppedTrialResources(tune.Callback):
-    """Frees the Train worker CPUs of trials that Tune stopped (ASHA, or a trial's last epoch).
-
-    Tune kills a stopped trial's actor and with it the trial's Train controller, which created the
-    workers' placement group. Ray keeps a placement group until its creator actor *and* its job
-    are gone, and the search's job lives on; Train's own cleaner asks the state API, which needs
-    the dashboard (``ray[default]`` running with it) and a single discoverable Ray instance. Without
-    them the CPUs stay held and the next trials wait forever. This callback, run by the search's
-    driver, removes this job's placement groups whose creator actor has died.
-    """
-
-    def __init__(self, interval_s: float = 2.0) -> None:
-        self.interval_s = interval_s
-        self._checked = 0.0
-
-    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        if time.monotonic() - self._checked >= self.interval_s:
-            self._checked = time.monotonic()
-            release_orphaned_placement_groups()
-
-
-def release_orphaned_placement_groups() -> int:
-    """Remove this job's placement groups whose creating actor is dead; return how many."""
-    from ray.core.generated import gcs_pb2
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    job_id = bytes.fromhex(ray.get_runtime_context().get_job_id())
-    accessor = ray._private.state.state._global_state_accessor  # the GCS table, with creator fields
-    released = 0
-    for raw in accessor.get_placement_group_table():
-        table = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        created_by_actor = table.creator_actor_id and set(table.creator_actor_id) != {0xFF}  # nil id: a driver
-        if (created_by_actor and table.creator_actor_dead and not table.is_detached and table.creator_job_id == job_id
-                and table.state != gcs_pb2.PlacementGroupTableData.REMOVED):
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(table.placement_group_id)))
-            released += 1
-    return released
-
-
 # ---- the trial -----------------------------------------------------------------------------------
 
 
@@ -451,7 +411,7 @@ def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tun
             metric=plan.metric, mode=plan.mode, num_samples=search.num_samples,
             max_concurrent_trials=search.max_concurrent, scheduler=make_scheduler(search, plan),
         ),
-        run_config=tune.RunConfig(name=plan.base.name, storage_path=plan.base.storage_path, callbacks=[ReleaseStoppedTrialResources()]),
+        run_config=tune.RunConfig(name=plan.base.name, storage_path=plan.base.storage_path),
     )
 
 

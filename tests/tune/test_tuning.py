@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -93,8 +92,9 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
 
     epochs = {float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss")) for run in children}
     assert epochs[0.01] == 3, epochs  # finished before the kill, not trained again after it
-    assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"
-    assert int(parent.data.tags["search.stopped_early"]) == sum(count < 3 for count in epochs.values())
+    assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"  # a stopped trial may log one more epoch as it stops
+    stopped = [line.split()[0] for line in output.splitlines() if line.endswith("stopped early")]  # the results table
+    assert int(parent.data.tags["search.stopped_early"]) == len(stopped) >= 1, output[-3000:]
 
     last_loss = {float(run.data.params["config.lr"]): client.get_metric_history(run.info.run_id, "val_loss")[-1].value for run in children}
     best_lr = min(last_loss, key=last_loss.get)
