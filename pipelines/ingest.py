@@ -32,7 +32,8 @@ Layout of the dataset root::
     _ingest/<split>/plan.json    what the chunks were cut from: row count, manifest fingerprint,
                                  labelled, frame settings, chunk_size, shuffle_seed
     _ingest/<split>/manifest.arrow   the permuted rows, record batch i = chunk i (CHUNK_SCHEMA)
-    _ingest/<split>/done-NNNNN.json  {"chunk", "written", "failed", "errors"} per finished chunk
+    _ingest/<split>/done-NNNNN.json  {"chunk", "written", "failed", "errors", "node"} per finished
+                                 chunk (node: the address of the Ray node that wrote it)
     _ingest/<split>/ledger-<run>.json  the done-markers one run received (see write_ledger)
     _ingest/<split>/summary.json     {"written", "failed", "chunks"} once the split is complete
 """
@@ -403,6 +404,8 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
     "cpu_seconds": CPU time of this task's process, for throughput accounting on a shared
     machine}; the driver sums this run's markers without reading them back.
     """
+    from ray.util import get_node_ip_address
+
     started_cpu = time.process_time()
     index = int(item["chunk"])
     fs, root = open_root(config.output, config.storage_options)
@@ -431,15 +434,15 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
                 pending = []
         if writer is not None:
             writer.close()
-    marker = marker_text(index, written, errors)
+    marker = marker_text(index, written, errors, get_node_ip_address())
     _write_text(fs, marker_path(root, config.split, index), marker, root)
     journal.close()
     return {"chunk": index, "marker": marker, "cpu_seconds": time.process_time() - started_cpu}
 
 
-def marker_text(chunk: int, written: int, errors: list[dict[str, str]]) -> str:
-    """The done-marker of a chunk: its counts and error rows."""
-    return json.dumps({"chunk": chunk, "written": written, "failed": len(errors), "errors": errors})
+def marker_text(chunk: int, written: int, errors: list[dict[str, str]], node: str) -> str:
+    """The done-marker of a chunk: its counts, error rows and the node that wrote it."""
+    return json.dumps({"chunk": chunk, "written": written, "failed": len(errors), "errors": errors, "node": node})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,7 +619,7 @@ def _run_pending(
             cpu_seconds += result["cpu_seconds"]
             rate = clips / max(time.perf_counter() - started, 1e-9)
             log(
-                f"[{config.split}] chunk {marker['chunk']} done ({len(markers)}/{len(pending)}): "
+                f"[{config.split}] chunk {marker['chunk']} done ({len(markers)}/{len(pending)}) on {marker['node']}: "
                 f"{marker['written']} written, {marker['failed']} failed; {rate:.1f} clips/s, "
                 f"{1000 * cpu_seconds / max(clips, 1):.0f} CPU-ms/clip"
             )
