@@ -1,0 +1,257 @@
+"""A two-node Ray cluster with S3 and an MLflow tracking server, and the README's cluster path on it.
+
+    ip netns exec HEAD_NS unshare --pid --fork --mount-proc \\
+        python tests/multinode/cluster_scenario.py WORKDIR HEAD_IP HEAD_IF WORKER_NS WORKER_IP WORKER_IF
+
+Run in the head's network namespace (made by tests/multinode/test_cluster.py; the worker node's
+namespace is reached with ``ip netns exec WORKER_NS``) and in a PID namespace of its own, so
+that nothing it starts outlives it. On the head: a moto S3 server, ``mlflow server`` with the
+artifacts served through it, ``ray start --head``; on the worker: ``ray start --address``. Then,
+all through ``ray job submit``: the MMiT miniature release (uploaded to S3) is prepared into
+shards on S3, and ``jobs/train_mmit.py`` trains with two workers spread over the nodes,
+checkpoints on S3 and MLflow over HTTP; after its first checkpoint the worker node is killed and
+the run has to finish on the head from that checkpoint. Every process is stopped by its pid.
+Prints one JSON line with what the test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+BIN = Path(sys.executable).parent
+S3_PORT, MLFLOW_PORT, GCS_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+EPOCHS = 4
+RUN = "tin_mmit_cluster"
+# Only sizes differ from the README's commands.
+INGEST_FLAGS = ["--frames", "12", "--short-side", "32", "--chunk-size", "4"]
+TRAIN_FLAGS = ["--model", "tin_r18", "--num-segments", "4", "--crop-size", "32", "--batch-size", "8", "--num-workers", "2",
+               "--cpus-per-worker", "1", "--placement-strategy", "SPREAD", "--epochs", str(EPOCHS), "--max-failures", "1"]
+
+
+@dataclass
+class Processes:
+    """Every long-running process of the scenario, stopped (by pid, in reverse order) at the end."""
+
+    started: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+        process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+def wait_until(check, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def listening(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
+class Scenario:
+    def __init__(self, workdir: Path, head_ip: str, head_if: str, worker_ns: str, worker_ip: str, worker_if: str) -> None:
+        self.workdir, self.head_ip, self.worker_ns, self.worker_ip = workdir, head_ip, worker_ns, worker_ip
+        self.s3 = f"http://{head_ip}:{S3_PORT}"
+        self.mlflow = f"http://{head_ip}:{MLFLOW_PORT}"
+        self.dashboard = f"http://{head_ip}:{DASHBOARD_PORT}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        base |= {"PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token",
+                 "AWS_ENDPOINT_URL": self.s3, **CREDENTIALS}
+        self.head_env = base | {"GLOO_SOCKET_IFNAME": head_if}
+        self.worker_env = base | {"GLOO_SOCKET_IFNAME": worker_if}
+        self.processes = Processes()
+
+    # ---- services and nodes ---------------------------------------------------------------
+
+    def start_s3(self) -> None:
+        self.processes.start([str(BIN / "moto_server"), "-H", self.head_ip, "-p", str(S3_PORT)], self.head_env, self.workdir / "s3.log")
+        wait_until(lambda: listening(self.head_ip, S3_PORT), "the S3 server")
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        for bucket in ("releases", "datasets", "runs"):
+            client.create_bucket(Bucket=bucket)
+
+    def start_mlflow(self) -> None:
+        artifacts = self.workdir / "mlflow-artifacts"
+        self.processes.start(
+            [str(BIN / "mlflow"), "server", "--host", self.head_ip, "--port", str(MLFLOW_PORT), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}", "--serve-artifacts",
+             "--artifacts-destination", str(artifacts), "--allowed-hosts", f"{self.head_ip}:{MLFLOW_PORT}"],
+            self.head_env, self.workdir / "mlflow.log",
+        )
+        wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
+
+    def start_head(self) -> None:
+        self.processes.start(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", self.head_ip, "--port", str(GCS_PORT),
+             "--dashboard-host", self.head_ip, "--dashboard-port", str(DASHBOARD_PORT), "--num-cpus", "3",
+             "--temp-dir", str(self.workdir / "rh")],
+            self.head_env, self.workdir / "head.log",
+        )
+        wait_until(lambda: listening(self.head_ip, DASHBOARD_PORT), "the Ray head's dashboard")
+
+    def start_worker(self) -> subprocess.Popen:
+        return self.processes.start(
+            ["ip", "netns", "exec", self.worker_ns, str(BIN / "ray"), "start", "--block", "--address", f"{self.head_ip}:{GCS_PORT}",
+             "--node-ip-address", self.worker_ip, "--num-cpus", "2", "--temp-dir", str(self.workdir / "rw")],
+            self.worker_env, self.workdir / "worker.log",
+        )
+
+    def alive_nodes(self) -> int:
+        status = subprocess.run([str(BIN / "ray"), "status", "--address", f"{self.head_ip}:{GCS_PORT}"], env=self.head_env,
+                                capture_output=True, text=True, timeout=60)
+        active = status.stdout.split("Active:")[1].split("Pending:")[0] if "Active:" in status.stdout else ""
+        return sum(line.strip().startswith("1 node_") for line in active.splitlines())
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def submit(self, script: str, args: list[str], wait: bool, submission_id: str) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir <repo> -- python jobs/<script> ...``, retried while the head's
+        job agent is still starting."""
+        command = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--submission-id", submission_id,
+                   "--working-dir", str(REPO), *([] if wait else ["--no-wait"]), "--", "python", f"jobs/{script}", *args]
+        deadline = time.monotonic() + 120
+        while True:
+            done = subprocess.run(command, env=self.head_env, capture_output=True, text=True, timeout=900)
+            not_ready = any(sign in done.stdout + done.stderr for sign in ("Connection", "try again later"))
+            if done.returncode == 0 or not not_ready or time.monotonic() > deadline:
+                return done
+            time.sleep(3)
+
+    def job_status(self, submission_id: str) -> str:
+        from ray.job_submission import JobSubmissionClient
+
+        return str(JobSubmissionClient(self.dashboard).get_job_status(submission_id).value)
+
+    def job_logs(self, submission_id: str) -> str:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard).get_job_logs(submission_id)
+
+    # ---- the scenario -------------------------------------------------------------------
+
+    def run(self) -> dict:
+        import s3fs
+
+        from tests.datasets.miniature_releases import build_mmit
+
+        release = build_mmit(self.workdir / "release")
+        self.start_s3()
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,  # the listings change while we look
+                               client_kwargs={"endpoint_url": self.s3, "region_name": "us-east-1"})
+        fs.put(str(release), "releases/", recursive=True)
+        self.start_mlflow()
+        self.start_head()
+        worker = self.start_worker()
+        wait_until(lambda: self.alive_nodes() == 2, "the worker node to join")
+
+        prepared = self.submit("prepare_mmit.py", ["--root", "s3://releases/Multi_Moments_in_Time", "--output", "s3://datasets/mmit",
+                                                   *INGEST_FLAGS], wait=True, submission_id="prepare")
+        markers = [json.loads(fs.cat(path)) for path in fs.glob("datasets/mmit/_ingest/train/done-*.json")]
+
+        submitted = self.submit("train_mmit.py", ["--data", "s3://datasets/mmit", *TRAIN_FLAGS, "--storage-path", "s3://runs",
+                                                  "--name", RUN, "--mlflow-uri", self.mlflow, "--experiment", "cluster"],
+                                wait=False, submission_id="train")
+        wait_until(lambda: fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt") or self.job_status("train") not in ("RUNNING", "PENDING"),
+                   "the first checkpoint", timeout_s=600)
+        killed_at = len(fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt"))
+        self.processes.stop(worker, signal.SIGKILL)  # the node dies: its raylet, workers and tasks
+        wait_until(lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900)
+        return {
+            "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
+            "chunk_nodes": sorted({marker["node"] for marker in markers}),
+            "train": {"submit": submitted.returncode, "status": self.job_status("train"), "logs": self.job_logs("train")[-12000:],
+                      "checkpoints_when_killed": killed_at},
+            "checkpoint": self.latest_checkpoint(fs),
+            "mlflow": self.mlflow_record(),
+        }
+
+    def latest_checkpoint(self, fs) -> dict:
+        from tin.train.checkpoint import load_state
+
+        paths = sorted(fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt"))
+        if not paths:
+            return {}
+        local = self.workdir / "latest.pt"
+        fs.get(paths[-1], str(local))
+        state = load_state(local)
+        return {"epoch": state.epoch, "history": len(state.history)}
+
+    def mlflow_record(self) -> dict:
+        """What a user reads back from the tracking server over HTTP: the run's params, per-epoch
+        metrics, tags, plots and the model, which must load and predict."""
+        import torch
+        from mlflow.tracking import MlflowClient
+
+        from tin.train.checkpoint import load_model
+
+        client = MlflowClient(self.mlflow)
+        experiment = client.get_experiment_by_name("cluster")
+        if experiment is None:
+            return {}
+        runs = client.search_runs([experiment.experiment_id])
+        if len(runs) != 1:
+            return {"runs": len(runs)}
+        run = runs[0]
+        artifacts = {a.path for folder in ("plots", "model") for a in client.list_artifacts(run.info.run_id, folder)}
+        model_file = client.download_artifacts(run.info.run_id, "model/checkpoint.pt", str(self.workdir))
+        model, meta = load_model(model_file)
+        config = meta["config"]
+        with torch.no_grad():
+            logits = model(torch.zeros(1, config["num_segments"], 3, config["crop_size"], config["crop_size"]))
+        return {
+            "runs": 1,
+            "params": {key: run.data.params.get(key) for key in ("config.num_workers", "config.placement_strategy", "config.data")},
+            "metric_steps": sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_sample_map")}),
+            "nodes_tag": run.data.tags.get("workers.nodes"),
+            "artifacts": sorted(artifacts),
+            "logits": list(logits.shape),
+        }
+
+
+def main() -> None:
+    workdir, head_ip, head_if, worker_ns, worker_ip, worker_if = sys.argv[1:7]
+    os.environ["RAY_AUTH_MODE"] = "token"  # this process's job API client, like the nodes
+    scenario = Scenario(Path(workdir), head_ip, head_if, worker_ns, worker_ip, worker_if)
+    try:
+        result = scenario.run()
+    finally:
+        scenario.processes.stop_all()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

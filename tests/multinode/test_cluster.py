@@ -1,0 +1,97 @@
+"""A real two-node cluster: each Ray node in a network namespace the test creates (Ray swaps
+127.0.0.1 for the machine's own address once several nodes take part, and nothing may address
+that), joined by a veth pair. The scenario itself is tests/multinode/cluster_scenario.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.ray_clusters import clean_env
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIO = REPO / "tests" / "multinode" / "cluster_scenario.py"
+HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"  # exist only inside the test's namespaces
+CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("unshare") is not None
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CAN_NAMESPACE, reason="needs root, ip(8) and unshare(1) for network namespaces")]
+
+
+@dataclass(frozen=True)
+class Network:
+    head_ns: str
+    head_if: str
+    worker_ns: str
+    worker_if: str
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[Network]:
+    """Two network namespaces joined by a veth pair, HEAD_IP and WORKER_IP on its ends, loopback
+    up in both; removed afterwards (which also removes the veth pair)."""
+    tag = uuid.uuid4().hex[:6]
+    network = Network(f"tin-head-{tag}", f"tvh{tag}", f"tin-worker-{tag}", f"tvw{tag}")
+    try:
+        ip("netns", "add", network.head_ns)
+        ip("netns", "add", network.worker_ns)
+        ip("link", "add", network.head_if, "type", "veth", "peer", "name", network.worker_if)
+        for ns, interface, address in ((network.head_ns, network.head_if, HEAD_IP), (network.worker_ns, network.worker_if, WORKER_IP)):
+            ip("link", "set", interface, "netns", ns)
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", interface)
+            ip("-n", ns, "link", "set", interface, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield network
+    finally:
+        for ns in (network.head_ns, network.worker_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hosts):
+    """Under ray job submit: the MMiT release on S3 ingested by tasks on both nodes into shards
+    on S3; train_mmit.py with one worker per node, checkpoints on S3, MLflow through a tracking
+    server with its artifacts served through it; the worker node killed after the first
+    checkpoint and the run finished from it on the head (--max-failures 1)."""
+    workdir = Path(tempfile.mkdtemp(prefix="tin-cluster-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        command = ["ip", "netns", "exec", two_hosts.head_ns, "unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                   str(SCENARIO), str(workdir), HEAD_IP, two_hosts.head_if, two_hosts.worker_ns, WORKER_IP, two_hosts.worker_if]
+        done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, (done.stdout[-3000:] + done.stderr[-5000:])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    prepare = result["prepare"]
+    assert prepare["returncode"] == 0 and "succeeded" in prepare["output"], prepare["output"]
+    assert result["chunk_nodes"] == [HEAD_IP, WORKER_IP], "ingest tasks did not run on both nodes"
+
+    train = result["train"]
+    logs = train["logs"]
+    assert train["submit"] == 0 and train["status"] == "SUCCEEDED", logs
+    assert f"2 workers on 2 nodes: {HEAD_IP}" in logs and WORKER_IP in logs.split("2 workers on 2 nodes:")[1].splitlines()[0], logs
+    assert f"2 workers on 1 node: {HEAD_IP} (ranks 0, 1)" in logs, logs  # after the worker node died
+    assert 1 <= train["checkpoints_when_killed"] < 4
+    assert result["checkpoint"] == {"epoch": 4, "history": 4}
+    assert "checkpoint: s3://runs/tin_mmit_cluster/checkpoint_" in logs
+
+    record = result["mlflow"]
+    assert record["runs"] == 1, record
+    assert record["params"] == {"config.num_workers": "2", "config.placement_strategy": "SPREAD", "config.data": "s3://datasets/mmit"}
+    assert record["metric_steps"] == [1, 2, 3, 4]
+    assert record["nodes_tag"] == f"{HEAD_IP} (ranks 0, 1)"
+    assert {"plots/training_curves.png", "plots/temporal_offsets_weights.png", "model/checkpoint.pt"} <= set(record["artifacts"])
+    assert record["logits"] == [1, 5]
