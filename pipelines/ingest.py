@@ -610,6 +610,7 @@ def _run_pending(
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
             run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
         )
+    dataset.context.print_on_execution_start = False  # the plan line says nothing a user needs; progress stays
     started, clips, cpu_seconds = time.perf_counter(), 0, 0.0
     markers: dict[int, dict[str, Any]] = {}
     try:

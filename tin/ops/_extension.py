@@ -34,11 +34,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("TIN_EXTENSION_DIR", default))
 
 
+def cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime is found
+    (it looks for a CUDA toolkit at import, and warns on every machine with nvcc but no GPU,
+    where only the C++ kernels are built anyway)."""
+    import logging
+
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    if not torch.cuda.is_available():
+        torch_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension as module
+    finally:
+        torch_logger.setLevel(level)
+    return module
+
+
 def cuda_toolkit_usable() -> bool:
     """True when a CUDA device is visible and nvcc is installed."""
-    from torch.utils import cpp_extension
-
-    return torch.cuda.is_available() and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    return torch.cuda.is_available() and torch.version.cuda is not None and cpp_extension().CUDA_HOME is not None
 
 
 @functools.cache
@@ -72,13 +87,11 @@ def load() -> frozenset[str]:
 
 
 def _build(with_cuda: bool) -> None:
-    from torch.utils import cpp_extension
-
     names = CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
     name = f"tin_ops_{_fingerprint(with_cuda)}"
     directory = cache_root() / name
     directory.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(
+    cpp_extension().load(
         name=name,
         sources=[str(CSRC / source) for source in names],
         extra_cflags=list(CXX_FLAGS),

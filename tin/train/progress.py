@@ -22,9 +22,11 @@ def show_only_project_info() -> None:
 
     Ray Train points the worker's root logger at the console at INFO when training starts, and
     some of Ray Train's INFO records (one per reported epoch) come from loggers outside
-    ``ray.train``, which its ``LoggingConfig`` does not reach.
+    ``ray.train``, which its ``LoggingConfig`` does not reach; MLflow's logger has a console
+    handler of its own (it says when it creates tables and experiments).
     """
     logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("tin").setLevel(logging.INFO)
 
 
