@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
 from pipelines.demo import DemoConfig, comparison_table, run_demo, where_to_look  # noqa: E402
+from pipelines.ray_runtime import UnsupportedRayError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the CI-sized version: fewer clips and epochs")
     args = parser.parse_args(argv)
     config = DemoConfig.quick(args.workdir) if args.quick else DemoConfig(workdir=args.workdir)
-    summary = run_demo(config)
+    try:
+        summary = run_demo(config)
+    except UnsupportedRayError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print()
     print(comparison_table(summary, len(config.motions)))
     print()

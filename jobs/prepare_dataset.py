@@ -122,11 +122,13 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     config = config_from_args(parser.parse_args(argv))
+    from pipelines.ray_runtime import UnsupportedRayError  # imports Ray: not for --help
+
     try:
         result = prepare_dataset(config, log=lambda line: print(line, flush=True))
     except PrepareError as error:
         parser.error(str(error))
-    except (IngestError, FileNotFoundError, OSError, ValueError) as error:
+    except (IngestError, UnsupportedRayError, FileNotFoundError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(

@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None, defaults: TrainConfig | None = None, des
     add_train_flags(parser, defaults or TrainConfig(data=""))
     config = config_from_args(parser.parse_args(argv))
 
+    from pipelines.ray_runtime import UnsupportedRayError
     from pipelines.training import TrainingSetupError, run_summary, train
 
     try:
         result = train(config)
-    except TrainingSetupError as error:
+    except (TrainingSetupError, UnsupportedRayError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.error:

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
+    from pipelines.ray_runtime import UnsupportedRayError
     from pipelines.training import TrainingSetupError
     from pipelines.tuning import SearchConfig, run_search
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         outcome = run_search(search)
-    except TrainingSetupError as error:
+    except (TrainingSetupError, UnsupportedRayError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\n{outcome.table}\n")

@@ -1,14 +1,15 @@
 """The README's dataset commands on miniature releases: prepare -> train -> evaluate, each job run
-as a user runs it (a subprocess attached to the session's Ray), split names as the jobs default.
+with its command line (in this process, on the session's Ray), split names as the jobs default.
 tests/multinode runs the MMiT commands through `ray job submit` on a two-node cluster."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+import runpy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -26,12 +27,33 @@ TRAIN_JOBS = {"mmit": ["train_mmit.py"], "kinetics600": ["train_kinetics600.py"]
               "sthv2": ["train.py", "--no-flip"], "ucf101": ["train.py"]}
 
 
-def run_job(script: str, args: list[str], ray_address: str | None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    env |= {"RAY_ADDRESS": ray_address} if ray_address else {}
-    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+@dataclass(frozen=True)
+class JobRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_job(capfd) -> Callable[[str, list[str]], JobRun]:
+    """``python jobs/<script> ARGS`` as the command line runs it, but in this process (on the
+    session's Ray, which the job finds initialised): exit status and output."""
+
+    def run(script: str, args: list[str]) -> JobRun:
+        capfd.readouterr()
+        saved_argv = sys.argv
+        sys.argv = [str(REPO / "jobs" / script), *args]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.argv = saved_argv
+        output = capfd.readouterr()
+        return JobRun(code, output.out, output.err)
+
+    return run
 
 
 def check_prepared(dataset: str, output: str) -> DatasetInfo:
@@ -46,11 +68,11 @@ def check_prepared(dataset: str, output: str) -> DatasetInfo:
     return info
 
 
-def check_evaluation(checkpoint: str, output: str, info: DatasetInfo, tmp_path: Path) -> None:
+def check_evaluation(run_job, checkpoint: str, output: str, info: DatasetInfo, tmp_path: Path) -> None:
     """jobs/evaluate.py with its defaults evaluates the val split; unlabelled splits are refused."""
     result = tmp_path / "evaluation.json"
     evaluated = run_job("evaluate.py", ["--checkpoint", checkpoint, "--data", output, "--output", str(result),
-                                        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], None)
+                                        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     evaluation = json.loads(result.read_text())
     assert evaluation["split"] == "val" and evaluation["metrics"]["clips"] == CLIPS["val"] * 4
@@ -61,16 +83,16 @@ def check_evaluation(checkpoint: str, output: str, info: DatasetInfo, tmp_path: 
 
 
 @pytest.mark.parametrize("dataset", sorted(RELEASES))  # MMiT also on a two-node cluster: tests/multinode
-def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, tmp_path):
+def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, run_job, tmp_path):
     output = str(tmp_path / "ds")
     prepared = run_job(f"prepare_{dataset}.py", ["--root", str(RELEASES[dataset].build(tmp_path)), "--output", output,
-                                                 *INGEST_FLAGS], ray_session)
+                                                 *INGEST_FLAGS])
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     info = check_prepared(dataset, output)
 
     script, *recipe = TRAIN_JOBS[dataset]
     runs = ["--storage-path", str(tmp_path / "runs"), "--name", dataset,
             "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "releases"]
-    trained = run_job(script, ["--data", output, *recipe, *SIZE_FLAGS, *runs], ray_session)
+    trained = run_job(script, ["--data", output, *recipe, *SIZE_FLAGS, *runs])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
-    check_evaluation(trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path)
+    check_evaluation(run_job, trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path)

@@ -88,7 +88,9 @@ class Scenario:
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         base |= {"PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token",
                  "AWS_ENDPOINT_URL": self.s3, **CREDENTIALS}
-        self.head_env = base | {"GLOO_SOCKET_IFNAME": head_if}
+        # The GCS marks a node dead after missing heartbeats: 3 s here instead of Ray's half a minute.
+        self.head_env = base | {"GLOO_SOCKET_IFNAME": head_if, "RAY_health_check_period_ms": "1000",
+                                "RAY_health_check_failure_threshold": "3"}
         self.worker_env = base | {"GLOO_SOCKET_IFNAME": worker_if}
         self.processes = Processes()
 
