@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.ray_env import clean_env  # noqa: E402
+
 BIN = Path(sys.executable).parent
 S3_PORT, MLFLOW_PORT, GCS_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -85,9 +87,7 @@ class Scenario:
         self.s3 = f"http://{head_ip}:{S3_PORT}"
         self.mlflow = f"http://{head_ip}:{MLFLOW_PORT}"
         self.dashboard = f"http://{head_ip}:{DASHBOARD_PORT}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        base |= {"PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token",
-                 "AWS_ENDPOINT_URL": self.s3, **CREDENTIALS}
+        base = clean_env(RAY_AUTH_MODE="token", AWS_ENDPOINT_URL=self.s3, **CREDENTIALS)
         # The GCS marks a node dead after missing heartbeats: 3 s here instead of Ray's half a minute.
         self.head_env = base | {"GLOO_SOCKET_IFNAME": head_if, "RAY_health_check_period_ms": "1000",
                                 "RAY_health_check_failure_threshold": "3"}

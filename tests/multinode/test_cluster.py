@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.ray_clusters import clean_env
+from tests.ray_env import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "tests" / "multinode" / "cluster_scenario.py"

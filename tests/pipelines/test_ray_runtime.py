@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_clusters import clean_env
+from tests.ray_env import clean_env
 from tin.train.checkpoint import CHECKPOINT_FILE, load_state
 
 REPO = Path(__file__).resolve().parents[2]

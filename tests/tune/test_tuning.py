@@ -20,7 +20,7 @@ from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, r
 from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-LEARNING_RATES = [0.01, 0.3, 0.4, 0.5]  # the first learns; the others overshoot, so ASHA stops them
+LEARNING_RATES = [0.01, 0.4, 0.5]  # the first learns; the others overshoot, so ASHA stops them
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
     assert len(parents) == 1, [run.info.run_name for run in runs]
     parent = parents[0]
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4, [run.info.run_name for run in runs]
+    assert len(children) == len(LEARNING_RATES), [run.info.run_name for run in runs]
     assert sorted(float(run.data.params["config.lr"]) for run in children) == LEARNING_RATES
 
     epochs = {float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss")) for run in children}
