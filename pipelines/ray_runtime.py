@@ -55,7 +55,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     context = start_local_ray(num_cpus)
     cpus = ray.cluster_resources().get("CPU", 0)
-    print(f"Ray: started a local Ray on {LOOPBACK} with {cpus:g} CPUs, dashboard {dashboard(context)}, "
+    print(f"Ray: started a local Ray on {LOOPBACK} with {cpus:g} CPU{'s' * (cpus != 1)}, dashboard {dashboard(context)}, "
           f"logs in {context.address_info['session_dir']}/logs", flush=True)
 
 
@@ -77,25 +77,28 @@ def dashboard(context) -> str:
     return f"http://{context.dashboard_url}" if context.dashboard_url else "none"
 
 
-def start_local_ray(num_cpus: int | None):
+def start_local_ray(num_cpus: int | None, attempts: int = 3):
     """A single-node Ray on 127.0.0.1 whose processes find their own dashboard.
 
     The dashboard port is chosen here, before Ray starts, so the address can go into the
     environment that the raylet, and through it every worker and actor, inherits. This process
-    keeps the variables too: for its lifetime, its Ray is that one.
+    keeps the variables too: for its lifetime, its Ray is that one. Should another process take
+    the port in between, Ray puts the dashboard elsewhere; then this Ray is stopped and started
+    again on a new port.
     """
-    port = free_loopback_port()
     os.environ[SINGLE_NODE_SWITCH] = "0"
-    os.environ[STATE_API_ADDRESS] = f"http://{LOOPBACK}:{port}"
     address_this_process_by_loopback()
-    context = ray.init(
-        address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
-        logging_level=RAY_CONSOLE_LEVEL, runtime_env=WORKER_RUNTIME_ENV,
-    )
-    if context.dashboard_url != f"{LOOPBACK}:{port}":
+    for _ in range(attempts):
+        port = free_loopback_port()
+        os.environ[STATE_API_ADDRESS] = f"http://{LOOPBACK}:{port}"
+        context = ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
+            logging_level=RAY_CONSOLE_LEVEL, runtime_env=WORKER_RUNTIME_ENV,
+        )
+        if context.dashboard_url == f"{LOOPBACK}:{port}":
+            return context
         ray.shutdown()
-        raise RuntimeError(f"the local Ray's dashboard came up on {context.dashboard_url} instead of {LOOPBACK}:{port}; run the job again")
-    return context
+    raise RuntimeError(f"the local Ray's dashboard did not come up on the free port chosen for it, {attempts} times")
 
 
 def free_loopback_port() -> int:
