@@ -204,12 +204,13 @@ def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) 
 
     Single-label: ``<split>.jsonl`` (generic format, label names) + ``classes.txt``; classes are
     balanced (clip i has motion i mod C). Multi-label: ``<split>.csv`` (MMiT: path,idx[,idx...]) +
-    ``moments_categories.txt`` (name,index).
+    ``moments_categories.txt`` (name,index). The lines are sorted by class (by label list), as
+    real releases list them, so everything downstream meets the order real data arrives in.
     """
     root = Path(video_root)
     (root / split).mkdir(parents=True, exist_ok=True)
     split_code = zlib.crc32(split.encode())
-    lines = []
+    lines: list[tuple[list[int], str]] = []  # (class indices, annotation line)
     for index in range(config.num_clips):
         rng = np.random.default_rng([config.seed, split_code, index])
         motions = _clip_motions(index, config, rng)
@@ -217,15 +218,16 @@ def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) 
         # All-intra: with key frames only, compression artefacts do not depend on the playback
         # direction, so they cannot tell mirror classes apart either.
         write_video(root / relative, render_clip(motions, config, rng), config.fps, all_intra=True)
+        labels = [config.motions.index(motion) for motion in motions]
         if config.multi_label:
-            lines.append(",".join([relative] + [str(config.motions.index(m)) for m in motions]))
+            lines.append((labels, ",".join([relative] + [str(label) for label in labels])))
         else:
-            lines.append(json.dumps({"path": relative, "labels": motions}))
+            lines.append((labels, json.dumps({"path": relative, "labels": motions})))
     if config.multi_label:
         annotations, classes = root / f"{split}.csv", root / "moments_categories.txt"
         classes.write_text("".join(f"{name},{i}\n" for i, name in enumerate(config.motions)))
     else:
         annotations, classes = root / f"{split}.jsonl", root / "classes.txt"
         classes.write_text("".join(f"{name}\n" for name in config.motions))
-    annotations.write_text("\n".join(lines) + "\n")
+    annotations.write_text("".join(line + "\n" for _, line in sorted(lines)))
     return SyntheticFiles(annotations=annotations, classes=classes)

@@ -1,6 +1,6 @@
 """Shared fixtures: one Ray runtime per test session (local on 127.0.0.1 unless RAY_ADDRESS), a
-dataset root of ramp videos whose frames tell which source frame they show, synthetic single- and
-multi-label roots, and copies of dataset roots with altered dataset.json split facts."""
+dataset root of ramp videos whose frames tell which source frame they show, a synthetic
+single-label root, and copies of dataset roots with altered dataset.json split facts."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def root_with_split_facts(tmp_path) -> Callable[..., str]:
     return altered
 
 
-def make_dataset(root: Path, multi_label: bool) -> str:
+def make_dataset(root: Path) -> str:
     """36 training and 12 validation synthetic clips of 16 frames, 32 x 32, ingested with 8 frames."""
     from pipelines.prepare import PrepareConfig, prepare_dataset
     from pipelines.synthetic import SyntheticConfig
@@ -104,7 +104,7 @@ def make_dataset(root: Path, multi_label: bool) -> str:
             PrepareConfig(
                 format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
                 frames=8, short_side=32,
-                synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed, multi_label=multi_label),
+                synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
             ),
             log=lambda line: None,
         )
@@ -114,10 +114,4 @@ def make_dataset(root: Path, multi_label: bool) -> str:
 @pytest.fixture(scope="session")
 def single_label_root(ray_session, tmp_path_factory) -> str:
     """Synthetic motion classes, one label per clip (read-only: copy it to alter it)."""
-    return make_dataset(tmp_path_factory.mktemp("single"), multi_label=False)
-
-
-@pytest.fixture(scope="session")
-def multi_label_root(ray_session, tmp_path_factory) -> str:
-    """Synthetic clips with several moving objects, several labels per clip (read-only)."""
-    return make_dataset(tmp_path_factory.mktemp("multi"), multi_label=True)
+    return make_dataset(tmp_path_factory.mktemp("single"))

@@ -15,6 +15,8 @@ import pytest
 
 from miniature_releases import CLIPS, RELEASES
 
+from mlflow.tracking import MlflowClient
+
 from tin.data import DatasetInfo, load_dataset_info
 from tin.evaluate import EvaluationError, evaluate_checkpoint
 
@@ -68,6 +70,17 @@ def check_prepared(dataset: str, output: str) -> DatasetInfo:
     return info
 
 
+def check_training_metrics(mlflow_uri: str, run_name: str, info: DatasetInfo) -> None:
+    """The run's validation metrics in MLflow at epoch 1: top-1/top-5, or both mAPs for multi-label
+    data (the sample-wise one the papers report and the class-wise one), each in (0, 1]."""
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("releases").experiment_id], f"attributes.run_name = '{run_name}'")
+    for key in ("val_sample_map", "val_class_map") if info.multi_label else ("val_top1", "val_top5"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1] and 0 <= history[0].value <= 1, (key, history)
+        assert history[0].value > 0 or key.endswith("top1"), (key, history)  # a mAP is never 0
+
+
 def check_evaluation(run_job, checkpoint: str, output: str, info: DatasetInfo, tmp_path: Path) -> None:
     """jobs/evaluate.py with its defaults evaluates the val split; unlabelled splits are refused."""
     result = tmp_path / "evaluation.json"
@@ -95,4 +108,5 @@ def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, run_
             "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "releases"]
     trained = run_job(script, ["--data", output, *recipe, *SIZE_FLAGS, *runs])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
+    check_training_metrics(f"sqlite:///{tmp_path / 'mlflow.db'}", dataset, info)
     check_evaluation(run_job, trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path)

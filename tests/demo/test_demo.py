@@ -1,6 +1,7 @@
-"""The demo end to end in its CI-sized version (--quick): synthetic data -> Ray Data ingest -> Ray
-Train of TIN and TSN -> evaluation -> summary.json, MLflow runs and plots, and a re-run that reuses
-everything; TIN must tell the mirrored classes (left/right) apart, TSN cannot."""
+"""The demo end to end in its CI-sized version (--quick): synthetic data (annotation lists sorted by
+class, as real releases are) -> Ray Data ingest -> Ray Train of TIN and TSN -> evaluation ->
+summary.json, MLflow runs and plots, and a re-run that reuses everything; TIN must tell the
+mirrored classes (left/right) apart, TSN cannot."""
 
 from __future__ import annotations
 

@@ -114,7 +114,6 @@ class Scenario:
              "--artifacts-destination", str(artifacts), "--allowed-hosts", f"{self.head_ip}:{MLFLOW_PORT}"],
             self.head_env, self.workdir / "mlflow.log",
         )
-        wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
 
     def start_head(self) -> None:
         self.processes.start(
@@ -175,10 +174,11 @@ class Scenario:
         fs = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,  # the listings change while we look
                                client_kwargs={"endpoint_url": self.s3, "region_name": "us-east-1"})
         fs.put(str(release), "releases/", recursive=True)
-        self.start_mlflow()
+        self.start_mlflow()  # starts while the Ray nodes do
         self.start_head()
         worker = self.start_worker()
         wait_until(lambda: self.alive_nodes() == 2, "the worker node to join")
+        wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
 
         prepared = self.submit("prepare_mmit.py", ["--root", "s3://releases/Multi_Moments_in_Time", "--output", "s3://datasets/mmit",
                                                    *INGEST_FLAGS], wait=True, submission_id="prepare")

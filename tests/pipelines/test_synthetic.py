@@ -91,6 +91,10 @@ def test_generation_is_deterministic_real_h264(tmp_path):
     assert first != (tmp_path / "c" / "train" / "clip_00000.mp4").read_bytes()
     rows = [json.loads(line) for line in files.annotations.read_text().splitlines()]
     assert [row["labels"] for row in rows] == [[motion] for motion in MOTIONS]  # balanced classes
+    two_each = generate_split(tmp_path / "d", "train", SyntheticConfig(num_clips=6, frames=8, size=32, motions=MOTIONS[:3]))
+    listed = [json.loads(line) for line in two_each.annotations.read_text().splitlines()]
+    assert [row["labels"][0] for row in listed] == [m for m in MOTIONS[:3] for _ in range(2)]  # sorted by class, as releases are
+    assert [row["path"] for row in listed][:2] == ["train/clip_00000.mp4", "train/clip_00003.mp4"]
     assert files.classes.read_text().split() == list(MOTIONS)
     info = probe_video(str(tmp_path / "a" / rows[0]["path"]))
     assert (info.codec, info.num_frames, info.width, info.height) == ("h264", 8, 32, 32)
