@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import fsspec
 import mlflow
 import ray
 from ray import tune
@@ -389,11 +392,59 @@ def trainable(base: TrainConfig, function_cpus: float):
     return tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": function_cpus})
 
 
-def make_scheduler(search: SearchConfig, plan: SearchPlan):
+class ResumableASHAScheduler(ASHAScheduler):
+    """ASHA whose rungs survive ``Tuner.restore``.
+
+    Tune saves the searcher's state with the experiment but rebuilds the scheduler from the copy
+    pickled when the search started (ray-project/ray#30838), so a resumed ASHA search has empty
+    rungs and stops no trial it would have stopped. This scheduler writes its state (what ASHA's
+    own ``save`` pickles: the rungs, the trial-to-bracket map, the stop count) to ``state_uri``
+    (local or s3://) after every result and loads it back at its first call in a new driver,
+    before the restored trials are added again.
+    """
+
+    def __init__(self, state_uri: str, **asha_options: Any):
+        super().__init__(**asha_options)
+        self._state_uri = state_uri
+        self._state_loaded = False
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load_saved_state()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load_saved_state()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save_state()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._load_saved_state()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_state()
+
+    def _load_saved_state(self) -> None:
+        if self._state_loaded:
+            return
+        self._state_loaded = True
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        if fs.exists(path):
+            with fs.open(path, "rb") as handle:
+                self.__dict__.update(pickle.load(handle))
+
+    def _save_state(self) -> None:
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+
+def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):
     if search.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch", max_t=plan.base.epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor
+    return ResumableASHAScheduler(
+        f"{search_dir}/asha_state.pkl", time_attr="epoch", max_t=plan.base.epochs,
+        grace_period=search.grace_period, reduction_factor=search.reduction_factor,
     )
 
 
@@ -409,7 +460,7 @@ def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tun
         param_space=plan.param_space(),
         tune_config=tune.TuneConfig(
             metric=plan.metric, mode=plan.mode, num_samples=search.num_samples,
-            max_concurrent_trials=search.max_concurrent, scheduler=make_scheduler(search, plan),
+            max_concurrent_trials=search.max_concurrent, scheduler=make_scheduler(search, plan, search_dir),
         ),
         run_config=tune.RunConfig(name=plan.base.name, storage_path=plan.base.storage_path),
     )

@@ -20,7 +20,7 @@ from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, r
 from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-LEARNING_RATES = [0.01, 0.4, 0.5]  # the first learns; the others overshoot, so ASHA stops them
+LEARNING_RATES = [0.01, 0.5]  # the first learns; the second overshoots, so ASHA stops it
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def search_flags(data: str, tmp_path: Path, *extra: str) -> list[str]:
         "--batch-size", "6", "--num-workers", "1", "--groups", "2", "--reverse", "--shift-div", "4",
         "--offset-scale", "2", "--schedule", "cosine", "--warmup-epochs", "0", "--weight-decay", "1e-4",
         "--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "asha",
-        "--grace-period", "1", "--reduction-factor", "2", "--metric", "val_loss",
+        "--grace-period", "2", "--reduction-factor", "2", "--metric", "val_loss",
         "--storage-path", str(tmp_path / "runs"), "--name", "search",
         "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "tune", *extra,
     ]
@@ -92,10 +92,11 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
 
     epochs = {float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss")) for run in children}
     assert epochs[0.01] == 3, epochs  # finished before the kill, not trained again after it
-    assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"  # a stopped trial may log one more epoch as it stops
-    stopped = [line.split()[0] for line in output.splitlines() if line.endswith("stopped early")]  # the results table
-    assert int(parent.data.tags["search.stopped_early"]) == len(stopped) >= 1, output[-3000:]
-
+    # The second trial was killed after epoch 1 and reached ASHA's only rung (epoch 2) in the resumed
+    # driver, which must still know the first trial's epoch-2 loss to stop it there.
+    stopped = [line.split() for line in output.splitlines() if line.endswith("stopped early")]  # the results table
+    assert [(float(row[1]), int(row[2])) for row in stopped] == [(0.5, 2)], output[-3000:]
+    assert parent.data.tags["search.stopped_early"] == "1"
     last_loss = {float(run.data.params["config.lr"]): client.get_metric_history(run.info.run_id, "val_loss")[-1].value for run in children}
     best_lr = min(last_loss, key=last_loss.get)
     assert float(parent.data.tags["best.lr"]) == best_lr
