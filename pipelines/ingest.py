@@ -63,6 +63,7 @@ from tin.data.reader import filesystem_for, open_root
 from tin.data.sampling import STORED_FRAMES
 from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
+from tin.errors import UsageError
 
 TASK_RETRIES = 8  # per chunk; each retry after a decoder crash skips the row that crashed
 DEFAULT_SHUFFLE_SEED = 0
@@ -70,7 +71,7 @@ FINGERPRINT_BLOCK = 65536  # rows hashed per update: bounded memory, few calls
 LEDGER_EVERY = 500  # chunks between two writes of a run's ledger (see write_ledger)
 
 
-class IngestError(RuntimeError):
+class IngestError(UsageError):
     """The ingest cannot run at all (bad settings, unwritable or incompatible output root)."""
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from tin.data.reader import filesystem_for
 from tin.data.shards import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
+from tin.errors import UsageError
 
 
-class LayoutError(ValueError):
+class LayoutError(UsageError):
     """A release folder without the files its layout names; the message lists what was looked for."""
 
 

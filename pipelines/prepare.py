@@ -19,12 +19,13 @@ from pipelines.manifests import (
 )
 from pipelines.synthetic import SyntheticConfig, generate_split
 from tin.data.sampling import STORED_FRAMES
+from tin.errors import UsageError
 
 FORMATS = ("generic", "mmit", "kinetics", "sthv2", "ucf101", "synthetic")
 NEEDS_CLASSES = {"mmit": "moments_categories.txt", "sthv2": "labels.json", "ucf101": "classInd.txt"}
 
 
-class PrepareError(ValueError):
+class PrepareError(UsageError):
     """Settings that cannot work; the message names the flag or file."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import ray
 
+from tin.errors import UsageError
+
 from pipelines.ray_internals import (
     RAY_DATA_LOGGING,
     RAY_DATA_LOGGING_FILE,
@@ -35,7 +37,7 @@ ALLOW_UNTESTED_RAY = "TIN_ALLOW_UNTESTED_RAY"  # 1: warn instead of refusing a R
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
-class UnsupportedRayError(RuntimeError):
+class UnsupportedRayError(UsageError):
     """The installed Ray is outside the range of releases this project is tested with."""
 
 

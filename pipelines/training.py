@@ -27,6 +27,7 @@ from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
 from tin.data.sampling import centres_exact
+from tin.errors import UsageError
 from tin.models import MODEL_NAMES
 from tin.train.config import OPTIMIZERS, PLACEMENT_STRATEGIES, TrainConfig
 from tin.train.loop import DatasetFacts, train_loop_per_worker
@@ -36,7 +37,7 @@ DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch c
 VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size stay in the object store
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(UsageError):
     """A training run that cannot start; the message names the flag or file to fix."""
 
 

@@ -29,13 +29,14 @@ from tin import tracking, viz
 from tin.data import Clip, iter_clips, load_dataset_info
 from tin.data.sampling import multi_view_starts
 from tin.data.transforms import center_box, crop_resize, normalize, resize_short_side, three_crop_boxes
+from tin.errors import UsageError
 from tin.train.checkpoint import load_model
 from tin.train.metrics import average_precision_along, class_map, sample_map, topk_correct
 
 CROPS = (1, 3)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """An evaluation that cannot run; the message names the flag or file to fix."""
 
 
