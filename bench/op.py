@@ -24,7 +24,9 @@ LAYER_SHAPES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 GROUPS = 4
 
 
-def time_round_robin(fns: dict[str, Callable[[], object]], device: str, repeat: int, warmup: int = 2) -> dict[str, float]:
+def time_round_robin(
+    fns: dict[str, Callable[[], object]], device: str, repeat: int, warmup: int = 2
+) -> dict[str, float]:
     """Seconds per call of every function, timed in turns so that load changes hit all alike.
 
     CUDA: device events, median. CPU: wall clock, minimum (on a shared machine interference only
@@ -87,12 +89,16 @@ def ideal_bytes(x: torch.Tensor, backward: bool) -> int:
 
 
 def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -> None:
-    print(f"\n== {device}, {str(dtype).removeprefix('torch.')}, {clips} clips x {frames} frames; "
-          f"compiled kernels on: {sorted(compiled_devices())}")
+    print(
+        f"\n== {device}, {str(dtype).removeprefix('torch.')}, {clips} clips x {frames} frames; "
+        f"compiled kernels on: {sorted(compiled_devices())}"
+    )
     peak = copy_bandwidth(device, dtype, repeat) if device == "cuda" else None
     if peak:
         print(f"device-to-device copy: {peak / 1e9:.0f} GB/s")
-    header = f"{'shape':>22} {'pass':>8} " + " ".join(f"{name:>14}" for name in ("interlace", "reference", "temporal_shift", "clone"))
+    header = f"{'shape':>22} {'pass':>8} " + " ".join(
+        f"{name:>14}" for name in ("interlace", "reference", "temporal_shift", "clone")
+    )
     print(header + "   ref/ours  ours/clone" + ("  ours GB/s (of copy)" if peak else ""))
     for channels, height, width in LAYER_SHAPES:
         x = torch.randn(clips * frames, channels, height, width, device=device, dtype=dtype, requires_grad=True)
@@ -100,11 +106,13 @@ def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -
         ops = variants(x, frames)
         for label, backward in (("fwd", False), ("fwd+bwd", True)):
             if backward:
-                times = time_round_robin({n: lambda op=op: forward_backward(op, x, grad) for n, op in ops.items()}, device, repeat)
+                times = time_round_robin(
+                    {n: lambda op=op: forward_backward(op, x, grad) for n, op in ops.items()}, device, repeat
+                )
             else:
                 with torch.no_grad():
                     times = time_round_robin({n: lambda op=op: op(x) for n, op in ops.items()}, device, repeat)
-            line = f"{str(tuple(x.shape)):>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in ops)
+            line = f"{tuple(x.shape)!s:>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in ops)
             line += f"   {times['reference'] / times['interlace']:>7.2f}x  {times['interlace'] / times['clone']:>9.2f}x"
             if peak:
                 achieved = ideal_bytes(x, backward) / times["interlace"]
@@ -115,16 +123,22 @@ def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=["float16", "bfloat16", "float32", "float64"]
+    )
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=None, help="timed turns per variant (default: 7 on CPU, 50 on CUDA)")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="timed turns per variant (default: 7 on CPU, 50 on CUDA)"
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     repeat = args.repeat or (50 if args.device == "cuda" else 7)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
+    )
     for dtype in args.dtype:
         run(args.device, getattr(torch, dtype), args.clips, args.frames, repeat)
 

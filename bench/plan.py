@@ -34,16 +34,17 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pipelines.ingest import (  # noqa: E402
+from pipelines.ingest import (
     IngestConfig,
     chunk_manifest_path,
     ingest,
@@ -57,8 +58,8 @@ from pipelines.ingest import (  # noqa: E402
     write_chunk_manifest,
     write_ledger,
 )
-from pipelines.manifests import Manifest, read_mmit  # noqa: E402
-from tin.data.reader import open_root  # noqa: E402
+from pipelines.manifests import Manifest, read_mmit
+from tin.data.reader import open_root
 
 CLASSES = 313
 SPLIT = "train"
@@ -112,9 +113,7 @@ def planning(folder: Path, chunk_size: int) -> dict[str, Any]:
     fs, root = open_root(config.output)
     phases: dict[str, tuple[float, float]] = {}
     with timed(phases, "parse"):
-        manifest = read_mmit(
-            str(folder / "trainingSet.csv"), str(folder / "moments_categories.txt"), ""
-        )
+        manifest = read_mmit(str(folder / "trainingSet.csv"), str(folder / "moments_categories.txt"), "")
     with timed(phases, "fingerprint"):
         plan_of(manifest, config)
     with timed(phases, "permute"):
@@ -173,9 +172,7 @@ def timed_ingest(manifest: Manifest, config: IngestConfig, complete: bool) -> fl
     started = time.perf_counter()
     result = ingest(manifest, config, log=lambda _: None)
     seconds = time.perf_counter() - started
-    if result.already_complete != complete or result.chunks_run or result.written != len(
-        manifest.rows
-    ):
+    if result.already_complete != complete or result.chunks_run or result.written != len(manifest.rows):
         raise RuntimeError(f"the bench's split is not in the state it set up: {result}")
     return seconds
 
@@ -288,9 +285,7 @@ def main() -> None:
         results = {"local disk": reruns(manifest, local, sample=None)}
         if not args.no_s3:
             with moto_server() as options:
-                s3 = IngestConfig(
-                    "s3://bench/ds", SPLIT, chunk_size=args.chunk_size, storage_options=options
-                )
+                s3 = IngestConfig("s3://bench/ds", SPLIT, chunk_size=args.chunk_size, storage_options=options)
                 results["S3 (moto)"] = reruns(manifest, s3, sample=ONE_BY_ONE_SAMPLE)
     print(
         f"{args.rows:,} MMiT-style annotation rows ({CLASSES} classes, sorted by path), "

@@ -26,14 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
-import ray.data  # noqa: E402
+import ray
+import ray.data
 
-from pipelines.ray_runtime import init_ray  # noqa: E402
-from pipelines.training import decode_options, shard_list, shard_paths, training_clips  # noqa: E402
-from tin.data import DatasetInfo  # noqa: E402
-from tin.data.batches import decode_shards  # noqa: E402
-from tin.train.config import TrainConfig  # noqa: E402
+from pipelines.ray_runtime import init_ray
+from pipelines.training import decode_options, shard_list, shard_paths, training_clips
+from tin.data import DatasetInfo
+from tin.data.batches import decode_shards
+from tin.train.config import TrainConfig
 
 
 def fake_root(directory: Path, shards: int) -> DatasetInfo:
@@ -41,16 +41,29 @@ def fake_root(directory: Path, shards: int) -> DatasetInfo:
     (directory / "train").mkdir()
     for index in range(shards):
         (directory / "train" / f"part-{index:05d}.parquet").touch()
-    return DatasetInfo(name="bench", classes=[str(i) for i in range(600)], multi_label=False, frames_per_clip=24,
-                       encoding="jpeg", short_side=256, splits={"train": {"written": 64 * shards}})
+    return DatasetInfo(
+        name="bench",
+        classes=[str(i) for i in range(600)],
+        multi_label=False,
+        frames_per_clip=24,
+        encoding="jpeg",
+        short_side=256,
+        splits={"train": {"written": 64 * shards}},
+    )
 
 
 def former_stream(config: TrainConfig, info: DatasetInfo) -> tuple[ray.data.Dataset, int]:
     """The training stream as it was built before one pass per epoch (the baseline), and its input blocks."""
     filesystem, files = shard_paths(config.data, config.train_split)
-    order = [files[i] for epoch in range(config.epochs) for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))]
+    order = [
+        files[i]
+        for epoch in range(config.epochs)
+        for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))
+    ]
     paths = ray.data.from_items([{"path": path} for path in order], override_num_blocks=len(order))
-    stream = paths.map_batches(decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train=True)})
+    stream = paths.map_batches(
+        decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train=True)}
+    )
     return stream, paths.num_blocks()
 
 

@@ -25,25 +25,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.prepare import PrepareConfig, prepare_dataset  # noqa: E402
-from pipelines.ray_runtime import init_ray  # noqa: E402
-from pipelines.synthetic import SyntheticConfig  # noqa: E402
-from pipelines.training import train  # noqa: E402
-from tin.data import iter_clips  # noqa: E402
-from tin.data.sampling import segment_indices  # noqa: E402
-from tin.data.transforms import normalize, train_view  # noqa: E402
-from tin.models import build_model  # noqa: E402
-from tin.train.checkpoint import CHECKPOINT_FILE, load_state  # noqa: E402
-from tin.train.config import TrainConfig  # noqa: E402
-from tin.train.loop import build_optimizer, loss_function  # noqa: E402
+from pipelines.prepare import PrepareConfig, prepare_dataset
+from pipelines.ray_runtime import init_ray
+from pipelines.synthetic import SyntheticConfig
+from pipelines.training import train
+from tin.data import iter_clips
+from tin.data.sampling import segment_indices
+from tin.data.transforms import normalize, train_view
+from tin.models import build_model
+from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+from tin.train.config import TrainConfig
+from tin.train.loop import build_optimizer, loss_function
 
 
 def make_dataset(root: Path, clips: int, size: int) -> str:
     for split, count, seed in (("train", clips, 0), ("val", max(8, clips // 8), 1)):
         prepare_dataset(
             PrepareConfig(
-                format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
-                frames=8, short_side=size, synthetic=SyntheticConfig(num_clips=count, frames=16, size=size, seed=seed),
+                format="synthetic",
+                video_root=str(root / "videos" / split),
+                split=split,
+                output=str(root / "data"),
+                frames=8,
+                short_side=size,
+                synthetic=SyntheticConfig(num_clips=count, frames=16, size=size, seed=seed),
             ),
             log=lambda line: None,
         )
@@ -59,7 +64,10 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
         views.append(train_view(frames, args.size, rng, flip=True)[0])
         labels.append(int(clip.labels[0]))
     batches = [
-        (torch.stack(views[i : i + args.batch_size]).to(device), torch.tensor(labels[i : i + args.batch_size], device=device))
+        (
+            torch.stack(views[i : i + args.batch_size]).to(device),
+            torch.tensor(labels[i : i + args.batch_size], device=device),
+        )
         for i in range(0, len(views) - args.batch_size + 1, args.batch_size)
     ]
     model = build_model(args.model, 9, args.frames).to(device)
@@ -95,9 +103,19 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
 def ray_path(data: str, args: argparse.Namespace, storage: Path) -> tuple[float, float]:
     """(median warm clips/s, median data-wait fraction) of the Ray Data + Ray Train path."""
     config = TrainConfig(
-        data=data, model=args.model, num_segments=args.frames, epochs=args.epochs, batch_size=args.batch_size,
-        num_workers=1, use_gpu=args.use_gpu, cpus_per_worker=args.worker_cpus, crop_size=args.size,
-        storage_path=str(storage), name="bench", mlflow_uri=f"sqlite:///{storage / 'mlflow.db'}", experiment="bench",
+        data=data,
+        model=args.model,
+        num_segments=args.frames,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        num_workers=1,
+        use_gpu=args.use_gpu,
+        cpus_per_worker=args.worker_cpus,
+        crop_size=args.size,
+        storage_path=str(storage),
+        name="bench",
+        mlflow_uri=f"sqlite:///{storage / 'mlflow.db'}",
+        experiment="bench",
     )
     result = train(config)
     if result.error:
@@ -115,7 +133,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4, help="the first is warm-up")
     parser.add_argument("--use-gpu", action="store_true")
-    parser.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs of the Ray Train worker (and threads of the plain loop)")
+    parser.add_argument(
+        "--worker-cpus", type=float, default=1.0, help="CPUs of the Ray Train worker (and threads of the plain loop)"
+    )
     args = parser.parse_args()
     threads = max(1, int(args.worker_cpus))
     torch.set_num_threads(threads)
@@ -126,7 +146,9 @@ def main() -> None:
         data = make_dataset(root, args.clips, args.size)
         ray_rate, data_wait = ray_path(data, args, root / "runs")
         plain_rate = plain_loop(data, args, device)
-    print(f"\n{args.model}, {args.frames} x {args.size} x {args.size}, batch {args.batch_size}, {threads} compute thread(s), device {device}")
+    print(
+        f"\n{args.model}, {args.frames} x {args.size} x {args.size}, batch {args.batch_size}, {threads} compute thread(s), device {device}"
+    )
     print(f"{'plain loop (decoded in memory)':>34}: {plain_rate:8.2f} clips/s")
     print(f"{'Ray Data + Ray Train':>34}: {ray_rate:8.2f} clips/s   data-wait {data_wait:.0%}")
     print(f"{'step time Ray / plain':>34}: {plain_rate / ray_rate:8.2f}x")

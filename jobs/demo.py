@@ -19,13 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from pipelines.demo import DemoConfig, comparison_table, run_demo, where_to_look  # noqa: E402
-from pipelines.ray_runtime import UnsupportedRayError  # noqa: E402
+from pipelines.demo import DemoConfig, comparison_table, run_demo, where_to_look
+from pipelines.ray_runtime import UnsupportedRayError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="demo_workdir", help="where data, checkpoints, MLflow and the summary go (default: ./demo_workdir)")
+    parser.add_argument(
+        "--workdir",
+        default="demo_workdir",
+        help="where data, checkpoints, MLflow and the summary go (default: ./demo_workdir)",
+    )
     parser.add_argument("--quick", action="store_true", help="the CI-sized version: fewer clips and epochs")
     args = parser.parse_args(argv)
     config = DemoConfig.quick(args.workdir) if args.quick else DemoConfig(workdir=args.workdir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from tin.evaluate import EvaluationError, evaluate_checkpoint, format_report, log_to_mlflow  # noqa: E402
+from tin.evaluate import EvaluationError, evaluate_checkpoint, format_report, log_to_mlflow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset root written by jobs/prepare_dataset.py")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--clips", type=int, default=1, help="temporal views per video (default: 1)")
-    parser.add_argument("--crops", type=int, default=1, choices=(1, 3), help="spatial crops per view (default: 1, the centre)")
-    parser.add_argument("--output", help="write the results as JSON here (default: evaluation-<split>-<clips>x<crops>.json)")
+    parser.add_argument(
+        "--crops", type=int, default=1, choices=(1, 3), help="spatial crops per view (default: 1, the centre)"
+    )
+    parser.add_argument(
+        "--output", help="write the results as JSON here (default: evaluation-<split>-<clips>x<crops>.json)"
+    )
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the checkpoint's)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=8, help="videos per forward pass (default: 8)")
@@ -37,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        evaluation = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.clips, args.crops, args.batch_size, args.device)
+        evaluation = evaluate_checkpoint(
+            args.checkpoint, args.data, args.split, args.clips, args.crops, args.batch_size, args.device
+        )
     except EvaluationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

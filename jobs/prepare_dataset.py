@@ -17,48 +17,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from pipelines.ingest import DEFAULT_SHUFFLE_SEED, IngestError  # noqa: E402
-from pipelines.layouts import LayoutError, ReleaseLayout  # noqa: E402
-from pipelines.prepare import (  # noqa: E402
+from pipelines.ingest import DEFAULT_SHUFFLE_SEED, IngestError
+from pipelines.layouts import LayoutError, ReleaseLayout
+from pipelines.prepare import (
     FORMATS,
     PrepareConfig,
     PrepareError,
     prepare_dataset,
     storage_options_from_env,
 )
-from pipelines.synthetic import SyntheticConfig  # noqa: E402
-from tin.data.sampling import STORED_FRAMES  # noqa: E402
-from tin.data.shards import ENCODINGS  # noqa: E402
+from pipelines.synthetic import SyntheticConfig
+from tin.data.sampling import STORED_FRAMES
+from tin.data.shards import ENCODINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--annotations", help="annotation file (not needed for synthetic)")
-    parser.add_argument(
-        "--classes", help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)"
-    )
-    parser.add_argument(
-        "--video-root", required=True, help="directory or URI the annotation paths are relative to"
-    )
+    parser.add_argument("--classes", help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)")
+    parser.add_argument("--video-root", required=True, help="directory or URI the annotation paths are relative to")
     parser.add_argument("--split", required=True, help="split name, e.g. train or val")
-    parser.add_argument(
-        "--output", required=True, help="dataset root: local directory or s3://bucket/prefix"
-    )
+    parser.add_argument("--output", required=True, help="dataset root: local directory or s3://bucket/prefix")
     parser.add_argument("--name", help="dataset name in dataset.json (default: the format)")
-    parser.add_argument(
-        "--frames", type=int, default=STORED_FRAMES, help="frames stored per clip (F)"
-    )
-    parser.add_argument(
-        "--short-side", type=int, default=256, help="short side of stored frames in pixels"
-    )
+    parser.add_argument("--frames", type=int, default=STORED_FRAMES, help="frames stored per clip (F)")
+    parser.add_argument("--short-side", type=int, default=256, help="short side of stored frames in pixels")
     parser.add_argument("--encoding", default="jpeg", choices=ENCODINGS)
-    parser.add_argument(
-        "--chunk-size", type=int, default=64, help="clips per shard file and per task"
-    )
-    parser.add_argument(
-        "--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)"
-    )
+    parser.add_argument("--chunk-size", type=int, default=64, help="clips per shard file and per task")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored on a cluster)")
     parser.add_argument("--kinetics-layout", default="auto", choices=("auto", "flat", "by_label"))
     parser.add_argument(
         "--shuffle-seed",
@@ -67,24 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the permutation of the annotation rows before they are cut into shards "
         "(annotation lists are sorted by class; shards must mix classes)",
     )
-    synthetic = parser.add_argument_group(
-        "synthetic (--format synthetic: clips are written to --video-root)"
-    )
+    synthetic = parser.add_argument_group("synthetic (--format synthetic: clips are written to --video-root)")
     defaults = SyntheticConfig()
     synthetic.add_argument("--num-clips", type=int, default=defaults.num_clips)
-    synthetic.add_argument(
-        "--size", type=int, default=defaults.size, help="frame width = height (even)"
-    )
-    synthetic.add_argument(
-        "--clip-frames", type=int, default=defaults.frames, help="length of each clip"
-    )
-    synthetic.add_argument(
-        "--noise", type=float, default=defaults.noise, help="pixel noise std / 255"
-    )
+    synthetic.add_argument("--size", type=int, default=defaults.size, help="frame width = height (even)")
+    synthetic.add_argument("--clip-frames", type=int, default=defaults.frames, help="length of each clip")
+    synthetic.add_argument("--noise", type=float, default=defaults.noise, help="pixel noise std / 255")
     synthetic.add_argument("--seed", type=int, default=defaults.seed)
-    synthetic.add_argument(
-        "--multi-label", action="store_true", help="several objects, MMiT format"
-    )
+    synthetic.add_argument("--multi-label", action="store_true", help="several objects, MMiT format")
     synthetic.add_argument("--objects-per-clip", type=int, default=defaults.objects_per_clip)
     return parser
 
@@ -131,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IngestError, UnsupportedRayError, FileNotFoundError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(
-        f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)"
-    )
+    print(f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)")
     return 0
 
 
@@ -142,23 +116,37 @@ def release_main(layout: ReleaseLayout, doc: str, argv: list[str] | None = None)
     the project's split names, default all the release has), ``--fold`` where the release has
     several; every other flag goes to ``main`` unchanged, once per split."""
     parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], epilog="Other flags (--output is required) are those of jobs/prepare_dataset.py."
+        description=doc.split("\n\n")[0],
+        epilog="Other flags (--output is required) are those of jobs/prepare_dataset.py.",
     )
-    parser.add_argument("--root", required=True, help=f"the extracted {layout.name} release (local folder or s3:// URI)")
     parser.add_argument(
-        "--split", nargs="+", choices=layout.splits, default=list(layout.splits),
-        help="splits to prepare: " + ", ".join(f"{split} ({layout.notes.get(split, split)})" for split in layout.splits),
+        "--root", required=True, help=f"the extracted {layout.name} release (local folder or s3:// URI)"
+    )
+    parser.add_argument(
+        "--split",
+        nargs="+",
+        choices=layout.splits,
+        default=list(layout.splits),
+        help="splits to prepare: "
+        + ", ".join(f"{split} ({layout.notes.get(split, split)})" for split in layout.splits),
     )
     if layout.folds:
-        parser.add_argument("--fold", type=int, choices=layout.folds, default=layout.folds[0], help="official train/test fold")
+        parser.add_argument(
+            "--fold", type=int, choices=layout.folds, default=layout.folds[0], help="official train/test fold"
+        )
     args, rest = parser.parse_known_args(argv)
     for split in args.split:
         try:
             files = layout.resolve(args.root, split, getattr(args, "fold", None), storage_options_from_env())
         except LayoutError as error:
             parser.error(str(error))
-        flags = {"--format": layout.format, "--name": layout.name, "--annotations": files.annotations,
-                 "--video-root": files.video_root, "--split": split}
+        flags = {
+            "--format": layout.format,
+            "--name": layout.name,
+            "--annotations": files.annotations,
+            "--video-root": files.video_root,
+            "--split": split,
+        }
         if files.classes:
             flags["--classes"] = files.classes
         status = main([part for flag in flags.items() for part in flag] + rest)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import prepare_dataset  # noqa: E402  (jobs/prepare_dataset.py, beside this file)
+import prepare_dataset
 
-from pipelines.layouts import LAYOUTS  # noqa: E402
+from pipelines.layouts import LAYOUTS
 
 if __name__ == "__main__":
     sys.exit(prepare_dataset.release_main(LAYOUTS["mmit"], __doc__))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from tin.train.cli import add_train_flags, config_from_args  # noqa: E402
-from tin.train.config import TrainConfig  # noqa: E402
+from tin.train.cli import add_train_flags, config_from_args
+from tin.train.config import TrainConfig
 
 
 def main(argv: list[str] | None = None, defaults: TrainConfig | None = None, description: str | None = None) -> int:
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None, defaults: TrainConfig | None = None, des
         return 1
     summary = run_summary(result)
     prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float))
+    shown = "  ".join(
+        f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float)
+    )
     print(f"finished {config.name}: {shown}\ncheckpoint: {summary['checkpoint']}")
     return 0
 

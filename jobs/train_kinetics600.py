@@ -13,14 +13,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-import train  # noqa: E402  (jobs/train.py, beside this file)
+import train
 
-from tin.train.config import TrainConfig  # noqa: E402
+from tin.train.config import TrainConfig
 
 KINETICS600_RECIPE = TrainConfig(
-    data="", model="tin_r50", num_segments=8, epochs=50, batch_size=64, lr=0.02, weight_decay=1e-4,
-    schedule="step", lr_steps=(20, 40), warmup_epochs=1, dropout=0.5, flip=True,
-    name="tin_kinetics600", experiment="kinetics600",
+    data="",
+    model="tin_r50",
+    num_segments=8,
+    epochs=50,
+    batch_size=64,
+    lr=0.02,
+    weight_decay=1e-4,
+    schedule="step",
+    lr_steps=(20, 40),
+    warmup_epochs=1,
+    dropout=0.5,
+    flip=True,
+    name="tin_kinetics600",
+    experiment="kinetics600",
 )
 
 if __name__ == "__main__":

@@ -19,24 +19,52 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from tin.train.cli import add_train_flags, config_from_args  # noqa: E402
-from tin.train.config import TrainConfig  # noqa: E402
+from tin.train.cli import add_train_flags, config_from_args
+from tin.train.config import TrainConfig
 
 SEARCHED_FLAGS = ("groups", "reverse", "shift_div", "offset_scale", "lr", "schedule", "warmup_epochs", "weight_decay")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_train_flags(parser, TrainConfig(data="", name="tune", **{name: None for name in SEARCHED_FLAGS}), searched=SEARCHED_FLAGS)
+    add_train_flags(parser, TrainConfig(data="", name="tune", **dict.fromkeys(SEARCHED_FLAGS)), searched=SEARCHED_FLAGS)
     search = parser.add_argument_group("search")
-    search.add_argument("--num-samples", type=int, default=None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)")
+    search.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)",
+    )
     search.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (default: 1)")
-    search.add_argument("--scheduler", choices=("asha", "fifo"), default=None, help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)")
-    search.add_argument("--metric", default=None, help="metric to maximise (val_loss, train_loss: minimise); train_loss or train_top1 with --val-split none (default: val_top1, or val_sample_map for multi-label data)")
-    search.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default: 1)")
-    search.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/this at each rung (default: 2)")
-    search.add_argument("--trial-cpus", type=float, default=None, help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, shared by the concurrent trials)")
-    search.add_argument("--space", default=None, metavar="FILE", help="YAML or JSON search space: {dimension: [choices] | {grid|choice|uniform|loguniform: [...]} | value}")
+    search.add_argument(
+        "--scheduler",
+        choices=("asha", "fifo"),
+        default=None,
+        help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)",
+    )
+    search.add_argument(
+        "--metric",
+        default=None,
+        help="metric to maximise (val_loss, train_loss: minimise); train_loss or train_top1 with --val-split none (default: val_top1, or val_sample_map for multi-label data)",
+    )
+    search.add_argument(
+        "--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default: 1)"
+    )
+    search.add_argument(
+        "--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/this at each rung (default: 2)"
+    )
+    search.add_argument(
+        "--trial-cpus",
+        type=float,
+        default=None,
+        help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, shared by the concurrent trials)",
+    )
+    search.add_argument(
+        "--space",
+        default=None,
+        metavar="FILE",
+        help="YAML or JSON search space: {dimension: [choices] | {grid|choice|uniform|loguniform: [...]} | value}",
+    )
     search.add_argument("--preset", default=None, help="paper-ablation: the paper's groups x reverse-offsets grid")
     return parser
 
@@ -49,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.tuning import SearchConfig, run_search
 
     search = SearchConfig(
-        train=config_from_args(args), num_samples=args.num_samples if args.num_samples is not None else (1 if args.preset else 4),
-        max_concurrent=args.max_concurrent, scheduler=args.scheduler or ("fifo" if args.preset else "asha"),
-        metric=args.metric, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-        trial_cpus=args.trial_cpus, space_file=args.space, preset=args.preset,
+        train=config_from_args(args),
+        num_samples=args.num_samples if args.num_samples is not None else (1 if args.preset else 4),
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler or ("fifo" if args.preset else "asha"),
+        metric=args.metric,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        trial_cpus=args.trial_cpus,
+        space_file=args.space,
+        preset=args.preset,
     )
     try:
         outcome = run_search(search)
@@ -65,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     best = outcome.best
     params = "  ".join(f"{name} {value}" for name, value in best.params.items())
-    print(f"best trial {best.trial_id}: {outcome.metric} {best.metric:.4f} after {best.epochs} epochs\n  {params}\n  checkpoint: {best.checkpoint}")
+    print(
+        f"best trial {best.trial_id}: {outcome.metric} {best.metric:.4f} after {best.epochs} epochs\n  {params}\n  checkpoint: {best.checkpoint}"
+    )
     print(f"{outcome.stopped_early} trial(s) stopped early; MLflow parent run {outcome.parent_run_id}")
     return 0
 

@@ -64,12 +64,16 @@ class DemoConfig:
     seed: int = 0
 
     @classmethod
-    def quick(cls, workdir: str) -> "DemoConfig":
+    def quick(cls, workdir: str) -> DemoConfig:
         """A CI-sized version: TIN and TSN on one mirrored pair plus static, few clips and epochs;
         still enough for TIN to tell left from right while TSN cannot."""
         return cls(
-            workdir=workdir, models=("tin_r18", "tsn_r18"), motions=("left", "right", STATIC),
-            train_clips=240, val_clips=60, epochs=5,
+            workdir=workdir,
+            models=("tin_r18", "tsn_r18"),
+            motions=("left", "right", STATIC),
+            train_clips=240,
+            val_clips=60,
+            epochs=5,
         )
 
     @property
@@ -106,11 +110,19 @@ def prepare(config: DemoConfig, log: Callable[[str], None]) -> None:
         if ingested(config.data, split) == clips:
             log(f"{split}: {clips} clips already ingested in {config.data}")
             continue
-        synthetic = SyntheticConfig(num_clips=clips, frames=config.clip_frames, size=config.size, seed=config.seed, motions=config.motions)
+        synthetic = SyntheticConfig(
+            num_clips=clips, frames=config.clip_frames, size=config.size, seed=config.seed, motions=config.motions
+        )
         prepare_dataset(
             PrepareConfig(
-                format="synthetic", video_root=str(config.root / "videos"), split=split, output=config.data,
-                name="synthetic-motion", frames=config.clip_frames, short_side=config.size, synthetic=synthetic,
+                format="synthetic",
+                video_root=str(config.root / "videos"),
+                split=split,
+                output=config.data,
+                name="synthetic-motion",
+                frames=config.clip_frames,
+                short_side=config.size,
+                synthetic=synthetic,
             ),
             log=log,
         )
@@ -121,13 +133,29 @@ def train_config(config: DemoConfig, model: str) -> TrainConfig:
     index = {name: i for i, name in enumerate(config.motions)}
     pairs = tuple((index[a], index[b]) for a, b in FLIP_PAIRS if a in index and b in index)
     return TrainConfig(
-        data=config.data, model=model, num_segments=config.clip_frames, epochs=config.epochs,
-        batch_size=config.batch_size, num_workers=1, optimizer="adamw", lr=config.lr,
-        weight_decay=config.weight_decay, head_lr_mult=1.0, head_bias_lr_mult=1.0,
-        warmup_epochs=config.warmup_epochs, clip_grad=config.clip_grad, dropout=0.0,
-        crop_size=config.size, scales=config.scales, flip=True, flip_label_pairs=pairs,
-        storage_path=str(config.root / "ray_results"), name=f"demo-{model}",
-        mlflow_uri=config.mlflow_uri, experiment=EXPERIMENT, seed=config.seed,
+        data=config.data,
+        model=model,
+        num_segments=config.clip_frames,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        num_workers=1,
+        optimizer="adamw",
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        head_lr_mult=1.0,
+        head_bias_lr_mult=1.0,
+        warmup_epochs=config.warmup_epochs,
+        clip_grad=config.clip_grad,
+        dropout=0.0,
+        crop_size=config.size,
+        scales=config.scales,
+        flip=True,
+        flip_label_pairs=pairs,
+        storage_path=str(config.root / "ray_results"),
+        name=f"demo-{model}",
+        mlflow_uri=config.mlflow_uri,
+        experiment=EXPERIMENT,
+        seed=config.seed,
     )
 
 
@@ -159,7 +187,9 @@ def evaluate_model(config: DemoConfig, checkpoint: Path) -> Evaluation:
     log_to_mlflow(evaluation)
     plots = config.root / "plots"
     plots.mkdir(exist_ok=True)
-    viz.plot_confusion_matrix(evaluation.confusion, evaluation.classes, plots / f"{evaluation.training['model']}_confusion.png")
+    viz.plot_confusion_matrix(
+        evaluation.confusion, evaluation.classes, plots / f"{evaluation.training['model']}_confusion.png"
+    )
     return evaluation
 
 
@@ -177,7 +207,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "mirrored_top1": evaluation.top1_over(mirrored_classes(config.motions)),
             "checkpoint": evaluation.checkpoint,
         }
-        log(f"{model}: val top-1 {summary[model]['top1']:.3f}, mirrored-pair classes {summary[model]['mirrored_top1']:.3f}")
+        log(
+            f"{model}: val top-1 {summary[model]['top1']:.3f}, mirrored-pair classes {summary[model]['mirrored_top1']:.3f}"
+        )
     (config.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"demo finished in {time.perf_counter() - started:.0f}s")
     return summary
@@ -187,16 +219,20 @@ def comparison_table(summary: dict[str, dict], num_classes: int) -> str:
     """Top-1 overall and on the mirrored-pair classes per model, with chance levels."""
     lines = [f"{'model':<10} {'top-1':>7} {'mirrored':>9}"]
     lines += [f"{model:<10} {row['top1']:>7.3f} {row['mirrored_top1']:>9.3f}" for model, row in summary.items()]
-    lines.append(f"chance: {1 / num_classes:.3f} overall; a model blind to frame order gets at most 0.5 on mirrored pairs")
+    lines.append(
+        f"chance: {1 / num_classes:.3f} overall; a model blind to frame order gets at most 0.5 on mirrored pairs"
+    )
     return "\n".join(lines)
 
 
 def where_to_look(config: DemoConfig) -> str:
     """How to open the MLflow UI and where the plots are."""
-    return "\n".join([
-        f"summary: {config.root / 'summary.json'}",
-        f"confusion matrices: {config.root / 'plots'}",
-        "MLflow UI (training curves, TIN's learned offsets/weights, confusion matrices under Artifacts > plots):",
-        f"  mlflow ui --backend-store-uri {config.mlflow_uri} --host 127.0.0.1",
-        f"  then open http://127.0.0.1:5000 and the experiment '{EXPERIMENT}'",
-    ])
+    return "\n".join(
+        [
+            f"summary: {config.root / 'summary.json'}",
+            f"confusion matrices: {config.root / 'plots'}",
+            "MLflow UI (training curves, TIN's learned offsets/weights, confusion matrices under Artifacts > plots):",
+            f"  mlflow ui --backend-store-uri {config.mlflow_uri} --host 127.0.0.1",
+            f"  then open http://127.0.0.1:5000 and the experiment '{EXPERIMENT}'",
+        ]
+    )

@@ -47,9 +47,10 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -177,8 +178,7 @@ def _records_to_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Ta
     else:
         frames = pa.array(columns["frames"], type=frames_type)
     arrays = [
-        frames if name == "frames" else pa.array(columns[name], type=schema.field(name).type)
-        for name in schema.names
+        frames if name == "frames" else pa.array(columns[name], type=schema.field(name).type) for name in schema.names
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -245,9 +245,8 @@ def _staged_file(fs: fsspec.AbstractFileSystem, final_path: str, root: str) -> I
 
 
 def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str, root: str) -> None:
-    with _staged_file(fs, path, root) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    with _staged_file(fs, path, root) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
@@ -307,18 +306,12 @@ def shuffled_order(rows: int, seed: int) -> np.ndarray:
 
 
 def _rows_batch(rows: Sequence[ManifestRow]) -> pa.RecordBatch:
-    columns = [
-        pa.array([getattr(row, column.name) for row in rows], type=column.type)
-        for column in CHUNK_SCHEMA
-    ]
+    columns = [pa.array([getattr(row, column.name) for row in rows], type=column.type) for column in CHUNK_SCHEMA]
     return pa.record_batch(columns, schema=CHUNK_SCHEMA)
 
 
 def _batch_rows(batch: pa.RecordBatch) -> list[ManifestRow]:
-    return [
-        ManifestRow(**{**record, "labels": tuple(record["labels"])})
-        for record in batch.to_pylist()
-    ]
+    return [ManifestRow(**{**record, "labels": tuple(record["labels"])}) for record in batch.to_pylist()]
 
 
 def write_chunk_manifest(
@@ -343,9 +336,7 @@ def write_chunk_manifest(
                 writer.write_batch(permuted.slice(start, chunk_size))
 
 
-def _chunk_rows(
-    fs: fsspec.AbstractFileSystem, root: str, split: str, chunk: int
-) -> list[ManifestRow]:
+def _chunk_rows(fs: fsspec.AbstractFileSystem, root: str, split: str, chunk: int) -> list[ManifestRow]:
     """The rows of chunk ``chunk``: its record batch of the chunk manifest, read without the rest
     (no read-ahead cache: on an object store that would fetch megabytes past the batch)."""
     with fs.open(chunk_manifest_path(root, split), "rb", cache_type="none") as handle:
@@ -450,9 +441,7 @@ def marker_text(chunk: int, written: int, errors: list[dict[str, str]], node: st
 # The split
 
 
-def _check_plan(
-    fs: fsspec.AbstractFileSystem, root: str, plan: dict[str, Any], config: IngestConfig
-) -> bool:
+def _check_plan(fs: fsspec.AbstractFileSystem, root: str, plan: dict[str, Any], config: IngestConfig) -> bool:
     """Record the plan of a new split (True), or check that it is the plan the split was started
     with (False); refuse to mix chunks of another plan or of a split ingested without permuting."""
     path = plan_path(root, config.split)
@@ -477,9 +466,7 @@ def _check_plan(
     return False
 
 
-def _dataset_info(
-    fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig
-) -> DatasetInfo:
+def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig) -> DatasetInfo:
     """The dataset.json to update: the root's own when ``manifest`` fits it, else a new one.
 
     An unlabelled split carries no classes of its own unless a class list was given: it takes the
@@ -538,9 +525,7 @@ def _progress_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> tup
     return done, ledgers
 
 
-def _read_markers(
-    fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]
-) -> dict[int, dict[str, Any]]:
+def _read_markers(fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]) -> dict[int, dict[str, Any]]:
     """The done-markers of ``chunks``, fetched in one call: concurrent requests on an object store.
     (``cat_ranges`` rather than ``cat``: ``cat`` would glob paths with ``[`` or ``*`` in them.)"""
     if not chunks:
@@ -641,9 +626,7 @@ def _read_summary(fs: fsspec.AbstractFileSystem, root: str, split: str) -> dict[
         return None
 
 
-def _split_facts(
-    summary: dict[str, int], manifest: Manifest, config: IngestConfig
-) -> dict[str, Any]:
+def _split_facts(summary: dict[str, int], manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
     """The split's entry in dataset.json (see tin.data.DatasetInfo)."""
     return {
         "written": summary["written"],
@@ -697,9 +680,7 @@ def _result(
     )
 
 
-def ingest(
-    manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print
-) -> IngestResult:
+def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print) -> IngestResult:
     """Write ``manifest`` as split ``config.split`` of the dataset root ``config.output``.
 
     Starts or attaches to Ray (pipelines.ray_runtime.init_ray) only when there is work left. Chunks
@@ -742,7 +723,5 @@ def ingest(
             write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
         markers, cpu_seconds = _run_pending(fs, root, pending, config, log)
     markers.update(_earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
-    summary = _commit_split(
-        fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)]
-    )
+    summary = _commit_split(fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)])
     return _result(summary, root, split, chunks_run=len(pending), cpu_seconds=cpu_seconds)

@@ -85,7 +85,7 @@ def _join(root: str, relative: str) -> str:
 
 
 def _same_for_every_split(splits: tuple[str, ...], candidates: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    return {split: candidates for split in splits}
+    return dict.fromkeys(splits, candidates)
 
 
 _SSV2_SPLITS = {TRAIN_SPLIT: "train", VAL_SPLIT: "validation", TEST_SPLIT: "test"}
@@ -119,10 +119,18 @@ LAYOUTS: dict[str, ReleaseLayout] = {
         name="sthv2",
         format="sthv2",
         annotations={
-            split: (f"labels/{name}.json", f"something-something-v2-{name}.json", f"annotations/something-something-v2-{name}.json")
+            split: (
+                f"labels/{name}.json",
+                f"something-something-v2-{name}.json",
+                f"annotations/something-something-v2-{name}.json",
+            )
             for split, name in _SSV2_SPLITS.items()
         },
-        classes=("labels/labels.json", "something-something-v2-labels.json", "annotations/something-something-v2-labels.json"),
+        classes=(
+            "labels/labels.json",
+            "something-something-v2-labels.json",
+            "annotations/something-something-v2-labels.json",
+        ),
         videos=_same_for_every_split(tuple(_SSV2_SPLITS), ("20bn-something-something-v2", "videos")),
         notes={split: f"{name}.json" for split, name in _SSV2_SPLITS.items()},
     ),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import fsspec
 
@@ -111,9 +112,7 @@ class _LabelResolver:
     def _resolve(self, names: tuple[Any, ...]) -> _Resolved:
         labels, unknown = [], []
         for name in names:
-            if isinstance(name, int) or (
-                isinstance(name, str) and name.strip().isdigit() and name not in self._index
-            ):
+            if isinstance(name, int) or (isinstance(name, str) and name.strip().isdigit() and name not in self._index):
                 value = int(name)
                 (labels if 0 <= value < self._count else unknown).append(value)
             elif isinstance(name, str) and name in self._index:
@@ -134,9 +133,7 @@ def read_class_list(path: str) -> list[str]:
     return lines
 
 
-def read_generic(
-    annotations: str, video_root: str, classes_file: str | None = None, name: str = "generic"
-) -> Manifest:
+def read_generic(annotations: str, video_root: str, classes_file: str | None = None, name: str = "generic") -> Manifest:
     """JSON Lines ``{"path", "labels": [names or ids], "start"?, "end"?, "id"?}``.
 
     Classes: ``classes_file`` (one name a line) when given; otherwise the sorted label names seen
@@ -211,15 +208,11 @@ def read_kinetics(
     reader = csv.DictReader(read_lines(annotations))
     missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or [])]
     if missing:
-        raise ValueError(
-            f"{annotations}: not a Kinetics CSV, no column {', '.join(missing)} in its header"
-        )
+        raise ValueError(f"{annotations}: not a Kinetics CSV, no column {', '.join(missing)} in its header")
     labelled = "label" in (reader.fieldnames or [])
     records = list(reader)
     with_label = [record for record in records if record.get("label")]
-    classes = (
-        read_class_list(classes_file) if classes_file else sorted({r["label"] for r in with_label})
-    )
+    classes = read_class_list(classes_file) if classes_file else sorted({r["label"] for r in with_label})
     resolve = _LabelResolver(classes)
     if layout == "auto":
         fs, root = fsspec.core.url_to_fs(video_root) if video_root else (None, "")
@@ -232,9 +225,7 @@ def read_kinetics(
         raise ValueError(f"unknown Kinetics layout {layout!r}; use flat, by_label or auto")
     rows = []
     for record in records:
-        file_name = kinetics_file_name(
-            record["youtube_id"], int(record["time_start"]), int(record["time_end"])
-        )
+        file_name = kinetics_file_name(record["youtube_id"], int(record["time_start"]), int(record["time_end"]))
         label = record.get("label")
         labels, error = resolve([label] if label else [])
         folder = f"{label}/" if layout == "by_label" and label else ""
@@ -249,9 +240,7 @@ def read_kinetics(
     return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
-def read_sthv2(
-    annotations: str, labels_json: str, video_root: str, name: str = "sthv2"
-) -> Manifest:
+def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = "sthv2") -> Manifest:
     """Something-Something V2: ``labels.json`` ({name: "index"}) and ``train.json`` /
     ``validation.json`` ([{"id", "template", ...}]); class = labels[template without brackets].
     ``test.json`` (no entry has a template) makes an unlabelled split. Videos are
@@ -266,9 +255,7 @@ def read_sthv2(
         names = [template.replace("[", "").replace("]", "")] if template else []
         labels, error = resolve(names)
         clip_id = str(entry["id"])
-        rows.append(
-            ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error)
-        )
+        rows.append(ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error))
     labelled = any(entry.get("template") for entry in entries)
     return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 

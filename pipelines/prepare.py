@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 
@@ -100,8 +101,7 @@ def check_inputs(config: PrepareConfig) -> None:
         raise PrepareError(f"--annotations is required for --format {config.format}")
     if config.format in NEEDS_CLASSES and not config.classes:
         raise PrepareError(
-            f"--classes is required for --format {config.format} "
-            f"(the dataset's {NEEDS_CLASSES[config.format]})"
+            f"--classes is required for --format {config.format} (the dataset's {NEEDS_CLASSES[config.format]})"
         )
     for flag, path in (("--annotations", config.annotations), ("--classes", config.classes)):
         if path:
@@ -136,8 +136,5 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
     config.ingest_config().validate()
     manifest = build_manifest(config)
     labels = "" if manifest.labelled else " (split without labels)"
-    log(
-        f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes "
-        f"-> {config.output}"
-    )
+    log(f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes -> {config.output}")
     return ingest(manifest, config.ingest_config(), log)

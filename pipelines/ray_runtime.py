@@ -20,8 +20,6 @@ from pathlib import Path
 
 import ray
 
-from tin.errors import UsageError
-
 from pipelines.ray_internals import (
     RAY_DATA_LOGGING,
     RAY_DATA_LOGGING_FILE,
@@ -29,6 +27,7 @@ from pipelines.ray_internals import (
     STATE_API_ADDRESS,
     address_this_process_by_loopback,
 )
+from tin.errors import UsageError
 
 LOOPBACK = "127.0.0.1"
 RAY_CONSOLE_LEVEL = logging.WARNING  # the driver's "ray" logger: Ray's INFO lines stay in its log files
@@ -53,12 +52,18 @@ def init_ray(num_cpus: int | None = None) -> None:
     check_ray_version()
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(log_to_driver=True, logging_level=RAY_CONSOLE_LEVEL, runtime_env=WORKER_RUNTIME_ENV)
-        print(f"Ray: attached to {context.address_info['gcs_address']} (RAY_ADDRESS), dashboard {dashboard(context)}", flush=True)
+        print(
+            f"Ray: attached to {context.address_info['gcs_address']} (RAY_ADDRESS), dashboard {dashboard(context)}",
+            flush=True,
+        )
         return
     context = start_local_ray(num_cpus)
     cpus = ray.cluster_resources().get("CPU", 0)
-    print(f"Ray: started a local Ray on {LOOPBACK} with {cpus:g} CPU{'s' * (cpus != 1)}, dashboard {dashboard(context)}, "
-          f"logs in {context.address_info['session_dir']}/logs", flush=True)
+    print(
+        f"Ray: started a local Ray on {LOOPBACK} with {cpus:g} CPU{'s' * (cpus != 1)}, dashboard {dashboard(context)}, "
+        f"logs in {context.address_info['session_dir']}/logs",
+        flush=True,
+    )
 
 
 def configure_worker_console() -> None:
@@ -94,8 +99,13 @@ def start_local_ray(num_cpus: int | None, attempts: int = 3):
         port = free_loopback_port()
         os.environ[STATE_API_ADDRESS] = f"http://{LOOPBACK}:{port}"
         context = ray.init(
-            address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
-            logging_level=RAY_CONSOLE_LEVEL, runtime_env=WORKER_RUNTIME_ENV,
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=port,
+            logging_level=RAY_CONSOLE_LEVEL,
+            runtime_env=WORKER_RUNTIME_ENV,
         )
         if context.dashboard_url == f"{LOOPBACK}:{port}":
             return context

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -145,9 +145,7 @@ def _object_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(150, 255, size=3)
 
 
-def render_clip(
-    motions: Sequence[str], config: SyntheticConfig, rng: np.random.Generator
-) -> np.ndarray:
+def render_clip(motions: Sequence[str], config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     """One clip with one object per entry of ``motions``. Returns uint8 (T, S, S, 3) RGB."""
     size, frames = config.size, config.frames
     background = _background(size, rng)
@@ -193,9 +191,7 @@ def _clip_motions(index: int, config: SyntheticConfig, rng: np.random.Generator)
     if not config.multi_label:
         return [config.motions[index % len(config.motions)]]
     count = min(config.objects_per_clip, len(config.motions))
-    return [
-        config.motions[i] for i in sorted(rng.choice(len(config.motions), count, replace=False))
-    ]
+    return [config.motions[i] for i in sorted(rng.choice(len(config.motions), count, replace=False))]
 
 
 def generate_split(video_root: str | Path, split: str, config: SyntheticConfig) -> SyntheticFiles:

@@ -1,9 +1,9 @@
 """Training from a dataset root: Ray Data pipelines of augmented clips and the Ray Train run.
 
-    shard files (in a new order every epoch in training) --read one shard per task, its rows in a
-    new order every epoch--> sample T of F frames (random per segment in training, centre in
-    evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
-    --iter_torch_batches on each worker, once per epoch--> normalise on the device --> model
+shard files (in a new order every epoch in training) --read one shard per task, its rows in a
+new order every epoch--> sample T of F frames (random per segment in training, centre in
+evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
+--iter_torch_batches on each worker, once per epoch--> normalise on the device --> model
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     shards = shard_list(files)
     if train:
         shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
-    clips = shards.map_batches(decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)})
+    clips = shards.map_batches(
+        decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)}
+    )
     return without_progress_output(clips)
 
 
@@ -141,7 +143,9 @@ class TrainAndValidationSplit(DataConfig):
             return output
         validation = datasets["val"].copy(datasets["val"])
         validation.context.execution_options = ExecutionOptions()
-        for worker, split in enumerate(validation.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
+        for worker, split in enumerate(
+            validation.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
+        ):
             output[worker]["val"] = split
         return output
 
@@ -153,7 +157,9 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     if config.num_workers < 1:
         raise TrainingSetupError(f"--num-workers must be at least 1, got {config.num_workers}")
     if config.batch_size < config.num_workers:
-        raise TrainingSetupError(f"--batch-size {config.batch_size} is smaller than --num-workers {config.num_workers}: every worker needs at least one clip per step")
+        raise TrainingSetupError(
+            f"--batch-size {config.batch_size} is smaller than --num-workers {config.num_workers}: every worker needs at least one clip per step"
+        )
     if config.schedule not in ("cosine", "step"):
         raise TrainingSetupError(f"--schedule must be cosine or step, got {config.schedule!r}")
     if config.epochs < 1:
@@ -161,7 +167,9 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     if config.optimizer not in OPTIMIZERS:
         raise TrainingSetupError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.placement_strategy not in PLACEMENT_STRATEGIES:
-        raise TrainingSetupError(f"--placement-strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {config.placement_strategy!r}")
+        raise TrainingSetupError(
+            f"--placement-strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {config.placement_strategy!r}"
+        )
     if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
         raise TrainingSetupError(f"--scales must be fractions of the short side in (0, 1], got {list(config.scales)}")
     if config.shuffle_buffer < 0:
@@ -169,7 +177,9 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     try:
         info = load_dataset_info(config.data, storage_options_from_env())
     except FileNotFoundError as error:
-        raise TrainingSetupError(f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
+        raise TrainingSetupError(
+            f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
+        ) from error
     check_splits(config, info)
     if info.written(config.train_split) // config.num_workers < config.batch_size // config.num_workers:
         raise TrainingSetupError(
@@ -185,7 +195,9 @@ def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
         if split is None:
             continue
         if info.written(split) == 0:
-            raise TrainingSetupError(f"--data {config.data}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})")
+            raise TrainingSetupError(
+                f"--data {config.data}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})"
+            )
         if not info.labelled(split):
             instead = "; train without validation with --val-split none" if flag == "--val-split" else ""
             raise TrainingSetupError(
@@ -273,7 +285,9 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker={"CPU": worker_cpus(config)},
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": worker_cpus(config)},
             placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(

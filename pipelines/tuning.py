@@ -21,9 +21,10 @@ import json
 import math
 import pickle
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 import mlflow
@@ -56,8 +57,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
 }
 
-METRIC_MODES = {"val_top1": "max", "val_top5": "max", "val_sample_map": "max", "val_class_map": "max", "val_loss": "min",
-                "train_loss": "min", "train_top1": "max"}
+METRIC_MODES = {
+    "val_top1": "max",
+    "val_top5": "max",
+    "val_sample_map": "max",
+    "val_class_map": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+    "train_top1": "max",
+}
 MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
 SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
@@ -208,7 +216,9 @@ def load_space_file(path: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise TrainingSetupError(f"--space {path}: not valid YAML or JSON: {error}") from error
     if not isinstance(space, dict) or not space:
-        raise TrainingSetupError(f"--space {path}: expected a mapping of dimension -> values, e.g. {json.dumps({'groups': [1, 2, 4]})}")
+        raise TrainingSetupError(
+            f"--space {path}: expected a mapping of dimension -> values, e.g. {json.dumps({'groups': [1, 2, 4]})}"
+        )
     return space
 
 
@@ -243,7 +253,9 @@ def _spec_kind(name: str, spec: Any, source: str) -> tuple[str | None, list]:
         kind, values = "choice", spec
     elif isinstance(spec, dict):
         if len(spec) != 1 or next(iter(spec)) not in SAMPLING_KINDS:
-            raise TrainingSetupError(f"{source}: {name}: expected one of {', '.join(SAMPLING_KINDS)} as the only key, got {sorted(spec)}")
+            raise TrainingSetupError(
+                f"{source}: {name}: expected one of {', '.join(SAMPLING_KINDS)} as the only key, got {sorted(spec)}"
+            )
         kind, values = next(iter(spec.items()))
         if not isinstance(values, list):
             raise TrainingSetupError(f"{source}: {name}: {kind} takes a list, got {values!r}")
@@ -256,7 +268,9 @@ def _spec_kind(name: str, spec: Any, source: str) -> tuple[str | None, list]:
 
 def _range_dimension(name: str, kind: str, bounds: tuple, source: str) -> Dimension:
     if len(bounds) != 2 or not all(isinstance(bound, float) for bound in bounds) or not bounds[0] < bounds[1]:
-        raise TrainingSetupError(f"{source}: {name}: {kind} takes [low, high] numbers with low < high, got {list(bounds)}")
+        raise TrainingSetupError(
+            f"{source}: {name}: {kind} takes [low, high] numbers with low < high, got {list(bounds)}"
+        )
     if kind == "loguniform" and bounds[0] <= 0:
         raise TrainingSetupError(f"{source}: {name}: loguniform needs low > 0, got {bounds[0]}")
     return Dimension(name, kind, bounds)
@@ -289,14 +303,20 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     _check_search_flags(search)
     space, source = chosen_space(search)
     flagged = {name: getattr(search.train, name) for name in SEARCHABLE if getattr(search.train, name) is not None}
-    dimensions, fixed = parse_space({k: v for k, v in space.items() if k not in flagged}, source, search.train.num_segments)
+    dimensions, fixed = parse_space(
+        {k: v for k, v in space.items() if k not in flagged}, source, search.train.num_segments
+    )
     recipe = TrainConfig(data="")
     unset = {name: getattr(recipe, name) for name in SEARCHABLE if name not in flagged and name not in fixed}
     base = dataclasses.replace(search.train, **{**unset, **fixed})
     family = base.model.split("_")[0]
-    foreign = [d.name for d in dimensions if d.name in MODEL_DIMENSIONS and d.name not in TEMPORAL_OPTIONS.get(family, {})]
+    foreign = [
+        d.name for d in dimensions if d.name in MODEL_DIMENSIONS and d.name not in TEMPORAL_OPTIONS.get(family, {})
+    ]
     if foreign:
-        raise TrainingSetupError(f"{source}: --model {base.model} has no option {', '.join(foreign)}; search a tin_* model or drop them")
+        raise TrainingSetupError(
+            f"{source}: --model {base.model} has no option {', '.join(foreign)}; search a tin_* model or drop them"
+        )
     if not dimensions:
         raise TrainingSetupError(f"{source}: nothing left to search (every dimension is fixed by a flag)")
     info = check_config(base)
@@ -317,7 +337,9 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
     metric = metric or ("val_sample_map" if info.multi_label else "val_top1")
     if metric not in allowed:
         kind = "multi-label" if info.multi_label else "single-label"
-        raise TrainingSetupError(f"--metric {metric!r} is not reported for {kind} data ({base.data}); choose one of {', '.join(allowed)}")
+        raise TrainingSetupError(
+            f"--metric {metric!r} is not reported for {kind} data ({base.data}); choose one of {', '.join(allowed)}"
+        )
     return metric
 
 
@@ -326,10 +348,19 @@ def _check_search_flags(search: SearchConfig) -> None:
         (search.num_samples >= 1, f"--num-samples must be at least 1, got {search.num_samples}"),
         (search.max_concurrent >= 1, f"--max-concurrent must be at least 1, got {search.max_concurrent}"),
         (search.scheduler in ("asha", "fifo"), f"--scheduler must be asha or fifo, got {search.scheduler!r}"),
-        (search.metric is None or search.metric in METRIC_MODES, f"--metric {search.metric!r} is not a metric the trials report; choose one of {', '.join(METRIC_MODES)}"),
-        (1 <= search.grace_period <= search.train.epochs, f"--grace-period must be between 1 and --epochs {search.train.epochs}, got {search.grace_period}"),
+        (
+            search.metric is None or search.metric in METRIC_MODES,
+            f"--metric {search.metric!r} is not a metric the trials report; choose one of {', '.join(METRIC_MODES)}",
+        ),
+        (
+            1 <= search.grace_period <= search.train.epochs,
+            f"--grace-period must be between 1 and --epochs {search.train.epochs}, got {search.grace_period}",
+        ),
         (search.reduction_factor > 1, f"--reduction-factor must be greater than 1, got {search.reduction_factor}"),
-        (search.trial_cpus is None or search.trial_cpus > FUNCTION_CPUS, f"--trial-cpus must be more than {FUNCTION_CPUS} (the trial function's share), got {search.trial_cpus}"),
+        (
+            search.trial_cpus is None or search.trial_cpus > FUNCTION_CPUS,
+            f"--trial-cpus must be more than {FUNCTION_CPUS} (the trial function's share), got {search.trial_cpus}",
+        ),
     ]
     for passed, message in checks:
         if not passed:
@@ -443,8 +474,11 @@ def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):
     if search.scheduler == "fifo":
         return FIFOScheduler()
     return ResumableASHAScheduler(
-        f"{search_dir}/asha_state.pkl", time_attr="epoch", max_t=plan.base.epochs,
-        grace_period=search.grace_period, reduction_factor=search.reduction_factor,
+        f"{search_dir}/asha_state.pkl",
+        time_attr="epoch",
+        max_t=plan.base.epochs,
+        grace_period=search.grace_period,
+        reduction_factor=search.reduction_factor,
     )
 
 
@@ -454,13 +488,18 @@ def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tun
     fn = trainable(base, FUNCTION_CPUS)
     if tune.Tuner.can_restore(search_dir):
         print(f"resuming the search in {search_dir}: finished trials are kept, interrupted ones continue")
-        return tune.Tuner.restore(search_dir, fn, resume_unfinished=True, resume_errored=True, param_space=plan.param_space())
+        return tune.Tuner.restore(
+            search_dir, fn, resume_unfinished=True, resume_errored=True, param_space=plan.param_space()
+        )
     return tune.Tuner(
         fn,
         param_space=plan.param_space(),
         tune_config=tune.TuneConfig(
-            metric=plan.metric, mode=plan.mode, num_samples=search.num_samples,
-            max_concurrent_trials=search.max_concurrent, scheduler=make_scheduler(search, plan, search_dir),
+            metric=plan.metric,
+            mode=plan.mode,
+            num_samples=search.num_samples,
+            max_concurrent_trials=search.max_concurrent,
+            scheduler=make_scheduler(search, plan, search_dir),
         ),
         run_config=tune.RunConfig(name=plan.base.name, storage_path=plan.base.storage_path),
     )
@@ -497,9 +536,17 @@ def _absolute(path: str) -> str:
 def start_parent_run(search: SearchConfig, plan: SearchPlan) -> str:
     """The search's MLflow run (continued when the search is resumed), with the search's settings."""
     config = plan.base
-    run_id = tracking.start_run(config.mlflow_uri, config.experiment, tracking.training_run_key(config.storage_path, config.name), config.name)
+    run_id = tracking.start_run(
+        config.mlflow_uri, config.experiment, tracking.training_run_key(config.storage_path, config.name), config.name
+    )
     space = {d.name: {d.kind: list(d.values)} for d in plan.dimensions}
-    tracking.log_params_once({"search": {k: v for k, v in search.to_dict().items() if k != "train"}, "space": space, "config": config.to_dict()})
+    tracking.log_params_once(
+        {
+            "search": {k: v for k, v in search.to_dict().items() if k != "train"},
+            "space": space,
+            "config": config.to_dict(),
+        }
+    )
     mlflow.end_run()
     return run_id
 
@@ -515,7 +562,9 @@ def trial_rows(results: tune.ResultGrid, plan: SearchPlan) -> list[TrialRow]:
             status = "finished" if epochs >= plan.base.epochs else "stopped early"
         trial_id = metrics.get("trial_id") or Path(result.path).name
         params = {d.name: result.config.get(d.name) for d in plan.dimensions}
-        rows.append(TrialRow(trial_id, params, epochs, metrics.get(plan.metric), status, metrics.get(CHECKPOINT_PATH_KEY)))
+        rows.append(
+            TrialRow(trial_id, params, epochs, metrics.get(plan.metric), status, metrics.get(CHECKPOINT_PATH_KEY))
+        )
     return rows
 
 
@@ -530,10 +579,20 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
 def results_table(rows: list[TrialRow], params: list[str], metric: str) -> str:
     """A plain-text table: one line per trial, its parameters, epochs trained, metric, status."""
     header = ["trial", *params, "epochs", metric, "status"]
-    lines = [[row.trial_id, *(_shown(row.params.get(p)) for p in params), str(row.epochs),
-              "-" if row.metric is None else f"{row.metric:.4f}", row.status] for row in rows]
+    lines = [
+        [
+            row.trial_id,
+            *(_shown(row.params.get(p)) for p in params),
+            str(row.epochs),
+            "-" if row.metric is None else f"{row.metric:.4f}",
+            row.status,
+        ]
+        for row in rows
+    ]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines])
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]
+    )
 
 
 def _shown(value: Any) -> str:
@@ -553,8 +612,12 @@ def summarise(rows: list[TrialRow], plan: SearchPlan, search: SearchConfig, pare
         sign = -1 if plan.mode == "max" else 1
         rows = sorted(rows, key=lambda row: (row.metric is None, sign * (row.metric or 0.0)))
     return SearchOutcome(
-        rows=rows, best=best_row(rows, plan.mode), metric=plan.metric, parent_run_id=parent_run_id,
-        table=results_table(rows, params, plan.metric), stopped_early=sum(row.status == "stopped early" for row in rows),
+        rows=rows,
+        best=best_row(rows, plan.mode),
+        metric=plan.metric,
+        parent_run_id=parent_run_id,
+        table=results_table(rows, params, plan.metric),
+        stopped_early=sum(row.status == "stopped early" for row in rows),
     )
 
 
@@ -568,9 +631,19 @@ def record_outcome(outcome: SearchOutcome, plan: SearchPlan) -> None:
             return
         best = outcome.best
         mlflow.log_metric(f"best_{outcome.metric}", best.metric)
-        mlflow.set_tags({"best.trial": best.trial_id, "best.checkpoint": str(best.checkpoint), "best.epochs": str(best.epochs),
-                         **{f"best.{name}": _shown(value) for name, value in best.params.items()}})
-        scored = [{**row.params, outcome.metric: row.metric, "epochs": row.epochs} for row in outcome.rows if row.metric is not None]
+        mlflow.set_tags(
+            {
+                "best.trial": best.trial_id,
+                "best.checkpoint": str(best.checkpoint),
+                "best.epochs": str(best.epochs),
+                **{f"best.{name}": _shown(value) for name, value in best.params.items()},
+            }
+        )
+        scored = [
+            {**row.params, outcome.metric: row.metric, "epochs": row.epochs}
+            for row in outcome.rows
+            if row.metric is not None
+        ]
         log_params = [d.name for d in plan.dimensions if d.kind == "loguniform"]
         figure = viz.plot_metric_against_params(scored, [d.name for d in plan.dimensions], outcome.metric, log_params)
         mlflow.log_figure(figure, "plots/metric_against_params.png")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,9 +66,16 @@ def ramp_root(ray_session, tmp_path_factory) -> RampRoot:
     (videos / "val.jsonl").write_text("\n".join(lines) + "\n")
     (videos / "classes.txt").write_text("up\nflat\n")
     prepare_dataset(
-        PrepareConfig(format="generic", annotations=str(videos / "val.jsonl"), classes=str(videos / "classes.txt"),
-                      video_root=str(videos), split="val", output=str(root / "data"),
-                      frames=RAMP_STORED_FRAMES, short_side=32),
+        PrepareConfig(
+            format="generic",
+            annotations=str(videos / "val.jsonl"),
+            classes=str(videos / "classes.txt"),
+            video_root=str(videos),
+            split="val",
+            output=str(root / "data"),
+            frames=RAMP_STORED_FRAMES,
+            short_side=32,
+        ),
         log=lambda line: None,
     )
     return RampRoot(str(root / "data"))
@@ -102,8 +110,12 @@ def make_dataset(root: Path) -> str:
     for split, clips, seed in (("train", 36, 0), ("val", 12, 1)):
         prepare_dataset(
             PrepareConfig(
-                format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
-                frames=8, short_side=32,
+                format="synthetic",
+                video_root=str(root / "videos" / split),
+                split=split,
+                output=str(root / "data"),
+                frames=8,
+                short_side=32,
                 synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
             ),
             log=lambda line: None,

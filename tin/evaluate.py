@@ -162,34 +162,59 @@ def evaluate_checkpoint(
     try:
         info = load_dataset_info(data)
     except FileNotFoundError as error:
-        raise EvaluationError(f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)") from error
+        raise EvaluationError(
+            f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
+        ) from error
     if info.written(split) == 0:
         raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
     if not info.labelled(split):
-        raise EvaluationError(f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
-                              f"so there is nothing to score; predict on its videos instead (python -m tin.predict)")
+        raise EvaluationError(
+            f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
+            f"so there is nothing to score; predict on its videos instead (python -m tin.predict)"
+        )
     classes = list(meta["dataset"]["classes"])
     if list(info.classes) != classes:
-        raise EvaluationError(f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on")
+        raise EvaluationError(
+            f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on"
+        )
     config = meta["config"]
     temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
 
     scores, labels = [], []
     for batch in _batches(iter_clips(data, split), batch_size):
-        views = torch.stack([clip_views(torch.from_numpy(clip.frames), config["num_segments"], config["crop_size"], clips, crops) for clip in batch])
+        views = torch.stack(
+            [
+                clip_views(torch.from_numpy(clip.frames), config["num_segments"], config["crop_size"], clips, crops)
+                for clip in batch
+            ]
+        )
         scores.append(clip_probabilities(model, views, info.multi_label))
         labels.extend(clip.labels.tolist() for clip in batch)
     scores = torch.cat(scores)
     metrics, per_class = (multi_label_metrics if info.multi_label else single_label_metrics)(scores, labels, classes)
     return Evaluation(
-        checkpoint=str(checkpoint), data=data, split=split, clips=clips, crops=crops, multi_label=info.multi_label,
-        classes=classes, metrics=metrics, per_class=per_class, confusion=confusion_matrix(scores, labels).tolist(),
-        training={"model": config["model"], "experiment": config["experiment"], "mlflow_uri": config["mlflow_uri"],
-                  "run_key": tracking.training_run_key(config["storage_path"], config["name"])},
+        checkpoint=str(checkpoint),
+        data=data,
+        split=split,
+        clips=clips,
+        crops=crops,
+        multi_label=info.multi_label,
+        classes=classes,
+        metrics=metrics,
+        per_class=per_class,
+        confusion=confusion_matrix(scores, labels).tolist(),
+        training={
+            "model": config["model"],
+            "experiment": config["experiment"],
+            "mlflow_uri": config["mlflow_uri"],
+            "run_key": tracking.training_run_key(config["storage_path"], config["name"]),
+        },
     )
 
 
-def single_label_metrics(scores: torch.Tensor, labels: list[list[int]], classes: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def single_label_metrics(
+    scores: torch.Tensor, labels: list[list[int]], classes: list[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Top-1/top-5 over all clips and top-1 per class. ``scores`` (N, K); ``labels`` one list per clip."""
     targets = torch.tensor([clip_labels[0] for clip_labels in labels])
     correct = topk_correct(scores, targets, ks=(1, 5))
@@ -198,17 +223,27 @@ def single_label_metrics(scores: torch.Tensor, labels: list[list[int]], classes:
     for index, name in enumerate(classes):
         mine = targets == index
         count, right = int(mine.sum()), int((hits & mine).sum())
-        per_class.append({"class": name, "clips": count, "correct": right, "top1": right / count if count else float("nan")})
+        per_class.append(
+            {"class": name, "clips": count, "correct": right, "top1": right / count if count else float("nan")}
+        )
     metrics = {"top1": correct[1] / len(targets), "top5": correct[5] / len(targets), "clips": float(len(targets))}
     return metrics, per_class
 
 
-def multi_label_metrics(scores: torch.Tensor, labels: list[list[int]], classes: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def multi_label_metrics(
+    scores: torch.Tensor, labels: list[list[int]], classes: list[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample-wise and class-wise mAP, and the AP of every class (NaN without positives)."""
     targets = multi_hot(labels, len(classes))
     ap = average_precision_along(scores, targets, dim=0)
-    per_class = [{"class": name, "positives": int(targets[:, i].sum()), "ap": float(ap[i])} for i, name in enumerate(classes)]
-    metrics = {"sample_map": sample_map(scores, targets), "class_map": class_map(scores, targets), "clips": float(len(labels))}
+    per_class = [
+        {"class": name, "positives": int(targets[:, i].sum()), "ap": float(ap[i])} for i, name in enumerate(classes)
+    ]
+    metrics = {
+        "sample_map": sample_map(scores, targets),
+        "class_map": class_map(scores, targets),
+        "clips": float(len(labels)),
+    }
     return metrics, per_class
 
 
@@ -231,14 +266,19 @@ def confusion_matrix(scores: torch.Tensor, labels: list[list[int]]) -> np.ndarra
 
 def format_report(evaluation: Evaluation) -> str:
     """The metrics line and the per-class table as text."""
-    head = f"{evaluation.split}: {int(evaluation.metrics['clips'])} clips, {evaluation.clips} clip(s) x {evaluation.crops} crop(s)  " + "  ".join(
-        f"{key} {value:.4f}" for key, value in evaluation.metrics.items() if key != "clips"
+    head = (
+        f"{evaluation.split}: {int(evaluation.metrics['clips'])} clips, {evaluation.clips} clip(s) x {evaluation.crops} crop(s)  "
+        + "  ".join(f"{key} {value:.4f}" for key, value in evaluation.metrics.items() if key != "clips")
     )
     width = max(len("class"), *(len(row["class"]) for row in evaluation.per_class))
     if evaluation.multi_label:
-        lines = [f"{'class':<{width}}  positives      AP"] + [f"{row['class']:<{width}}  {row['positives']:>9}  {row['ap']:.4f}" for row in evaluation.per_class]
+        lines = [f"{'class':<{width}}  positives      AP"] + [
+            f"{row['class']:<{width}}  {row['positives']:>9}  {row['ap']:.4f}" for row in evaluation.per_class
+        ]
     else:
-        lines = [f"{'class':<{width}}  clips   top1"] + [f"{row['class']:<{width}}  {row['clips']:>5}  {row['top1']:.4f}" for row in evaluation.per_class]
+        lines = [f"{'class':<{width}}  clips   top1"] + [
+            f"{row['class']:<{width}}  {row['clips']:>5}  {row['top1']:.4f}" for row in evaluation.per_class
+        ]
     return "\n".join([head, *lines])
 
 
@@ -261,10 +301,20 @@ def log_to_mlflow(evaluation: Evaluation, tracking_uri: str | None = None, exper
     run_name = f"evaluate-{evaluation.training['model']}-{evaluation.split}-{evaluation.clips}x{evaluation.crops}"
     run_id = tracking.start_run(tracking_uri, experiment, run_key, run_name, parent_run_id=parent)
     try:
-        tracking.log_params_once({"checkpoint": evaluation.checkpoint, "data": evaluation.data, "split": evaluation.split,
-                                  "clips": evaluation.clips, "crops": evaluation.crops})
+        tracking.log_params_once(
+            {
+                "checkpoint": evaluation.checkpoint,
+                "data": evaluation.data,
+                "split": evaluation.split,
+                "clips": evaluation.clips,
+                "crops": evaluation.crops,
+            }
+        )
         mlflow.log_metrics(evaluation.metrics)
-        mlflow.log_figure(viz.plot_confusion_matrix(np.asarray(evaluation.confusion), evaluation.classes), "plots/confusion_matrix.png")
+        mlflow.log_figure(
+            viz.plot_confusion_matrix(np.asarray(evaluation.confusion), evaluation.classes),
+            "plots/confusion_matrix.png",
+        )
         with tempfile.TemporaryDirectory(prefix="tin-evaluation-") as directory:
             path = Path(directory) / "evaluation.json"
             path.write_text(evaluation.to_json())

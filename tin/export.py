@@ -70,10 +70,12 @@ def quiet_attribute_warnings() -> Iterator[None]:
 def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.export.ExportedProgram:
     """``torch.export`` the eval-mode ``model`` with a dynamic batch dimension."""
     with quiet_attribute_warnings():
-        return torch.export.export(model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=(batch_dimension(),))
+        return torch.export.export(
+            model.eval(), (example_clips(num_segments, crop_size),), dynamic_shapes=(batch_dimension(),)
+        )
 
 
-def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> "torch.onnx.ONNXProgram":
+def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.onnx.ONNXProgram:
     """The eval-mode ``model`` as an ONNX program (dynamic batch), interlace through the reference.
 
     Raises:
@@ -85,8 +87,13 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> "t
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'tin-on-ray[onnx]'") from error
     with reference_only(), quiet_attribute_warnings():
         return torch.onnx.export(
-            model.eval(), (example_clips(num_segments, crop_size),), dynamo=True, verbose=False,
-            input_names=["clips"], output_names=["logits"], dynamic_shapes=(batch_dimension(),),
+            model.eval(),
+            (example_clips(num_segments, crop_size),),
+            dynamo=True,
+            verbose=False,
+            input_names=["clips"],
+            output_names=["logits"],
+            dynamic_shapes=(batch_dimension(),),
         )
 
 
@@ -105,7 +112,9 @@ def metadata(meta: dict) -> dict:
     }
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> torch.export.ExportedProgram | torch.onnx.ONNXProgram:
+def export_checkpoint(
+    checkpoint: str | Path, output: str | Path
+) -> torch.export.ExportedProgram | torch.onnx.ONNXProgram:
     """Export a training checkpoint to ``output``: ONNX for ``.onnx``, else a ``.pt2`` program;
     ``tin.json`` goes inside either. Returns the program."""
     model, meta = load_model(checkpoint)
@@ -122,9 +131,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> torch.expor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2) or to ONNX (.onnx).")
+    parser = argparse.ArgumentParser(
+        description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2) or to ONNX (.onnx)."
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
-    parser.add_argument("--output", required=True, help="the file to write: .onnx for ONNX, otherwise a torch.export program (.pt2)")
+    parser.add_argument(
+        "--output", required=True, help="the file to write: .onnx for ONNX, otherwise a torch.export program (.pt2)"
+    )
     args = parser.parse_args(argv)
     try:
         export_checkpoint(args.checkpoint, args.output)

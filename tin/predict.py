@@ -72,11 +72,15 @@ def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top
         views = clip_views(torch.from_numpy(decoded), config["num_segments"], config["crop_size"])
         probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])[0]
         best = probabilities.topk(min(top_k, len(classes)))
-        yield Prediction(path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())])
+        yield Prediction(
+            path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Predict the classes of video files with a trained TIN/TSM/TSN checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="Predict the classes of video files with a trained TIN/TSM/TSN checkpoint."
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     parser.add_argument("--top-k", type=int, default=5, help="classes to print per video (default: 5)")

@@ -64,7 +64,9 @@ def find_run(tracking_uri: str, experiment: str, run_key: str) -> str | None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_quote(run_key)}'", max_results=1)
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_quote(run_key)}'", max_results=1
+    )
     return runs[0].info.run_id if runs else None
 
 

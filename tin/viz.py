@@ -16,9 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 
-def plot_temporal_stats(
-    stats: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path | None = None
-) -> Figure:
+def plot_temporal_stats(stats: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path | None = None) -> Figure:
     """Offsets and frame weights of every TemporalInterlace, layer by layer.
 
     Args:

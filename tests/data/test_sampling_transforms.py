@@ -26,7 +26,10 @@ def test_centre_sampling_hits_the_true_centre_when_frames_are_an_odd_multiple_of
 
 
 def test_every_stored_frame_belongs_to_the_segment_its_position_lies_in():
-    assert [bounds.tolist() for bounds in segment_bounds(20, 8)] == [[0, 2, 5, 7, 10, 12, 15, 17], [2, 5, 7, 10, 12, 15, 17, 20]]
+    assert [bounds.tolist() for bounds in segment_bounds(20, 8)] == [
+        [0, 2, 5, 7, 10, 12, 15, 17],
+        [2, 5, 7, 10, 12, 15, 17, 20],
+    ]
     for frames, segments in ((24, 8), (20, 8), (7, 3), (3, 8), (100, 16)):
         first, stop = segment_bounds(frames, segments)
         owners = np.concatenate([np.full(b - a, k) for k, (a, b) in enumerate(zip(first, stop))])

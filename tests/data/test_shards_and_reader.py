@@ -27,10 +27,7 @@ from tin.data import (
 def test_tin_data_imports_neither_ray_nor_pipelines():
     code = "import sys, tin.data; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pipelines')))"
     assert (
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        == "[]"
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )
 
 
@@ -89,9 +86,7 @@ def write_root(root, encoding: str) -> dict[str, np.ndarray]:
     if encoding == "raw":
         frames = pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack(list(clips.values())))
     else:
-        frames = pa.array(
-            [encode_jpeg(clip, 100) for clip in clips.values()], type=schema.field("frames").type
-        )
+        frames = pa.array([encode_jpeg(clip, 100) for clip in clips.values()], type=schema.field("frames").type)
     table = pa.Table.from_arrays(
         [
             pa.array(list(clips)),
@@ -137,9 +132,7 @@ def test_iter_and_read_clips_without_ray(tmp_path, encoding):
 
 
 def test_dataset_info_json_round_trip():
-    info = DatasetInfo(
-        "x", ["a", "b"], True, 16, "jpeg", 256, {"train": {"written": 1, "failed": 2}}, "0.1.0"
-    )
+    info = DatasetInfo("x", ["a", "b"], True, 16, "jpeg", 256, {"train": {"written": 1, "failed": 2}}, "0.1.0")
     assert DatasetInfo.from_json(info.to_json()) == info
     assert info.same_layout(DatasetInfo("y", ["a", "b"], True, 16, "jpeg", 256))
     assert not info.same_layout(DatasetInfo("x", ["a", "b"], True, 8, "jpeg", 256))

@@ -16,9 +16,7 @@ from tin.data.video import frame_range
 @pytest.fixture(scope="module")
 def ramp_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("video")
-    ramp = np.broadcast_to((16 + np.arange(24) * 9)[:, None, None, None], (24, 32, 48, 3)).astype(
-        np.uint8
-    )
+    ramp = np.broadcast_to((16 + np.arange(24) * 9)[:, None, None, None], (24, 32, 48, 3)).astype(np.uint8)
     files = {"h264": root / "a.mp4", "av1": root / "a.mkv"}
     write_video(files["h264"], ramp, 12)
     write_video(

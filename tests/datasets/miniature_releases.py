@@ -41,11 +41,7 @@ def _clips(split: str) -> list[tuple[int, str, int]]:
     """(index, motion, seed) of every clip of a split, class by class (the order real lists have)."""
     offset = {"train": 0, "val": 1000, "test": 2000}[split]
     count = CLIPS[split]
-    return [
-        (c * count + i, motion, offset + c * count + i)
-        for c, motion in enumerate(MOTIONS)
-        for i in range(count)
-    ]
+    return [(c * count + i, motion, offset + c * count + i) for c, motion in enumerate(MOTIONS) for i in range(count)]
 
 
 def build_mmit(root: Path) -> Path:
@@ -55,7 +51,10 @@ def build_mmit(root: Path) -> Path:
     names = [f"{motion}+moving" for motion in MOTIONS] + ["object"]
     (release).mkdir(parents=True)
     (release / "moments_categories.txt").write_text("".join(f"{name},{i}\n" for i, name in enumerate(names)))
-    for split, folder, csv_name in (("train", "training", "trainingSet.csv"), ("val", "validation", "validationSet.csv")):
+    for split, folder, csv_name in (
+        ("train", "training", "trainingSet.csv"),
+        ("val", "validation", "validationSet.csv"),
+    ):
         lines = []
         for index, motion, seed in _clips(split):
             relative = f"{names[MOTIONS.index(motion)]}/yt-{seed:08d}_{index % 7}.mp4"
@@ -82,7 +81,9 @@ def build_kinetics600(root: Path) -> Path:
         if split == "test":
             text = "youtube_id,time_start,time_end,split\n" + "".join(f"{y},{s},{e},test\n" for _, y, s, e in rows)
         else:
-            text = "label,youtube_id,time_start,time_end,split\n" + "".join(f'"{label}",{y},{s},{e},{split}\n' for label, y, s, e in rows)
+            text = "label,youtube_id,time_start,time_end,split\n" + "".join(
+                f'"{label}",{y},{s},{e},{split}\n' for label, y, s, e in rows
+            )
         (release / "annotations" / f"{split}.csv").write_text(text)
     return release
 
@@ -101,7 +102,9 @@ def build_sthv2(root: Path) -> Path:
     release = root / "something-something-v2"
     (release / "labels").mkdir(parents=True)
     names = {motion: template.replace("[", "").replace("]", "") for motion, template in SSV2_TEMPLATES.items()}
-    (release / "labels" / "labels.json").write_text(json.dumps({name: str(i) for i, name in enumerate(sorted(names.values()))}))
+    (release / "labels" / "labels.json").write_text(
+        json.dumps({name: str(i) for i, name in enumerate(sorted(names.values()))})
+    )
     for split, file_name in (("train", "train"), ("val", "validation"), ("test", "test")):
         entries = []
         for _, motion, seed in _clips(split):
@@ -109,7 +112,11 @@ def build_sthv2(root: Path) -> Path:
             motion_clip(release / "20bn-something-something-v2" / f"{video_id}.webm", motion, seed, codec="libvpx-vp9")
             entry = {"id": video_id}
             if split != "test":
-                entry |= {"label": names[motion].replace("something", "a pen"), "template": SSV2_TEMPLATES[motion], "placeholders": ["a pen"]}
+                entry |= {
+                    "label": names[motion].replace("something", "a pen"),
+                    "template": SSV2_TEMPLATES[motion],
+                    "placeholders": ["a pen"],
+                }
             entries.append(entry)
         (release / "labels" / f"{file_name}.json").write_text(json.dumps(entries))
     return release

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from miniature_releases import CLIPS, RELEASES
-
 from mlflow.tracking import MlflowClient
 
 from tin.data import DatasetInfo, load_dataset_info
@@ -22,11 +20,27 @@ from tin.evaluate import EvaluationError, evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 # Only size flags differ from the README's commands (and where runs and MLflow go).
-SIZE_FLAGS = ["--model", "tin_r18", "--num-segments", "4", "--crop-size", "32", "--batch-size", "8",
-              "--num-workers", "1", "--epochs", "1"]
+SIZE_FLAGS = [
+    "--model",
+    "tin_r18",
+    "--num-segments",
+    "4",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-workers",
+    "1",
+    "--epochs",
+    "1",
+]
 INGEST_FLAGS = ["--frames", "12", "--short-side", "32", "--chunk-size", "8"]
-TRAIN_JOBS = {"mmit": ["train_mmit.py"], "kinetics600": ["train_kinetics600.py"],
-              "sthv2": ["train.py", "--no-flip"], "ucf101": ["train.py"]}
+TRAIN_JOBS = {
+    "mmit": ["train_mmit.py"],
+    "kinetics600": ["train_kinetics600.py"],
+    "sthv2": ["train.py", "--no-flip"],
+    "ucf101": ["train.py"],
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,9 @@ def check_training_metrics(mlflow_uri: str, run_name: str, info: DatasetInfo) ->
     """The run's validation metrics in MLflow at epoch 1: top-1/top-5, or both mAPs for multi-label
     data (the sample-wise one the papers report and the class-wise one), each in (0, 1]."""
     client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("releases").experiment_id], f"attributes.run_name = '{run_name}'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("releases").experiment_id], f"attributes.run_name = '{run_name}'"
+    )
     for key in ("val_sample_map", "val_class_map") if info.multi_label else ("val_top1", "val_top5"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1] and 0 <= history[0].value <= 1, (key, history)
@@ -84,8 +100,19 @@ def check_training_metrics(mlflow_uri: str, run_name: str, info: DatasetInfo) ->
 def check_evaluation(run_job, checkpoint: str, output: str, info: DatasetInfo, tmp_path: Path) -> None:
     """jobs/evaluate.py with its defaults evaluates the val split; unlabelled splits are refused."""
     result = tmp_path / "evaluation.json"
-    evaluated = run_job("evaluate.py", ["--checkpoint", checkpoint, "--data", output, "--output", str(result),
-                                        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    evaluated = run_job(
+        "evaluate.py",
+        [
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            output,
+            "--output",
+            str(result),
+            "--mlflow-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     evaluation = json.loads(result.read_text())
     assert evaluation["split"] == "val" and evaluation["metrics"]["clips"] == CLIPS["val"] * 4
@@ -98,15 +125,26 @@ def check_evaluation(run_job, checkpoint: str, output: str, info: DatasetInfo, t
 @pytest.mark.parametrize("dataset", sorted(RELEASES))  # MMiT also on a two-node cluster: tests/multinode
 def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, run_job, tmp_path):
     output = str(tmp_path / "ds")
-    prepared = run_job(f"prepare_{dataset}.py", ["--root", str(RELEASES[dataset].build(tmp_path)), "--output", output,
-                                                 *INGEST_FLAGS])
+    prepared = run_job(
+        f"prepare_{dataset}.py", ["--root", str(RELEASES[dataset].build(tmp_path)), "--output", output, *INGEST_FLAGS]
+    )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     info = check_prepared(dataset, output)
 
     script, *recipe = TRAIN_JOBS[dataset]
-    runs = ["--storage-path", str(tmp_path / "runs"), "--name", dataset,
-            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "releases"]
+    runs = [
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--name",
+        dataset,
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "releases",
+    ]
     trained = run_job(script, ["--data", output, *recipe, *SIZE_FLAGS, *runs])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
     check_training_metrics(f"sqlite:///{tmp_path / 'mlflow.db'}", dataset, info)
-    check_evaluation(run_job, trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path)
+    check_evaluation(
+        run_job, trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path
+    )

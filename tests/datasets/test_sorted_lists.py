@@ -5,7 +5,6 @@ lists are sorted too (before ingest permuted the rows, a sorted list kept TIN at
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
@@ -18,9 +17,17 @@ from tin.train.config import TrainConfig
 def ingest_list(files: SyntheticFiles, synthetic: SyntheticConfig, split: str, output: str, chunk_size: int) -> None:
     """Ingest a generated split from its annotation list, which is sorted by class."""
     prepare_dataset(
-        PrepareConfig(format="generic", annotations=str(files.annotations), classes=str(files.classes),
-                      video_root=str(files.annotations.parent), split=split, output=output, frames=synthetic.frames,
-                      short_side=synthetic.size, chunk_size=chunk_size),
+        PrepareConfig(
+            format="generic",
+            annotations=str(files.annotations),
+            classes=str(files.classes),
+            video_root=str(files.annotations.parent),
+            split=split,
+            output=output,
+            frames=synthetic.frames,
+            short_side=synthetic.size,
+            chunk_size=chunk_size,
+        ),
         log=lambda line: None,
     )
 
@@ -33,9 +40,13 @@ def expected_distinct(frequencies: np.ndarray, batch_size: int) -> float:
 def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session, tmp_path):
     motions = MOTIONS[:8]
     synthetic = SyntheticConfig(num_clips=8 * 12, frames=8, size=32, motions=motions)
-    ingest_list(generate_split(tmp_path / "videos", "train", synthetic), synthetic, "train", str(tmp_path / "ds"), chunk_size=16)
+    ingest_list(
+        generate_split(tmp_path / "videos", "train", synthetic), synthetic, "train", str(tmp_path / "ds"), chunk_size=16
+    )
     info = load_dataset_info(str(tmp_path / "ds"))
-    config = TrainConfig(data=str(tmp_path / "ds"), model="tin_r18", num_segments=8, crop_size=32, batch_size=8, num_workers=1)
+    config = TrainConfig(
+        data=str(tmp_path / "ds"), model="tin_r18", num_segments=8, crop_size=32, batch_size=8, num_workers=1
+    )
     stream = training_clips(config, info)
     distinct, labels = [], []
     for _ in range(3):  # three epochs: each one a new pass in a new order

@@ -25,22 +25,45 @@ def tiny_root(ray_session, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("evaluate-data")
     synthetic = SyntheticConfig(num_clips=18, frames=FRAMES, size=SIZE, seed=3)
     prepare_dataset(
-        PrepareConfig(format="synthetic", video_root=str(root / "videos"), split="val", output=str(root / "data"),
-                      frames=FRAMES, short_side=SIZE, synthetic=synthetic),
+        PrepareConfig(
+            format="synthetic",
+            video_root=str(root / "videos"),
+            split="val",
+            output=str(root / "data"),
+            frames=FRAMES,
+            short_side=SIZE,
+            synthetic=synthetic,
+        ),
         log=lambda line: None,
     )
     return str(root / "data")
 
 
-def write_checkpoint(directory: Path, model_name: str, data: str, classes: list[str], multi_label: bool = False) -> Path:
+def write_checkpoint(
+    directory: Path, model_name: str, data: str, classes: list[str], multi_label: bool = False
+) -> Path:
     """A checkpoint of a freshly initialised model, as training would write it."""
     torch.manual_seed(0)
     model = build_model(model_name, len(classes), FRAMES, dropout=0.0)
-    config = TrainConfig(data=data, model=model_name, num_segments=FRAMES, crop_size=SIZE, dropout=0.0,
-                         storage_path=str(directory / "runs"), name="untrained",
-                         mlflow_uri=f"sqlite:///{directory / 'mlflow.db'}", experiment="tests")
-    facts = DatasetFacts(classes=tuple(classes), multi_label=multi_label, train_clips=0, val_clips=18,
-                         frames_per_clip=FRAMES, short_side=SIZE)
+    config = TrainConfig(
+        data=data,
+        model=model_name,
+        num_segments=FRAMES,
+        crop_size=SIZE,
+        dropout=0.0,
+        storage_path=str(directory / "runs"),
+        name="untrained",
+        mlflow_uri=f"sqlite:///{directory / 'mlflow.db'}",
+        experiment="tests",
+    )
+    facts = DatasetFacts(
+        classes=tuple(classes),
+        multi_label=multi_label,
+        train_clips=0,
+        val_clips=18,
+        frames_per_clip=FRAMES,
+        short_side=SIZE,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
     save_state(TrainingState(epoch=1, model=model.state_dict()), config, facts, path)
@@ -51,7 +74,9 @@ def write_checkpoint(directory: Path, model_name: str, data: str, classes: list[
 def tin_checkpoint(tiny_root, tmp_path_factory) -> Path:
     from tin.data import load_dataset_info
 
-    return write_checkpoint(tmp_path_factory.mktemp("tin-checkpoint"), "tin_r18", tiny_root, load_dataset_info(tiny_root).classes)
+    return write_checkpoint(
+        tmp_path_factory.mktemp("tin-checkpoint"), "tin_r18", tiny_root, load_dataset_info(tiny_root).classes
+    )
 
 
 @pytest.fixture(scope="session")

@@ -75,8 +75,21 @@ def test_multi_view_evaluation_runs(ramp_checkpoint, ramp_root):
 
 
 def test_more_temporal_views_than_the_frames_give_are_refused(ramp_checkpoint, ramp_root, tmp_path, capsys):
-    assert evaluate_job.main(["--checkpoint", str(ramp_checkpoint), "--data", ramp_root.path, "--clips", "10",
-                              "--output", str(tmp_path / "evaluation.json")]) == 2
+    assert (
+        evaluate_job.main(
+            [
+                "--checkpoint",
+                str(ramp_checkpoint),
+                "--data",
+                ramp_root.path,
+                "--clips",
+                "10",
+                "--output",
+                str(tmp_path / "evaluation.json"),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "--clips 10" in error and "24 stored frames give at most 3 distinct views" in error
     assert not (tmp_path / "evaluation.json").exists()
@@ -102,8 +115,23 @@ def test_multi_label_metrics_and_confusion():
 def test_job_writes_json_and_mlflow_run(tin_checkpoint, tiny_root, tmp_path, capsys):
     output = tmp_path / "evaluation.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert evaluate_job.main(["--checkpoint", str(tin_checkpoint), "--data", tiny_root, "--output", str(output),
-                              "--mlflow-uri", uri, "--experiment", "evaluate-tests"]) == 0
+    assert (
+        evaluate_job.main(
+            [
+                "--checkpoint",
+                str(tin_checkpoint),
+                "--data",
+                tiny_root,
+                "--output",
+                str(output),
+                "--mlflow-uri",
+                uri,
+                "--experiment",
+                "evaluate-tests",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "top1" in printed and "rotate_ccw" in printed  # metrics line and per-class table
     saved = json.loads(output.read_text())
@@ -112,7 +140,8 @@ def test_job_writes_json_and_mlflow_run(tin_checkpoint, tiny_root, tmp_path, cap
     runs = client.search_runs([client.get_experiment_by_name("evaluate-tests").experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics["top1"] == saved["metrics"]["top1"]
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)} | {
-        a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")}
+        a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")
+    }
     assert {"evaluation.json", "plots/confusion_matrix.png"} <= artifacts
     mlflow.set_tracking_uri(None)
 

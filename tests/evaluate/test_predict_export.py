@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from pipelines.synthetic import SyntheticConfig, render_clip, write_video
-from tin import predict
-from tin import export
+from tin import export, predict
 from tin.export import METADATA_FILE, example_clips, export_checkpoint
 from tin.train.checkpoint import load_model
 
@@ -19,7 +18,9 @@ def test_predict_prints_top_k_and_names_unreadable_files(tin_checkpoint, tmp_pat
     write_video(video, render_clip(["left"], SyntheticConfig(frames=12, size=48), np.random.default_rng(0)), fps=12)
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video\n")
-    status = predict.main(["--checkpoint", str(tin_checkpoint), str(broken), str(video), str(tmp_path / "gone.mp4"), "--top-k", "3"])
+    status = predict.main(
+        ["--checkpoint", str(tin_checkpoint), str(broken), str(video), str(tmp_path / "gone.mp4"), "--top-k", "3"]
+    )
     out, err = capsys.readouterr()
     assert status == 0
     lines = out.splitlines()

@@ -28,7 +28,10 @@ def test_recipe_rates_and_decay():
     assert groups["head_bias"]["params"] == [model.head.bias] and groups["head_bias"]["lr"] == pytest.approx(0.1)
     assert groups["head_bias"]["weight_decay"] == 0 and groups["head_weight"]["weight_decay"] == 5e-4
     temporal = {
-        id(parameter) for module in model.modules() if isinstance(module, TemporalInterlace) for parameter in module.parameters()
+        id(parameter)
+        for module in model.modules()
+        if isinstance(module, TemporalInterlace)
+        for parameter in module.parameters()
     }
     in_temporal_groups = groups["temporal"]["params"] + groups["temporal_no_decay"]["params"]
     assert {id(parameter) for parameter in in_temporal_groups} == temporal

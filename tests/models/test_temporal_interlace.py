@@ -21,7 +21,12 @@ def test_reference_structure_and_initialisation():
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (16, 1, (3,), (1,))
     assert (fc1.in_features, fc1.out_features, fc2.in_features, fc2.out_features) == (FRAMES, FRAMES, FRAMES, 2)
     weight_net = module.weight_net
-    assert (weight_net.in_channels, weight_net.out_channels, weight_net.kernel_size, weight_net.padding) == (16, 2, (3,), (1,))
+    assert (weight_net.in_channels, weight_net.out_channels, weight_net.kernel_size, weight_net.padding) == (
+        16,
+        2,
+        (3,),
+        (1,),
+    )
     assert torch.all(fc2.bias == 0.5108) and torch.all(weight_net.bias == 0)
     # parameters per module: 9 * fold + 3 in the convolutions, T*T + T + 2T + 2 in the linear layers
     assert sum(p.numel() for p in module.parameters()) == 9 * 16 + 3 + FRAMES * FRAMES + FRAMES + 2 * FRAMES + 2

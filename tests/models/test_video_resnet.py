@@ -32,7 +32,9 @@ def test_tsn_and_tsm_r50_are_the_resnet50_trunk_plus_the_head(name):
     assert count_parameters(build_model(name, 400)) == RESNET50_TRUNK + 2048 * 400 + 400
 
 
-@pytest.mark.parametrize("depth, blocks, block_type", [("r18", 8, BasicBlock), ("r50", 16, Bottleneck), ("r101", 33, Bottleneck)])
+@pytest.mark.parametrize(
+    "depth, blocks, block_type", [("r18", 8, BasicBlock), ("r50", 16, Bottleneck), ("r101", 33, Bottleneck)]
+)
 def test_tin_sits_before_conv1_of_every_block_on_the_residual_branch(depth, blocks, block_type):
     model = build_model(f"tin_{depth}", 10, num_segments=8)
     assert len(modules_of(model, TemporalInterlace)) == blocks
@@ -123,7 +125,10 @@ def test_tin_options_reach_every_module():
     model = build_model("tin_r18", 10, num_segments=4, shift_div=8, groups=1, reverse=False, offset_scale=2.0)
     for temporal in modules_of(model, TemporalInterlace):
         assert (temporal.fold, temporal.groups, temporal.reverse, temporal.offset_scale) == (
-            temporal.channels // 8, 1, False, 2.0
+            temporal.channels // 8,
+            1,
+            False,
+            2.0,
         )
     model(tiny_clips(1, 4))
     assert all(stat["offset"].shape == (1,) for stat in model.temporal_stats().values())
@@ -134,7 +139,16 @@ def test_temporal_stats_after_a_forward():
     assert model.temporal_stats() == {}
     model(tiny_clips(2, 4))
     stats = model.temporal_stats()
-    assert list(stats) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
+    assert list(stats) == [
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4.0",
+        "layer4.1",
+    ]
     for stat in stats.values():
         assert stat["offset"].shape == (4,) and stat["weight"].shape == (4, 4)
         assert not stat["offset"].requires_grad

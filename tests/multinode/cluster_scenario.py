@@ -37,8 +37,26 @@ EPOCHS = 4
 RUN = "tin_mmit_cluster"
 # Only sizes differ from the README's commands.
 INGEST_FLAGS = ["--frames", "12", "--short-side", "32", "--chunk-size", "4"]
-TRAIN_FLAGS = ["--model", "tin_r18", "--num-segments", "4", "--crop-size", "32", "--batch-size", "8", "--num-workers", "2",
-               "--cpus-per-worker", "1", "--placement-strategy", "SPREAD", "--epochs", str(EPOCHS), "--max-failures", "1"]
+TRAIN_FLAGS = [
+    "--model",
+    "tin_r18",
+    "--num-segments",
+    "4",
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-workers",
+    "2",
+    "--cpus-per-worker",
+    "1",
+    "--placement-strategy",
+    "SPREAD",
+    "--epochs",
+    str(EPOCHS),
+    "--max-failures",
+    "1",
+]
 
 
 @dataclass
@@ -48,7 +66,9 @@ class Processes:
     started: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.started.append(process)
         return process
 
@@ -82,58 +102,122 @@ def listening(host: str, port: int) -> bool:
 
 
 class Scenario:
-    def __init__(self, workdir: Path, head_ip: str, head_if: str, worker_ns: str, worker_ip: str, worker_if: str) -> None:
+    def __init__(
+        self, workdir: Path, head_ip: str, head_if: str, worker_ns: str, worker_ip: str, worker_if: str
+    ) -> None:
         self.workdir, self.head_ip, self.worker_ns, self.worker_ip = workdir, head_ip, worker_ns, worker_ip
         self.s3 = f"http://{head_ip}:{S3_PORT}"
         self.mlflow = f"http://{head_ip}:{MLFLOW_PORT}"
         self.dashboard = f"http://{head_ip}:{DASHBOARD_PORT}"
         base = clean_env(RAY_AUTH_MODE="token", AWS_ENDPOINT_URL=self.s3, **CREDENTIALS)
         # The GCS marks a node dead after missing heartbeats: 3 s here instead of Ray's half a minute.
-        self.head_env = base | {"GLOO_SOCKET_IFNAME": head_if, "RAY_health_check_period_ms": "1000",
-                                "RAY_health_check_failure_threshold": "3"}
+        self.head_env = base | {
+            "GLOO_SOCKET_IFNAME": head_if,
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+        }
         self.worker_env = base | {"GLOO_SOCKET_IFNAME": worker_if}
         self.processes = Processes()
 
     # ---- services and nodes ---------------------------------------------------------------
 
     def start_s3(self) -> None:
-        self.processes.start([str(BIN / "moto_server"), "-H", self.head_ip, "-p", str(S3_PORT)], self.head_env, self.workdir / "s3.log")
+        self.processes.start(
+            [str(BIN / "moto_server"), "-H", self.head_ip, "-p", str(S3_PORT)], self.head_env, self.workdir / "s3.log"
+        )
         wait_until(lambda: listening(self.head_ip, S3_PORT), "the S3 server")
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         for bucket in ("releases", "datasets", "runs"):
             client.create_bucket(Bucket=bucket)
 
     def start_mlflow(self) -> None:
         artifacts = self.workdir / "mlflow-artifacts"
         self.processes.start(
-            [str(BIN / "mlflow"), "server", "--host", self.head_ip, "--port", str(MLFLOW_PORT), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}", "--serve-artifacts",
-             "--artifacts-destination", str(artifacts), "--allowed-hosts", f"{self.head_ip}:{MLFLOW_PORT}"],
-            self.head_env, self.workdir / "mlflow.log",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                self.head_ip,
+                "--port",
+                str(MLFLOW_PORT),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.workdir / 'mlflow.db'}",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(artifacts),
+                "--allowed-hosts",
+                f"{self.head_ip}:{MLFLOW_PORT}",
+            ],
+            self.head_env,
+            self.workdir / "mlflow.log",
         )
 
     def start_head(self) -> None:
         self.processes.start(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", self.head_ip, "--port", str(GCS_PORT),
-             "--dashboard-host", self.head_ip, "--dashboard-port", str(DASHBOARD_PORT), "--num-cpus", "3",
-             "--temp-dir", str(self.workdir / "rh")],
-            self.head_env, self.workdir / "head.log",
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address",
+                self.head_ip,
+                "--port",
+                str(GCS_PORT),
+                "--dashboard-host",
+                self.head_ip,
+                "--dashboard-port",
+                str(DASHBOARD_PORT),
+                "--num-cpus",
+                "3",
+                "--temp-dir",
+                str(self.workdir / "rh"),
+            ],
+            self.head_env,
+            self.workdir / "head.log",
         )
         wait_until(lambda: listening(self.head_ip, DASHBOARD_PORT), "the Ray head's dashboard")
 
     def start_worker(self) -> subprocess.Popen:
         return self.processes.start(
-            ["ip", "netns", "exec", self.worker_ns, str(BIN / "ray"), "start", "--block", "--address", f"{self.head_ip}:{GCS_PORT}",
-             "--node-ip-address", self.worker_ip, "--num-cpus", "2", "--temp-dir", str(self.workdir / "rw")],
-            self.worker_env, self.workdir / "worker.log",
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.worker_ns,
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--address",
+                f"{self.head_ip}:{GCS_PORT}",
+                "--node-ip-address",
+                self.worker_ip,
+                "--num-cpus",
+                "2",
+                "--temp-dir",
+                str(self.workdir / "rw"),
+            ],
+            self.worker_env,
+            self.workdir / "worker.log",
         )
 
     def alive_nodes(self) -> int:
-        status = subprocess.run([str(BIN / "ray"), "status", "--address", f"{self.head_ip}:{GCS_PORT}"], env=self.head_env,
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [str(BIN / "ray"), "status", "--address", f"{self.head_ip}:{GCS_PORT}"],
+            env=self.head_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         active = status.stdout.split("Active:")[1].split("Pending:")[0] if "Active:" in status.stdout else ""
         return sum(line.strip().startswith("1 node_") for line in active.splitlines())
 
@@ -142,8 +226,22 @@ class Scenario:
     def submit(self, script: str, args: list[str], wait: bool, submission_id: str) -> subprocess.CompletedProcess:
         """``ray job submit --working-dir <repo> -- python jobs/<script> ...``, retried while the head's
         job agent is still starting."""
-        command = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--submission-id", submission_id,
-                   "--working-dir", str(REPO), *([] if wait else ["--no-wait"]), "--", "python", f"jobs/{script}", *args]
+        command = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            str(REPO),
+            *([] if wait else ["--no-wait"]),
+            "--",
+            "python",
+            f"jobs/{script}",
+            *args,
+        ]
         deadline = time.monotonic() + 120
         while True:
             done = subprocess.run(command, env=self.head_env, capture_output=True, text=True, timeout=900)
@@ -171,8 +269,12 @@ class Scenario:
 
         release = build_mmit(self.workdir / "release")
         self.start_s3()
-        fs = s3fs.S3FileSystem(key="testing", secret="testing", use_listings_cache=False,  # the listings change while we look
-                               client_kwargs={"endpoint_url": self.s3, "region_name": "us-east-1"})
+        fs = s3fs.S3FileSystem(
+            key="testing",
+            secret="testing",
+            use_listings_cache=False,  # the listings change while we look
+            client_kwargs={"endpoint_url": self.s3, "region_name": "us-east-1"},
+        )
         fs.put(str(release), "releases/", recursive=True)
         self.start_mlflow()  # starts while the Ray nodes do
         self.start_head()
@@ -180,23 +282,54 @@ class Scenario:
         wait_until(lambda: self.alive_nodes() == 2, "the worker node to join")
         wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
 
-        prepared = self.submit("prepare_mmit.py", ["--root", "s3://releases/Multi_Moments_in_Time", "--output", "s3://datasets/mmit",
-                                                   *INGEST_FLAGS], wait=True, submission_id="prepare")
+        prepared = self.submit(
+            "prepare_mmit.py",
+            ["--root", "s3://releases/Multi_Moments_in_Time", "--output", "s3://datasets/mmit", *INGEST_FLAGS],
+            wait=True,
+            submission_id="prepare",
+        )
         markers = [json.loads(fs.cat(path)) for path in fs.glob("datasets/mmit/_ingest/train/done-*.json")]
 
-        submitted = self.submit("train_mmit.py", ["--data", "s3://datasets/mmit", *TRAIN_FLAGS, "--storage-path", "s3://runs",
-                                                  "--name", RUN, "--mlflow-uri", self.mlflow, "--experiment", "cluster"],
-                                wait=False, submission_id="train")
-        wait_until(lambda: fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt") or self.job_status("train") not in ("RUNNING", "PENDING"),
-                   "the first checkpoint", timeout_s=600)
+        submitted = self.submit(
+            "train_mmit.py",
+            [
+                "--data",
+                "s3://datasets/mmit",
+                *TRAIN_FLAGS,
+                "--storage-path",
+                "s3://runs",
+                "--name",
+                RUN,
+                "--mlflow-uri",
+                self.mlflow,
+                "--experiment",
+                "cluster",
+            ],
+            wait=False,
+            submission_id="train",
+        )
+        wait_until(
+            lambda: (
+                fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt")
+                or self.job_status("train") not in ("RUNNING", "PENDING")
+            ),
+            "the first checkpoint",
+            timeout_s=600,
+        )
         killed_at = len(fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt"))
         self.processes.stop(worker, signal.SIGKILL)  # the node dies: its raylet, workers and tasks
-        wait_until(lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900)
+        wait_until(
+            lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900
+        )
         return {
             "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
             "chunk_nodes": sorted({marker["node"] for marker in markers}),
-            "train": {"submit": submitted.returncode, "status": self.job_status("train"), "logs": self.job_logs("train")[-12000:],
-                      "checkpoints_when_killed": killed_at},
+            "train": {
+                "submit": submitted.returncode,
+                "status": self.job_status("train"),
+                "logs": self.job_logs("train")[-12000:],
+                "checkpoints_when_killed": killed_at,
+            },
             "checkpoint": self.latest_checkpoint(fs),
             "mlflow": self.mlflow_record(),
         }
@@ -236,7 +369,10 @@ class Scenario:
             logits = model(torch.zeros(1, config["num_segments"], 3, config["crop_size"], config["crop_size"]))
         return {
             "runs": 1,
-            "params": {key: run.data.params.get(key) for key in ("config.num_workers", "config.placement_strategy", "config.data")},
+            "params": {
+                key: run.data.params.get(key)
+                for key in ("config.num_workers", "config.placement_strategy", "config.data")
+            },
             "metric_steps": sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_sample_map")}),
             "nodes_tag": run.data.tags.get("workers.nodes"),
             "artifacts": sorted(artifacts),

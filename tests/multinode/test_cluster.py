@@ -11,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -24,7 +24,10 @@ SCENARIO = REPO / "tests" / "multinode" / "cluster_scenario.py"
 HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"  # exist only inside the test's namespaces
 CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("unshare") is not None
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CAN_NAMESPACE, reason="needs root, ip(8) and unshare(1) for network namespaces")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CAN_NAMESPACE, reason="needs root, ip(8) and unshare(1) for network namespaces"),
+]
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ def two_hosts() -> Iterator[Network]:
         ip("netns", "add", network.head_ns)
         ip("netns", "add", network.worker_ns)
         ip("link", "add", network.head_if, "type", "veth", "peer", "name", network.worker_if)
-        for ns, interface, address in ((network.head_ns, network.head_if, HEAD_IP), (network.worker_ns, network.worker_if, WORKER_IP)):
+        for ns, interface, address in (
+            (network.head_ns, network.head_if, HEAD_IP),
+            (network.worker_ns, network.worker_if, WORKER_IP),
+        ):
             ip("link", "set", interface, "netns", ns)
             ip("-n", ns, "addr", "add", f"{address}/24", "dev", interface)
             ip("-n", ns, "link", "set", interface, "up")
@@ -67,10 +73,26 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
     checkpoint and the run finished from it on the head (--max-failures 1)."""
     workdir = Path(tempfile.mkdtemp(prefix="tin-cluster-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     try:
-        command = ["ip", "netns", "exec", two_hosts.head_ns, "unshare", "--pid", "--fork", "--mount-proc", sys.executable,
-                   str(SCENARIO), str(workdir), HEAD_IP, two_hosts.head_if, two_hosts.worker_ns, WORKER_IP, two_hosts.worker_if]
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            two_hosts.head_ns,
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            str(SCENARIO),
+            str(workdir),
+            HEAD_IP,
+            two_hosts.head_if,
+            two_hosts.worker_ns,
+            WORKER_IP,
+            two_hosts.worker_if,
+        ]
         done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=1500)
-        assert done.returncode == 0, (done.stdout[-3000:] + done.stderr[-5000:])
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         result = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -82,7 +104,10 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
     train = result["train"]
     logs = train["logs"]
     assert train["submit"] == 0 and train["status"] == "SUCCEEDED", logs
-    assert f"2 workers on 2 nodes: {HEAD_IP}" in logs and WORKER_IP in logs.split("2 workers on 2 nodes:")[1].splitlines()[0], logs
+    assert (
+        f"2 workers on 2 nodes: {HEAD_IP}" in logs
+        and WORKER_IP in logs.split("2 workers on 2 nodes:")[1].splitlines()[0]
+    ), logs
     assert f"2 workers on 1 node: {HEAD_IP} (ranks 0, 1)" in logs, logs  # after the worker node died
     assert 1 <= train["checkpoints_when_killed"] < 4
     assert result["checkpoint"] == {"epoch": 4, "history": 4}
@@ -90,8 +115,14 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
 
     record = result["mlflow"]
     assert record["runs"] == 1, record
-    assert record["params"] == {"config.num_workers": "2", "config.placement_strategy": "SPREAD", "config.data": "s3://datasets/mmit"}
+    assert record["params"] == {
+        "config.num_workers": "2",
+        "config.placement_strategy": "SPREAD",
+        "config.data": "s3://datasets/mmit",
+    }
     assert record["metric_steps"] == [1, 2, 3, 4]
     assert record["nodes_tag"] == f"{HEAD_IP} (ranks 0, 1)"
-    assert {"plots/training_curves.png", "plots/temporal_offsets_weights.png", "model/checkpoint.pt"} <= set(record["artifacts"])
+    assert {"plots/training_curves.png", "plots/temporal_offsets_weights.png", "model/checkpoint.pt"} <= set(
+        record["artifacts"]
+    )
     assert record["logits"] == [1, 5]

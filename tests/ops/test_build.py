@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
@@ -61,9 +60,19 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     includes = [f"-I{path}" for path in cpp_extension.include_paths(device_type="cuda")]
     includes.append(f"-I{sysconfig.get_paths()['include']}")
     command = [
-        "nvcc", "-c", str(_extension.CSRC / "interlace_cuda.cu"), "-o", str(tmp_path / "interlace_cuda.o"),
-        *includes, *cpp_extension.COMMON_NVCC_FLAGS, *_extension.NVCC_FLAGS,
-        "-std=c++20", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_90,code=sm_90",
+        "nvcc",
+        "-c",
+        str(_extension.CSRC / "interlace_cuda.cu"),
+        "-o",
+        str(tmp_path / "interlace_cuda.o"),
+        *includes,
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        *_extension.NVCC_FLAGS,
+        "-std=c++20",
+        "-Xcompiler",
+        "-fPIC",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

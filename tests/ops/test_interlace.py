@@ -11,7 +11,9 @@ from tin.ops import compiled_devices, interlace, interlace_reference, temporal_s
 
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+    ),
 ]
 
 
@@ -112,8 +114,13 @@ def test_compiled_matches_reference_on_random_shapes(device, seed):
     case = random_case(rng)
     generator = torch.Generator().manual_seed(seed)
     x, _, weight = make_inputs(
-        case["clips"], case["frames"], case["channels"], case["groups"], case["size"],
-        channels_last=case["channels_last"], generator=generator,
+        case["clips"],
+        case["frames"],
+        case["channels"],
+        case["groups"],
+        case["size"],
+        channels_last=case["channels_last"],
+        generator=generator,
     )
     offset = offsets_of_kind(case["offset_kind"], case["clips"], case["groups"], case["frames"], generator)
     inputs = (x.to(device), offset.to(device).requires_grad_(), weight.to(device))
@@ -136,7 +143,9 @@ def test_compiled_matches_reference_on_random_shapes(device, seed):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_reduced_precision_matches_float32(device, dtype, channels_last):
-    x, offset, weight = make_inputs(2, 8, 32, 4, (6, 6), dtype=torch.float32, device=device, channels_last=channels_last)
+    x, offset, weight = make_inputs(
+        2, 8, 32, 4, (6, 6), dtype=torch.float32, device=device, channels_last=channels_last
+    )
     x_low = x.detach().to(dtype).requires_grad_()
     # Same values in both precisions, so only the arithmetic differs.
     x32 = x_low.detach().float().requires_grad_()
@@ -238,7 +247,9 @@ def test_offsets_and_weights_of_another_dtype_keep_their_own_gradient_dtype():
 def test_custom_op_registration_passes_opcheck(device, channels_last):
     """Schema, fake kernel (shapes and strides), autograd registration and AOT dispatch."""
     x, offset, weight = make_inputs(2, 4, 8, 2, (3, 3), dtype=torch.float32, device=device, channels_last=channels_last)
-    torch.library.opcheck(torch.ops.tin.interlace.default, (x, offset, weight.transpose(0, 1).contiguous().transpose(0, 1), 4, 6))
+    torch.library.opcheck(
+        torch.ops.tin.interlace.default, (x, offset, weight.transpose(0, 1).contiguous().transpose(0, 1), 4, 6)
+    )
     grad_out = torch.randn_like(x)
     for mask in ([True, True, True], [True, False, False], [False, True, True]):
         torch.library.opcheck(

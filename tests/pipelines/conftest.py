@@ -25,9 +25,7 @@ def ramp(frames: int, height: int = 48, width: int = 64) -> np.ndarray:
 def write_audio_only(path: Path) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 800), np.int16), format="s16", layout="mono"
-        )
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
         frame.sample_rate = 8000
         for packet in list(stream.encode(frame)) + list(stream.encode()):
             container.mux(packet)

@@ -85,9 +85,7 @@ def test_dataset_json(jpeg_root):
     info = load_dataset_info(str(jpeg_root))
     assert info.classes == ["ramp", "broken"] and info.encoding == "jpeg"
     assert (info.frames_per_clip, info.short_side) == (FRAMES, SHORT_SIDE)
-    assert info.splits == {
-        "val": {"written": len(GOOD), "failed": len(BAD) + 1, "labelled": True, "shuffle_seed": 0}
-    }
+    assert info.splits == {"val": {"written": len(GOOD), "failed": len(BAD) + 1, "labelled": True, "shuffle_seed": 0}}
 
 
 def test_completed_split_rerun_is_a_no_op(jpeg_root, media_root, mixed_manifest):
@@ -98,9 +96,7 @@ def test_completed_split_rerun_is_a_no_op(jpeg_root, media_root, mixed_manifest)
     result = ingest(manifest, config, log=lambda line: None)
     assert result.already_complete and result.chunks_run == 0
     assert (result.written, result.failed) == (len(GOOD), len(BAD) + 1)
-    assert {
-        path: path.stat().st_mtime_ns for path in sorted((jpeg_root / "val").glob("*.parquet"))
-    } == before
+    assert {path: path.stat().st_mtime_ns for path in sorted((jpeg_root / "val").glob("*.parquet"))} == before
 
 
 def test_other_settings_on_the_same_root_are_refused(jpeg_root, media_root, mixed_manifest):
@@ -112,16 +108,12 @@ def test_other_settings_on_the_same_root_are_refused(jpeg_root, media_root, mixe
 def test_raw_encoding_is_square_fixed_shape_and_reads_in_ray(ray_session, media_root, tmp_path):
     import ray
 
-    lines = [
-        {"id": key, "path": GOOD[key], "labels": [0]} for key in ("h264", "vp9", "bigbuckbunny")
-    ]
+    lines = [{"id": key, "path": GOOD[key], "labels": [0]} for key in ("h264", "vp9", "bigbuckbunny")]
     annotations = tmp_path / "raw.jsonl"
     annotations.write_text("".join(json.dumps(line) + "\n" for line in lines))
     manifest = read_generic(str(annotations), str(media_root))
     root = tmp_path / "raw"
-    config = IngestConfig(
-        str(root), "train", frames=FRAMES, short_side=SHORT_SIDE, encoding="raw", chunk_size=2
-    )
+    config = IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE, encoding="raw", chunk_size=2)
     assert ingest(manifest, config).written == 3
     clip = read_clip(str(root), "train", "h264")
     assert clip.frames.shape == (FRAMES, SHORT_SIDE, SHORT_SIDE, 3)

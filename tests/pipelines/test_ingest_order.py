@@ -54,9 +54,7 @@ def sorted_manifest(sorted_list: Path) -> Manifest:
 
 
 def config(root: Path, split: str = "train", **overrides) -> IngestConfig:
-    return IngestConfig(
-        str(root), split, frames=FRAMES, short_side=SHORT_SIDE, chunk_size=CHUNK, **overrides
-    )
+    return IngestConfig(str(root), split, frames=FRAMES, short_side=SHORT_SIDE, chunk_size=CHUNK, **overrides)
 
 
 def shard_contents(root: Path, split: str = "train") -> dict[str, list[str]]:
@@ -88,8 +86,7 @@ def test_shards_follow_the_recorded_seed(permuted_root, sorted_list):
     order = shuffled_order(len(rows), 0)
     chunks = [order[start : start + CHUNK] for start in range(0, len(rows), CHUNK)]
     expected = {
-        f"part-{chunk:05d}.parquet": [rows[i].clip_id for i in positions]
-        for chunk, positions in enumerate(chunks)
+        f"part-{chunk:05d}.parquet": [rows[i].clip_id for i in positions] for chunk, positions in enumerate(chunks)
     }
     assert shard_contents(permuted_root) == expected
     plan = json.loads((permuted_root / "_ingest" / "train" / "plan.json").read_text())
@@ -104,9 +101,7 @@ def test_shards_follow_the_recorded_seed(permuted_root, sorted_list):
     assert info.permuted("train") and info.labelled("train")
 
 
-def test_same_seed_same_shards_other_seed_other_shards(
-    ray_session, permuted_root, sorted_list, tmp_path
-):
+def test_same_seed_same_shards_other_seed_other_shards(ray_session, permuted_root, sorted_list, tmp_path):
     manifest = sorted_manifest(sorted_list)
     ingest(manifest, config(tmp_path / "same"), log=quiet)
     assert shard_contents(tmp_path / "same") == shard_contents(permuted_root)
@@ -117,9 +112,7 @@ def test_same_seed_same_shards_other_seed_other_shards(
     assert load_dataset_info(str(tmp_path / "other")).splits["train"]["shuffle_seed"] == 1
 
 
-def test_resume_after_a_partial_run_cuts_the_same_chunks(
-    ray_session, permuted_root, sorted_list, tmp_path
-):
+def test_resume_after_a_partial_run_cuts_the_same_chunks(ray_session, permuted_root, sorted_list, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(permuted_root, root)
     for chunk in (1, 3):  # as a run stopped before committing chunks 1 and 3 leaves the split
@@ -203,9 +196,7 @@ ccc,0,10,test
 """
 
 
-def test_kinetics_test_split_without_labels_beside_a_labelled_split(
-    ray_session, media_root, tmp_path
-):
+def test_kinetics_test_split_without_labels_beside_a_labelled_split(ray_session, media_root, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     for youtube_id in ("aaa", "bbb", "ccc"):
@@ -216,9 +207,7 @@ def test_kinetics_test_split_without_labels_beside_a_labelled_split(
     val = read_kinetics(str(tmp_path / "val.csv"), str(videos), layout="flat")
     result = ingest(val, config(root, "val"), log=quiet)
     assert (result.written, result.failed) == (2, 1)
-    assert [(e["clip_id"], e["error"]) for e in read_errors(str(root), "val")] == [
-        ("ccc_000000_000010", NO_LABEL)
-    ]
+    assert [(e["clip_id"], e["error"]) for e in read_errors(str(root), "val")] == [("ccc_000000_000010", NO_LABEL)]
     test = read_kinetics(str(tmp_path / "test.csv"), str(videos), layout="flat")
     result = ingest(test, config(root, "test"), log=quiet)
     assert (result.written, result.failed) == (2, 0)

@@ -73,10 +73,7 @@ def test_synthetic_job_end_to_end(ray_session, tmp_path):
     ]
     done = run_job("prepare_dataset.py", args, ray_session)
     assert done.returncode == 0, done.stderr
-    assert (
-        done.stdout.strip().splitlines()[-1]
-        == f"written 12 clips, failed 0 (see {tmp_path / 'ds'}/errors)"
-    )
+    assert done.stdout.strip().splitlines()[-1] == f"written 12 clips, failed 0 (see {tmp_path / 'ds'}/errors)"
     assert "chunk" in done.stdout  # progress lines
     info = load_dataset_info(str(tmp_path / "ds"))
     assert info.name == "synthetic" and len(info.classes) == 9 and not info.multi_label
@@ -84,9 +81,7 @@ def test_synthetic_job_end_to_end(ray_session, tmp_path):
     assert len(clips) == 12 and clips[0].frames.shape == (4, 32, 32, 3)
 
 
-def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
-    ray_session, tmp_path, media_root
-):
+def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, tmp_path, media_root):
     root = tmp_path / "kinetics600"
     (root / "annotations").mkdir(parents=True)
     (root / "val").mkdir()
@@ -139,9 +134,7 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(
         ),
     ],
 )
-def test_job_cannot_run_exits_non_zero_naming_the_flag(
-    ray_session, tmp_path, mixed_manifest, args, message
-):
+def test_job_cannot_run_exits_non_zero_naming_the_flag(ray_session, tmp_path, mixed_manifest, args, message):
     args = [arg.replace("{manifest}", str(mixed_manifest)) for arg in args]
     done = run_job(
         "prepare_dataset.py",

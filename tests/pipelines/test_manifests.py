@@ -55,9 +55,7 @@ def test_generic_labelled_unless_no_record_has_labels(tmp_path):
     classes = write(tmp_path / "classes.txt", "run\njump\n")
     mixed = write(
         tmp_path / "mixed.jsonl",
-        '{"path": "a.mp4", "labels": ["run"]}\n'
-        '{"path": "b.mp4", "labels": []}\n'
-        '{"path": "c.mp4"}\n',
+        '{"path": "a.mp4", "labels": ["run"]}\n{"path": "b.mp4", "labels": []}\n{"path": "c.mp4"}\n',
     )
     manifest = read_generic(mixed, "", classes)
     assert manifest.labelled and [row.error for row in manifest.rows] == [None, NO_LABEL, NO_LABEL]
@@ -77,16 +75,12 @@ def test_generic_without_class_file_uses_sorted_names_or_ids(tmp_path):
     assert read_generic(names, "").classes == ["a", "b"]
     ids = write(tmp_path / "i.jsonl", '{"path": "a.mp4", "labels": [2]}\n')
     manifest = read_generic(ids, "s3://bucket/videos/")
-    assert (
-        manifest.classes == ["0", "1", "2"] and manifest.rows[0].path == "s3://bucket/videos/a.mp4"
-    )
+    assert manifest.classes == ["0", "1", "2"] and manifest.rows[0].path == "s3://bucket/videos/a.mp4"
     assert not manifest.multi_label
 
 
 def test_mmit(tmp_path):
-    categories = write(
-        tmp_path / "moments_categories.txt", "crafting,0\nsinging,2\nadult+female+singing,1\n"
-    )
+    categories = write(tmp_path / "moments_categories.txt", "crafting,0\nsinging,2\nadult+female+singing,1\n")
     annotations = write(
         tmp_path / "trainingSet.csv",
         "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4,2,1\n"
@@ -95,15 +89,11 @@ def test_mmit(tmp_path):
         "crafting/yt-none_2.mp4\n",
     )
     manifest = read_mmit(annotations, categories, "/mmit/videos/training")
-    assert (
-        manifest.classes == ["crafting", "adult+female+singing", "singing"] and manifest.multi_label
-    )
+    assert manifest.classes == ["crafting", "adult+female+singing", "singing"] and manifest.multi_label
     assert manifest.labelled
     first, second, bad, unlabelled = manifest.rows
     assert first.clip_id == "adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
-    assert (
-        first.path == "/mmit/videos/training/adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
-    )
+    assert first.path == "/mmit/videos/training/adult+female+singing/0-3-6-2-9-1-2-6-14603629126_5.mp4"
     assert first.labels == (1, 2) and second.labels == (0,)
     assert bad.error == "unknown class 313 (not in the class list)"
     assert unlabelled.error == NO_LABEL
@@ -130,20 +120,14 @@ def test_kinetics_flat_and_by_label(tmp_path):
 
 
 def test_kinetics_600_test_csv_without_labels_and_class_file(tmp_path):
-    annotations = write(
-        tmp_path / "test.csv", "youtube_id,time_start,time_end,split\nzzz,0,10,test\n"
-    )
+    annotations = write(tmp_path / "test.csv", "youtube_id,time_start,time_end,split\nzzz,0,10,test\n")
     classes = write(tmp_path / "classes.txt", "abseiling\nair drumming\n")
     manifest = read_kinetics(annotations, str(tmp_path), classes)
     assert not manifest.labelled and manifest.classes == ["abseiling", "air drumming"]
     assert manifest.rows[0].labels == () and manifest.rows[0].error is None
     assert read_kinetics(annotations, str(tmp_path)).classes == []  # no class list given
-    unknown = write(
-        tmp_path / "u.csv", "label,youtube_id,time_start,time_end,split\nyodeling,a,0,10,train\n"
-    )
-    assert (
-        "unknown class 'yodeling'" in read_kinetics(unknown, str(tmp_path), classes).rows[0].error
-    )
+    unknown = write(tmp_path / "u.csv", "label,youtube_id,time_start,time_end,split\nyodeling,a,0,10,train\n")
+    assert "unknown class 'yodeling'" in read_kinetics(unknown, str(tmp_path), classes).rows[0].error
 
 
 def test_kinetics_row_without_label_in_a_labelled_csv_is_an_error(tmp_path):

@@ -24,8 +24,13 @@ def fresh_python(code: str, **env: str) -> dict:
     """Run ``code`` in a new interpreter (no Ray started, no Ray variables inherited) and return
     the JSON it prints last."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**clean, "PYTHONPATH": str(REPO), **env},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**clean, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -43,18 +48,22 @@ def test_the_loopback_switch_is_the_constant_ray_consults_for_the_node_address()
 
 
 def test_state_api_clients_take_their_address_from_the_variable_before_guessing():
-    found = fresh_python("""
+    found = fresh_python(
+        """
         import json
         from ray._private import ray_constants
         from ray.dashboard.utils import get_address_for_submission_client
         print(json.dumps({"variable": ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE,
                           "address": get_address_for_submission_client(None)}))
-    """, RAY_API_SERVER_ADDRESS="http://127.0.0.1:9")
+    """,
+        RAY_API_SERVER_ADDRESS="http://127.0.0.1:9",
+    )
     assert found == {"variable": STATE_API_ADDRESS, "address": "http://127.0.0.1:9"}
 
 
 def test_ray_data_takes_the_project_logging_file_console_at_warning_file_at_debug():
-    found = fresh_python("""
+    found = fresh_python(
+        """
         import json, logging
         import ray.data
         from ray.data._internal.logging import SessionFileHandler
@@ -64,7 +73,9 @@ def test_ray_data_takes_the_project_logging_file_console_at_warning_file_at_debu
             "console": [h.level for h in logger.handlers if isinstance(h, logging.StreamHandler)],
             "files": [h.level for h in logger.handlers if isinstance(h, SessionFileHandler)],
         }))
-    """, **{RAY_DATA_LOGGING: str(RAY_DATA_LOGGING_FILE)})
+    """,
+        **{RAY_DATA_LOGGING: str(RAY_DATA_LOGGING_FILE)},
+    )
     assert found == {"level": 10, "console": [30], "files": [0]}
 
 
@@ -73,7 +84,10 @@ def test_the_installed_ray_is_in_the_tested_range_and_others_are_refused(monkeyp
     check_ray_version()  # the installed release
     monkeypatch.delenv(ALLOW_UNTESTED_RAY, raising=False)
     for untested in ("2.59.2", "2.61.0", "3.0.0"):
-        with pytest.raises(UnsupportedRayError, match=rf"Ray {untested} is installed, .* tested with ray.*2\.60.*{ALLOW_UNTESTED_RAY}=1"):
+        with pytest.raises(
+            UnsupportedRayError,
+            match=rf"Ray {untested} is installed, .* tested with ray.*2\.60.*{ALLOW_UNTESTED_RAY}=1",
+        ):
             check_ray_version(untested)
     monkeypatch.setenv(ALLOW_UNTESTED_RAY, "1")
     with warnings.catch_warnings(record=True) as caught:

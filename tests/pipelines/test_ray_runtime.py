@@ -18,8 +18,12 @@ from tin.train.checkpoint import CHECKPOINT_FILE, load_state
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 20  # tiny epochs of about a second: the run must outlast the other Ray's start and stop
-JOB_LINES = re.compile(r"^(Ray: started a local Ray|.*\d+ workers? on \d+ nodes?: |.*epoch \d+/\d+  train_loss|finished |checkpoint: )")
-RAY_LINES_ALLOWED = 15  # the token-authentication note, Ray Train's PreemptionWatcher error line, one Ray Data progress block
+JOB_LINES = re.compile(
+    r"^(Ray: started a local Ray|.*\d+ workers? on \d+ nodes?: |.*epoch \d+/\d+  train_loss|finished |checkpoint: )"
+)
+RAY_LINES_ALLOWED = (
+    15  # the token-authentication note, Ray Train's PreemptionWatcher error line, one Ray Data progress block
+)
 CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
 
 
@@ -31,12 +35,44 @@ def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_l
     the run's workers. The scenario runs in a PID namespace of its own, where the test session's
     Ray is out of sight, as on a workstation with just the two."""
     run_dir = tmp_path / "runs" / "beside"
-    train = [sys.executable, str(REPO / "jobs" / "train.py"), "--data", single_label_root, "--model", "tin_r18",
-             "--num-segments", "4", "--crop-size", "32", "--epochs", str(EPOCHS), "--batch-size", "8", "--num-workers", "1",
-             "--warmup-epochs", "0", "--storage-path", str(tmp_path / "runs"), "--name", "beside",
-             "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    scenario = [shutil.which("unshare"), "--pid", "--fork", "--mount-proc", sys.executable, str(REPO / "tests" / "pipelines" / "two_rays.py"),
-                "6", str(run_dir), "--", *train]
+    train = [
+        sys.executable,
+        str(REPO / "jobs" / "train.py"),
+        "--data",
+        single_label_root,
+        "--model",
+        "tin_r18",
+        "--num-segments",
+        "4",
+        "--crop-size",
+        "32",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--name",
+        "beside",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    scenario = [
+        shutil.which("unshare"),
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        sys.executable,
+        str(REPO / "tests" / "pipelines" / "two_rays.py"),
+        "6",
+        str(run_dir),
+        "--",
+        *train,
+    ]
     done = subprocess.run(scenario, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -47,7 +83,13 @@ def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_l
     assert 1 <= result["checkpoints_by_then"] < EPOCHS
     last = max(path for path in run_dir.glob("checkpoint_*") if path.is_dir())
     assert load_state(last / CHECKPOINT_FILE).epoch == EPOCHS
-    assert [int(epoch) for epoch in re.findall(rf"epoch (\d+)/{EPOCHS}  train_loss", output)] == list(range(1, EPOCHS + 1))
+    assert [int(epoch) for epoch in re.findall(rf"epoch (\d+)/{EPOCHS}  train_loss", output)] == list(
+        range(1, EPOCHS + 1)
+    )
     assert "Failed to query" not in output and "Traceback" not in output, output[-4000:]
-    others = [line for line in output.splitlines() if line.strip() and not JOB_LINES.match(re.sub(r"^\S*\(\w+ pid=\d+[^)]*\)\S* ", "", line))]
+    others = [
+        line
+        for line in output.splitlines()
+        if line.strip() and not JOB_LINES.match(re.sub(r"^\S*\(\w+ pid=\d+[^)]*\)\S* ", "", line))
+    ]
     assert len(others) <= RAY_LINES_ALLOWED, "\n".join(others)  # was one per second and several per epoch

@@ -43,10 +43,7 @@ def test_mirror_classes_are_the_same_frames_reversed(first, second):
         ("rotate_cw", lambda p: np.all(np.diff(p.angle) > 0) and np.ptp(p.half_size) == 0),
         (
             "static",
-            lambda p: (
-                np.all(np.ptp(p.centre, axis=0) == 0)
-                and np.ptp(p.half_size) == np.ptp(p.angle) == 0
-            ),
+            lambda p: np.all(np.ptp(p.centre, axis=0) == 0) and np.ptp(p.half_size) == np.ptp(p.angle) == 0,
         ),
     ],
 )
@@ -54,9 +51,7 @@ def test_motion_is_constant_velocity_and_stays_in_frame(motion, moves):
     for seed in range(20):
         path = motion_trajectory(motion, 16, 64, np.random.default_rng(seed))
         assert moves(path)
-        assert np.allclose(np.diff(path.centre, 2, axis=0), 0) and np.allclose(
-            np.diff(path.half_size, 2), 0
-        )
+        assert np.allclose(np.diff(path.centre, 2, axis=0), 0) and np.allclose(np.diff(path.half_size, 2), 0)
         assert np.all(path.centre >= 0) and np.all(path.centre <= 64)
 
 
@@ -83,17 +78,19 @@ def test_generation_is_deterministic_real_h264(tmp_path):
     config = SyntheticConfig(num_clips=9, frames=8, size=32, noise=0.05, seed=7)
     files = generate_split(tmp_path / "a", "train", config)
     generate_split(tmp_path / "b", "train", config)
-    generate_split(
-        tmp_path / "c", "train", SyntheticConfig(num_clips=9, frames=8, size=32, noise=0.05, seed=8)
-    )
+    generate_split(tmp_path / "c", "train", SyntheticConfig(num_clips=9, frames=8, size=32, noise=0.05, seed=8))
     first = (tmp_path / "a" / "train" / "clip_00000.mp4").read_bytes()
     assert first == (tmp_path / "b" / "train" / "clip_00000.mp4").read_bytes()
     assert first != (tmp_path / "c" / "train" / "clip_00000.mp4").read_bytes()
     rows = [json.loads(line) for line in files.annotations.read_text().splitlines()]
     assert [row["labels"] for row in rows] == [[motion] for motion in MOTIONS]  # balanced classes
-    two_each = generate_split(tmp_path / "d", "train", SyntheticConfig(num_clips=6, frames=8, size=32, motions=MOTIONS[:3]))
+    two_each = generate_split(
+        tmp_path / "d", "train", SyntheticConfig(num_clips=6, frames=8, size=32, motions=MOTIONS[:3])
+    )
     listed = [json.loads(line) for line in two_each.annotations.read_text().splitlines()]
-    assert [row["labels"][0] for row in listed] == [m for m in MOTIONS[:3] for _ in range(2)]  # sorted by class, as releases are
+    assert [row["labels"][0] for row in listed] == [
+        m for m in MOTIONS[:3] for _ in range(2)
+    ]  # sorted by class, as releases are
     assert [row["path"] for row in listed][:2] == ["train/clip_00000.mp4", "train/clip_00003.mp4"]
     assert files.classes.read_text().split() == list(MOTIONS)
     info = probe_video(str(tmp_path / "a" / rows[0]["path"]))
@@ -108,9 +105,7 @@ def test_generation_is_deterministic_real_h264(tmp_path):
 def test_splits_differ(tmp_path):
     generate_split(tmp_path, "train", SMALL)
     generate_split(tmp_path, "val", SMALL)
-    assert (tmp_path / "train" / "clip_00000.mp4").read_bytes() != (
-        tmp_path / "val" / "clip_00000.mp4"
-    ).read_bytes()
+    assert (tmp_path / "train" / "clip_00000.mp4").read_bytes() != (tmp_path / "val" / "clip_00000.mp4").read_bytes()
 
 
 def test_multi_label_variant_is_written_in_mmit_format(tmp_path):
@@ -125,10 +120,6 @@ def test_multi_label_variant_is_written_in_mmit_format(tmp_path):
 
 def test_single_frames_do_not_reveal_the_direction():
     """Over many clips, the positions seen in 'left' frames and 'right' frames are the same set."""
-    left = [
-        motion_trajectory("left", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)
-    ]
-    right = [
-        motion_trajectory("right", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)
-    ]
+    left = [motion_trajectory("left", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)]
+    right = [motion_trajectory("right", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)]
     np.testing.assert_allclose(np.sort(np.concatenate(left)), np.sort(np.concatenate(right)))

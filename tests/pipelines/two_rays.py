@@ -44,14 +44,21 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def main(hold_s: float, run_dir: Path, command: list[str]) -> dict:
-    training = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    training = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     other = None
     try:
         deadline = time.monotonic() + 300
         while not checkpoints(run_dir) and training.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        other = subprocess.Popen([sys.executable, "-c", OTHER_RAY, str(hold_s)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        other = subprocess.Popen(
+            [sys.executable, "-c", OTHER_RAY, str(hold_s)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         other_lines = [other.stdout.readline().strip(), other.stdout.readline().strip()]
         other.wait(timeout=120)
         outlived_other = training.poll() is None
@@ -61,8 +68,13 @@ def main(hold_s: float, run_dir: Path, command: list[str]) -> dict:
         for process in (training, other):
             if process is not None:
                 stop(process)
-    return {"returncode": training.returncode, "output": output, "other": other_lines,
-            "outlived_other": outlived_other, "checkpoints_by_then": done_by_then}
+    return {
+        "returncode": training.returncode,
+        "output": output,
+        "other": other_lines,
+        "outlived_other": outlived_other,
+        "checkpoints_by_then": done_by_then,
+    }
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -43,9 +43,19 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:
     """tin_r18 on 4 frames of 32 x 32: seconds per epoch on 2 CPUs."""
     values = dict(
-        data=data, model="tin_r18", num_segments=4, epochs=2, batch_size=8, num_workers=2, crop_size=32,
-        lr=0.02, warmup_epochs=0, storage_path=str(tmp_path / "runs"), name=name,
-        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tests",
+        data=data,
+        model="tin_r18",
+        num_segments=4,
+        epochs=2,
+        batch_size=8,
+        num_workers=2,
+        crop_size=32,
+        lr=0.02,
+        warmup_epochs=0,
+        storage_path=str(tmp_path / "runs"),
+        name=name,
+        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="tests",
     )
     return TrainConfig(**{**values, **overrides})
 
@@ -161,11 +171,30 @@ def test_two_workers_train_then_resume_continues_the_run(single_label_root, tmp_
 
 
 def job_command(script: str, config: TrainConfig) -> list[str]:
-    flags = ["--data", config.data, "--model", config.model, "--epochs", str(config.epochs),
-             "--batch-size", str(config.batch_size), "--num-workers", str(config.num_workers),
-             "--num-segments", str(config.num_segments), "--crop-size", str(config.crop_size),
-             "--storage-path", config.storage_path, "--name", config.name,
-             "--mlflow-uri", config.mlflow_uri, "--experiment", config.experiment]
+    flags = [
+        "--data",
+        config.data,
+        "--model",
+        config.model,
+        "--epochs",
+        str(config.epochs),
+        "--batch-size",
+        str(config.batch_size),
+        "--num-workers",
+        str(config.num_workers),
+        "--num-segments",
+        str(config.num_segments),
+        "--crop-size",
+        str(config.crop_size),
+        "--storage-path",
+        config.storage_path,
+        "--name",
+        config.name,
+        "--mlflow-uri",
+        config.mlflow_uri,
+        "--experiment",
+        config.experiment,
+    ]
     return ["python", f"jobs/{script}", *flags]
 
 
@@ -180,8 +209,14 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
     command = job_command("train.py", config) + ["--max-failures", "1"]
     without_uri = command[: command.index("--mlflow-uri")] + command[command.index("--mlflow-uri") + 2 :]
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
-    job = subprocess.Popen([sys.executable, str(REPO / without_uri[1]), *without_uri[2:]], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        [sys.executable, str(REPO / without_uri[1]), *without_uri[2:]],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     run_dir = Path(config.storage_path) / config.name
     deadline = time.monotonic() + 300
     while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]:
@@ -208,7 +243,10 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
         ({"data": "/no/such/root"}, "no dataset.json there"),
         ({"schedule": "linear"}, "--schedule must be cosine or step"),
         ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
-        ({"placement_strategy": "spread"}, "--placement-strategy must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
+        (
+            {"placement_strategy": "spread"},
+            "--placement-strategy must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",
+        ),
         ({"scales": (1.0, 1.5)}, r"--scales must be fractions of the short side in \(0, 1\]"),
         ({"shuffle_buffer": -1}, "--shuffle-buffer must be 0 \\(off\\) or a number of clips"),
         ({"val_split": "test"}, "split 'test' \\(--val-split\\) has no clips"),
@@ -225,7 +263,9 @@ def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, override
 @pytest.mark.parametrize("split, flag", [("val", "--val-split"), ("train", "--train-split")])
 def test_splits_without_labels_are_refused(single_label_root, root_with_split_facts, tmp_path, split, flag):
     root = root_with_split_facts(single_label_root, split, labelled=False)
-    with pytest.raises(TrainingSetupError, match=f"{flag} {split}: split '{split}' of .* has no labels .*python -m tin.predict"):
+    with pytest.raises(
+        TrainingSetupError, match=f"{flag} {split}: split '{split}' of .* has no labels .*python -m tin.predict"
+    ):
         check_config(tiny_config(root, tmp_path, "unlabelled"))
     if split == "val":  # the way out: train without validation
         check_config(tiny_config(root, tmp_path, "unlabelled", val_split=None))
@@ -238,7 +278,9 @@ def training_data_warnings(config: TrainConfig) -> list[str]:
     return [str(warning.message) for warning in caught if warning.category is TrainingDataWarning]
 
 
-def test_roots_written_before_ingest_permuted_rows_are_warned_about(single_label_root, root_with_split_facts, tmp_path, capsys):
+def test_roots_written_before_ingest_permuted_rows_are_warned_about(
+    single_label_root, root_with_split_facts, tmp_path, capsys
+):
     old = root_with_split_facts(single_label_root, "train", shuffle_seed=None)
     (message,) = training_data_warnings(tiny_config(old, tmp_path, "old", num_segments=8))
     assert f"--data {old}: dataset.json records no shuffle seed for split 'train'" in message and "Re-ingest" in message
@@ -247,7 +289,9 @@ def test_roots_written_before_ingest_permuted_rows_are_warned_about(single_label
     assert training_data_warnings(tiny_config(permuted, tmp_path, "new", num_segments=8)) == []
 
 
-def test_stored_frames_that_miss_the_segment_centres_are_warned_about(single_label_root, root_with_split_facts, tmp_path):
+def test_stored_frames_that_miss_the_segment_centres_are_warned_about(
+    single_label_root, root_with_split_facts, tmp_path
+):
     root = root_with_split_facts(single_label_root, "train", shuffle_seed=7)
     (message,) = training_data_warnings(tiny_config(root, tmp_path, "off-centre", num_segments=4))  # 8 frames = 2 x 4
     assert "--num-segments 4 with 8 stored frames" in message and "--frames 12 or 20" in message
@@ -267,8 +311,20 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
     batches drawn from a local buffer of clips)."""
     config = tiny_config(single_label_root, tmp_path, "no_val", epochs=6, num_workers=1, batch_size=6)
     flags = job_command("train.py", config)[2:] + [
-        "--optimizer", "adamw", "--lr", "2e-3", "--head-lr-mult", "1", "--head-bias-lr-mult", "1", "--scales", "1.0",
-        "--val-split", "none", "--shuffle-buffer", "12",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "2e-3",
+        "--head-lr-mult",
+        "1",
+        "--head-bias-lr-mult",
+        "1",
+        "--scales",
+        "1.0",
+        "--val-split",
+        "none",
+        "--shuffle-buffer",
+        "12",
     ]
     assert load_job("train").main(flags) == 0
     assert "finished no_val: train_loss" in capsys.readouterr().out
@@ -281,7 +337,9 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
     assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 6 * (36 // 6)  # AdamW's state
     assert {group["lr_mult"] for group in state.optimizer["param_groups"]} == {1.0}
     client, run = mlflow_run(config)
-    assert metric_steps(client, run, "train_loss") == list(range(1, 7)) and not [key for key in run.data.metrics if key.startswith("val_")]
+    assert metric_steps(client, run, "train_loss") == list(range(1, 7)) and not [
+        key for key in run.data.metrics if key.startswith("val_")
+    ]
     assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
     assert run.data.params["config.optimizer"] == "adamw"
 
@@ -297,8 +355,12 @@ def test_dataset_and_checkpoints_on_s3(single_label_root, tmp_path, monkeypatch)
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(name, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="tin")
         store = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})

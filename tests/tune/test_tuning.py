@@ -30,8 +30,13 @@ def tiny_root(ray_session, tmp_path_factory) -> str:
     for split, clips, seed in (("train", 24, 0), ("val", 12, 1)):
         prepare_dataset(
             PrepareConfig(
-                format="synthetic", video_root=str(root / "videos" / split), split=split, output=str(root / "data"),
-                frames=8, short_side=32, synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
+                format="synthetic",
+                video_root=str(root / "videos" / split),
+                split=split,
+                output=str(root / "data"),
+                frames=8,
+                short_side=32,
+                synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
             ),
             log=lambda line: None,
         )
@@ -43,20 +48,69 @@ def search_flags(data: str, tmp_path: Path, *extra: str) -> list[str]:
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"lr": {"grid": LEARNING_RATES}}))
     return [
-        "--data", data, "--model", "tin_r18", "--num-segments", "4", "--crop-size", "32", "--epochs", "3",
-        "--batch-size", "6", "--num-workers", "1", "--groups", "2", "--reverse", "--shift-div", "4",
-        "--offset-scale", "2", "--schedule", "cosine", "--warmup-epochs", "0", "--weight-decay", "1e-4",
-        "--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "asha",
-        "--grace-period", "2", "--reduction-factor", "2", "--metric", "val_loss",
-        "--storage-path", str(tmp_path / "runs"), "--name", "search",
-        "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "tune", *extra,
+        "--data",
+        data,
+        "--model",
+        "tin_r18",
+        "--num-segments",
+        "4",
+        "--crop-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "6",
+        "--num-workers",
+        "1",
+        "--groups",
+        "2",
+        "--reverse",
+        "--shift-div",
+        "4",
+        "--offset-scale",
+        "2",
+        "--schedule",
+        "cosine",
+        "--warmup-epochs",
+        "0",
+        "--weight-decay",
+        "1e-4",
+        "--space",
+        str(space),
+        "--num-samples",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        "asha",
+        "--grace-period",
+        "2",
+        "--reduction-factor",
+        "2",
+        "--metric",
+        "val_loss",
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--name",
+        "search",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "tune",
+        *extra,
     ]
 
 
 def run_job(flags: list[str], ray_address: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "jobs/tune_tin.py", *flags], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "jobs/tune_tin.py", *flags],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def trial_checkpoints(search_dir: Path, trial_suffix: str) -> list[Path]:
@@ -90,14 +144,20 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
     assert len(children) == len(LEARNING_RATES), [run.info.run_name for run in runs]
     assert sorted(float(run.data.params["config.lr"]) for run in children) == LEARNING_RATES
 
-    epochs = {float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss")) for run in children}
+    epochs = {
+        float(run.data.params["config.lr"]): len(client.get_metric_history(run.info.run_id, "val_loss"))
+        for run in children
+    }
     assert epochs[0.01] == 3, epochs  # finished before the kill, not trained again after it
     # The second trial was killed after epoch 1 and reached ASHA's only rung (epoch 2) in the resumed
     # driver, which must still know the first trial's epoch-2 loss to stop it there.
     stopped = [line.split() for line in output.splitlines() if line.endswith("stopped early")]  # the results table
     assert [(float(row[1]), int(row[2])) for row in stopped] == [(0.5, 2)], output[-3000:]
     assert parent.data.tags["search.stopped_early"] == "1"
-    last_loss = {float(run.data.params["config.lr"]): client.get_metric_history(run.info.run_id, "val_loss")[-1].value for run in children}
+    last_loss = {
+        float(run.data.params["config.lr"]): client.get_metric_history(run.info.run_id, "val_loss")[-1].value
+        for run in children
+    }
     best_lr = min(last_loss, key=last_loss.get)
     assert float(parent.data.tags["best.lr"]) == best_lr
     assert parent.data.metrics["best_val_loss"] == pytest.approx(last_loss[best_lr], rel=1e-5)
@@ -108,9 +168,22 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
 
 
 def tiny_search(data: str, tmp_path: Path, **options) -> SearchConfig:
-    train = TrainConfig(data=data, model="tin_r18", num_segments=4, crop_size=32, epochs=2, batch_size=6, num_workers=1,
-                        storage_path=str(tmp_path), name="plan", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        lr=None, schedule=None, warmup_epochs=None, weight_decay=None)  # None: searched
+    train = TrainConfig(
+        data=data,
+        model="tin_r18",
+        num_segments=4,
+        crop_size=32,
+        epochs=2,
+        batch_size=6,
+        num_workers=1,
+        storage_path=str(tmp_path),
+        name="plan",
+        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        lr=None,
+        schedule=None,
+        warmup_epochs=None,
+        weight_decay=None,
+    )  # None: searched
     return SearchConfig(train=train, **options)
 
 
@@ -118,7 +191,14 @@ def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
     search = tiny_search(tiny_root, tmp_path)
     search.train.groups, search.train.lr = 4, 0.05
     plan = plan_search(search)
-    assert {d.name for d in plan.dimensions} == {"reverse", "shift_div", "offset_scale", "schedule", "warmup_epochs", "weight_decay"}
+    assert {d.name for d in plan.dimensions} == {
+        "reverse",
+        "shift_div",
+        "offset_scale",
+        "schedule",
+        "warmup_epochs",
+        "weight_decay",
+    }
     assert (plan.base.groups, plan.base.lr) == (4, 0.05)
     assert plan.metric == "val_top1" and plan.mode == "max"
     offset_scale = next(d for d in plan.dimensions if d.name == "offset_scale")
@@ -129,7 +209,10 @@ def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
 def test_a_search_without_validation_refuses_validation_metrics(tiny_root, tmp_path, metric):
     search = tiny_search(tiny_root, tmp_path, metric=metric)
     search.train.val_split = None
-    with pytest.raises(TrainingSetupError, match="--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1"):
+    with pytest.raises(
+        TrainingSetupError,
+        match="--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1",
+    ):
         plan_search(search)
 
 
@@ -143,10 +226,15 @@ def test_a_search_without_validation_optimises_a_training_metric(tiny_root, tmp_
 
 def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path):
     plan = plan_search(tiny_search(tiny_root, tmp_path, preset="paper-ablation"))
-    assert [(d.name, d.kind, d.values) for d in plan.dimensions] == [("groups", "grid", (1, 2, 4)), ("reverse", "grid", (False, True))]
+    assert [(d.name, d.kind, d.values) for d in plan.dimensions] == [
+        ("groups", "grid", (1, 2, 4)),
+        ("reverse", "grid", (False, True)),
+    ]
     assert (plan.base.lr, plan.base.schedule) == (TrainConfig(data="").lr, TrainConfig(data="").schedule)
-    rows = [TrialRow("a_00000", {"groups": 1, "reverse": False}, 2, 0.5, "finished"),
-            TrialRow("a_00001", {"groups": 1, "reverse": True}, 2, 0.625, "finished")]
+    rows = [
+        TrialRow("a_00000", {"groups": 1, "reverse": False}, 2, 0.5, "finished"),
+        TrialRow("a_00001", {"groups": 1, "reverse": True}, 2, 0.625, "finished"),
+    ]
     assert results_table(rows, ["groups", "reverse"], "val_top1").splitlines() == [
         "trial    groups  reverse  epochs  val_top1  status",
         "a_00000  1       off      2       0.5000    finished",
@@ -156,12 +244,17 @@ def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path
 
 def test_space_file_formats(tmp_path):
     yaml_file = tmp_path / "space.yaml"
-    yaml_file.write_text("groups: [1, 2]\nreverse: {grid: [on, off]}\nlr: {loguniform: [0.001, 0.1]}\noffset_scale: T/2\n")
+    yaml_file.write_text(
+        "groups: [1, 2]\nreverse: {grid: [on, off]}\nlr: {loguniform: [0.001, 0.1]}\noffset_scale: T/2\n"
+    )
     from pipelines.tuning import load_space_file
 
     dimensions, fixed = parse_space(load_space_file(str(yaml_file)), "--space space.yaml", num_segments=8)
     assert [(d.name, d.kind, d.values) for d in dimensions] == [
-        ("groups", "choice", (1, 2)), ("reverse", "grid", (True, False)), ("lr", "loguniform", (0.001, 0.1))]
+        ("groups", "choice", (1, 2)),
+        ("reverse", "grid", (True, False)),
+        ("lr", "loguniform", (0.001, 0.1)),
+    ]
     assert fixed == {"offset_scale": 4.0}
 
 
@@ -188,8 +281,26 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
         (["--preset", "paper"], "--preset 'paper' does not exist"),
         (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
         (["--metric", "val_sample_map"], "not reported for single-label data"),
-        (["--groups", "1", "--reverse", "--shift-div", "4", "--offset-scale", "2", "--lr", "0.1", "--schedule", "step",
-          "--warmup-epochs", "0", "--weight-decay", "0"], "nothing left to search"),
+        (
+            [
+                "--groups",
+                "1",
+                "--reverse",
+                "--shift-div",
+                "4",
+                "--offset-scale",
+                "2",
+                "--lr",
+                "0.1",
+                "--schedule",
+                "step",
+                "--warmup-epochs",
+                "0",
+                "--weight-decay",
+                "0",
+            ],
+            "nothing left to search",
+        ),
         (["--max-concurrent", "2", "--cpus-per-worker", "1"], "2 CPUs cannot run --max-concurrent 2 trials"),
     ],
 )
@@ -197,7 +308,24 @@ def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra
     sys.path.insert(0, str(REPO / "jobs"))
     from tune_tin import main
 
-    flags = ["--data", tiny_root, "--model", "tin_r18", "--num-segments", "4", "--batch-size", "6", "--num-workers", "1",
-             "--epochs", "2", "--storage-path", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    flags = [
+        "--data",
+        tiny_root,
+        "--model",
+        "tin_r18",
+        "--num-segments",
+        "4",
+        "--batch-size",
+        "6",
+        "--num-workers",
+        "1",
+        "--epochs",
+        "2",
+        "--storage-path",
+        str(tmp_path),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]
     assert main(flags) == 2
     assert message in capsys.readouterr().err

@@ -29,9 +29,9 @@ from tin.data.video import (
 )
 
 __all__ = [
+    "ENCODINGS",
     "Clip",
     "DatasetInfo",
-    "ENCODINGS",
     "VideoError",
     "VideoInfo",
     "centre_crop",

@@ -42,7 +42,9 @@ def decode_clips(
     swaps = {a: b for a, b in flip_label_pairs} | {b: a for a, b in flip_label_pairs}
     clips = np.empty((batch.num_rows, num_segments, crop_size, crop_size, 3), dtype=np.uint8)
     targets = np.zeros((batch.num_rows, num_classes), np.float32) if multi_label else np.empty(batch.num_rows, np.int64)
-    for row, (labels, frames) in enumerate(zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))):
+    for row, (labels, frames) in enumerate(
+        zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))
+    ):
         view = torch.from_numpy(frames)
         if train:
             view, flipped = train_view(view, crop_size, rng, flip, scales)
@@ -62,7 +64,10 @@ def selected_frames(batch: pa.Table, num_segments: int, train: bool, rng: np.ran
     """The T sampled frames of every clip of a batch as uint8 (T, H, W, 3) arrays."""
     column = batch.column("frames")
     if pa.types.is_list(column.type):  # jpeg: decode only the sampled frames
-        return [decode_jpeg([images[i] for i in segment_indices(len(images), num_segments, train, rng)]) for images in column.to_pylist()]
+        return [
+            decode_jpeg([images[i] for i in segment_indices(len(images), num_segments, train, rng)])
+            for images in column.to_pylist()
+        ]
     return [frames[segment_indices(len(frames), num_segments, train, rng)] for frames in frames_from_column(column)]
 
 

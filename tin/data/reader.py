@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -70,21 +71,15 @@ def iter_clips(
         yield from _clips(batch)
 
 
-def read_clip(
-    root: str, split: str, clip_id: str, storage_options: dict[str, Any] | None = None
-) -> Clip:
+def read_clip(root: str, split: str, clip_id: str, storage_options: dict[str, Any] | None = None) -> Clip:
     """The clip with ``clip_id`` from ``split``; KeyError if it is not there."""
-    table = _split_dataset(root, split, storage_options).to_table(
-        filter=pc.field("clip_id") == clip_id
-    )
+    table = _split_dataset(root, split, storage_options).to_table(filter=pc.field("clip_id") == clip_id)
     if table.num_rows == 0:
         raise KeyError(f"no clip {clip_id!r} in {root}/{split}")
     return next(_clips(table))
 
 
-def read_errors(
-    root: str, split: str, storage_options: dict[str, Any] | None = None
-) -> list[dict[str, str]]:
+def read_errors(root: str, split: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, str]]:
     """Error rows of ``split`` ({"clip_id", "source", "error"}); [] when every clip was written."""
     fs, path = open_root(root, storage_options)
     errors_path = f"{path}/errors/{split}.jsonl"

@@ -40,7 +40,9 @@ def segment_bounds(num_frames: int, num_segments: int) -> tuple[np.ndarray, np.n
     return edges[:-1], edges[1:]
 
 
-def segment_indices(num_frames: int, num_segments: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+def segment_indices(
+    num_frames: int, num_segments: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Pick one stored frame in each of ``num_segments`` equal segments of a clip.
 
     Evaluation takes frame floor((k + 0.5) * F / T) of segment k (its centre; see the module

@@ -128,11 +128,11 @@ class DatasetInfo:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "DatasetInfo":
+    def from_json(cls, text: str) -> DatasetInfo:
         data: dict[str, Any] = json.loads(text)
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
-    def same_layout(self, other: "DatasetInfo") -> bool:
+    def same_layout(self, other: DatasetInfo) -> bool:
         """True when shards of ``other`` could sit beside ours (same classes and frame format)."""
         keys = ("classes", "multi_label", "frames_per_clip", "encoding", "short_side")
         return all(getattr(self, key) == getattr(other, key) for key in keys)

@@ -26,7 +26,9 @@ class Box:
     width: int
 
 
-def multi_scale_box(height: int, width: int, rng: np.random.Generator, scales: tuple[float, ...] = MULTI_SCALES, max_distort: int = 1) -> Box:
+def multi_scale_box(
+    height: int, width: int, rng: np.random.Generator, scales: tuple[float, ...] = MULTI_SCALES, max_distort: int = 1
+) -> Box:
     """TSN's multi-scale crop: side lengths from ``scales`` of the short side, aspect distorted by
     at most ``max_distort`` scale steps, placed uniformly at random."""
     base = min(height, width)
@@ -122,7 +124,9 @@ def normalize(
 
 
 @functools.cache
-def _normalisation_constants(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalisation_constants(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(255 * mean, 255 * std) as (1, 1, 3, 1, 1) tensors, made once per device: building them from
     Python lists every step would be a blocking host-to-device copy on a GPU."""
     shift = torch.tensor(mean, device=device).view(1, 1, 3, 1, 1) * 255

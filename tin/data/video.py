@@ -38,7 +38,7 @@ def _tidy(message: object) -> str:
     return re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(message)).strip()
 
 
-def _as_file(source: VideoSource) -> Union[str, io.BytesIO]:
+def _as_file(source: VideoSource) -> str | io.BytesIO:
     return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
 
 
@@ -57,9 +57,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
             stream = container.streams.video[0]
             if stream.codec_context is None or not stream.codec_context.name:
                 raise VideoError("video stream has a codec that FFmpeg cannot decode")
-            num_frames = stream.frames or sum(
-                1 for packet in container.demux(stream) if packet.size > 0
-            )
+            num_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
             rate = stream.average_rate or stream.guessed_rate or 0
             info = VideoInfo(
                 width=stream.codec_context.width,
@@ -73,9 +71,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
     except Exception as error:  # PyAV raises many types (InvalidDataError, OSError, ...)
         raise VideoError(f"cannot open as a video ({type(error).__name__}: {error})") from error
     if info.num_frames <= 0 or info.width <= 0 or info.height <= 0:
-        raise VideoError(
-            f"video stream has no frames (frames={info.num_frames}, size={info.width}x{info.height})"
-        )
+        raise VideoError(f"video stream has no frames (frames={info.num_frames}, size={info.width}x{info.height})")
     return info
 
 
@@ -97,8 +93,7 @@ def frame_range(info: VideoInfo, start: float | None, end: float | None) -> tupl
     first, stop = max(0, first), min(info.num_frames, stop)
     if stop <= first:
         raise VideoError(
-            f"time range [{start}, {end}] s holds no frames (video has {info.num_frames} frames "
-            f"at {info.fps:g} fps)"
+            f"time range [{start}, {end}] s holds no frames (video has {info.num_frames} frames at {info.fps:g} fps)"
         )
     return first, stop
 
@@ -163,8 +158,7 @@ def decode_frames(source: VideoSource, indices: np.ndarray, size: tuple[int, int
             raise
         except Exception as pyav_error:
             raise VideoError(
-                f"cannot decode: decord: {_tidy(decord_error)}; PyAV: "
-                f"{type(pyav_error).__name__}: {pyav_error}"
+                f"cannot decode: decord: {_tidy(decord_error)}; PyAV: {type(pyav_error).__name__}: {pyav_error}"
             ) from pyav_error
     if frames.shape != (len(indices), size[0], size[1], 3) or frames.dtype != np.uint8:
         raise VideoError(f"decoder returned frames of shape {frames.shape}, {frames.dtype}")

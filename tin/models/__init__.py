@@ -1,10 +1,10 @@
 """TIN, TSM and TSN video ResNets.
 
-    build_model(name, num_classes, num_segments=8, **options)   the entry point (see MODEL_NAMES)
-    TemporalInterlace, TemporalShift                             the temporal modules
-    VideoResNet                                                  the per-frame ResNet with consensus
-    load_pretrained(model, path)                                 torchvision ImageNet initialisation
-    param_groups(model, lr, weight_decay)                        optimiser groups of the recipes
+build_model(name, num_classes, num_segments=8, **options)   the entry point (see MODEL_NAMES)
+TemporalInterlace, TemporalShift                             the temporal modules
+VideoResNet                                                  the per-frame ResNet with consensus
+load_pretrained(model, path)                                 torchvision ImageNet initialisation
+param_groups(model, lr, weight_decay)                        optimiser groups of the recipes
 """
 
 from tin.models.build import MODEL_NAMES, build_model

@@ -167,6 +167,4 @@ class VideoResNet(nn.Module):
                 f"{self.num_segments}, got {shape}"
             )
         if not clips.is_floating_point():
-            raise ValueError(
-                f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}"
-            )
+            raise ValueError(f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}")

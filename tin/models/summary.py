@@ -40,7 +40,9 @@ def _register_interlace_formula() -> None:
         return
 
     @register_flop_formula(torch.ops.tin.interlace)
-    def interlace_flops(x_shape, offset_shape, weight_shape, num_segments, shift_channels, *, out_shape=None, **kwargs) -> int:
+    def interlace_flops(
+        x_shape, offset_shape, weight_shape, num_segments, shift_channels, *, out_shape=None, **kwargs
+    ) -> int:
         frames, _, height, width = x_shape
         return 4 * frames * shift_channels * height * width  # two products and their sum, scaled
 
@@ -54,7 +56,9 @@ def summarise(name: str, num_classes: int, num_segments: int, size: int) -> tupl
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tin.models.summary", description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="+", choices=MODEL_NAMES, metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
+    parser.add_argument(
+        "names", nargs="+", choices=MODEL_NAMES, metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}"
+    )
     parser.add_argument("--num-segments", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--size", type=int, default=224, help="frame height and width")
     parser.add_argument("--num-classes", type=int, default=400)

@@ -1,10 +1,10 @@
 """Temporal operators of TIN and TSM: compiled C++/CUDA kernels with a pure-PyTorch fallback.
 
-    interlace(x, offset, weight, num_segments, shift_channels=None)   TIN's temporal interlace
-    temporal_shift(x, num_segments, shift_div=8)                      TSM's temporal shift
-    interlace_reference / temporal_shift_reference                    the pure-PyTorch ground truth
-    compiled_devices()                                                where compiled kernels run
-    reference_only()                              context: trace/run the reference (ONNX export)
+interlace(x, offset, weight, num_segments, shift_channels=None)   TIN's temporal interlace
+temporal_shift(x, num_segments, shift_div=8)                      TSM's temporal shift
+interlace_reference / temporal_shift_reference                    the pure-PyTorch ground truth
+compiled_devices()                                                where compiled kernels run
+reference_only()                              context: trace/run the reference (ONNX export)
 """
 
 from tin.ops._extension import load as _load_extension

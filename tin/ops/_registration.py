@@ -43,9 +43,7 @@ def _setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
 def _backward(ctx, grad_out: torch.Tensor) -> tuple:
     x, offset, weight = ctx.saved_tensors
     wanted = list(ctx.needs_input_grad[:3])
-    grads = torch.ops.tin.interlace_backward(
-        grad_out, x, offset, weight, ctx.num_segments, ctx.shift_channels, wanted
-    )
+    grads = torch.ops.tin.interlace_backward(grad_out, x, offset, weight, ctx.num_segments, ctx.shift_channels, wanted)
     return (*(grad if need else None for grad, need in zip(grads, wanted)), None, None)
 
 

@@ -116,8 +116,7 @@ def _check_frames(x: torch.Tensor, num_segments: int, op: str) -> None:
         raise ValueError(f"{op}: num_segments must be a positive integer, got {num_segments!r}")
     if x.shape[0] % num_segments:
         raise ValueError(
-            f"{op}: the batch dimension N*T = {x.shape[0]} of x is not divisible by "
-            f"num_segments = {num_segments}"
+            f"{op}: the batch dimension N*T = {x.shape[0]} of x is not divisible by num_segments = {num_segments}"
         )
 
 
@@ -148,7 +147,5 @@ def _check_interlace_arguments(
     if isinstance(shifted, bool) or not isinstance(shifted, int) or not 0 <= shifted <= channels:
         raise ValueError(f"interlace: shift_channels must be an integer in [0, C] = [0, {channels}], got {shifted!r}")
     if shifted % groups:
-        raise ValueError(
-            f"interlace: shift_channels = {shifted} is not divisible by the number of groups G = {groups}"
-        )
+        raise ValueError(f"interlace: shift_channels = {shifted} is not divisible by the number of groups G = {groups}")
     return shifted

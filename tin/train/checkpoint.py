@@ -47,6 +47,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     saved = torch.load(path, map_location="cpu", weights_only=False)
     config, dataset = saved["config"], saved["dataset"]
     options = {k: config[k] for k in ("shift_div", "groups", "reverse", "offset_scale") if config.get(k) is not None}
-    model = build_model(config["model"], len(dataset["classes"]), config["num_segments"], dropout=config["dropout"], **options)
+    model = build_model(
+        config["model"], len(dataset["classes"]), config["num_segments"], dropout=config["dropout"], **options
+    )
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), {"config": config, "dataset": dataset, "epoch": saved["epoch"]}

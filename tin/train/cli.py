@@ -1,8 +1,8 @@
 """Command-line flags of the training jobs, derived from ``TrainConfig`` so every knob is a flag.
 
-    parser = argparse.ArgumentParser()
-    add_train_flags(parser, TrainConfig(data=""))      # recipe defaults go in the instance
-    config = config_from_args(parser.parse_args())
+parser = argparse.ArgumentParser()
+add_train_flags(parser, TrainConfig(data=""))      # recipe defaults go in the instance
+config = config_from_args(parser.parse_args())
 """
 
 from __future__ import annotations

@@ -72,8 +72,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps_per_epoch = epoch_steps(facts.train_clips, world, per_worker_batch)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(
-        optimizer, steps_per_epoch, config.epochs, schedule=config.schedule,
-        warmup_epochs=config.warmup_epochs, milestones=config.lr_steps,
+        optimizer,
+        steps_per_epoch,
+        config.epochs,
+        schedule=config.schedule,
+        warmup_epochs=config.warmup_epochs,
+        milestones=config.lr_steps,
     )
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
@@ -85,18 +89,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
         batches = train_shard.iter_torch_batches(  # one pass over the split, in a new order
-            batch_size=per_worker_batch, dtypes=batch_dtypes(facts.multi_label), device=device, drop_last=True,
-            prefetch_batches=2, **local_shuffle(config, epoch, rank),
+            batch_size=per_worker_batch,
+            dtypes=batch_dtypes(facts.multi_label),
+            device=device,
+            drop_last=True,
+            prefetch_batches=2,
+            **local_shuffle(config, epoch, rank),
         )
         train_stats = train_one_epoch(ddp_model, batches, optimizer, scheduler, config, facts, device)
         if train_stats["steps"] != steps_per_epoch and rank == 0:
-            logger.warning("epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
-                           "training clips differs from the shards", epoch + 1, train_stats["steps"], steps_per_epoch)
+            logger.warning(
+                "epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
+                "training clips differs from the shards",
+                epoch + 1,
+                train_stats["steps"],
+                steps_per_epoch,
+            )
         val_stats = {}
         if config.val_split is not None:
             val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
-        state = TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics])
+        state = TrainingState(
+            epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics]
+        )
         report_epoch(state, config, facts, log.metrics, rank)
         recorder.epoch_done(log, state.history)
     recorder.finish(model, state)
@@ -186,9 +201,15 @@ def train_one_epoch(
         steps += 1
         batch_ready = time.perf_counter()
     elapsed = time.perf_counter() - started
-    totals = torch.stack([loss_sum, correct, torch.tensor(float(clips), dtype=torch.float64, device=device),
-                          torch.tensor(waited / max(elapsed, 1e-9), dtype=torch.float64, device=device),
-                          torch.ones((), dtype=torch.float64, device=device)])
+    totals = torch.stack(
+        [
+            loss_sum,
+            correct,
+            torch.tensor(float(clips), dtype=torch.float64, device=device),
+            torch.tensor(waited / max(elapsed, 1e-9), dtype=torch.float64, device=device),
+            torch.ones((), dtype=torch.float64, device=device),
+        ]
+    )
     loss_sum, correct, clips, wait_sum, ranks = all_reduce_sum(totals).tolist()
     stats = {
         "train_loss": loss_sum / max(clips, 1),
@@ -203,7 +224,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_shard(model: nn.Module, shard, device: torch.device, batch_size: int, multi_label: bool, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_shard(
+    model: nn.Module, shard, device: torch.device, batch_size: int, multi_label: bool, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (n, K) and targets of every clip of a shard, with the plain (non-DDP) model."""
     model.eval()
     scores, targets = [], []
@@ -212,7 +235,11 @@ def predict_shard(model: nn.Module, shard, device: torch.device, batch_size: int
             scores.append(model(normalize(batch["clips"], channels_last=device.type == "cuda")).float())
         targets.append(batch["target"])
     if not scores:
-        empty_target = torch.zeros((0, num_classes) if multi_label else (0,), device=device, dtype=torch.float32 if multi_label else torch.int64)
+        empty_target = torch.zeros(
+            (0, num_classes) if multi_label else (0,),
+            device=device,
+            dtype=torch.float32 if multi_label else torch.int64,
+        )
         return torch.zeros(0, num_classes, device=device), empty_target
     return torch.cat(scores), torch.cat(targets)
 
@@ -237,7 +264,9 @@ def batch_dtypes(multi_label: bool) -> dict[str, torch.dtype]:
     return {"clips": torch.uint8, "target": torch.float32 if multi_label else torch.int64}
 
 
-def report_epoch(state: TrainingState, config: TrainConfig, facts: DatasetFacts, metrics: dict[str, float], rank: int) -> None:
+def report_epoch(
+    state: TrainingState, config: TrainConfig, facts: DatasetFacts, metrics: dict[str, float], rank: int
+) -> None:
     """Report the epoch to Ray Train on every rank (a barrier), with rank 0's checkpoint attached.
 
     The 1-based ``epoch`` goes with the metrics: Tune's schedulers count time in epochs, which

@@ -39,10 +39,13 @@ class EpochLog:
 
     def line(self, seconds_per_epoch: float) -> str:
         """'epoch 3/10  train_loss 1.2345  val_top1 0.6100  ...  412.0 clips/s  data-wait 3%  eta 2m10s'."""
-        shown = [f"{k} {v:.4f}" for k, v in self.metrics.items() if k.startswith(("train_", "val_")) and k != "val_clips"]
+        shown = [
+            f"{k} {v:.4f}" for k, v in self.metrics.items() if k.startswith(("train_", "val_")) and k != "val_clips"
+        ]
         eta = seconds_per_epoch * (self.epochs - self.epoch)
         return (
-            f"epoch {self.epoch}/{self.epochs}  " + "  ".join(shown)
+            f"epoch {self.epoch}/{self.epochs}  "
+            + "  ".join(shown)
             + f"  {self.metrics['clips_per_s']:.1f} clips/s  data-wait {self.metrics['data_wait']:.0%}"
             + f"  {self.seconds:.1f}s  eta {format_duration(eta)}"
         )
@@ -65,8 +68,12 @@ class RunRecorder:
         if not enabled:
             return
         run_key = tracking.training_run_key(config.storage_path, config.name)
-        tracking.start_run(config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id)
-        tracking.log_params_once({"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}})
+        tracking.start_run(
+            config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id
+        )
+        tracking.log_params_once(
+            {"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}}
+        )
 
     def workers_placed(self, nodes: list[str], epoch: int) -> None:
         """Say where the workers run (node address of every rank), e.g. "2 workers on 2 nodes:
@@ -77,9 +84,18 @@ class RunRecorder:
         ranks: dict[str, list[int]] = {}
         for rank, node in enumerate(nodes):
             ranks.setdefault(node, []).append(rank)
-        placed = ", ".join(f"{node} (rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))})" for node, r in ranks.items())
-        logger.info("%d worker%s on %d node%s: %s, from epoch %d", len(nodes), "s" * (len(nodes) > 1), len(ranks),
-                    "s" * (len(ranks) > 1), placed, epoch + 1)
+        placed = ", ".join(
+            f"{node} (rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))})" for node, r in ranks.items()
+        )
+        logger.info(
+            "%d worker%s on %d node%s: %s, from epoch %d",
+            len(nodes),
+            "s" * (len(nodes) > 1),
+            len(ranks),
+            "s" * (len(ranks) > 1),
+            placed,
+            epoch + 1,
+        )
         mlflow.set_tag("workers.nodes", placed)
 
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
@@ -95,7 +111,12 @@ class RunRecorder:
         if not self.enabled:
             return
         with tempfile.TemporaryDirectory(prefix="tin-model-") as directory:
-            save_state(TrainingState(state.epoch, model.state_dict(), history=state.history), self.config, self.facts, Path(directory) / CHECKPOINT_FILE)
+            save_state(
+                TrainingState(state.epoch, model.state_dict(), history=state.history),
+                self.config,
+                self.facts,
+                Path(directory) / CHECKPOINT_FILE,
+            )
             mlflow.log_artifact(str(Path(directory) / CHECKPOINT_FILE), "model")
         stats = model.temporal_stats()
         if stats:

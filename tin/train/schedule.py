@@ -42,7 +42,9 @@ def lr_factor(
     raise ValueError(f"unknown schedule {schedule!r}: use 'cosine' or 'step'")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, **options) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, **options
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR applying ``lr_factor`` to every parameter group; call ``step()`` after each iteration."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, **options)
