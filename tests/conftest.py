@@ -20,6 +20,14 @@ RAMP_STORED_FRAMES = 24  # frames ingest keeps per clip: 3 per segment at T = 8
 RAMP_CLIPS = 4
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session's Ray (directly or through a fixture) carries the ``ray``
+    marker, so ``-m "not ray"`` selects the tests that start no Ray."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Ray for the whole session: attaches to RAY_ADDRESS when set, else starts a local 2-CPU Ray

@@ -17,6 +17,10 @@ TEMPORAL_OPTIONS: dict[str, dict[str, Any]] = {
 }
 """Each family's temporal-module options and their defaults."""
 
+TEMPORAL_OPTION_NAMES = tuple(dict.fromkeys(name for options in TEMPORAL_OPTIONS.values() for name in options))
+"""Every temporal-module option of any family (TIN's four; TSM's shift_div is one of them): the
+training config's fields and the tuning dimensions that reach ``build_model`` as options."""
+
 COMMON_OPTIONS: dict[str, Any] = {"dropout": 0.5, "pretrained": None, "partial_bn": False}
 """Options of every family and their defaults."""
 

@@ -45,7 +45,7 @@ def param_groups(
         if isinstance(module, TemporalInterlace)
         for parameter in module.parameters()
     }
-    head = {id(parameter) for parameter in model.head.parameters()}
+    head = {id(parameter) for parameter in model.get_submodule("head").parameters()}
     specs = {
         "trunk": (1.0, weight_decay),
         "trunk_no_decay": (1.0, 0.0),

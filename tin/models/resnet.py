@@ -25,6 +25,11 @@ TORCHVISION_RESNETS: dict[int, Callable[..., resnet.ResNet]] = {
 }
 
 
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (height, width) setting as the pair its constructor takes."""
+    return value[0], value[1]
+
+
 class TemporalConv2d(nn.Conv2d):
     """A residual block's ``conv1`` with a temporal module applied to its input.
 
@@ -41,10 +46,10 @@ class TemporalConv2d(nn.Conv2d):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            _pair(conv.kernel_size),
+            stride=_pair(conv.stride),
+            padding=conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+            dilation=_pair(conv.dilation),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
@@ -115,7 +120,7 @@ class VideoResNet(nn.Module):
         logits = self.head(self.dropout(features))  # (N*T, K)
         return logits.view(clips_n, frames, -1).mean(dim=1)
 
-    def blocks(self) -> Iterator[nn.Module]:
+    def blocks(self) -> Iterator[resnet.BasicBlock | resnet.Bottleneck]:
         """The residual blocks (BasicBlock or Bottleneck) of the four stages, in order."""
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             yield from stage
@@ -130,7 +135,7 @@ class VideoResNet(nn.Module):
         """
         stats = {}
         for name, module in self.named_modules():
-            if isinstance(module, TemporalInterlace) and module.last_offset is not None:
+            if isinstance(module, TemporalInterlace) and module.last_offset is not None and module.last_weight is not None:
                 stats[name.removesuffix(".conv1.temporal")] = {
                     "offset": module.last_offset.mean(dim=0),
                     "weight": module.last_weight.mean(dim=0),

@@ -74,16 +74,17 @@ class TemporalInterlace(nn.Module):
         self.groups = groups
         self.reverse = reverse
         self.offset_scale = offset_scale
+        offset_out = nn.Linear(num_segments, groups)
         self.offset_net = nn.Sequential(
             nn.Conv1d(fold, 1, kernel_size=3, padding=1),
             nn.Flatten(1),
             nn.Linear(num_segments, num_segments),
             nn.ReLU(inplace=True),
-            nn.Linear(num_segments, groups),
+            offset_out,
         )
+        nn.init.constant_(offset_out.bias, OFFSET_BIAS_INIT)
         self.weight_net = nn.Conv1d(fold, groups, kernel_size=3, padding=1)
-        nn.init.constant_(self.offset_net[-1].bias, OFFSET_BIAS_INIT)
-        nn.init.zeros_(self.weight_net.bias)
+        nn.init.zeros_(self.weight_net.get_parameter("bias"))
         self.last_offset: torch.Tensor | None = None
         self.last_weight: torch.Tensor | None = None
 
