@@ -1,3 +1,3 @@
 """The per-worker training loop and what it needs: config, schedules, metrics, checkpoints,
-progress reporting and the DDP helpers. Only ``loop``, ``progress`` and ``distributed`` import Ray
+progress reporting and the DDP helpers. Only ``loop`` and ``progress`` import Ray
 or MLflow; ``checkpoint`` and ``config`` stay light for inference and export."""
