@@ -33,7 +33,7 @@ from tests.ray_env import clean_env  # noqa: E402
 BIN = Path(sys.executable).parent
 S3_PORT, MLFLOW_PORT, GCS_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-EPOCHS = 4
+EPOCHS = 3
 RUN = "tin_mmit_cluster"
 # Only sizes differ from the README's commands.
 INGEST_FLAGS = ["--frames", "12", "--short-side", "32", "--chunk-size", "4"]
