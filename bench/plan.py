@@ -17,7 +17,8 @@ temporary directory.
     reads them). Then ``ingest()`` three times: with no summary yet and no run ledger (it reads
     every marker, in one concurrent call, and writes the summary); with the summary removed again
     and the markers gathered in one run ledger, as an interrupted run leaves them (it reads the
-    ledger); on the completed split (it answers from the summary). For comparison, markers read one by one, as the summary used to be built.
+    ledger); on the completed split (it answers from the summary). For comparison: the markers read
+    one by one.
 (3) The training dataset over as many shards as the list makes chunks, 25 epochs: its build time
     in the driver and input blocks (bench/stream.py, which also times the former all-epochs stream).
 Prints figures only. CPU seconds are printed beside wall seconds because the machine is shared.
@@ -217,9 +218,9 @@ def moto_server() -> Iterator[dict[str, Any]]:
             try:
                 urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
                 break
-            except OSError:
+            except OSError as error:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto server on {endpoint} did not start")
+                    raise RuntimeError(f"moto server on {endpoint} did not start") from error
                 time.sleep(0.2)
         yield {
             "key": "testing",
@@ -253,7 +254,7 @@ def report_reruns(results: dict[str, Reruns], chunks: int) -> None:
         ("no_summary", "no summary yet: markers in one call"),
         ("ledger", "no summary yet: the runs' ledgers"),
         ("complete", "complete: answered from summary.json"),
-        ("one_by_one", "markers read one by one (the old way)"),
+        ("one_by_one", "markers read one by one"),
     ):
         figures = "".join(f"{getattr(rerun, name):12.2f} s" for rerun in results.values())
         print(f"  {label:<40}{figures}")

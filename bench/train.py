@@ -147,7 +147,8 @@ def main() -> None:
         ray_rate, data_wait = ray_path(data, args, root / "runs")
         plain_rate = plain_loop(data, args, device)
     print(
-        f"\n{args.model}, {args.frames} x {args.size} x {args.size}, batch {args.batch_size}, {threads} compute thread(s), device {device}"
+        f"\n{args.model}, {args.frames} x {args.size} x {args.size}, batch {args.batch_size}, "
+        f"{threads} compute thread(s), device {device}"
     )
     print(f"{'plain loop (decoded in memory)':>34}: {plain_rate:8.2f} clips/s")
     print(f"{'Ray Data + Ray Train':>34}: {ray_rate:8.2f} clips/s   data-wait {data_wait:.0%}")

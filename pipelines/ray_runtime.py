@@ -149,8 +149,8 @@ def check_ray_version(installed: str | None = None) -> None:
     if requirement.specifier.contains(installed, prereleases=True):
         return
     message = (
-        f"Ray {installed} is installed, but this project is tested with ray{requirement.specifier} only; install a tested "
-        f"release (pip install '{requirement}') or set {ALLOW_UNTESTED_RAY}=1 to try this one anyway"
+        f"Ray {installed} is installed, but this project is tested with ray{requirement.specifier} only; "
+        f"install a tested release (pip install '{requirement}') or set {ALLOW_UNTESTED_RAY}=1 to try this one anyway"
     )
     if os.environ.get(ALLOW_UNTESTED_RAY) == "1":
         warnings.warn(message, stacklevel=2)

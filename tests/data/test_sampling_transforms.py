@@ -32,7 +32,7 @@ def test_every_stored_frame_belongs_to_the_segment_its_position_lies_in():
     ]
     for frames, segments in ((24, 8), (20, 8), (7, 3), (3, 8), (100, 16)):
         first, stop = segment_bounds(frames, segments)
-        owners = np.concatenate([np.full(b - a, k) for k, (a, b) in enumerate(zip(first, stop))])
+        owners = np.concatenate([np.full(b - a, k) for k, (a, b) in enumerate(zip(first, stop, strict=True))])
         assert owners.tolist() == np.floor((np.arange(frames) + 0.5) * segments / frames).astype(int).tolist()
         if frames >= segments:  # the centre frame is one of its segment's frames
             centres = segment_indices(frames, segments, train=False)

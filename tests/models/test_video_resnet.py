@@ -167,7 +167,7 @@ def test_partial_bn_freezes_every_batch_norm_but_the_first_through_train():
     model(tiny_clips(2, 2))
     after = [bn.running_mean for bn in (first, *rest)]
     assert not torch.equal(before[0], after[0])
-    assert all(torch.equal(old, new) for old, new in zip(before[1:], after[1:]))
+    assert all(torch.equal(old, new) for old, new in zip(before[1:], after[1:], strict=True))
 
     model.set_partial_bn(False)
     assert all(bn.training and bn.weight.requires_grad for bn in rest)

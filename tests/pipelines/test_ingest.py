@@ -41,7 +41,7 @@ def test_every_row_ends_exactly_once(jpeg_root):
 
 def test_error_rows_say_why(jpeg_root):
     reasons = {error["clip_id"]: error["error"] for error in read_errors(str(jpeg_root), "val")}
-    for key, (path, expected) in BAD.items():
+    for key, (_, expected) in BAD.items():
         assert expected in reasons[key], (key, reasons[key])
     assert "unknown class 'no-such-class'" in reasons["unknown_class"]
     sources = {error["clip_id"]: error["source"] for error in read_errors(str(jpeg_root), "val")}
@@ -131,7 +131,7 @@ def test_a_failure_outside_any_video_stops_with_a_clear_error(ray_session, media
     annotations = tmp_path / "one.jsonl"
     annotations.write_text(json.dumps({"path": GOOD["h264"], "labels": [0]}) + "\n")
     manifest = read_generic(str(annotations), str(media_root))
-    with pytest.raises(IngestError, match="stopped: .*run the same command again to resume"):
+    with pytest.raises(IngestError, match=r"stopped: .*run the same command again to resume"):
         ingest(
             manifest,
             IngestConfig(str(root), "train", frames=FRAMES, short_side=SHORT_SIDE),

@@ -42,7 +42,8 @@ def test_the_loopback_switch_is_the_constant_ray_consults_for_the_node_address()
         from ray._private import ray_constants, services
         from pipelines.ray_internals import address_this_process_by_loopback
         address_this_process_by_loopback()
-        print(json.dumps({"variable": ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "address": services.get_node_ip_address()}))
+        print(json.dumps({"variable": ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
+                          "address": services.get_node_ip_address()}))
     """)
     assert found == {"variable": SINGLE_NODE_SWITCH, "address": "127.0.0.1"}
 

@@ -55,7 +55,7 @@ def test_warmup_then_cosine_and_step_schedules():
     assert lr_factor(10, 10, 5, warmup_epochs=1) == pytest.approx(1.0)
     assert lr_factor(30, 10, 5, warmup_epochs=1) == pytest.approx(0.5)
     assert lr_factor(50, 10, 5, warmup_epochs=1) == pytest.approx(0.0)
-    step = dict(schedule="step", warmup_epochs=0, milestones=(2, 4))
+    step = {"schedule": "step", "warmup_epochs": 0, "milestones": (2, 4)}
     assert [lr_factor(e * 10, 10, 6, **step) for e in (0, 2, 4)] == pytest.approx([1, 0.1, 0.01])
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_factor(20, 10, 5, schedule="linear")

@@ -42,21 +42,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:
     """tin_r18 on 4 frames of 32 x 32: seconds per epoch on 2 CPUs."""
-    values = dict(
-        data=data,
-        model="tin_r18",
-        num_segments=4,
-        epochs=2,
-        batch_size=8,
-        num_workers=2,
-        crop_size=32,
-        lr=0.02,
-        warmup_epochs=0,
-        storage_path=str(tmp_path / "runs"),
-        name=name,
-        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        experiment="tests",
-    )
+    values = {
+        "data": data,
+        "model": "tin_r18",
+        "num_segments": 4,
+        "epochs": 2,
+        "batch_size": 8,
+        "num_workers": 2,
+        "crop_size": 32,
+        "lr": 0.02,
+        "warmup_epochs": 0,
+        "storage_path": str(tmp_path / "runs"),
+        "name": name,
+        "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "experiment": "tests",
+    }
     return TrainConfig(**{**values, **overrides})
 
 
@@ -166,7 +166,7 @@ def test_two_workers_train_then_resume_continues_the_run(single_label_root, tmp_
     assert state.epoch == 3 and len(state.history) == 3 and state.scheduler["last_epoch"] == 3 * steps
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2, 3]  # one entry per epoch, not 5
-    model, meta = load_model(latest_checkpoint(config))
+    _, meta = load_model(latest_checkpoint(config))
     assert meta["epoch"] == 3 and meta["dataset"]["classes"][0] == "left"
 
 
@@ -206,7 +206,7 @@ def training_workers() -> list[int]:
 def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single_label_root, tmp_path):
     """Also: without --mlflow-uri the run goes to mlflow.db in the job's working directory."""
     config = tiny_config(single_label_root, tmp_path, "killed", epochs=3)
-    command = job_command("train.py", config) + ["--max-failures", "1"]
+    command = [*job_command("train.py", config), "--max-failures", "1"]
     without_uri = command[: command.index("--mlflow-uri")] + command[command.index("--mlflow-uri") + 2 :]
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
     job = subprocess.Popen(
@@ -310,7 +310,8 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
     scale jitter), --val-split none (training metrics only) and --shuffle-buffer (one worker's
     batches drawn from a local buffer of clips)."""
     config = tiny_config(single_label_root, tmp_path, "no_val", epochs=6, num_workers=1, batch_size=6)
-    flags = job_command("train.py", config)[2:] + [
+    flags = [
+        *job_command("train.py", config)[2:],
         "--optimizer",
         "adamw",
         "--lr",

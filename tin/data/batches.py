@@ -39,11 +39,11 @@ def decode_clips(
         {"clips": uint8 (B, T, crop, crop, 3), "target": int64 (B,) or float32 multi-hot (B, K)}.
     """
     rng = np.random.default_rng()
-    swaps = {a: b for a, b in flip_label_pairs} | {b: a for a, b in flip_label_pairs}
+    swaps = dict(flip_label_pairs) | {b: a for a, b in flip_label_pairs}
     clips = np.empty((batch.num_rows, num_segments, crop_size, crop_size, 3), dtype=np.uint8)
     targets = np.zeros((batch.num_rows, num_classes), np.float32) if multi_label else np.empty(batch.num_rows, np.int64)
     for row, (labels, frames) in enumerate(
-        zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng))
+        zip(batch.column("labels").to_pylist(), selected_frames(batch, num_segments, train, rng), strict=True)
     ):
         view = torch.from_numpy(frames)
         if train:

@@ -53,7 +53,7 @@ def _split_dataset(root: str, split: str, storage_options: dict[str, Any] | None
 
 def _clips(table) -> Iterator[Clip]:
     frames = frames_from_column(table.column("frames"))
-    for row, clip_frames in zip(table.drop_columns(["frames"]).to_pylist(), frames):
+    for row, clip_frames in zip(table.drop_columns(["frames"]).to_pylist(), frames, strict=True):
         yield Clip(
             clip_id=row["clip_id"],
             frames=clip_frames,

@@ -9,13 +9,12 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
 from tin.data.sampling import segment_indices
 
-VideoSource = Union[str, bytes]
+VideoSource = str | bytes
 
 
 class VideoError(RuntimeError):
@@ -79,7 +78,7 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(height, width) with the shorter side equal to ``short_side``, aspect kept, the longer even."""
 
     def even(value: float) -> int:
-        return max(2, int(round(value / 2)) * 2)
+        return max(2, round(value / 2) * 2)
 
     if height <= width:
         return short_side, even(width * short_side / height)
@@ -88,8 +87,8 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 def frame_range(info: VideoInfo, start: float | None, end: float | None) -> tuple[int, int]:
     """Frame indices [first, stop) covering the seconds [start, end] (None = video start/end)."""
-    first = 0 if start is None or info.fps <= 0 else int(round(start * info.fps))
-    stop = info.num_frames if end is None or info.fps <= 0 else int(round(end * info.fps))
+    first = 0 if start is None or info.fps <= 0 else round(start * info.fps)
+    stop = info.num_frames if end is None or info.fps <= 0 else round(end * info.fps)
     first, stop = max(0, first), min(info.num_frames, stop)
     if stop <= first:
         raise VideoError(

@@ -42,4 +42,4 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     padded[: rows.shape[0]] = rows
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
