@@ -26,11 +26,12 @@ from pipelines.ray_runtime import init_ray
 from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
+from tin.data.facts import DatasetFacts
 from tin.data.sampling import centres_exact
 from tin.errors import UsageError
 from tin.models import MODEL_NAMES
 from tin.train.config import OPTIMIZERS, PLACEMENT_STRATEGIES, TrainConfig
-from tin.train.loop import DatasetFacts, train_loop_per_worker
+from tin.train.loop import train_loop_per_worker
 
 RAY_TRAIN_CONSOLE_LEVEL = "WARNING"  # Ray Train's INFO lines go to its log files; the loop prints the epochs
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early

@@ -10,10 +10,10 @@ import torch
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import SyntheticConfig
+from tin.data.facts import DatasetFacts
 from tin.models import build_model
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
 from tin.train.config import TrainConfig
-from tin.train.loop import DatasetFacts
 
 SIZE = 32
 FRAMES = 8

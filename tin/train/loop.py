@@ -13,7 +13,6 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
 from tin.models import build_model, param_groups
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
@@ -32,18 +32,6 @@ from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
 from tin.train.metrics import class_map, sample_map, topk_correct
 from tin.train.progress import EpochLog, RunRecorder, logger, show_only_project_info
 from tin.train.schedule import build_scheduler
-
-
-@dataclass(frozen=True)
-class DatasetFacts:
-    """What the loop needs to know about the dataset root (read once by the driver)."""
-
-    classes: tuple[str, ...]
-    multi_label: bool
-    train_clips: int
-    val_clips: int  # 0 when the run does not validate
-    frames_per_clip: int | None = None  # how ingest decoded the videos: prediction on video files
-    short_side: int | None = None  # decodes them the same way
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -110,7 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(
-            epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), state.history + [log.metrics]
+            epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), [*state.history, log.metrics]
         )
         report_epoch(state, config, facts, log.metrics, rank)
         recorder.epoch_done(log, state.history)
