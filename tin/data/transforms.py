@@ -16,6 +16,8 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+EVAL_RESIZE_RATIO = 8 / 7
+"""Evaluation resizes the short side to crop size x this before the centre crop (256 for 224)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,21 @@ def train_view(
     return (view.flip(2) if flipped else view), flipped
 
 
-def eval_view(frames: torch.Tensor, size: int, short_side: int | None = None) -> torch.Tensor:
-    """Resize the short side (default size * 8 / 7, i.e. 256 for 224) and take the centre crop."""
-    frames = resize_short_side(frames, short_side or round(size * 8 / 7))
+def eval_short_side(size: int) -> int:
+    """The short side evaluation resizes frames to before cropping size x size from them."""
+    return round(size * EVAL_RESIZE_RATIO)
+
+
+def eval_view(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the short side to ``eval_short_side(size)`` and take the centre size x size crop.
+
+    Args:
+        frames: (T, H, W, 3) uint8.
+
+    Returns:
+        (T, size, size, 3) uint8.
+    """
+    frames = resize_short_side(frames, eval_short_side(size))
     return crop_resize(frames, center_box(frames.shape[1], frames.shape[2], size), size)
 
 
