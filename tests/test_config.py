@@ -1,0 +1,166 @@
+"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tin.config import check_choices, exits_on_usage_error, parse_config, setting
+from tin.errors import USAGE_EXIT_STATUS, UsageError
+
+
+def pair(text: str) -> tuple[int, int]:
+    first, second = text.split(":")
+    return int(first), int(second)
+
+
+@dataclass
+class Inner:
+    size: int = setting(64, help="frame side")
+    frames: int = setting(16, flag="--clip-frames", help="frames per clip")
+    secret: str = setting("", internal=True, help="set by the program only")
+
+
+@dataclass
+class Outer:
+    data: str = setting(help="where the data is")
+    epochs: int = setting(10, help="epochs to train")
+    lr: float = setting(0.1, help="learning rate, 100% of it")
+    schedule: str = setting("cosine", choices=("cosine", "step"), help="decay")
+    flip: bool = setting(True, help="random flips")
+    steps: tuple[int, ...] = setting((10, 20), help="milestones")
+    pairs: tuple[tuple[int, int], ...] = setting((), parse=pair, help="label pairs")
+    val: str | None = setting("val", parse=lambda text: None if text == "none" else text, help="validation split")
+    inner: Inner = setting(default_factory=Inner, help="the inner settings")
+
+    def validate(self) -> None:
+        check_choices(self)
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+
+
+@dataclass
+class Holder:
+    name: str = setting("x", help="a name")
+    inner: Inner = setting(default_factory=Inner, exclude=("frames",), help="inner, frames decided here")
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_field_is_a_flag_with_its_default_and_nested_fields_keep_their_names(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, ["--help"], defaults={"epochs": 3})
+    shown = " ".join(capsys.readouterr().out.split())
+    for text in (
+        "--data DATA where the data is (required)",
+        "--epochs EPOCHS epochs to train (default: 3)",
+        "learning rate, 100% of it (default: 0.1)",
+        "--schedule {cosine,step} decay (default: cosine)",
+        "--flip, --no-flip random flips (default: True)",
+        "--steps [STEPS ...] milestones (default: 10 20)",
+        "inner: the inner settings",
+        "--size SIZE frame side (default: 64)",
+        "--clip-frames FRAMES frames per clip (default: 16)",
+        "--config FILE.yaml",
+    ):
+        assert text in shown
+    assert "--secret" not in shown
+
+
+def test_flags_become_the_config():
+    config = parse_config(
+        Outer,
+        ["--data", "d", "--no-flip", "--steps", "3", "4", "--pairs", "1:2", "--val", "none", "--clip-frames", "8"],
+    )
+    assert config == Outer(data="d", flip=False, steps=(3, 4), pairs=((1, 2),), val=None, inner=Inner(frames=8))
+
+
+def test_precedence_defaults_then_file_then_flags(tmp_path):
+    path = write(tmp_path, "data: d\nepochs: 5\nlr: 1e-3\ninner:\n  size: 32\n  frames: 4\n")
+    config = parse_config(Outer, ["--config", path, "--clip-frames", "2"], defaults={"epochs": 3, "schedule": "step"})
+    assert (config.data, config.epochs, config.lr, config.schedule) == ("d", 5, 0.001, "step")
+    assert config.inner == Inner(size=32, frames=2)
+
+
+def test_file_values_take_the_fields_types(tmp_path):
+    path = write(tmp_path, "data: d\nlr: 1\nsteps: [1, 2]\npairs: ['86:87', [3, 4]]\nval: null\nflip: off\n")
+    config = parse_config(Outer, ["--config", path])
+    assert (config.lr, config.steps, config.pairs, config.val, config.flip) == (
+        1.0,
+        (1, 2),
+        ((86, 87), (3, 4)),
+        None,
+        False,
+    )
+    assert isinstance(config.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "data: d\nepoch: 3\n",
+            "unknown key 'epoch'; valid keys: data, epochs, lr, schedule, flip, steps, pairs, val, inner",
+        ),
+        ("data: d\ninner: {sizes: 3}\n", "unknown key 'sizes' in section 'inner'; valid keys: size, frames"),
+        ("data: d\ninner: {secret: s}\n", "unknown key 'secret' in section 'inner'"),
+        ("data: d\nepochs: ten\n", "epochs: expected an integer, got 'ten'"),
+        ("data: d\nepochs: 2.5\n", "epochs: expected an integer, got 2.5"),
+        ("data: d\nflip: 1\n", "flip: expected true or false, got 1"),
+        ("data: d\nsteps: 3\n", "steps: expected a list of integers, got 3"),
+        ("data: d\ninner: {size: big}\n", "inner.size: expected an integer, got 'big'"),
+        ("data: d\ninner: 3\n", "expected a mapping of setting names to values in section 'inner', got 3"),
+        ("- data\n", "expected a mapping of setting names to values"),
+        ("data: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        parse_config(Outer, ["--config", path])
+    assert str(caught.value).startswith(f"--config {path}: ") and message in str(caught.value)
+
+
+def test_a_missing_file_and_a_missing_setting_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match=r"--config /no/such.yaml: cannot read it"):
+        parse_config(Outer, ["--config", "/no/such.yaml"])
+    with pytest.raises(UsageError, match=r"--data is required \(give the flag or the key data in --config\)"):
+        parse_config(Outer, [])
+
+
+def test_values_are_validated_wherever_they_came_from(tmp_path):
+    with pytest.raises(UsageError, match="--schedule must be one of cosine, step, got 'linear'"):
+        parse_config(Outer, ["--data", "d", "--schedule", "linear"])
+    with pytest.raises(UsageError, match="--epochs must be at least 1, got 0"):
+        parse_config(Outer, ["--config", write(tmp_path, "data: d\nepochs: 0\n")])
+
+
+def test_excluded_and_internal_fields_are_the_programs():
+    config = parse_config(Holder, ["--size", "8"], defaults={"inner": {"frames": 3, "secret": "s"}})
+    assert config.inner == Inner(size=8, frames=3, secret="s")
+    with pytest.raises(SystemExit):
+        parse_config(Holder, ["--clip-frames", "3"])
+
+
+def test_a_usage_error_is_printed_and_becomes_the_usage_status(capsys):
+    @exits_on_usage_error
+    def main(argv: list[str]) -> int:
+        parse_config(Outer, argv)
+        return 0
+
+    assert main(["--data", "d"]) == 0
+    assert main(["--data", "d", "--epochs", "0"]) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err == "error: --epochs must be at least 1, got 0\n"
+
+
+def test_parents_add_flags_of_the_job():
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--quick", action="store_true")
+    assert parse_config(Outer, ["--data", "d", "--quick"], parents=[extra]).data == "d"

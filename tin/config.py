@@ -1,0 +1,442 @@
+"""Job settings as dataclasses: one declaration gives the flags, the YAML config file and the checks.
+
+A job's config is a dataclass whose fields are declared with ``setting``: the default, the help
+text and, where a field needs them, its choices, flag name, text parser, or that only the program
+sets it. From that one declaration:
+
+    parse_config(TrainConfig, argv, defaults=RECIPE)   flags and --config FILE.yaml -> a validated config
+    add_config_flags(parser, TrainConfig, RECIPE)      one flag per field (--batch-size for batch_size)
+    config_from_args(TrainConfig, args, RECIPE)        the config back from the parsed flags
+    check_choices(config)                              each field with choices holds one of them
+
+Precedence: the dataclass's defaults < ``defaults`` (a job's recipe: a mapping shaped like a config
+file) < the ``--config`` file < the flags given on the command line. A field whose type is a
+dataclass (``SearchConfig.train``, ``PrepareConfig.synthetic``) nests: its fields are flags of
+their own names, and a section of their own in the file (``train: {lr: 0.01}``). The file's keys
+are field names; an unknown key, or a value of the wrong type, is a ``UsageError`` naming the file
+and the key. After building, the config's ``validate()`` (where it has one) checks the values, so
+a bad value reads the same whether it came from a flag, the file or a recipe.
+
+``exits_on_usage_error`` wraps a job's ``main``: a ``UsageError`` becomes ``error: <message>`` on
+stderr and the exit status ``USAGE_EXIT_STATUS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, Field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tin.errors import USAGE_EXIT_STATUS, UsageError
+
+T = TypeVar("T")
+CONFIG_FLAG = "--config"
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    choices: Sequence[Any] | None = None,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    internal: bool = False,
+    exclude: Sequence[str] = (),
+) -> Any:
+    """A dataclass field that carries what its flag and config-file key need.
+
+    Args:
+        default, default_factory: as for ``dataclasses.field``; a field with neither is required.
+        help: what the setting does, for ``--help`` (the default is appended there).
+        choices: the allowed values (of each item, for a tuple); ``check_choices`` enforces them.
+        flag: the flag's name when it is not ``--`` + the field name with dashes.
+        parse: turns a flag's text (or a string in the config file) into the value, e.g. "86:87"
+            into (86, 87); raises ``ValueError`` or ``argparse.ArgumentTypeError``.
+        metavar: the flag's placeholder in ``--help``.
+        internal: only the program sets it (credentials from the environment, a search's parent
+            run): no flag and no config-file key.
+        exclude: for a nested dataclass, its fields that the outer config fills in itself (no flag,
+            no key).
+    """
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "flag": flag,
+        "parse": parse,
+        "metavar": metavar,
+        "internal": internal,
+        "exclude": tuple(exclude),
+    }
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def flag_name(field: Field) -> str:
+    """The command-line flag of a field: ``--batch-size`` for ``batch_size`` unless it names its own."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def check_choices(config: Any, error: type[UsageError] = UsageError) -> None:
+    """Raise ``error`` naming the flag when a field with choices (in ``config`` or a nested config)
+    holds another value. None passes: it means unset (a model default, a searched dimension)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            check_choices(value, error)
+            continue
+        choices = field.metadata.get("choices")
+        if choices is None or value is None:
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in choices:
+                raise error(f"{flag_name(field)} must be one of {', '.join(map(str, choices))}, got {item!r}")
+
+
+def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a job's ``main``: a ``UsageError`` (the user's to fix; its message names the flag or
+    file) is printed as ``error: <message>`` on stderr and returned as ``USAGE_EXIT_STATUS``, so
+    every job reports bad input the same way. Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return USAGE_EXIT_STATUS
+
+    return run
+
+
+# ---- flags -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """A settable leaf field of a config: its path from the top config and its type."""
+
+    path: tuple[str, ...]
+    field: Field
+    kind: Any
+
+    @property
+    def dest(self) -> str:
+        return ".".join(self.path)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _nested(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _settable(field: Field, exclude: Sequence[str]) -> bool:
+    return not field.metadata.get("internal") and field.name not in exclude
+
+
+def _options(cls: type, exclude: Sequence[str] = (), path: tuple[str, ...] = ()) -> Iterator[tuple[Field, _Option]]:
+    """(top-level field, option) for every settable leaf field, nested dataclasses expanded."""
+    hints = _type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not _settable(field, exclude):
+            continue
+        kind = hints[field.name]
+        if _nested(kind):
+            for _, option in _options(kind, field.metadata.get("exclude", ()), (*path, field.name)):
+                yield field, option
+        else:
+            yield field, _Option((*path, field.name), field, kind)
+
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(kind) if member is not type(None)]
+        return members[0], len(members) < len(typing.get_args(kind))
+    return kind, False
+
+
+def _items(kind: Any) -> Any | None:
+    """The item type of ``tuple[X, ...]``; None for any other type."""
+    arguments = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple and len(arguments) == 2 and arguments[1] is Ellipsis:
+        return arguments[0]
+    return None
+
+
+def _field_default(field: Field) -> Any:
+    if field.default is not MISSING:
+        return field.default
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return MISSING
+
+
+def _lookup(values: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for name in path:
+        if not isinstance(values, Mapping) or name not in values:
+            return MISSING
+        values = values[name]
+    return values
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _help(option: _Option, default: Any) -> str:
+    text = option.field.metadata["help"]
+    if default is MISSING:
+        text += " (required)"
+    elif default not in (None, "", ()):  # unset or empty: the help says what happens then
+        text += f" (default: {_shown(default)})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def _argparse_options(option: _Option) -> dict[str, Any]:
+    kind, _ = _optional(option.kind)
+    metadata = option.field.metadata
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    choices = metadata.get("choices")
+    metavar = metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
+    item = _items(kind)
+    options = {"metavar": metavar or option.field.name.upper(), "type": metadata.get("parse") or item or kind}
+    return {**options, "nargs": "*"} if item is not None else options
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str, Any] | None = None) -> None:
+    """Add ``--config FILE.yaml`` and one flag per settable field of ``cls`` (nested dataclasses'
+    fields in a group of their own); ``--help`` shows each default, the recipe's where
+    ``defaults`` has one. Flags not given stay out of the parsed namespace, so the config file's
+    values can stand where no flag overrides them."""
+    parser.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
+        help="read settings from this YAML file: keys are the flags' names with underscores, a nested "
+        "section per group of flags; flags given on the command line override it",
+    )
+    groups: dict[str, Any] = {}
+    for top, option in _options(cls):
+        if len(option.path) == 1:
+            group = parser
+        else:
+            group = groups.get(top.name) or groups.setdefault(
+                top.name, parser.add_argument_group(top.name, top.metadata["help"])
+            )
+        default = _lookup(defaults or {}, option.path)
+        if default is MISSING:
+            default = _field_default(option.field)
+        group.add_argument(
+            flag_name(option.field),
+            dest=option.dest,
+            default=argparse.SUPPRESS,
+            help=_help(option, default),
+            **_argparse_options(option),
+        )
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> T:
+    """The config of parsed flags: ``defaults`` < the ``--config`` file < the flags given; validated.
+
+    Raises:
+        UsageError: a required setting missing, or a config file that cannot be used (naming the
+            file and the key), or what the config's ``validate()`` refuses.
+    """
+    given = vars(args)
+    values = _merged(defaults or {}, {})
+    if "config" in given:
+        values = _merged(values, load_config_file(cls, given["config"]))
+    for _, option in _options(cls):
+        if option.dest in given:
+            value = given[option.dest]
+            values = _merged(values, _nest(option.path, tuple(value) if isinstance(value, list) else value))
+    config = _build(cls, values, ())
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def parse_config(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> T:
+    """Parse a job's command line (``sys.argv[1:]`` when ``argv`` is None) into its config.
+
+    ``description`` (a docstring) heads ``--help`` as written; ``parents`` add flags of the job's
+    own that are not config fields."""
+    parser = argparse.ArgumentParser(
+        description=inspect.cleandoc(description) if description else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
+    )
+    add_config_flags(parser, cls, defaults)
+    return config_from_args(cls, parser.parse_args(argv), defaults)
+
+
+# ---- config files ------------------------------------------------------------------------------
+
+
+def load_config_file(cls: type, path: str) -> dict[str, Any]:
+    """The settings of a YAML config file for ``cls``, each checked against its field's type.
+
+    Raises:
+        UsageError: naming the file: unreadable, not YAML, not a mapping, an unknown key (listing
+            the valid ones) or a value of the wrong type.
+    """
+    source = f"{CONFIG_FLAG} {path}"
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise UsageError(f"{source}: cannot read it ({error.strerror})") from error
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{source}: not valid YAML: {error}") from error
+    return _file_values(cls, {} if values is None else values, source, (), ())
+
+
+def _file_values(
+    cls: type, values: Any, source: str, exclude: Sequence[str], section: tuple[str, ...]
+) -> dict[str, Any]:
+    where = f" in section {'.'.join(section)!r}" if section else ""
+    if not isinstance(values, dict):
+        raise UsageError(f"{source}: expected a mapping of setting names to values{where}, got {values!r}")
+    hints = _type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls) if _settable(field, exclude)}
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UsageError(f"{source}: unknown key {key!r}{where}; valid keys: {', '.join(fields)}")
+        field, kind = fields[key], hints[key]
+        if _nested(kind):
+            checked[key] = _file_values(kind, value, source, field.metadata.get("exclude", ()), (*section, key))
+            continue
+        try:
+            checked[key] = _converted(value, kind, field.metadata.get("parse"))
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise UsageError(f"{source}: {'.'.join((*section, key))}: {error}") from None
+    return checked
+
+
+def _converted(value: Any, kind: Any, parse: Callable[[str], Any] | None) -> Any:
+    """A config-file value as the field's type holds it (lists become tuples, ints floats); strings
+    go through the field's parser as the flag's text does."""
+    kind, optional = _optional(kind)
+    item = _items(kind)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"expected {_described(kind)}, got null")
+    if item is not None:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of {_described(item, many=True)}, got {value!r}")
+        return tuple(_converted(element, item, parse) for element in value)
+    if parse is not None and isinstance(value, str):
+        return parse(value)
+    if typing.get_origin(kind) is tuple:  # a fixed-length tuple such as tuple[int, int]
+        members = typing.get_args(kind)
+        if not isinstance(value, list) or len(value) != len(members):
+            raise ValueError(f"expected {_described(kind)}, got {value!r}")
+        return tuple(_converted(element, member, None) for element, member in zip(value, members, strict=True))
+    return _scalar(value, kind)
+
+
+def _scalar(value: Any, kind: Any) -> Any:
+    matches = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if kind not in matches:
+        raise TypeError(f"config fields of type {kind} are not supported")
+    if kind is float and isinstance(value, str):
+        return _float_text(value)
+    if not matches[kind]:
+        raise ValueError(f"expected {_described(kind)}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _float_text(value: str) -> float:
+    """A number YAML left as text: YAML 1.1 (PyYAML) reads 1e-4 as a string, as it wants 1.0e-4."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"expected {_described(float)}, got {value!r}") from None
+
+
+def _described(kind: Any, many: bool = False) -> str:
+    """How an error names what a field takes: "an integer", or with ``many`` "integers"."""
+    names = {
+        bool: ("true or false", "true/false values"),
+        int: ("an integer", "integers"),
+        float: ("a number", "numbers"),
+        str: ("a string", "strings"),
+    }
+    if typing.get_origin(kind) is tuple:
+        return (
+            f"lists of {len(typing.get_args(kind))} values"
+            if many
+            else f"a list of {len(typing.get_args(kind))} values"
+        )
+    return names[kind][many] if kind in names else str(kind)
+
+
+# ---- building ----------------------------------------------------------------------------------
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    for name in reversed(path):
+        value = {name: value}
+    return value
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values, sections merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type[T], values: Mapping[str, Any], exclude: Sequence[str]) -> T:
+    """An instance of ``cls`` from nested ``values``: fields without a value keep their defaults, and
+    a nested dataclass is built from its own fields' defaults and its section's values."""
+    unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    hints = _type_hints(cls)
+    arguments = {}
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if _nested(kind):
+            arguments[field.name] = _build(kind, values.get(field.name, {}), field.metadata.get("exclude", ()))
+        elif field.name in values:
+            arguments[field.name] = values[field.name]
+        elif _field_default(field) is MISSING:
+            if not _settable(field, exclude):
+                raise TypeError(f"{cls.__name__}.{field.name} is set by the program, and it was not")
+            raise UsageError(f"{flag_name(field)} is required (give the flag or the key {field.name} in {CONFIG_FLAG})")
+    return cls(**arguments)
