@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.synthetic import SyntheticConfig
+from pipelines.synthetic import MOTIONS, SyntheticConfig
 from pipelines.training import train
 from tin import tracking, viz
+from tin.config import check_choices, setting
 from tin.data import load_dataset_info
 from tin.evaluate import Evaluation, evaluate_checkpoint, log_to_mlflow
+from tin.models import MODEL_NAMES
 from tin.train.checkpoint import CHECKPOINT_FILE, load_state
 from tin.train.config import TrainConfig
 
@@ -32,6 +34,17 @@ STATIC = "static"
 DEMO_MOTIONS = ("left", "right", "up", "down", "approach", "recede", STATIC)
 # Horizontal flips turn these classes into each other; training swaps their labels on flip.
 FLIP_PAIRS = (("left", "right"), ("rotate_cw", "rotate_ccw"))
+
+
+QUICK = {
+    "models": ("tin_r18", "tsn_r18"),
+    "motions": ("left", "right", STATIC),
+    "train_clips": 240,
+    "val_clips": 60,
+    "epochs": 5,
+}
+"""The CI-sized demo (``--quick``): TIN and TSN on one mirrored pair plus static, few clips and
+epochs; still enough for TIN to tell left from right while TSN cannot."""
 
 
 @dataclass(frozen=True)
@@ -47,34 +60,32 @@ class DemoConfig:
     three models stayed at chance for 8 epochs.
     """
 
-    workdir: str = "demo_workdir"
-    models: tuple[str, ...] = ("tin_r18", "tsm_r18", "tsn_r18")
-    motions: tuple[str, ...] = DEMO_MOTIONS
-    train_clips: int = 560
-    val_clips: int = 140
-    size: int = 32  # frame side, generated and trained on
-    clip_frames: int = 8  # frames per generated clip, all of them seen by the models
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    clip_grad: float = 5.0
-    scales: tuple[float, ...] = (1.0, 0.875)
-    seed: int = 0
+    workdir: str = setting("demo_workdir", help="where data, checkpoints, MLflow and the summary go")
+    models: tuple[str, ...] = setting(
+        ("tin_r18", "tsm_r18", "tsn_r18"), choices=MODEL_NAMES, metavar="MODEL", help="the models compared"
+    )
+    motions: tuple[str, ...] = setting(DEMO_MOTIONS, choices=MOTIONS, metavar="MOTION", help="the classes")
+    train_clips: int = setting(560, help="training clips generated")
+    val_clips: int = setting(140, help="validation clips generated")
+    size: int = setting(32, help="frame side, generated and trained on")
+    clip_frames: int = setting(8, help="frames per generated clip, all of them seen by the models")
+    epochs: int = setting(8, help="epochs each model trains")
+    batch_size: int = setting(8, help="clips per step")
+    lr: float = setting(2e-3, help="AdamW's learning rate")
+    weight_decay: float = setting(1e-4, help="AdamW's weight decay")
+    warmup_epochs: float = setting(1.0, help="linear warm-up epochs")
+    clip_grad: float = setting(5.0, help="gradient-norm clip")
+    scales: tuple[float, ...] = setting((1.0, 0.875), metavar="FRACTION", help="crop sides, fractions of the frame")
+    seed: int = setting(0, help="seed of the data and the training")
 
     @classmethod
     def quick(cls, workdir: str) -> DemoConfig:
-        """A CI-sized version: TIN and TSN on one mirrored pair plus static, few clips and epochs;
-        still enough for TIN to tell left from right while TSN cannot."""
-        return cls(
-            workdir=workdir,
-            models=("tin_r18", "tsn_r18"),
-            motions=("left", "right", STATIC),
-            train_clips=240,
-            val_clips=60,
-            epochs=5,
-        )
+        """The CI-sized version (``QUICK``) in ``workdir``."""
+        return cls(workdir=workdir, **QUICK)
+
+    def validate(self) -> None:
+        """Raise a UsageError naming the flag of a model or motion that does not exist."""
+        check_choices(self)
 
     @property
     def root(self) -> Path:
@@ -208,7 +219,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "checkpoint": evaluation.checkpoint,
         }
         log(
-            f"{model}: val top-1 {summary[model]['top1']:.3f}, mirrored-pair classes {summary[model]['mirrored_top1']:.3f}"
+            f"{model}: val top-1 {summary[model]['top1']:.3f}, "
+            f"mirrored-pair classes {summary[model]['mirrored_top1']:.3f}"
         )
     (config.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"demo finished in {time.perf_counter() - started:.0f}s")

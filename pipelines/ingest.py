@@ -67,6 +67,9 @@ from tin.data.video import VideoError, read_video_clip
 from tin.errors import UsageError
 
 TASK_RETRIES = 8  # per chunk; each retry after a decoder crash skips the row that crashed
+DEFAULT_SHORT_SIDE = 256  # the references' stored frames, which their 224 crops are taken from
+DEFAULT_ENCODING = "jpeg"
+DEFAULT_CHUNK_SIZE = 64
 DEFAULT_SHUFFLE_SEED = 0
 FINGERPRINT_BLOCK = 65536  # rows hashed per update: bounded memory, few calls
 LEDGER_EVERY = 500  # chunks between two writes of a run's ledger (see write_ledger)
@@ -84,10 +87,10 @@ class IngestConfig:
     output: str
     split: str
     frames: int = STORED_FRAMES
-    short_side: int = 256
-    encoding: str = "jpeg"
+    short_side: int = DEFAULT_SHORT_SIDE
+    encoding: str = DEFAULT_ENCODING
     jpeg_quality: int = 90
-    chunk_size: int = 64
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     row_group_size: int = 8
     num_cpus: int | None = None  # CPUs of the local Ray started when none is running
     storage_options: dict[str, Any] = field(default_factory=dict)

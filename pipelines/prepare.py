@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
 
-from pipelines.ingest import DEFAULT_SHUFFLE_SEED, IngestConfig, IngestResult, ingest
+from pipelines.ingest import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ENCODING,
+    DEFAULT_SHORT_SIDE,
+    DEFAULT_SHUFFLE_SEED,
+    IngestConfig,
+    IngestResult,
+    ingest,
+)
+from pipelines.layouts import ReleaseLayout
 from pipelines.manifests import (
     Manifest,
     read_generic,
@@ -19,11 +28,16 @@ from pipelines.manifests import (
     read_ucf101,
 )
 from pipelines.synthetic import SyntheticConfig, generate_split
+from tin.config import check_choices, setting
 from tin.data.sampling import STORED_FRAMES
+from tin.data.shards import ENCODINGS
 from tin.errors import UsageError
 
 FORMATS = ("generic", "mmit", "kinetics", "sthv2", "ucf101", "synthetic")
 NEEDS_CLASSES = {"mmit": "moments_categories.txt", "sthv2": "labels.json", "ucf101": "classInd.txt"}
+KINETICS_LAYOUTS = ("auto", "flat", "by_label")  # pipelines.manifests.read_kinetics's
+LAYOUT_FIELDS = ("format", "name", "annotations", "classes", "video_root", "split", "synthetic")
+"""The PrepareConfig fields that a release layout decides (ReleaseConfig)."""
 
 
 class PrepareError(UsageError):
@@ -32,24 +46,67 @@ class PrepareError(UsageError):
 
 @dataclass
 class PrepareConfig:
-    """Everything one prepare_dataset run needs (one split of one dataset)."""
+    """Everything one prepare_dataset run needs (one split of one dataset); every field but
+    ``storage_options`` is a flag of jobs/prepare_dataset.py.
 
-    format: str
-    video_root: str
-    split: str
-    output: str
-    annotations: str | None = None
-    classes: str | None = None
-    name: str | None = None
-    frames: int = STORED_FRAMES
-    short_side: int = 256
-    encoding: str = "jpeg"
-    chunk_size: int = 64
-    num_cpus: int | None = None
-    kinetics_layout: str = "auto"
-    shuffle_seed: int = DEFAULT_SHUFFLE_SEED
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    ``format``, ``video_root``, ``split`` and ``output`` are required (``validate``); they default
+    to empty so that a release job can hold the settings its splits share before its layout
+    fills in the rest (ReleaseConfig).
+    """
+
+    format: str = setting("", choices=FORMATS, help="how the annotations are written (required)")
+    video_root: str = setting(
+        "", help="directory or URI the annotation paths are relative to; synthetic clips are written there (required)"
+    )
+    split: str = setting("", help="split name, e.g. train or val (required)")
+    output: str = setting("", help="dataset root: local directory or s3://bucket/prefix (required)")
+    annotations: str | None = setting(None, help="annotation file (not needed for synthetic)")
+    classes: str | None = setting(None, help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)")
+    name: str | None = setting(None, help="dataset name in dataset.json (default: the format)")
+    frames: int = setting(STORED_FRAMES, help="frames stored per clip (F)")
+    short_side: int = setting(DEFAULT_SHORT_SIDE, help="short side of stored frames in pixels")
+    encoding: str = setting(DEFAULT_ENCODING, choices=ENCODINGS, help="how the frames are stored")
+    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="clips per shard file and per task")
+    num_cpus: int | None = setting(None, help="CPUs of the local Ray (default: all; ignored on a cluster)")
+    kinetics_layout: str = setting(
+        "auto", choices=KINETICS_LAYOUTS, help="Kinetics clips in one folder (flat) or one per label (by_label)"
+    )
+    shuffle_seed: int = setting(
+        DEFAULT_SHUFFLE_SEED,
+        help="seed of the permutation of the annotation rows before they are cut into shards "
+        "(annotation lists are sorted by class; shards must mix classes)",
+    )
+    synthetic: SyntheticConfig = setting(
+        default_factory=SyntheticConfig, help="--format synthetic: the clips written to --video-root"
+    )
+    storage_options: dict[str, Any] = setting(
+        default_factory=dict, internal=True, help="fsspec options of remote paths (storage_options_from_env)"
+    )
+
+    def validate(self) -> None:
+        """Check what the settings alone decide (the files are checked when they are read).
+
+        Raises:
+            PrepareError, IngestError: naming the flag.
+        """
+        required = (("--format", self.format), ("--video-root", self.video_root), ("--split", self.split))
+        for flag, value in (*required, ("--output", self.output)):
+            if not value:
+                raise PrepareError(f"{flag} is required")
+        check_choices(self, PrepareError)
+        if self.format == "synthetic":
+            if fsspec.utils.get_protocol(self.video_root) not in ("file", "local"):
+                raise PrepareError(
+                    f"--video-root {self.video_root}: synthetic clips are written to a local "
+                    f"directory (the output root may be remote)"
+                )
+        elif not self.annotations:
+            raise PrepareError(f"--annotations is required for --format {self.format}")
+        elif self.format in NEEDS_CLASSES and not self.classes:
+            raise PrepareError(
+                f"--classes is required for --format {self.format} (the dataset's {NEEDS_CLASSES[self.format]})"
+            )
+        self.ingest_config().validate()
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(
@@ -63,6 +120,48 @@ class PrepareConfig:
             storage_options=self.storage_options,
             shuffle_seed=self.shuffle_seed,
         )
+
+
+@dataclass
+class ReleaseConfig:
+    """A dataset release's prepare job (jobs/prepare_<dataset>.py): the extracted release, which of
+    its splits, and the prepare settings they share; the release's layout decides the format, the
+    files and the dataset's name (``LAYOUT_FIELDS``)."""
+
+    root: str = setting(help="the extracted release (local folder or s3:// URI)")
+    split: tuple[str, ...] = setting(
+        (), metavar="SPLIT", help="splits to prepare, by this project's names (default: every split of the release)"
+    )
+    fold: int | None = setting(
+        None, help="the official train/test fold, where the release has several (default: the first)"
+    )
+    prepare: PrepareConfig = setting(
+        default_factory=PrepareConfig, exclude=LAYOUT_FIELDS, help="how every split is prepared"
+    )
+
+    def split_configs(self, layout: ReleaseLayout) -> list[PrepareConfig]:
+        """One PrepareConfig per split, with the files the layout finds under ``root``; all of them
+        are looked up before any split is prepared.
+
+        Raises:
+            LayoutError: a split or fold the release does not have, or files that are not there.
+        """
+        fold = self.fold if self.fold is not None or not layout.folds else layout.folds[0]
+        configs = []
+        for split in self.split or layout.splits:
+            files = layout.resolve(self.root, split, fold, self.prepare.storage_options)
+            configs.append(
+                replace(
+                    self.prepare,
+                    format=layout.format,
+                    name=layout.name,
+                    annotations=files.annotations,
+                    classes=files.classes,
+                    video_root=files.video_root,
+                    split=split,
+                )
+            )
+        return configs
 
 
 def storage_options_from_env() -> dict[str, Any]:
@@ -87,32 +186,28 @@ def storage_options_from_env() -> dict[str, Any]:
 
 
 def check_inputs(config: PrepareConfig) -> None:
-    """Fail early, naming the flag, when the annotation files cannot be used."""
-    if config.format not in FORMATS:
-        raise PrepareError(f"--format {config.format!r}: choose one of {', '.join(FORMATS)}")
-    if config.format == "synthetic":
-        if fsspec.utils.get_protocol(config.video_root) not in ("file", "local"):
-            raise PrepareError(
-                f"--video-root {config.video_root}: synthetic clips are written to a local "
-                f"directory (the output root may be remote)"
-            )
-        return
-    if not config.annotations:
-        raise PrepareError(f"--annotations is required for --format {config.format}")
-    if config.format in NEEDS_CLASSES and not config.classes:
-        raise PrepareError(
-            f"--classes is required for --format {config.format} (the dataset's {NEEDS_CLASSES[config.format]})"
-        )
+    """Fail early, naming the flag, when the annotation files are not there."""
     for flag, path in (("--annotations", config.annotations), ("--classes", config.classes)):
-        if path:
+        if path and config.format != "synthetic":
             fs, inner = fsspec.core.url_to_fs(path)
             if not fs.isfile(inner):
                 raise PrepareError(f"{flag} {path}: file not found")
 
 
 def build_manifest(config: PrepareConfig) -> Manifest:
-    """Parse the annotations of ``config.format`` (generating the synthetic dataset first)."""
+    """Parse the annotations of ``config.format`` (generating the synthetic dataset first).
+
+    Raises:
+        PrepareError: an annotation file missing, or one its format's reader cannot read.
+    """
     check_inputs(config)
+    try:
+        return _read_manifest(config)
+    except ValueError as error:  # the readers' word on a file that is not what its format expects
+        raise PrepareError(str(error)) from error
+
+
+def _read_manifest(config: PrepareConfig) -> Manifest:
     name = config.name or config.format
     if config.format == "synthetic":
         files = generate_split(config.video_root, config.split, config.synthetic)
@@ -132,8 +227,8 @@ def build_manifest(config: PrepareConfig) -> Manifest:
 
 
 def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> IngestResult:
-    """Build the manifest and ingest it into ``config.output``/``config.split``."""
-    config.ingest_config().validate()
+    """Validate the config, build the manifest and ingest it into ``config.output``/``config.split``."""
+    config.validate()
     manifest = build_manifest(config)
     labels = "" if manifest.labelled else " (split without labels)"
     log(f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes -> {config.output}")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tin.config import setting
+
 MOTIONS = (
     "left",
     "right",
@@ -51,15 +53,15 @@ SHAPES = (
 class SyntheticConfig:
     """What to generate. ``noise`` is the std of per-frame pixel noise as a fraction of 255."""
 
-    num_clips: int = 90
-    frames: int = 16
-    size: int = 64
-    noise: float = 0.04
-    fps: int = 12
-    seed: int = 0
-    multi_label: bool = False
-    objects_per_clip: int = 2
-    motions: tuple[str, ...] = MOTIONS
+    num_clips: int = setting(90, help="clips to generate")
+    frames: int = setting(16, flag="--clip-frames", help="frames of each generated clip")
+    size: int = setting(64, help="frame width = height in pixels (even)")
+    noise: float = setting(0.04, help="pixel noise std / 255")
+    fps: int = setting(12, help="frame rate of the generated videos")
+    seed: int = setting(0, help="seed of the clips (with the split name)")
+    multi_label: bool = setting(False, help="several moving objects per clip, labels in MMiT's format")
+    objects_per_clip: int = setting(2, help="objects per clip with --multi-label")
+    motions: tuple[str, ...] = setting(MOTIONS, choices=MOTIONS, metavar="MOTION", help="the classes")
 
 
 @dataclass(frozen=True)

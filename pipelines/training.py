@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pyarrow.fs
@@ -28,18 +28,12 @@ from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
 from tin.data.facts import DatasetFacts
 from tin.data.sampling import centres_exact
-from tin.errors import UsageError
-from tin.models import MODEL_NAMES
-from tin.train.config import OPTIMIZERS, PLACEMENT_STRATEGIES, TrainConfig
+from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.loop import train_loop_per_worker
 
 RAY_TRAIN_CONSOLE_LEVEL = "WARNING"  # Ray Train's INFO lines go to its log files; the loop prints the epochs
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
 VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size stay in the object store
-
-
-class TrainingSetupError(UsageError):
-    """A training run that cannot start; the message names the flag or file to fix."""
 
 
 class TrainingDataWarning(UserWarning):
@@ -152,29 +146,9 @@ class TrainAndValidationSplit(DataConfig):
 
 
 def check_config(config: TrainConfig) -> DatasetInfo:
-    """Validate the flags against the dataset root; return its dataset.json contents."""
-    if config.model not in MODEL_NAMES:
-        raise TrainingSetupError(f"--model {config.model!r} does not exist; choose one of {', '.join(MODEL_NAMES)}")
-    if config.num_workers < 1:
-        raise TrainingSetupError(f"--num-workers must be at least 1, got {config.num_workers}")
-    if config.batch_size < config.num_workers:
-        raise TrainingSetupError(
-            f"--batch-size {config.batch_size} is smaller than --num-workers {config.num_workers}: every worker needs at least one clip per step"
-        )
-    if config.schedule not in ("cosine", "step"):
-        raise TrainingSetupError(f"--schedule must be cosine or step, got {config.schedule!r}")
-    if config.epochs < 1:
-        raise TrainingSetupError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.optimizer not in OPTIMIZERS:
-        raise TrainingSetupError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
-    if config.placement_strategy not in PLACEMENT_STRATEGIES:
-        raise TrainingSetupError(
-            f"--placement-strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {config.placement_strategy!r}"
-        )
-    if not config.scales or not all(0 < scale <= 1 for scale in config.scales):
-        raise TrainingSetupError(f"--scales must be fractions of the short side in (0, 1], got {list(config.scales)}")
-    if config.shuffle_buffer < 0:
-        raise TrainingSetupError(f"--shuffle-buffer must be 0 (off) or a number of clips, got {config.shuffle_buffer}")
+    """Validate the config (``TrainConfig.validate``) and then against the dataset root; return its
+    dataset.json contents."""
+    config.validate()
     try:
         info = load_dataset_info(config.data, storage_options_from_env())
     except FileNotFoundError as error:
@@ -184,7 +158,8 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     check_splits(config, info)
     if info.written(config.train_split) // config.num_workers < config.batch_size // config.num_workers:
         raise TrainingSetupError(
-            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; {config.data} has {info.written(config.train_split)}"
+            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; "
+            f"{config.data} has {info.written(config.train_split)}"
         )
     warn_about_data(config, info)
     return info
@@ -255,6 +230,15 @@ def checkpoint_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem | 
     return storage_path.removeprefix("s3://"), filesystem
 
 
+def with_resolved_locations(config: TrainConfig) -> TrainConfig:
+    """``config`` with a local storage path made absolute and the MLflow URI defaulted: resolved in
+    the driver, because Ray Train workers run in a per-run folder, not this working directory."""
+    storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
+    return replace(
+        config, storage_path=storage_path, mlflow_uri=config.mlflow_uri or tracking.default_tracking_uri()
+    )
+
+
 def build_trainer(config: TrainConfig, callbacks: list | None = None, info: DatasetInfo | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` of a training run (Ray must be running).
 
@@ -267,9 +251,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         TrainingSetupError: naming the flag or file that makes the run impossible.
     """
     info = info or check_config(config)
-    config.storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
-    # Resolved here: Ray Train workers run in a per-run folder, not this working directory.
-    config.mlflow_uri = config.mlflow_uri or tracking.default_tracking_uri()
+    config = with_resolved_locations(config)
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,

@@ -21,7 +21,6 @@ import json
 import math
 import pickle
 import posixpath
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,65 +33,25 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pipelines.ray_runtime import init_ray
-from pipelines.training import TrainingSetupError, build_trainer, check_config
+from pipelines.search import (
+    DEFAULT_SPACE,
+    FUNCTION_CPUS,
+    METRIC_MODES,
+    MULTI_LABEL_METRICS,
+    PRESETS,
+    SEARCHABLE,
+    SINGLE_LABEL_METRICS,
+    SearchConfig,
+)
+from pipelines.training import build_trainer, check_config, with_resolved_locations
 from tin import tracking, viz
 from tin.data import DatasetInfo
-from tin.models.build import TEMPORAL_OPTIONS
-from tin.train.config import TrainConfig
+from tin.models.build import TEMPORAL_OPTION_NAMES, TEMPORAL_OPTIONS
+from tin.train.config import TrainConfig, TrainingSetupError
 
-DEFAULT_SPACE: dict[str, Any] = {
-    "groups": [1, 2, 4],
-    "reverse": [True, False],
-    "shift_div": [4, 8],
-    "offset_scale": [2, 4, "T/2"],
-    "lr": {"loguniform": [0.001, 0.1]},
-    "schedule": ["cosine", "step"],
-    "warmup_epochs": [0, 1, 2],
-    "weight_decay": {"loguniform": [1e-5, 1e-3]},
-}
-"""The search space when neither --space nor --preset is given (the format of a space file)."""
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's ablation: offset groups x reverse offsets, every other knob at the recipe's value.
-    "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
-}
-
-METRIC_MODES = {
-    "val_top1": "max",
-    "val_top5": "max",
-    "val_sample_map": "max",
-    "val_class_map": "max",
-    "val_loss": "min",
-    "train_loss": "min",
-    "train_top1": "max",
-}
-MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
-SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
-
-FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
 SAMPLING_KINDS = ("choice", "grid", "uniform", "loguniform")
 RANGE_KINDS = ("uniform", "loguniform")
-
-
-@dataclass
-class SearchConfig:
-    """A search: the training flags (``train``: data, model, recipe, the search's name, storage
-    path and MLflow experiment; searched dimensions left None) plus how to search."""
-
-    train: TrainConfig
-    num_samples: int = 4
-    max_concurrent: int = 1
-    scheduler: str = "asha"  # asha | fifo
-    metric: str | None = None  # default: val_top1 (single-label) or val_sample_map (multi-label)
-    grace_period: int = 1  # ASHA: epochs every trial trains before it can be stopped
-    reduction_factor: float = 2.0  # ASHA: keep the best 1/reduction_factor at each rung
-    trial_cpus: float | None = None  # function + Train workers; default: share the free CPUs
-    space_file: str | None = None
-    preset: str | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -148,59 +107,6 @@ class SearchOutcome:
 
 
 # ---- the search space -------------------------------------------------------------------------
-
-
-def _positive_int(value: Any, num_segments: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    return value
-
-
-def _on_off(value: Any, num_segments: int) -> bool:
-    words = {"on": True, "true": True, "off": False, "false": False}
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in words:
-        return words[value.lower()]
-    raise ValueError(f"expected on/off (or true/false), got {value!r}")
-
-
-def _number(minimum: float, inclusive: bool) -> Callable[[Any, int], float]:
-    def convert(value: Any, num_segments: int) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"expected a number, got {value!r}")
-        if value < minimum or (value == minimum and not inclusive):
-            raise ValueError(f"expected a number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
-        return float(value)
-
-    return convert
-
-
-def _offset_scale(value: Any, num_segments: int) -> float:
-    if isinstance(value, str) and value.replace(" ", "").upper() == "T/2":
-        return num_segments / 2
-    return _number(0.0, inclusive=False)(value, num_segments)
-
-
-def _schedule(value: Any, num_segments: int) -> str:
-    if value not in ("cosine", "step"):
-        raise ValueError(f"expected cosine or step, got {value!r}")
-    return value
-
-
-SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
-    "groups": _positive_int,
-    "reverse": _on_off,
-    "shift_div": _positive_int,
-    "offset_scale": _offset_scale,  # a number or "T/2" (the paper's scale: half the segments)
-    "lr": _number(0.0, inclusive=False),
-    "schedule": _schedule,
-    "warmup_epochs": _number(0.0, inclusive=True),
-    "weight_decay": _number(0.0, inclusive=True),
-}
-"""Each searchable dimension (a ``TrainConfig`` field and its flag) and how to read its values."""
-
-MODEL_DIMENSIONS = ("groups", "reverse", "shift_div", "offset_scale")
 
 
 def load_space_file(path: str) -> dict[str, Any]:
@@ -278,16 +184,12 @@ def _range_dimension(name: str, kind: str, bounds: tuple, source: str) -> Dimens
 
 def chosen_space(search: SearchConfig) -> tuple[dict[str, Any], str]:
     """The raw space to search and where it came from (for messages)."""
-    if search.space_file and search.preset:
-        raise TrainingSetupError("--space and --preset both define the space; give one of them")
     if search.space_file:
         return load_space_file(search.space_file), f"--space {search.space_file}"
     if search.preset:
-        if search.preset not in PRESETS:
-            raise TrainingSetupError(f"--preset {search.preset!r} does not exist; choose one of {', '.join(PRESETS)}")
         return PRESETS[search.preset], f"--preset {search.preset}"
     family = search.train.model.split("_")[0]
-    unsupported = set(MODEL_DIMENSIONS) - set(TEMPORAL_OPTIONS.get(family, {}))
+    unsupported = set(TEMPORAL_OPTION_NAMES) - set(TEMPORAL_OPTIONS.get(family, {}))
     return {name: spec for name, spec in DEFAULT_SPACE.items() if name not in unsupported}, "the default space"
 
 
@@ -300,7 +202,7 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     Raises:
         TrainingSetupError: naming the flag or file at fault.
     """
-    _check_search_flags(search)
+    search.validate()
     space, source = chosen_space(search)
     flagged = {name: getattr(search.train, name) for name in SEARCHABLE if getattr(search.train, name) is not None}
     dimensions, fixed = parse_space(
@@ -311,7 +213,7 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     base = dataclasses.replace(search.train, **{**unset, **fixed})
     family = base.model.split("_")[0]
     foreign = [
-        d.name for d in dimensions if d.name in MODEL_DIMENSIONS and d.name not in TEMPORAL_OPTIONS.get(family, {})
+        d.name for d in dimensions if d.name in TEMPORAL_OPTION_NAMES and d.name not in TEMPORAL_OPTIONS.get(family, {})
     ]
     if foreign:
         raise TrainingSetupError(
@@ -343,35 +245,12 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
     return metric
 
 
-def _check_search_flags(search: SearchConfig) -> None:
-    checks = [
-        (search.num_samples >= 1, f"--num-samples must be at least 1, got {search.num_samples}"),
-        (search.max_concurrent >= 1, f"--max-concurrent must be at least 1, got {search.max_concurrent}"),
-        (search.scheduler in ("asha", "fifo"), f"--scheduler must be asha or fifo, got {search.scheduler!r}"),
-        (
-            search.metric is None or search.metric in METRIC_MODES,
-            f"--metric {search.metric!r} is not a metric the trials report; choose one of {', '.join(METRIC_MODES)}",
-        ),
-        (
-            1 <= search.grace_period <= search.train.epochs,
-            f"--grace-period must be between 1 and --epochs {search.train.epochs}, got {search.grace_period}",
-        ),
-        (search.reduction_factor > 1, f"--reduction-factor must be greater than 1, got {search.reduction_factor}"),
-        (
-            search.trial_cpus is None or search.trial_cpus > FUNCTION_CPUS,
-            f"--trial-cpus must be more than {FUNCTION_CPUS} (the trial function's share), got {search.trial_cpus}",
-        ),
-    ]
-    for passed, message in checks:
-        if not passed:
-            raise TrainingSetupError(message)
-
-
 # ---- resources ---------------------------------------------------------------------------------
 
 
-def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: float) -> float:
-    """Decide the CPUs of each trial's Train workers; return the CPUs one trial reserves.
+def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: float) -> tuple[TrainConfig, float]:
+    """Decide the CPUs of each trial's Train workers: (``base`` with its ``cpus_per_worker`` set,
+    the CPUs one trial reserves).
 
     A trial reserves ``FUNCTION_CPUS`` for its function (the Train controller takes none) plus
     its workers. Every running trial must also leave ``DATA_CPUS`` whole CPU to its Ray Data
@@ -380,20 +259,21 @@ def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: flo
     so with less, trials wait for data forever. Without --trial-cpus or --cpus-per-worker the
     rest is shared equally by the concurrent trials.
     """
-    if base.use_gpu and base.cpus_per_worker is None:
-        base.cpus_per_worker = 1.0
-    if base.cpus_per_worker is None:
+    cpus_per_worker = base.cpus_per_worker
+    if cpus_per_worker is None and base.use_gpu:
+        cpus_per_worker = 1.0
+    if cpus_per_worker is None:
         budget = search.trial_cpus or cluster_cpus / search.max_concurrent - DATA_CPUS
-        base.cpus_per_worker = round((budget - FUNCTION_CPUS) / base.num_workers, 3)
-    per_trial = FUNCTION_CPUS + base.num_workers * base.cpus_per_worker
-    if base.cpus_per_worker <= 0 or search.max_concurrent * (per_trial + DATA_CPUS) > cluster_cpus + 1e-6:
+        cpus_per_worker = round((budget - FUNCTION_CPUS) / base.num_workers, 3)
+    per_trial = FUNCTION_CPUS + base.num_workers * cpus_per_worker
+    if cpus_per_worker <= 0 or search.max_concurrent * (per_trial + DATA_CPUS) > cluster_cpus + 1e-6:
         raise TrainingSetupError(
-            f"{cluster_cpus:g} CPUs cannot run --max-concurrent {search.max_concurrent} trials of --num-workers {base.num_workers} "
-            f"({max(per_trial, FUNCTION_CPUS):g} CPUs each by --trial-cpus / --cpus-per-worker) and leave each trial's data loading "
-            f"{DATA_CPUS:g} whole CPU; trials would wait for data forever. Lower --max-concurrent, --num-workers, --trial-cpus "
-            "or --cpus-per-worker"
+            f"{cluster_cpus:g} CPUs cannot run --max-concurrent {search.max_concurrent} trials of --num-workers "
+            f"{base.num_workers} ({max(per_trial, FUNCTION_CPUS):g} CPUs each by --trial-cpus / --cpus-per-worker) "
+            f"and leave each trial's data loading {DATA_CPUS:g} whole CPU; trials would wait for data forever. "
+            "Lower --max-concurrent, --num-workers, --trial-cpus or --cpus-per-worker"
         )
-    return per_trial
+    return dataclasses.replace(base, cpus_per_worker=cpus_per_worker), per_trial
 
 
 # ---- the trial -----------------------------------------------------------------------------------
@@ -510,27 +390,22 @@ def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tun
 
 def run_search(search: SearchConfig) -> SearchOutcome:
     """Run (or resume) a search and record it in MLflow; see the module docstring."""
-    search.train.storage_path = _absolute(search.train.storage_path)
-    search.train.mlflow_uri = search.train.mlflow_uri or tracking.default_tracking_uri()
+    search = dataclasses.replace(search, train=with_resolved_locations(search.train))
     plan = plan_search(search)  # before starting Ray: a bad flag should not cost a cluster start
     init_ray()
-    per_trial_cpus = assign_trial_cpus(search, plan.base, ray.cluster_resources().get("CPU", 1.0))
+    base, per_trial_cpus = assign_trial_cpus(search, plan.base, ray.cluster_resources().get("CPU", 1.0))
+    plan = dataclasses.replace(plan, base=base)
     parent_run_id = start_parent_run(search, plan)
-    base = trial_base(plan, parent_run_id)
     print(
         f"searching {', '.join(d.name for d in plan.dimensions)} for the best {plan.metric} ({plan.mode}): "
         f"{search.num_samples} sample(s), {search.scheduler}, up to {search.max_concurrent} at once, "
         f"{per_trial_cpus:g} CPUs per trial"
     )
-    results = make_tuner(search, plan, base).fit()
+    results = make_tuner(search, plan, trial_base(plan, parent_run_id)).fit()
     rows = trial_rows(results, plan)
     outcome = summarise(rows, plan, search, parent_run_id)
     record_outcome(outcome, plan)
     return outcome
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def start_parent_run(search: SearchConfig, plan: SearchPlan) -> str:
@@ -556,10 +431,7 @@ def trial_rows(results: tune.ResultGrid, plan: SearchPlan) -> list[TrialRow]:
     for result in results:
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
-        if result.error:
-            status = "error"
-        else:
-            status = "finished" if epochs >= plan.base.epochs else "stopped early"
+        status = "error" if result.error else "finished" if epochs >= plan.base.epochs else "stopped early"
         trial_id = metrics.get("trial_id") or Path(result.path).name
         params = {d.name: result.config.get(d.name) for d in plan.dimensions}
         rows.append(
@@ -589,9 +461,10 @@ def results_table(rows: list[TrialRow], params: list[str], metric: str) -> str:
         ]
         for row in rows
     ]
-    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=True)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *lines]
     )
 
 

@@ -241,7 +241,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_session, single
         ({"batch_size": 1, "num_workers": 2}, "smaller than --num-workers"),
         ({"batch_size": 64}, "needs at least 64 training clips"),
         ({"data": "/no/such/root"}, "no dataset.json there"),
-        ({"schedule": "linear"}, "--schedule must be cosine or step"),
+        ({"schedule": "linear"}, "--schedule must be one of cosine, step, got 'linear'"),
         ({"optimizer": "adam"}, "--optimizer must be one of sgd, adamw"),
         (
             {"placement_strategy": "spread"},

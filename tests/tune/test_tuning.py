@@ -211,7 +211,7 @@ def test_a_search_without_validation_refuses_validation_metrics(tiny_root, tmp_p
     search.train.val_split = None
     with pytest.raises(
         TrainingSetupError,
-        match="--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1",
+        match=r"--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1",
     ):
         plan_search(search)
 
@@ -278,7 +278,7 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
     "extra, message",
     [
         (["--space", "/no/such/space.yaml"], "--space /no/such/space.yaml: cannot read it"),
-        (["--preset", "paper"], "--preset 'paper' does not exist"),
+        (["--preset", "paper"], "--preset must be one of paper-ablation, got 'paper'"),
         (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
         (["--metric", "val_sample_map"], "not reported for single-label data"),
         (

@@ -6,6 +6,9 @@ import math
 
 import torch
 
+SCHEDULES = ("cosine", "step")
+"""The decays after the warm-up: cosine to zero at the end of the run, or steps at milestones."""
+
 
 def lr_factor(
     step: int,
@@ -39,7 +42,7 @@ def lr_factor(
         return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "step":
         return gamma ** sum(epoch >= milestone for milestone in milestones)
-    raise ValueError(f"unknown schedule {schedule!r}: use 'cosine' or 'step'")
+    raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def build_scheduler(

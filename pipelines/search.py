@@ -1,0 +1,182 @@
+"""What a Ray Tune search is, without Ray: its config (the flags of jobs/tune_tin.py), the
+dimensions it may search and how their values are read, the preset spaces and the metrics.
+
+pipelines.tuning runs a search; this module is what a job parses and checks before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tin.config import check_choices, setting
+from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.schedule import SCHEDULES
+
+DEFAULT_SPACE: dict[str, Any] = {
+    "groups": [1, 2, 4],
+    "reverse": [True, False],
+    "shift_div": [4, 8],
+    "offset_scale": [2, 4, "T/2"],
+    "lr": {"loguniform": [0.001, 0.1]},
+    "schedule": list(SCHEDULES),
+    "warmup_epochs": [0, 1, 2],
+    "weight_decay": {"loguniform": [1e-5, 1e-3]},
+}
+"""The search space when neither --space nor --preset is given (the format of a space file)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's ablation: offset groups x reverse offsets, every other knob at the recipe's value.
+    "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
+}
+
+METRIC_MODES = {
+    "val_top1": "max",
+    "val_top5": "max",
+    "val_sample_map": "max",
+    "val_class_map": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+    "train_top1": "max",
+}
+MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
+SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
+
+SCHEDULERS = ("asha", "fifo")
+FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
+
+
+def _positive_int(value: Any, num_segments: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _on_off(value: Any, num_segments: int) -> bool:
+    words = {"on": True, "true": True, "off": False, "false": False}
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in words:
+        return words[value.lower()]
+    raise ValueError(f"expected on/off (or true/false), got {value!r}")
+
+
+def _number(minimum: float, inclusive: bool) -> Callable[[Any, int], float]:
+    def convert(value: Any, num_segments: int) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"expected a number, got {value!r}")
+        if value < minimum or (value == minimum and not inclusive):
+            raise ValueError(f"expected a number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
+        return float(value)
+
+    return convert
+
+
+def _offset_scale(value: Any, num_segments: int) -> float:
+    if isinstance(value, str) and value.replace(" ", "").upper() == "T/2":
+        return num_segments / 2
+    return _number(0.0, inclusive=False)(value, num_segments)
+
+
+def _schedule(value: Any, num_segments: int) -> str:
+    if value not in SCHEDULES:
+        raise ValueError(f"expected one of {', '.join(SCHEDULES)}, got {value!r}")
+    return value
+
+
+SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
+    "groups": _positive_int,
+    "reverse": _on_off,
+    "shift_div": _positive_int,
+    "offset_scale": _offset_scale,  # a number or "T/2" (the paper's scale: half the segments)
+    "lr": _number(0.0, inclusive=False),
+    "schedule": _schedule,
+    "warmup_epochs": _number(0.0, inclusive=True),
+    "weight_decay": _number(0.0, inclusive=True),
+}
+"""Each searchable dimension (a ``TrainConfig`` field and its flag) and how to read its values."""
+
+
+@dataclass
+class SearchConfig:
+    """A search: the training settings (``train``: data, model, recipe, the search's name, storage
+    path and MLflow experiment; the searched dimensions None) plus how to search.
+
+    ``num_samples`` and ``scheduler`` left None become the preset's (1, fifo: one trial per grid
+    cell, all trained to the end) with ``preset``, else 4 and asha.
+    """
+
+    train: TrainConfig = setting(help="training; a searched dimension given a value is fixed at it")
+    num_samples: int | None = setting(
+        None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)"
+    )
+    max_concurrent: int = setting(1, help="trials running at once")
+    scheduler: str | None = setting(
+        None,
+        choices=SCHEDULERS,
+        help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)",
+    )
+    metric: str | None = setting(
+        None,
+        choices=tuple(METRIC_MODES),
+        help="metric to optimise (val_loss and train_loss are minimised); train_loss or train_top1 with "
+        "--val-split none (default: val_top1, or val_sample_map for multi-label data)",
+    )
+    grace_period: int = setting(1, help="ASHA: epochs every trial trains before it can be stopped")
+    reduction_factor: float = setting(2.0, help="ASHA: keep the best 1/this at each rung")
+    trial_cpus: float | None = setting(
+        None,
+        help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, "
+        "shared by the concurrent trials)",
+    )
+    space_file: str | None = setting(
+        None,
+        flag="--space",
+        metavar="FILE",
+        help="YAML or JSON search space: {dimension: [choices] | {grid|choice|uniform|loguniform: [...]} | value}",
+    )
+    preset: str | None = setting(
+        None, choices=tuple(PRESETS), help="paper-ablation: the paper's groups x reverse-offsets grid"
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_samples is None:
+            self.num_samples = 1 if self.preset else 4
+        if self.scheduler is None:
+            self.scheduler = "fifo" if self.preset else "asha"
+
+    def validate(self) -> None:
+        """Check what the flags alone decide (the space and the data are checked when the search
+        is planned).
+
+        Raises:
+            TrainingSetupError: naming the flag.
+        """
+        check_choices(self, TrainingSetupError)
+        self.train.validate()
+        checks = [
+            (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
+            (self.max_concurrent >= 1, f"--max-concurrent must be at least 1, got {self.max_concurrent}"),
+            (
+                1 <= self.grace_period <= self.train.epochs,
+                f"--grace-period must be between 1 and --epochs {self.train.epochs}, got {self.grace_period}",
+            ),
+            (self.reduction_factor > 1, f"--reduction-factor must be greater than 1, got {self.reduction_factor}"),
+            (
+                self.trial_cpus is None or self.trial_cpus > FUNCTION_CPUS,
+                f"--trial-cpus must be more than {FUNCTION_CPUS} (the trial function's share), got {self.trial_cpus}",
+            ),
+            (
+                not (self.space_file and self.preset),
+                "--space and --preset both define the space; give one of them",
+            ),
+        ]
+        for passed, message in checks:
+            if not passed:
+                raise TrainingSetupError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
