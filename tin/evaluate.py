@@ -1,10 +1,7 @@
 """Evaluation of a trained checkpoint on a prepared split, without Ray (pyarrow reading via tin.data).
 
-    views: clips x crops per video. 1 x 1 is TIN's protocol (segment centres, one centre crop);
-    multi-view takes ``clips`` temporal views (``multi_view_starts``; at most
-    ``max_distinct_views`` of the stored frames, so that no two views repeat a frame) times
-    ``crops`` spatial crops (1 = centre, 3 = start/centre/end of the long side) and averages the
-    class probabilities (softmax, or sigmoid for multi-label data) over the views.
+Every video is seen in clips x crops views (``tin.inference``: 1 x 1 is TIN's protocol), whose
+class probabilities are averaged.
 
 Single-label data gets top-1/top-5, multi-label data both mAPs (``sample_map``, the one TIN and
 MMAction2 report for MMiT, and ``class_map``); both get a per-class table and a confusion matrix
@@ -27,17 +24,10 @@ import torch
 
 from tin import tracking, viz
 from tin.data import Clip, iter_clips, load_dataset_info
-from tin.data.sampling import multi_view_starts
-from tin.data.transforms import center_box, crop_resize, normalize, resize_short_side, three_crop_boxes
-from tin.errors import UsageError
+from tin.inference import EvaluationError, clip_probabilities, clip_views, temporal_views
+from tin.safe_load import CheckpointError
 from tin.train.checkpoint import load_model
 from tin.train.metrics import average_precision_along, class_map, sample_map, topk_correct
-
-CROPS = (1, 3)
-
-
-class EvaluationError(UsageError):
-    """An evaluation that cannot run; the message names the flag or file to fix."""
 
 
 @dataclass
@@ -71,60 +61,13 @@ class Evaluation:
         clips = sum(row["clips"] for row in rows)
         return sum(row["correct"] for row in rows) / clips if clips else float("nan")
 
+    @property
+    def views(self) -> str:
+        """The views per video as "<clips>x<crops>", e.g. "1x1"."""
+        return f"{self.clips}x{self.crops}"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
-
-
-def temporal_views(num_frames: int, num_segments: int, clips: int) -> list[np.ndarray]:
-    """``multi_view_starts`` of the F stored frames, its refusals as errors naming --clips."""
-    try:
-        return multi_view_starts(num_frames, num_segments, clips)
-    except ValueError as error:
-        raise EvaluationError(f"--clips {clips}: {error}") from None
-
-
-def clip_views(frames: torch.Tensor, num_segments: int, crop_size: int, clips: int = 1, crops: int = 1) -> torch.Tensor:
-    """The views a model sees of one clip.
-
-    Args:
-        frames: uint8 (F, H, W, 3), all frames stored for (or decoded from) the clip.
-        num_segments: T, frames per view.
-        crop_size: side of the square crop.
-        clips: temporal views; 1 = the segment centres, at most ``max_distinct_views(F, T)``.
-        crops: 1 (centre) or 3 (along the long side), taken after resizing the short side to
-            crop_size * 8 / 7 as in training's validation.
-
-    Returns:
-        uint8 (clips * crops, T, crop_size, crop_size, 3).
-
-    Raises:
-        EvaluationError: naming --crops or --clips (more temporal views than the frames give).
-    """
-    if crops not in CROPS:
-        raise EvaluationError(f"--crops must be one of {CROPS}, got {crops}")
-    starts = temporal_views(len(frames), num_segments, clips)
-    resized = resize_short_side(frames, round(crop_size * 8 / 7))
-    height, width = resized.shape[1:3]
-    boxes = [center_box(height, width, crop_size)] if crops == 1 else three_crop_boxes(height, width, crop_size)
-    views = [crop_resize(resized[torch.from_numpy(indices)], box, crop_size) for indices in starts for box in boxes]
-    return torch.stack(views)
-
-
-@torch.no_grad()
-def clip_probabilities(model: torch.nn.Module, views: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Class probabilities of clips averaged over their views.
-
-    Args:
-        views: uint8 (N, V, T, S, S, 3).
-
-    Returns:
-        float32 (N, K): softmax (single-label) or sigmoid (multi-label) averaged over the V views.
-    """
-    device = next(model.parameters()).device
-    count, per_clip = views.shape[:2]
-    logits = model(normalize(views.flatten(0, 1).to(device))).float()
-    probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=1)
-    return probabilities.view(count, per_clip, -1).mean(dim=1).cpu()
 
 
 def _batches(clips: Iterator[Clip], size: int) -> Iterator[list[Clip]]:
@@ -152,12 +95,12 @@ def evaluate_checkpoint(
         device: where the model runs.
 
     Raises:
-        EvaluationError: a missing checkpoint, dataset root or split, a split without labels,
-            classes that differ, or more temporal views than the stored frames give.
+        EvaluationError: a missing or foreign checkpoint, a missing dataset root or split, a split
+            without labels, classes that differ, or more temporal views than the stored frames give.
     """
     try:
         model, meta = load_model(checkpoint, device)
-    except FileNotFoundError as error:
+    except CheckpointError as error:
         raise EvaluationError(f"--checkpoint: {error}") from error
     try:
         info = load_dataset_info(data)
@@ -175,7 +118,8 @@ def evaluate_checkpoint(
     classes = list(meta["dataset"]["classes"])
     if list(info.classes) != classes:
         raise EvaluationError(
-            f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} the checkpoint was trained on"
+            f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} "
+            f"the checkpoint was trained on"
         )
     config = meta["config"]
     temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
@@ -258,7 +202,7 @@ def multi_hot(labels: list[list[int]], num_classes: int) -> torch.Tensor:
 def confusion_matrix(scores: torch.Tensor, labels: list[list[int]]) -> np.ndarray:
     """(K, K) int64 counts: row = a true label of the clip, column = its top-1 prediction."""
     matrix = np.zeros((scores.shape[1],) * 2, dtype=np.int64)
-    for predicted, clip_labels in zip(scores.argmax(dim=1).tolist(), labels):
+    for predicted, clip_labels in zip(scores.argmax(dim=1).tolist(), labels, strict=True):
         for label in clip_labels:
             matrix[label, predicted] += 1
     return matrix
@@ -267,7 +211,8 @@ def confusion_matrix(scores: torch.Tensor, labels: list[list[int]]) -> np.ndarra
 def format_report(evaluation: Evaluation) -> str:
     """The metrics line and the per-class table as text."""
     head = (
-        f"{evaluation.split}: {int(evaluation.metrics['clips'])} clips, {evaluation.clips} clip(s) x {evaluation.crops} crop(s)  "
+        f"{evaluation.split}: {int(evaluation.metrics['clips'])} clips, "
+        f"{evaluation.clips} clip(s) x {evaluation.crops} crop(s)  "
         + "  ".join(f"{key} {value:.4f}" for key, value in evaluation.metrics.items() if key != "clips")
     )
     width = max(len("class"), *(len(row["class"]) for row in evaluation.per_class))
@@ -297,8 +242,10 @@ def log_to_mlflow(evaluation: Evaluation, tracking_uri: str | None = None, exper
     tracking_uri = tracking_uri or evaluation.training["mlflow_uri"] or tracking.default_tracking_uri()
     experiment = experiment or evaluation.training["experiment"]
     parent = tracking.find_run(tracking_uri, experiment, evaluation.training["run_key"])
-    run_key = f"evaluate:{Path(evaluation.checkpoint).resolve()}:{evaluation.data}:{evaluation.split}:{evaluation.clips}x{evaluation.crops}"
-    run_name = f"evaluate-{evaluation.training['model']}-{evaluation.split}-{evaluation.clips}x{evaluation.crops}"
+    run_key = (
+        f"evaluate:{Path(evaluation.checkpoint).resolve()}:{evaluation.data}:{evaluation.split}:{evaluation.views}"
+    )
+    run_name = f"evaluate-{evaluation.training['model']}-{evaluation.split}-{evaluation.views}"
     run_id = tracking.start_run(tracking_uri, experiment, run_key, run_name, parent_run_id=parent)
     try:
         tracking.log_params_once(

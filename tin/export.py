@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 import warnings
@@ -42,10 +43,16 @@ from pathlib import Path
 import torch
 
 from tin.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tin.errors import USAGE_EXIT_STATUS, UsageError
 from tin.ops import reference_only
 from tin.train.checkpoint import load_model
 
 METADATA_FILE = "tin.json"
+ONNX_DEPENDENCIES = ("onnx", "onnxscript")  # torch.onnx's dynamo exporter needs both
+
+
+class ExportError(UsageError):
+    """An export that cannot run; the message names the file or flag to fix."""
 
 
 def example_clips(num_segments: int, crop_size: int, batch: int = 2) -> torch.Tensor:
@@ -77,14 +84,7 @@ def export_model(model: torch.nn.Module, num_segments: int, crop_size: int) -> t
 
 def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> torch.onnx.ONNXProgram:
     """The eval-mode ``model`` as an ONNX program (dynamic batch), interlace through the reference.
-
-    Raises:
-        ImportError: when onnx or onnxscript (the exporter's dependencies) are not installed.
-    """
-    try:
-        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
-    except ImportError as error:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'tin-on-ray[onnx]'") from error
+    Needs the ``ONNX_DEPENDENCIES`` installed."""
     with reference_only(), quiet_attribute_warnings():
         return torch.onnx.export(
             model.eval(),
@@ -112,15 +112,40 @@ def metadata(meta: dict) -> dict:
     }
 
 
+def check_output(output: Path) -> None:
+    """Refuse, before any work, an ``output`` whose folder does not exist or, for ``.onnx``, an
+    installation without the ONNX exporter's dependencies.
+
+    Raises:
+        ExportError: naming --output and what to do.
+    """
+    if not output.parent.is_dir():
+        raise ExportError(f"--output {output}: the folder {output.parent} does not exist")
+    if output.suffix != ".onnx":
+        return
+    missing = [name for name in ONNX_DEPENDENCIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"--output {output}: ONNX export needs {' and '.join(missing)}: pip install 'tin-on-ray[onnx]', "
+            f"or write a torch.export program (.pt2)"
+        )
+
+
 def export_checkpoint(
     checkpoint: str | Path, output: str | Path
 ) -> torch.export.ExportedProgram | torch.onnx.ONNXProgram:
     """Export a training checkpoint to ``output``: ONNX for ``.onnx``, else a ``.pt2`` program;
-    ``tin.json`` goes inside either. Returns the program."""
+    ``tin.json`` goes inside either. Returns the program.
+
+    Raises:
+        UsageError: an output ``check_output`` refuses, or a checkpoint ``load_model`` refuses.
+    """
+    output = Path(output)
+    check_output(output)
     model, meta = load_model(checkpoint)
     num_segments, crop_size = meta["config"]["num_segments"], meta["config"]["crop_size"]
     described = json.dumps(metadata(meta))
-    if Path(output).suffix == ".onnx":
+    if output.suffix == ".onnx":
         program = export_onnx(model, num_segments, crop_size)
         program.model.metadata_props[METADATA_FILE] = described
         program.save(str(output))
@@ -141,12 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         export_checkpoint(args.checkpoint, args.output)
-    except FileNotFoundError as error:
-        print(f"error: --checkpoint: {error}", file=sys.stderr)
-        return 2
-    except ImportError as error:
-        print(f"error: --output {args.output}: {error}", file=sys.stderr)
-        return 2
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_EXIT_STATUS
     print(f"wrote {args.output}")
     return 0
 

@@ -9,8 +9,9 @@ their probabilities (softmax; sigmoid per class for multi-label checkpoints) per
 that cannot be read gets one message on stderr naming the file and the reason; the others are
 still predicted.
 
-Exit status: 0 when at least one video was predicted, 1 when none could be, 2 when the checkpoint
-cannot be loaded.
+Exit status: 0 when at least one video was predicted, 1 when none could be, 2
+(``USAGE_EXIT_STATUS``) for a usage error, printed as ``error: <message>``: a checkpoint that is
+missing, not one of tin's or holding objects other than tensors and plain values, or a bad flag.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from tin.data import VideoError, read_video_clip
-from tin.evaluate import clip_probabilities, clip_views
+from tin.data.transforms import eval_short_side
+from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.inference import clip_probabilities, clip_views
 from tin.train.checkpoint import load_model
+
+
+class PredictionError(UsageError):
+    """A prediction that cannot run; the message names the flag to fix."""
 
 
 @dataclass
@@ -42,7 +49,7 @@ def decode_settings(meta: dict) -> tuple[int, int]:
     that do not record them get T frames and the short side validation resizes to."""
     dataset, config = meta["dataset"], meta["config"]
     frames = dataset.get("frames_per_clip") or config["num_segments"]
-    short_side = dataset.get("short_side") or round(config["crop_size"] * 8 / 7)
+    short_side = dataset.get("short_side") or eval_short_side(config["crop_size"])
     return frames, short_side
 
 
@@ -52,7 +59,7 @@ def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top
     Args:
         model, meta: what ``tin.train.checkpoint.load_model`` returns.
         paths: video files.
-        top_k: classes to keep per video (at most K).
+        top_k: classes to keep per video (at least 1; at most K are kept).
 
     Yields:
         One ``Prediction`` per path, in order.
@@ -73,7 +80,7 @@ def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top
         probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])[0]
         best = probabilities.topk(min(top_k, len(classes)))
         yield Prediction(
-            path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
+            path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
         )
 
 
@@ -87,12 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     args = parser.parse_args(argv)
     try:
-        model, meta = load_model(args.checkpoint, args.device)
-    except FileNotFoundError as error:
-        print(f"error: --checkpoint: {error}", file=sys.stderr)
-        return 2
+        return print_predictions(args.checkpoint, args.videos, args.top_k, args.device)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_EXIT_STATUS
+
+
+def print_predictions(checkpoint: str, videos: list[str], top_k: int, device: str) -> int:
+    """Print the top-k classes of every video (an unreadable one gets a line on stderr).
+
+    Returns:
+        The exit status: 0 when at least one video was predicted, else 1.
+
+    Raises:
+        UsageError: ``top_k`` below 1 (``PredictionError``), or a checkpoint ``load_model`` refuses.
+    """
+    if top_k < 1:
+        raise PredictionError(f"--top-k must be at least 1, got {top_k}")
+    model, meta = load_model(checkpoint, device)
     predicted = 0
-    for prediction in predict_videos(model, meta, args.videos, args.top_k):
+    for prediction in predict_videos(model, meta, videos, top_k):
         if prediction.error is not None:
             print(f"cannot predict {prediction.path}: {prediction.error}", file=sys.stderr)
             continue

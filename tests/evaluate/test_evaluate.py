@@ -1,4 +1,4 @@
-"""tin.evaluate and jobs/evaluate.py on an ingested synthetic split with an untrained checkpoint."""
+"""tin.evaluate and jobs/evaluate.py on a synthetic split with an untrained checkpoint."""
 
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ from mlflow.tracking import MlflowClient
 from tin.data import iter_clips
 from tin.data.sampling import segment_indices
 from tin.data.transforms import eval_view, normalize
-from tin.evaluate import (
-    clip_views,
-    confusion_matrix,
-    evaluate_checkpoint,
-    multi_label_metrics,
-)
+from tin.evaluate import confusion_matrix, evaluate_checkpoint, multi_label_metrics
+from tin.inference import clip_views
 from tin.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +42,7 @@ def test_single_view_is_training_validation_view():
 
 def test_evaluation_counts_like_a_manual_forward(tin_checkpoint, tiny_root):
     evaluation = evaluate_checkpoint(tin_checkpoint, tiny_root, "val")
-    model, meta = load_model(tin_checkpoint)
+    model, _ = load_model(tin_checkpoint)
     clips = list(iter_clips(tiny_root, "val"))
     with torch.no_grad():
         views = torch.stack([clip_views(torch.from_numpy(clip.frames), 8, 32)[0] for clip in clips])

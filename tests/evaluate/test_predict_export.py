@@ -67,3 +67,15 @@ def test_onnx_model_runs_in_onnxruntime_with_eager_logits(tin_checkpoint, tmp_pa
             torch.testing.assert_close(torch.from_numpy(logits), model(clips), rtol=1e-4, atol=1e-4)
     metadata = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_FILE])
     assert metadata["model"] == "tin_r18" and len(metadata["classes"]) == 9
+
+
+def test_bad_flags_are_usage_errors(tin_checkpoint, tmp_path, monkeypatch, capsys):
+    checkpoint = str(tin_checkpoint)
+    assert predict.main(["--checkpoint", checkpoint, str(tmp_path / "gone.mp4"), "--top-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top-k must be at least 1, got 0\n"
+    elsewhere = tmp_path / "missing-folder" / "model.pt2"
+    assert export.main(["--checkpoint", checkpoint, "--output", str(elsewhere)]) == 2
+    assert capsys.readouterr().err == f"error: --output {elsewhere}: the folder {elsewhere.parent} does not exist\n"
+    monkeypatch.setattr(export, "ONNX_DEPENDENCIES", ("onnx", "tin_no_such_module"))
+    assert export.main(["--checkpoint", checkpoint, "--output", str(tmp_path / "model.onnx")]) == 2
+    assert "ONNX export needs tin_no_such_module: pip install 'tin-on-ray[onnx]'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import torch
 from torchvision.models import resnet18
 
 from tin.models import build_model, load_pretrained
+from tin.safe_load import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +49,24 @@ def test_build_model_loads_and_reports(resnet18_checkpoint, caplog):
 
 def test_missing_file_is_named(tmp_path):
     missing = tmp_path / "nowhere.pth"
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(CheckpointError, match=r"nowhere\.pth"):
         build_model("tsn_r18", 7, pretrained=missing)
 
 
 def test_unreadable_or_foreign_files_are_named(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not read pretrained checkpoint .*garbage.pth"):
+    with pytest.raises(CheckpointError, match=r"pretrained checkpoint .*garbage\.pth was refused"):
         build_model("tsn_r18", 7, pretrained=garbage)
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"epoch": 3, "state_dict": {}}, wrapped)
-    with pytest.raises(ValueError, match="wrapped.pth is not a torchvision state dict"):
+    with pytest.raises(CheckpointError, match=r"wrapped\.pth is not a torchvision state dict"):
         build_model("tsn_r18", 7, pretrained=wrapped)
 
 
 def test_wrong_depth_is_a_shape_mismatch_naming_the_file(resnet18_checkpoint):
     path, _ = resnet18_checkpoint
-    with pytest.raises(ValueError, match="resnet18.pth does not fit the model .*shape mismatches"):
+    with pytest.raises(CheckpointError, match=r"resnet18\.pth does not fit the model .*shape mismatches"):
         build_model("tsn_r50", 7, pretrained=path)
 
 

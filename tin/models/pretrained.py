@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tin.safe_load import CheckpointError, load_weights_only
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_HEAD_PREFIX = "fc."
@@ -60,9 +62,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
     tensors are unused) and returned.
 
     Raises:
-        FileNotFoundError: path does not exist.
-        ValueError: the file is not a state dict of tensors, or a tensor's shape does not match
-            (e.g. a ResNet-18 checkpoint for a ResNet-50 model); the message names the file.
+        CheckpointError: path does not exist, the file is not a state dict of tensors (anything
+            but tensors and plain values is refused unread: ``tin.safe_load``), or a tensor's shape
+            does not match (e.g. a ResNet-18 checkpoint for a ResNet-50 model); the message names
+            the file.
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -76,7 +79,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
         if key in own and tensor.shape != own[key].shape
     ]
     if mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained checkpoint {path} does not fit the model ({len(mismatched)} shape mismatches, "
             f"is it the right ResNet depth?): " + "; ".join(mismatched[:5])
         )
@@ -98,14 +101,12 @@ def _is_new_parameter(key: str) -> bool:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The flat {name: tensor} mapping in ``path``, loaded weights-only."""
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not read pretrained checkpoint {path}: {error}") from error
+        raise CheckpointError(f"pretrained checkpoint not found: {path}")
+    state = load_weights_only(path, "pretrained checkpoint")
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained checkpoint {path} is not a torchvision state dict (a flat mapping of "
             f"parameter names to tensors, as saved by torch.save(resnet.state_dict(), path))"
         )

@@ -1,21 +1,37 @@
 """Training checkpoints: one file with the model, optimiser and schedule state, the epoch, the
-metric history, and what is needed to rebuild the model for evaluation and prediction."""
+metric history, and what is needed to rebuild the model for evaluation and prediction.
+
+A checkpoint holds plain values only (tensors, dicts, lists, strings, numbers): the config and the
+dataset facts are stored as dicts and read back into their dataclasses, so every checkpoint loads
+with ``torch.load(..., weights_only=True)`` and a file that holds anything else is refused
+(``tin.safe_load``). Nothing here imports Ray or MLflow: evaluation, prediction and export load
+checkpoints without them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tin.data.facts import DatasetFacts
 from tin.models import build_model
+from tin.safe_load import CheckpointError, load_weights_only
+from tin.train.config import TrainConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
+META_KEYS = ("config", "dataset")
+"""What a checkpoint holds besides ``TrainingState``: ``TrainConfig.to_dict()`` and the
+``DatasetFacts`` fields."""
 
 
 @dataclass
 class TrainingState:
+    """What training resumes from: the weights, optimiser and schedule state after ``epoch`` epochs,
+    and one dict of metrics per epoch."""
+
     epoch: int = 0  # epochs completed
     model: dict[str, torch.Tensor] | None = None
     optimizer: dict[str, Any] | None = None
@@ -23,32 +39,72 @@ class TrainingState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def save_state(state: TrainingState, config: Any, facts: Any, path: str | Path) -> None:
-    """Write ``state`` with the run's config and dataset facts (dataclasses) to ``path``."""
-    torch.save({**asdict(state), "config": config.to_dict(), "dataset": asdict(facts)}, path)
+def save_state(state: TrainingState, config: TrainConfig, facts: DatasetFacts, path: str | Path) -> None:
+    """Write ``state`` with the run's config and dataset facts (as dicts) to ``path``.
+
+    The state's fields are taken as they are (``asdict`` would deep-copy every tensor).
+    """
+    saved = {item.name: getattr(state, item.name) for item in fields(state)}
+    torch.save({**saved, "config": config.to_dict(), "dataset": asdict(facts)}, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of a checkpoint file (or of ``checkpoint.pt`` in a folder), loaded weights-only.
+
+    Raises:
+        CheckpointError: there is no such file, it holds objects other than plain values, or it
+            is not a training checkpoint (e.g. a torchvision state dict); the message names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass a {CHECKPOINT_FILE} file or its folder")
+    saved = load_weights_only(path, "checkpoint")
+    expected = [*(item.name for item in fields(TrainingState)), *META_KEYS]
+    missing = [key for key in expected if key not in saved] if isinstance(saved, dict) else expected
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint of tin (it lacks {', '.join(missing)}); pass the "
+            f"{CHECKPOINT_FILE} that training wrote"
+        )
+    return saved
 
 
 def load_state(path: str | Path) -> TrainingState:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    return TrainingState(**{key: saved[key] for key in TrainingState.__dataclass_fields__})
+    """The ``TrainingState`` of a checkpoint, to resume training from."""
+    saved = read_checkpoint(path)
+    return TrainingState(**{item.name: saved[item.name] for item in fields(TrainingState)})
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the trained model from a checkpoint file (or a folder holding ``checkpoint.pt``).
 
     Returns:
-        (model in eval mode on ``device``, {"config": ..., "dataset": ..., "epoch": ...}).
+        (model in eval mode on ``device``, {"config": ``TrainConfig.to_dict()``, "dataset":
+        ``DatasetFacts`` fields, "epoch": epochs trained}).
+
+    Raises:
+        CheckpointError: see ``read_checkpoint``; also when its weights do not fit the model its
+            config describes.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint.pt file or its folder")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    config, dataset = saved["config"], saved["dataset"]
-    options = {k: config[k] for k in ("shift_div", "groups", "reverse", "offset_scale") if config.get(k) is not None}
-    model = build_model(
-        config["model"], len(dataset["classes"]), config["num_segments"], dropout=config["dropout"], **options
-    )
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), {"config": config, "dataset": dataset, "epoch": saved["epoch"]}
+    saved = read_checkpoint(path)
+    model = rebuild_model(saved, path)
+    return model.to(device).eval(), {"config": saved["config"], "dataset": saved["dataset"], "epoch": saved["epoch"]}
+
+
+def rebuild_model(saved: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """The model a checkpoint's config describes, with the checkpoint's weights (on the CPU).
+
+    The pretrained file training started from is not read again: the weights are the checkpoint's.
+    """
+    config = TrainConfig.from_dict(saved["config"])
+    options = {**config.model_options(), "pretrained": None}
+    model = build_model(config.model, len(saved["dataset"]["classes"]), config.num_segments, **options)
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the weights in checkpoint {path} do not fit its model {config.model}: {error}"
+        ) from error
+    return model
