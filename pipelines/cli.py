@@ -1,0 +1,296 @@
+"""The jobs' entry points: a command line (flags, ``--config FILE.yaml``) -> the job's config -> the work.
+
+Every ``jobs/<name>.py`` script calls one function here, which a console script can name as well
+(``pipelines.cli:train_mmit``). Each takes ``argv`` (None: the command line) and returns the exit
+status: 0, 1 when the work ran and failed (a training that raised, a search without a result),
+or ``USAGE_EXIT_STATUS`` after ``error: <message>`` on stderr for a usage error. ``--help``
+lists every flag with its default, the recipe's where the job has one.
+
+The modules that import Ray are imported inside the entry points that use them, so that --help and
+a usage error answer without loading Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipelines import prepare
+from pipelines.layouts import LAYOUTS, ReleaseLayout
+from pipelines.search import SEARCHABLE, SearchConfig
+from tin.config import exits_on_usage_error, parse_config
+from tin.train.config import TrainConfig
+
+MMIT_RECIPE: dict[str, Any] = {
+    # The references' MMiT recipe: SGD at lr 0.02 for a batch of 64, cosine after one warm-up epoch.
+    "model": "tin_r50",
+    "num_segments": 8,
+    "epochs": 25,
+    "batch_size": 64,
+    "lr": 0.02,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "dropout": 0.5,
+    "flip": True,
+    "name": "tin_mmit",
+    "experiment": "mmit",
+}
+
+KINETICS600_RECIPE: dict[str, Any] = {
+    # The references' Kinetics recipe: SGD at lr 0.02 for a batch of 64, lr / 10 at epochs 20 and 40.
+    "model": "tin_r50",
+    "num_segments": 8,
+    "epochs": 50,
+    "batch_size": 64,
+    "lr": 0.02,
+    "weight_decay": 1e-4,
+    "schedule": "step",
+    "lr_steps": (20, 40),
+    "warmup_epochs": 1,
+    "dropout": 0.5,
+    "flip": True,
+    "name": "tin_kinetics600",
+    "experiment": "kinetics600",
+}
+
+SEARCH_DEFAULTS: dict[str, Any] = {"train": {"name": "tune", **dict.fromkeys(SEARCHABLE)}}
+"""jobs/tune_tin.py's defaults: every searchable dimension unset, so only a flag or a config-file
+key fixes one."""
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def train(argv: Sequence[str] | None = None) -> int:
+    """Train TIN (or TSM/TSN) on a prepared dataset root with Ray Train, recorded in MLflow.
+
+        python jobs/train.py --data ROOT --model tin_r50 --epochs 25 --batch-size 16 --num-workers 2
+            [--use-gpu] --storage-path DIR --name RUN [--mlflow-uri URI] [--experiment NAME] ...
+
+    Every field of tin.train.TrainConfig is a flag and a key of --config. Runs on a machine
+    without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
+    submit``. Re-running with the same --name and --storage-path continues the run from its
+    latest checkpoint.
+    """
+    return run_training(argv, {}, train.__doc__)
+
+
+def train_mmit(argv: Sequence[str] | None = None) -> int:
+    """Train TIN on Multi-Moments in Time (multi-label, 313 classes) with the MMiT recipe.
+
+        python jobs/train_mmit.py --data ROOT [any jobs/train.py flag to override a default]
+
+    The recipe (tin_r50, SGD, cosine decay after a warm-up epoch, flips on) gives the defaults that
+    --help shows. The loss is binary cross-entropy and the validation metrics are the sample-wise
+    mAP (the papers' number) and the class-wise mAP.
+    """
+    return run_training(argv, MMIT_RECIPE, train_mmit.__doc__)
+
+
+def train_kinetics600(argv: Sequence[str] | None = None) -> int:
+    """Train TIN on Kinetics-600 (single-label) with the references' Kinetics recipe.
+
+        python jobs/train_kinetics600.py --data ROOT [any jobs/train.py flag to override a default]
+
+    The recipe (tin_r50, SGD, a warm-up epoch, then lr / 10 at two milestones, flips on) gives the
+    defaults that --help shows.
+    """
+    return run_training(argv, KINETICS600_RECIPE, train_kinetics600.__doc__)
+
+
+@exits_on_usage_error
+def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], description: str | None) -> int:
+    """A training job: ``recipe`` gives the defaults of the flags; prints the last epoch's metrics
+    and the checkpoint."""
+    config = parse_config(TrainConfig, argv, defaults=recipe, description=description)
+    from pipelines.training import run_summary
+    from pipelines.training import train as run
+
+    result = run(config)
+    if result.error:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    summary = run_summary(result)
+    prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
+    shown = "  ".join(
+        f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float)
+    )
+    print(f"finished {config.name}: {shown}\ncheckpoint: {summary['checkpoint']}")
+    return 0
+
+
+# ---- preparing datasets ------------------------------------------------------------------------
+
+
+@exits_on_usage_error
+def prepare_dataset(argv: Sequence[str] | None = None) -> int:
+    """Prepare one split of a video dataset as Parquet frame shards (see README "Preparing datasets").
+
+        python jobs/prepare_dataset.py --format {generic,mmit,kinetics,sthv2,ucf101,synthetic}
+            --annotations FILE [--classes FILE] --video-root DIR --split NAME --output ROOT
+            [--frames 24] [--short-side 256] [--encoding jpeg|raw] [--shuffle-seed 0]
+
+    Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
+    ``ray job submit``. Exits with 0 unless the job cannot run at all (bad flags, missing annotation
+    file, unwritable or incompatible output: exit status 2); bad videos only become error rows.
+    """
+    config = parse_config(
+        prepare.PrepareConfig,
+        argv,
+        defaults={"storage_options": prepare.storage_options_from_env()},
+        description=prepare_dataset.__doc__,
+    )
+    _prepare_split(config)
+    return 0
+
+
+def prepare_mmit(argv: Sequence[str] | None = None) -> int:
+    """Prepare Multi-Moments in Time from its release folder, both splits by default.
+
+        python jobs/prepare_mmit.py --root Multi_Moments_in_Time --output ROOT [--split train val] [...]
+
+    Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``),
+    ``moments_categories.txt`` and the videos under ``videos/`` (``videos/training`` and
+    ``videos/validation`` when the release has them), or the same files under ``annotations/`` as
+    MMAction2 arranges them. The other flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["mmit"], argv, prepare_mmit.__doc__)
+
+
+def prepare_kinetics600(argv: Sequence[str] | None = None) -> int:
+    """Prepare Kinetics-600 from the downloader's folder, all three splits by default.
+
+        python jobs/prepare_kinetics600.py --root k600 --output ROOT [--split train val test] [...]
+
+    Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``
+    (flat or one folder per label, detected). The test CSV has no labels: that split is ingested
+    as unlabelled (for prediction; training and evaluation refuse it). The other flags are
+    jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["kinetics600"], argv, prepare_kinetics600.__doc__)
+
+
+def prepare_sthv2(argv: Sequence[str] | None = None) -> int:
+    """Prepare Something-Something V2 from its download folder, all three splits by default.
+
+        python jobs/prepare_sthv2.py --root something-something-v2 --output ROOT [--split train val test] [...]
+
+    Reads ``labels/labels.json`` and ``labels/{train,validation,test}.json`` (or 20BN's
+    ``something-something-v2-*.json``) and the videos ``20bn-something-something-v2/<id>.webm``.
+    test.json has no labels: that split is ingested as unlabelled. Train without flips or with the
+    left/right label pairs swapped (README). The other flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["sthv2"], argv, prepare_sthv2.__doc__)
+
+
+def prepare_ucf101(argv: Sequence[str] | None = None) -> int:
+    """Prepare UCF101 from its release folder, fold 1 by default.
+
+        python jobs/prepare_ucf101.py --root UCF101 --output ROOT [--fold 1] [--split train val] [...]
+
+    Reads ``ucfTrainTestlist/classInd.txt``, ``trainlist0N.txt`` (split ``train``) and
+    ``testlist0N.txt`` (split ``val``: the split the papers report on) and the videos
+    ``UCF-101/<Class>/v_<Class>_gXX_cXX.avi``. The other flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["ucf101"], argv, prepare_ucf101.__doc__)
+
+
+@exits_on_usage_error
+def prepare_release(layout: ReleaseLayout, argv: Sequence[str] | None, description: str | None) -> int:
+    """A dataset's own prepare job: ``--root`` (the extracted release), ``--split`` (one or more of
+    the project's split names, default all the release has), ``--fold`` where the release has
+    several, and the settings of jobs/prepare_dataset.py but those the layout decides; the splits'
+    files are all found before the first split is prepared."""
+    config = parse_config(
+        prepare.ReleaseConfig,
+        argv,
+        defaults={"prepare": {"storage_options": prepare.storage_options_from_env()}},
+        description=f"{inspect.cleandoc(description or '')}\n\n{_release_splits(layout)}",
+    )
+    for split in config.split_configs(layout):
+        _prepare_split(split)
+    return 0
+
+
+def _release_splits(layout: ReleaseLayout) -> str:
+    """The --help lines that name a release's splits (and folds)."""
+    splits = ", ".join(f"{split} ({layout.notes.get(split, split)})" for split in layout.splits)
+    folds = f"\nfolds: {', '.join(map(str, layout.folds))}" if layout.folds else ""
+    return f"splits: {splits}{folds}"
+
+
+def _prepare_split(config: prepare.PrepareConfig) -> None:
+    result = prepare.prepare_dataset(config, log=lambda line: print(line, flush=True))
+    print(f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)")
+
+
+# ---- tuning ------------------------------------------------------------------------------------
+
+
+@exits_on_usage_error
+def tune_tin(argv: Sequence[str] | None = None) -> int:
+    """Search TIN variants and training schedules with Ray Tune; every trial is an MLflow child run.
+
+        python jobs/tune_tin.py --data ROOT --model tin_r50 --epochs 10 --num-samples 16
+            [--max-concurrent 2] [--scheduler asha|fifo] [--metric val_top1] [--space FILE |
+            --preset paper-ablation] [--groups 2 ...] --storage-path DIR --name SEARCH
+
+    Takes every flag of jobs/train.py (in --config: the section ``train``). The searched dimensions
+    are groups, reverse, shift_div, offset_scale, lr, schedule, warmup_epochs and weight_decay;
+    giving one a value (--groups 2, --no-reverse, --lr 0.01) fixes it. Re-running with the same
+    --name and --storage-path resumes an interrupted search. Runs locally (a local Ray on
+    127.0.0.1), against RAY_ADDRESS, and under ``ray job submit``.
+    """
+    search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=tune_tin.__doc__)
+    from pipelines.tuning import run_search
+
+    outcome = run_search(search)
+    print(f"\n{outcome.table}\n")
+    if outcome.best is None:
+        print(f"no trial reported {outcome.metric}", file=sys.stderr)
+        return 1
+    best = outcome.best
+    params = "  ".join(f"{name} {value}" for name, value in best.params.items())
+    print(
+        f"best trial {best.trial_id}: {outcome.metric} {best.metric:.4f} after {best.epochs} epochs\n"
+        f"  {params}\n  checkpoint: {best.checkpoint}"
+    )
+    print(f"{outcome.stopped_early} trial(s) stopped early; MLflow parent run {outcome.parent_run_id}")
+    return 0
+
+
+# ---- the demo ----------------------------------------------------------------------------------
+
+
+@exits_on_usage_error
+def demo(argv: Sequence[str] | None = None) -> int:
+    """The main job: show on a synthetic dataset that TIN's temporal interlacing matters.
+
+        python jobs/demo.py [--workdir demo_workdir] [--quick]
+
+    Generates short clips whose class is a direction of motion (left/right, up/down,
+    approach/recede and static; each moving class is the mirror image in time of another, so a
+    model that ignores frame order cannot tell the two apart), ingests them with Ray Data, trains
+    tin_r18, tsm_r18 and tsn_r18 with Ray Train, records everything in MLflow (sqlite in the work
+    directory), evaluates each model on the validation split and prints a comparison. Writes
+    <workdir>/summary.json. Re-running reuses the data and finished trainings in --workdir.
+    Starts a local Ray on 127.0.0.1, or attaches to RAY_ADDRESS.
+    """
+    from pipelines.demo import QUICK, DemoConfig, comparison_table, run_demo, where_to_look
+
+    quick = argparse.ArgumentParser(add_help=False)
+    quick.add_argument(
+        "--quick", action="store_true", help="the CI-sized version (fewer models, classes, clips and epochs)"
+    )
+    defaults = QUICK if quick.parse_known_args(argv)[0].quick else None
+    config = parse_config(DemoConfig, argv, defaults=defaults, description=demo.__doc__, parents=[quick])
+    summary = run_demo(config)
+    print()
+    print(comparison_table(summary, len(config.motions)))
+    print()
+    print(where_to_look(config))
+    return 0

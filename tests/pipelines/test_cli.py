@@ -1,0 +1,230 @@
+"""The jobs' command lines (pipelines.cli) without Ray: flags and --config files -> the jobs' configs,
+and usage errors -> ``error: ...`` and exit status 2 before any work starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from pipelines.cli import KINETICS600_RECIPE, MMIT_RECIPE, SEARCH_DEFAULTS
+from pipelines.layouts import LAYOUTS
+from pipelines.prepare import PrepareConfig, ReleaseConfig
+from pipelines.search import SEARCHABLE, SearchConfig
+from pipelines.synthetic import SyntheticConfig
+from tin.config import parse_config
+from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    def write(text: str) -> str:
+        path = tmp_path / "job.yaml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def usage_error(cls: type, argv: list[str], defaults: dict | None = None) -> str:
+    with pytest.raises(UsageError) as caught:
+        parse_config(cls, argv, defaults=defaults)
+    return str(caught.value)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def test_training_takes_the_recipe_then_the_file_then_the_flags(config_file):
+    path = config_file("data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip_label_pairs: ['86:87']\nval_split: none\n")
+    config = parse_config(TrainConfig, ["--config", path, "--lr", "0.1", "--no-flip"], defaults=MMIT_RECIPE)
+    assert (config.data, config.model, config.lr, config.flip) == ("/data/mmit", "tin_r18", 0.1, False)
+    assert (config.epochs, config.batch_size, config.name) == (25, 64, "tin_mmit")  # the recipe's
+    assert (config.flip_label_pairs, config.val_split) == (((86, 87),), None)
+    kinetics = parse_config(TrainConfig, ["--data", "d"], defaults=KINETICS600_RECIPE)
+    assert (kinetics.schedule, kinetics.lr_steps, kinetics.epochs) == ("step", (20, 40), 50)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data: d\nepoch: 3\n", "unknown key 'epoch'; valid keys: data, model, num_segments, epochs, "),
+        ("data: d\nepochs: ten\n", "epochs: expected an integer, got 'ten'"),
+        ("data: d\nscales: 1.0\n", "scales: expected a list of numbers, got 1.0"),
+        ("data: d\nflip_label_pairs: ['86-87']\n", "flip_label_pairs: expected a label pair like 86:87, got '86-87'"),
+    ],
+)
+def test_training_config_file_errors_name_the_file_and_the_key(config_file, text, message):
+    path = config_file(text)
+    assert usage_error(TrainConfig, ["--config", path]).startswith(f"--config {path}: {message}")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "d", "--schedule", "linear"], "--schedule must be one of cosine, step, got 'linear'"),
+        (["--data", "d", "--optimizer", "adam"], "--optimizer must be one of sgd, adamw, got 'adam'"),
+        (["--data", "d", "--model", "tin_r999"], "--model 'tin_r999' does not exist"),
+        (["--epochs", "3"], "--data is required"),
+    ],
+)
+def test_training_jobs_refuse_bad_settings_before_any_work(capsys, argv, message):
+    assert cli.train(argv) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+# ---- tuning ------------------------------------------------------------------------------------
+
+
+def test_a_search_takes_its_training_settings_from_the_train_section(config_file):
+    path = config_file("num_samples: 3\nscheduler: fifo\ntrain:\n  data: /d\n  groups: 2\n  lr: 0.01\n")
+    search = parse_config(
+        SearchConfig, ["--config", path, "--groups", "4", "--num-samples", "5"], defaults=SEARCH_DEFAULTS
+    )
+    assert (search.num_samples, search.scheduler) == (5, "fifo")
+    assert (search.train.data, search.train.groups, search.train.lr, search.train.name) == ("/d", 4, 0.01, "tune")
+    assert [name for name in SEARCHABLE if getattr(search.train, name) is None] == [
+        "reverse",
+        "shift_div",
+        "offset_scale",
+        "schedule",
+        "warmup_epochs",
+        "weight_decay",
+    ]  # searched: only a flag or a key fixes a dimension
+
+
+def test_a_preset_search_defaults_to_one_sample_of_each_cell_and_fifo():
+    search = parse_config(SearchConfig, ["--data", "d", "--preset", "paper-ablation"], defaults=SEARCH_DEFAULTS)
+    assert (search.num_samples, search.scheduler) == (1, "fifo")
+    assert (parse_config(SearchConfig, ["--data", "d"]).num_samples, SearchConfig(TrainConfig("d")).scheduler) == (
+        4,
+        "asha",
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("samples: 3\n", "unknown key 'samples'; valid keys: train, num_samples, max_concurrent, "),
+        ("train: {data: d, lrate: 0.1}\n", "unknown key 'lrate' in section 'train'; valid keys: data, model, "),
+        ("train: {data: d, epochs: many}\n", "train.epochs: expected an integer, got 'many'"),
+        ("train: {data: d}\nreduction_factor: half\n", "reduction_factor: expected a number, got 'half'"),
+    ],
+)
+def test_search_config_file_errors_name_the_file_and_the_key(config_file, text, message):
+    path = config_file(text)
+    assert usage_error(SearchConfig, ["--config", path], SEARCH_DEFAULTS).startswith(f"--config {path}: {message}")
+
+
+def test_the_tune_job_refuses_bad_settings_before_any_work(capsys):
+    assert cli.tune_tin(["--data", "d", "--preset", "paper"]) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err == "error: --preset must be one of paper-ablation, got 'paper'\n"
+
+
+# ---- preparing datasets ------------------------------------------------------------------------
+
+
+def test_prepare_takes_the_synthetic_section_and_flags_override_it(config_file):
+    path = config_file(
+        "format: synthetic\nvideo_root: v\nsplit: train\noutput: o\nframes: 8\n"
+        "synthetic:\n  num_clips: 12\n  size: 32\n  frames: 16\n  motions: [left, right]\n"
+    )
+    config = parse_config(PrepareConfig, ["--config", path, "--clip-frames", "8", "--short-side", "32"])
+    assert (config.format, config.split, config.frames, config.short_side) == ("synthetic", "train", 8, 32)
+    assert config.synthetic == SyntheticConfig(num_clips=12, size=32, frames=8, motions=("left", "right"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("format: generic\nframe: 8\n", "unknown key 'frame'; valid keys: format, video_root, split, output, "),
+        ("format: generic\nchunk_size: big\n", "chunk_size: expected an integer, got 'big'"),
+        ("synthetic: {clips: 3}\n", "unknown key 'clips' in section 'synthetic'; valid keys: num_clips, frames, "),
+        ("storage_options: {key: k}\n", "unknown key 'storage_options'"),
+    ],
+)
+def test_prepare_config_file_errors_name_the_file_and_the_key(config_file, text, message):
+    path = config_file(text)
+    assert usage_error(PrepareConfig, ["--config", path]).startswith(f"--config {path}: {message}")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--format", "generic", "--video-root", "v", "--split", "s"], "--output is required"),
+        (["--format", "avi", "--video-root", "v", "--split", "s", "--output", "o"], "--format must be one of "),
+        (
+            ["--format", "synthetic", "--video-root", "v", "--split", "s", "--output", "o", "--motions", "spin"],
+            "--motions must be one of left, ",
+        ),
+    ],
+)
+def test_the_prepare_job_refuses_bad_settings_before_any_work(capsys, argv, message):
+    assert cli.prepare_dataset(argv) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+@pytest.fixture
+def mmit_release(tmp_path) -> Path:
+    root = tmp_path / "Multi_Moments_in_Time"
+    for folder in ("videos/training", "videos/validation"):
+        (root / folder).mkdir(parents=True)
+    for name in ("trainingSet.csv", "validationSet.csv", "moments_categories.txt"):
+        (root / name).write_text("")
+    return root
+
+
+def test_a_release_job_prepares_its_splits_with_the_shared_settings(config_file, mmit_release):
+    path = config_file(f"root: {mmit_release}\nsplit: [val]\nprepare: {{output: /o, chunk_size: 8}}\n")
+    config = parse_config(ReleaseConfig, ["--config", path, "--frames", "12"])
+    (val,) = config.split_configs(LAYOUTS["mmit"])
+    assert (val.format, val.name, val.split, val.output, val.frames, val.chunk_size) == (
+        "mmit",
+        "mmit",
+        "val",
+        "/o",
+        12,
+        8,
+    )
+    assert (val.annotations, val.classes, val.video_root) == (
+        f"{mmit_release}/validationSet.csv",
+        f"{mmit_release}/moments_categories.txt",
+        f"{mmit_release}/videos/validation",
+    )
+    assert [
+        c.split for c in parse_config(ReleaseConfig, ["--root", str(mmit_release)]).split_configs(LAYOUTS["mmit"])
+    ] == ["train", "val"]
+    message = usage_error(ReleaseConfig, ["--config", config_file("root: r\nprepare: {format: generic}\n")])
+    assert "unknown key 'format' in section 'prepare'" in message  # the layout's
+
+
+def test_a_release_job_refuses_a_split_it_does_not_have(capsys, mmit_release):
+    assert cli.prepare_mmit(["--root", str(mmit_release), "--output", "o", "--split", "test"]) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err == "error: --split test: mmit has the splits train, val\n"
+
+
+# ---- the job scripts ---------------------------------------------------------------------------
+
+
+def test_job_scripts_are_thin_and_import_the_installed_project(tmp_path):
+    for script in sorted(set((REPO / "jobs").glob("*.py")) - {REPO / "jobs" / "evaluate.py"}):  # its own commit
+        text = script.read_text()
+        assert "sys.path" not in text and "from pipelines.cli import " in text, script.name
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    shown = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train_mmit.py"), "--help"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "--config FILE.yaml" in shown.stdout and "(default: tin_mmit)" in shown.stdout
