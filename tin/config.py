@@ -54,6 +54,7 @@ def setting(
     metavar: str | None = None,
     internal: bool = False,
     exclude: Sequence[str] = (),
+    positional: bool = False,
 ) -> Any:
     """A dataclass field that carries what its flag and config-file key need.
 
@@ -69,6 +70,7 @@ def setting(
             run): no flag and no config-file key.
         exclude: for a nested dataclass, its fields that the outer config fills in itself (no flag,
             no key).
+        positional: a positional argument (``VIDEO...`` for a tuple) instead of a flag.
     """
     metadata = {
         "help": help,
@@ -78,13 +80,25 @@ def setting(
         "metavar": metavar,
         "internal": internal,
         "exclude": tuple(exclude),
+        "positional": positional,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def flag_name(field: Field) -> str:
-    """The command-line flag of a field: ``--batch-size`` for ``batch_size`` unless it names its own."""
+    """How messages name a field on the command line: its flag (``--batch-size`` for ``batch_size``
+    unless it names its own), or for a positional argument its placeholder (``VIDEO``)."""
+    if field.metadata.get("positional"):
+        return _metavar(field)
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _metavar(field: Field) -> str:
+    """A field's placeholder in --help: its own, its choices (``{cosine,step}``) or its name in capitals."""
+    choices = field.metadata.get("choices")
+    if field.metadata.get("metavar"):
+        return field.metadata["metavar"]
+    return "{" + ",".join(map(str, choices)) + "}" if choices else field.name.upper()
 
 
 def check_choices(config: Any, error: type[UsageError] = UsageError) -> None:
@@ -211,10 +225,8 @@ def _argparse_options(option: _Option) -> dict[str, Any]:
     metadata = option.field.metadata
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
-    choices = metadata.get("choices")
-    metavar = metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
     item = _items(kind)
-    options = {"metavar": metavar or option.field.name.upper(), "type": metadata.get("parse") or item or kind}
+    options = {"metavar": _metavar(option.field), "type": metadata.get("parse") or item or kind}
     return {**options, "nargs": "*"} if item is not None else options
 
 
@@ -241,9 +253,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mappi
         default = _lookup(defaults or {}, option.path)
         if default is MISSING:
             default = _field_default(option.field)
+        dest: dict[str, Any] = {}
+        if option.field.metadata.get("positional"):  # a positional argument's name is its dest
+            names = [option.dest]
+        else:
+            names, dest = [flag_name(option.field)], {"dest": option.dest}
         group.add_argument(
-            flag_name(option.field),
-            dest=option.dest,
+            *names,
+            **dest,
             default=argparse.SUPPRESS,
             help=_help(option, default),
             **_argparse_options(option),
@@ -421,7 +438,7 @@ def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def _build(cls: type[T], values: Mapping[str, Any], exclude: Sequence[str]) -> T:
+def _build(cls: type, values: Mapping[str, Any], exclude: Sequence[str]) -> Any:
     """An instance of ``cls`` from nested ``values``: fields without a value keep their defaults, and
     a nested dataclass is built from its own fields' defaults and its section's values."""
     unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
@@ -438,5 +455,6 @@ def _build(cls: type[T], values: Mapping[str, Any], exclude: Sequence[str]) -> T
         elif _field_default(field) is MISSING:
             if not _settable(field, exclude):
                 raise TypeError(f"{cls.__name__}.{field.name} is set by the program, and it was not")
-            raise UsageError(f"{flag_name(field)} is required (give the flag or the key {field.name} in {CONFIG_FLAG})")
+            given = "it" if field.metadata.get("positional") else "the flag"
+            raise UsageError(f"{flag_name(field)} is required (give {given} or the key {field.name} in {CONFIG_FLAG})")
     return cls(**arguments)

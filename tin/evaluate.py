@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 
 from tin import tracking, viz
+from tin.config import check_choices, exits_on_usage_error, parse_config, setting
 from tin.data import Clip, iter_clips, load_dataset_info
-from tin.inference import EvaluationError, clip_probabilities, clip_views, temporal_views
+from tin.data.shards import VAL_SPLIT
+from tin.inference import CROPS, EvaluationError, clip_probabilities, clip_views, temporal_views
 from tin.safe_load import CheckpointError
 from tin.train.checkpoint import load_model
 from tin.train.metrics import average_precision_along, class_map, sample_map, topk_correct
@@ -269,3 +272,56 @@ def log_to_mlflow(evaluation: Evaluation, tracking_uri: str | None = None, exper
     finally:
         mlflow.end_run()
     return run_id
+
+
+@dataclass
+class EvaluationConfig:
+    """An evaluation job (jobs/evaluate.py): the checkpoint, the split, the views, where the results go."""
+
+    checkpoint: str = setting(help="the training checkpoint to evaluate (checkpoint.pt or its folder)")
+    data: str = setting(help="dataset root written by jobs/prepare_dataset.py")
+    split: str = setting(VAL_SPLIT, help="split to evaluate")
+    clips: int = setting(1, help="temporal views per video")
+    crops: int = setting(1, choices=CROPS, help="spatial crops per view: 1 (the centre) or 3 (along the long side)")
+    output: str | None = setting(None, help="write the results as JSON here (default: evaluation-<split>-<views>.json)")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: the checkpoint's)")
+    experiment: str | None = setting(None, help="MLflow experiment (default: the checkpoint's)")
+    batch_size: int = setting(8, help="videos per forward pass")
+    device: str = setting("cpu", help="torch device")
+
+    def validate(self) -> None:
+        """Raise an EvaluationError naming the flag of a setting that cannot work."""
+        check_choices(self, EvaluationError)
+        for flag, value in (("--clips", self.clips), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise EvaluationError(f"{flag} must be at least 1, got {value}")
+
+
+@exits_on_usage_error
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate a trained checkpoint on a prepared dataset split; results to MLflow and a JSON file.
+
+        python jobs/evaluate.py --checkpoint CKPT --data ROOT [--split val] [--clips 1 --crops 1]
+            [--output evaluation.json] [--mlflow-uri URI] [--experiment NAME] [--device cpu]
+
+    Views: --clips 1 --crops 1 (default) is the paper's single centre crop at the segment centres;
+    e.g. --clips 2 --crops 3 averages 6 views per video. Prints top-1/top-5 (single-label) or
+    sample_map/class_map (multi-label) and a per-class table. The MLflow run goes into the
+    checkpoint's experiment and tracking store unless --experiment / --mlflow-uri say otherwise, as
+    a child of the training run when that is there; it holds the metrics, evaluation.json and
+    plots/confusion_matrix.png. Runs without Ray (reads the Parquet shards with pyarrow).
+    """
+    config = parse_config(EvaluationConfig, argv, description=main.__doc__)
+    evaluation = evaluate_checkpoint(
+        config.checkpoint, config.data, config.split, config.clips, config.crops, config.batch_size, config.device
+    )
+    print(format_report(evaluation))
+    output = Path(config.output or f"evaluation-{evaluation.split}-{evaluation.views}.json")
+    output.write_text(evaluation.to_json())
+    run_id = log_to_mlflow(evaluation, config.mlflow_uri, config.experiment)
+    print(f"results: {output}  MLflow run: {run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,19 +31,20 @@ metadata_props:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tin.config import exits_on_usage_error, parse_config, setting
 from tin.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.errors import UsageError
 from tin.ops import reference_only
 from tin.train.checkpoint import load_model
 
@@ -155,21 +156,20 @@ def export_checkpoint(
     return program
 
 
+@dataclass
+class ExportConfig:
+    """An export job (python -m tin.export): which checkpoint, and the file to write."""
+
+    checkpoint: str = setting(help="the training checkpoint to export (checkpoint.pt or its folder)")
+    output: str = setting(help="the file to write: .onnx for ONNX, otherwise a torch.export program (.pt2)")
+
+
+@exits_on_usage_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Export a trained TIN/TSM/TSN checkpoint with torch.export (.pt2) or to ONNX (.onnx)."
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
-    parser.add_argument(
-        "--output", required=True, help="the file to write: .onnx for ONNX, otherwise a torch.export program (.pt2)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        export_checkpoint(args.checkpoint, args.output)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USAGE_EXIT_STATUS
-    print(f"wrote {args.output}")
+    """``python -m tin.export``: see the module docstring."""
+    config = parse_config(ExportConfig, argv, description=__doc__)
+    export_checkpoint(config.checkpoint, config.output)
+    print(f"wrote {config.output}")
     return 0
 
 

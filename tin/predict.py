@@ -16,7 +16,6 @@ missing, not one of tin's or holding objects other than tensors and plain values
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -24,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tin.config import exits_on_usage_error, parse_config, setting
 from tin.data import VideoError, read_video_clip
 from tin.data.transforms import eval_short_side
-from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.errors import UsageError
 from tin.inference import clip_probabilities, clip_views
 from tin.train.checkpoint import load_model
 
@@ -84,36 +84,43 @@ def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top
         )
 
 
+@dataclass
+class PredictConfig:
+    """A prediction job (python -m tin.predict): the checkpoint, the videos, what to print."""
+
+    checkpoint: str = setting(help="the training checkpoint to predict with (checkpoint.pt or its folder)")
+    videos: tuple[str, ...] = setting(positional=True, metavar="VIDEO", help="video files")
+    top_k: int = setting(5, help="classes to print per video")
+    device: str = setting("cpu", help="torch device")
+
+    def validate(self) -> None:
+        """Raise a PredictionError naming the flag of a setting that cannot work."""
+        if not self.videos:
+            raise PredictionError("VIDEO: give at least one video file")
+        if self.top_k < 1:
+            raise PredictionError(f"--top-k must be at least 1, got {self.top_k}")
+
+
+@exits_on_usage_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Predict the classes of video files with a trained TIN/TSM/TSN checkpoint."
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training (or its folder)")
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to print per video (default: 5)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    args = parser.parse_args(argv)
-    try:
-        return print_predictions(args.checkpoint, args.videos, args.top_k, args.device)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USAGE_EXIT_STATUS
+    """``python -m tin.predict``: see the module docstring."""
+    config = parse_config(PredictConfig, argv, description=__doc__)
+    return print_predictions(config)
 
 
-def print_predictions(checkpoint: str, videos: list[str], top_k: int, device: str) -> int:
+def print_predictions(config: PredictConfig) -> int:
     """Print the top-k classes of every video (an unreadable one gets a line on stderr).
 
     Returns:
         The exit status: 0 when at least one video was predicted, else 1.
 
     Raises:
-        UsageError: ``top_k`` below 1 (``PredictionError``), or a checkpoint ``load_model`` refuses.
+        UsageError: settings ``PredictConfig.validate`` refuses, or a checkpoint ``load_model`` refuses.
     """
-    if top_k < 1:
-        raise PredictionError(f"--top-k must be at least 1, got {top_k}")
-    model, meta = load_model(checkpoint, device)
+    config.validate()
+    model, meta = load_model(config.checkpoint, config.device)
     predicted = 0
-    for prediction in predict_videos(model, meta, videos, top_k):
+    for prediction in predict_videos(model, meta, config.videos, config.top_k):
         if prediction.error is not None:
             print(f"cannot predict {prediction.path}: {prediction.error}", file=sys.stderr)
             continue

@@ -1,9 +1,11 @@
-"""The jobs' command lines (pipelines.cli) without Ray: flags and --config files -> the jobs' configs,
-and usage errors -> ``error: ...`` and exit status 2 before any work starts."""
+"""The jobs' command lines without Ray (pipelines.cli; tin.evaluate, tin.predict and tin.export):
+flags and --config files -> the jobs' configs, and usage errors -> ``error: ...`` and exit status 2
+before any work starts."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +18,11 @@ from pipelines.layouts import LAYOUTS
 from pipelines.prepare import PrepareConfig, ReleaseConfig
 from pipelines.search import SEARCHABLE, SearchConfig
 from pipelines.synthetic import SyntheticConfig
+from tin import evaluate, export, predict
 from tin.config import parse_config
 from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.evaluate import EvaluationConfig
+from tin.predict import PredictConfig
 from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,13 +215,45 @@ def test_a_release_job_refuses_a_split_it_does_not_have(capsys, mmit_release):
     assert capsys.readouterr().err == "error: --split test: mmit has the splits train, val\n"
 
 
+# ---- evaluation, prediction, export -------------------------------------------------------------
+
+
+def test_evaluation_and_prediction_take_config_files(config_file):
+    path = config_file("checkpoint: c.pt\ndata: /d\nclips: 2\ncrops: 3\n")
+    evaluation = parse_config(EvaluationConfig, ["--config", path, "--split", "test"])
+    assert (evaluation.checkpoint, evaluation.data, evaluation.split) == ("c.pt", "/d", "test")
+    assert (evaluation.clips, evaluation.crops, evaluation.batch_size) == (2, 3, 8)
+    path = config_file("checkpoint: c.pt\nvideos: [a.mp4, b.mp4]\ntop_k: 2\n")
+    assert parse_config(PredictConfig, ["--config", path, "c.mp4"]) == PredictConfig("c.pt", ("c.mp4",), top_k=2)
+    assert parse_config(PredictConfig, ["--config", path]).videos == ("a.mp4", "b.mp4")
+
+
+@pytest.mark.parametrize(
+    "main, argv, message",
+    [
+        (evaluate.main, ["--checkpoint", "c", "--data", "d", "--crops", "2"], "--crops must be one of 1, 3, got 2"),
+        (evaluate.main, ["--checkpoint", "c", "--data", "d", "--clips", "0"], "--clips must be at least 1, got 0"),
+        (predict.main, ["--checkpoint", "c", "v.mp4", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+        (predict.main, ["--checkpoint", "c"], "VIDEO is required"),
+        (export.main, ["--checkpoint", "c"], "--output is required"),
+    ],
+)
+def test_evaluation_prediction_and_export_refuse_bad_settings_before_any_work(capsys, main, argv, message):
+    assert main(argv) == USAGE_EXIT_STATUS
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
 # ---- the job scripts ---------------------------------------------------------------------------
 
 
 def test_job_scripts_are_thin_and_import_the_installed_project(tmp_path):
-    for script in sorted(set((REPO / "jobs").glob("*.py")) - {REPO / "jobs" / "evaluate.py"}):  # its own commit
-        text = script.read_text()
-        assert "sys.path" not in text and "from pipelines.cli import " in text, script.name
+    for script in sorted((REPO / "jobs").glob("*.py")):
+        imports = re.findall(r"^(?:from \S+ )?import .*$", script.read_text(), re.MULTILINE)
+        assert "sys.path" not in script.read_text(), script.name
+        assert imports[0] == "import sys" and re.fullmatch(
+            r"from (pipelines\.cli|tin\.\w+) import \w+( as main)?", imports[1]
+        )
+        assert len(imports) == 2, (script.name, imports)
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     shown = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "train_mmit.py"), "--help"],
