@@ -239,13 +239,13 @@ def tune_tin(argv: Sequence[str] | None = None) -> int:
             [--max-concurrent 2] [--scheduler asha|fifo] [--metric val_top1] [--space FILE |
             --preset paper-ablation] [--groups 2 ...] --storage-path DIR --name SEARCH
 
-    Takes every flag of jobs/train.py (in --config: the section ``train``). The searched dimensions
-    are groups, reverse, shift_div, offset_scale, lr, schedule, warmup_epochs and weight_decay;
-    giving one a value (--groups 2, --no-reverse, --lr 0.01) fixes it. Re-running with the same
-    --name and --storage-path resumes an interrupted search. Runs locally (a local Ray on
-    127.0.0.1), against RAY_ADDRESS, and under ``ray job submit``.
+    Takes every flag of jobs/train.py (in --config: the section ``train``). Giving a searched
+    dimension (listed below) a value (--groups 2, --no-reverse, --lr 0.01) fixes it. Re-running
+    with the same --name and --storage-path resumes an interrupted search. Runs locally (a local
+    Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job submit``.
     """
-    search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=tune_tin.__doc__)
+    description = f"{inspect.cleandoc(tune_tin.__doc__ or '')}\n\nsearched dimensions: {', '.join(SEARCHABLE)}"
+    search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=description)
     from pipelines.tuning import run_search
 
     outcome = run_search(search)
