@@ -1,22 +1,41 @@
 """Building and loading the compiled temporal operators in csrc/.
 
-The library is compiled on first use with ``torch.utils.cpp_extension`` into a cache folder named
-after a hash of the sources, the PyTorch version and the build kind, so later imports only load it
-(concurrent builders, e.g. several Ray workers, wait on the build's lock file). CUDA kernels are
-built when PyTorch sees a GPU and a CUDA toolkit is installed. Any failure costs one warning; the
-callers then use the pure-PyTorch reference.
+The library is compiled on first use with ``torch.utils.cpp_extension`` into a cache folder named after
+a hash of everything the build depends on (``build_key``: the sources and flags, the PyTorch version,
+the build kind and the toolchain), so later processes only load it. Builders of one folder take turns
+on a lock in it: of several Ray workers starting together one builds, the others then load.
+
+A failed build is recorded in its folder (``FAILURE_RECORD``: the key and the error), and processes
+that find the record skip the build after one warning naming it, instead of each compiling for
+minutes to fail the same way. A change of source, PyTorch or toolchain means another folder, hence a
+new try; ``TIN_REBUILD_EXTENSION=1`` or deleting the record retries the same one.
+
+CUDA kernels are built when PyTorch sees a GPU, with the toolkit ``find_cuda_toolkit`` picks. Any
+failure costs one warning; the callers then use the pure-PyTorch reference.
 
 Environment:
-    TIN_EXTENSION_DIR   where builds are cached (default ``~/.cache/tin/extensions``)
+    TIN_EXTENSION_DIR         where builds are cached (default ``~/.cache/tin/extensions``)
     TIN_DISABLE_EXTENSION=1   never build or load; always use the reference
+    TIN_REBUILD_EXTENSION=1   build even where the same build failed before
+    TIN_VERBOSE_BUILD=1       show the compiler's commands and output
+    CUDA_HOME, CUDA_PATH      the CUDA toolkit to build with, when it is a complete one
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import json
+import logging
 import os
+import re
+import shutil
+import subprocess
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +46,12 @@ CUDA_SOURCES = ("interlace_cuda.cu",)
 HEADERS = ("interlace.h",)
 CXX_FLAGS = ("-O3", "-fopenmp")
 NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")
+FAILURE_RECORD = "build-failure.json"
+REBUILD_VARIABLE = "TIN_REBUILD_EXTENSION"
+CUDA_HOME_VARIABLES = ("CUDA_HOME", "CUDA_PATH")
+CUDA_INSTALL_PREFIX = Path("/usr/local")
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -38,8 +63,6 @@ def cpp_extension():
     """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime is found
     (it looks for a CUDA toolkit at import, and warns on every machine with nvcc but no GPU,
     where only the C++ kernels are built anyway)."""
-    import logging
-
     torch_logger = logging.getLogger("torch.utils.cpp_extension")
     level = torch_logger.level
     if not torch.cuda.is_available():
@@ -51,9 +74,142 @@ def cpp_extension():
     return module
 
 
-def cuda_toolkit_usable() -> bool:
-    """True when a CUDA device is visible and nvcc is installed."""
-    return torch.cuda.is_available() and torch.version.cuda is not None and cpp_extension().CUDA_HOME is not None
+@dataclass(frozen=True)
+class ToolkitSearch:
+    """What ``find_cuda_toolkit`` found.
+
+    Attributes:
+        root: the toolkit to build with, or None.
+        rejected: one line per candidate passed over before it: which one, and what it lacks.
+    """
+
+    root: Path | None
+    rejected: tuple[str, ...]
+
+
+def toolkit_defect(root: Path) -> str | None:
+    """What keeps ``root`` from being a CUDA toolkit to build with, or None.
+
+    A build needs bin/nvcc, include/cuda_runtime.h and the shared CUDA runtime (libcudart.so) in
+    lib64 or lib, which the extension links: a folder with only an nvcc in bin (/usr/local with a
+    wrapper script /usr/local/bin/nvcc) compiles but does not link.
+    """
+    nvcc, header = root / "bin" / "nvcc", root / "include" / "cuda_runtime.h"
+    if not nvcc.is_file():
+        return f"no {nvcc}"
+    if not header.is_file():
+        return f"no {header}"
+    if not any(next((root / lib).glob("libcudart.so*"), None) for lib in ("lib64", "lib")):
+        return f"no libcudart.so in {root / 'lib64'} or {root / 'lib'}"
+    return None
+
+
+def find_cuda_toolkit(
+    environ: Mapping[str, str] = os.environ, installed: Sequence[Path] | None = None
+) -> ToolkitSearch:
+    """Pick the CUDA toolkit to build with: the first complete one (``toolkit_defect``) of
+
+    1. CUDA_HOME, then CUDA_PATH, where set;
+    2. the toolkit of the nvcc on PATH, followed through symlinks (.../bin/nvcc -> ...);
+    3. ``installed`` (default ``installed_toolkits()``: /usr/local/cuda, then /usr/local/cuda-X.Y).
+
+    PyTorch takes the first candidate that exists, complete or not, so a wrapper script
+    /usr/local/bin/nvcc makes it build with /usr/local, which has no CUDA runtime to link.
+
+    Args:
+        environ: where CUDA_HOME, CUDA_PATH and PATH are read.
+        installed: the last candidates, in order.
+    """
+    rejected = []
+    seen = set()
+    for label, root in _toolkit_candidates(environ, installed_toolkits() if installed is None else installed):
+        if root in seen:
+            continue
+        seen.add(root)
+        defect = toolkit_defect(root)
+        if defect is None:
+            return ToolkitSearch(root, tuple(rejected))
+        rejected.append(f"{label}: {defect}")
+    return ToolkitSearch(None, tuple(rejected))
+
+
+def _toolkit_candidates(environ: Mapping[str, str], installed: Sequence[Path]) -> Iterator[tuple[str, Path]]:
+    for variable in CUDA_HOME_VARIABLES:
+        if environ.get(variable):
+            yield f"{variable}={environ[variable]}", Path(environ[variable])
+    nvcc = shutil.which("nvcc", path=environ.get("PATH", os.defpath))
+    if nvcc is not None:
+        root = Path(nvcc).resolve().parent.parent
+        yield f"{root} (of {nvcc} on PATH)", root
+    for root in installed:
+        yield str(root), root
+
+
+def installed_toolkits(prefix: Path = CUDA_INSTALL_PREFIX) -> list[Path]:
+    """``prefix``/cuda, then ``prefix``/cuda-X.Y from the newest version down."""
+    versions = sorted(prefix.glob("cuda-*"), key=lambda path: [int(n) for n in re.findall(r"\d+", path.name)])
+    return [prefix / "cuda", *reversed(versions)]
+
+
+@functools.cache
+def nvcc_version(root: Path) -> str:
+    """The version ``root``/bin/nvcc reports (e.g. "13.0.88"), or "unknown"."""
+    try:
+        command = [str(root / "bin" / "nvcc"), "--version"]
+        output = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    match = re.search(r"\bV(\d+(?:\.\d+)+)", output) or re.search(r"release (\d+(?:\.\d+)+)", output)
+    return match.group(1) if match else "unknown"
+
+
+@functools.cache
+def cuda_toolkit() -> ToolkitSearch:
+    """``find_cuda_toolkit()`` for this process's environment, searched once."""
+    return find_cuda_toolkit()
+
+
+def cxx_compiler() -> str:
+    """The C++ compiler PyTorch builds with (CXX, else c++), as the file it resolves to and that
+    file's modification time, so that installing or replacing it makes another build key."""
+    name = os.environ.get("CXX", "c++")
+    found = shutil.which(name)
+    if found is None:
+        return f"{name} (not found)"
+    path = Path(found).resolve()
+    return f"{path} {path.stat().st_mtime_ns}"
+
+
+def build_key(with_cuda: bool) -> dict[str, str]:
+    """Everything a build's outcome depends on: sources, flags, PyTorch, build kind and toolchain
+    (the C++ compiler; with CUDA also the toolkit, its nvcc version and the target architectures)."""
+    digest = hashlib.sha256()
+    for source in _sources(with_cuda) + HEADERS:
+        digest.update((CSRC / source).read_bytes())
+    key = {
+        "sources": digest.hexdigest(),
+        "flags": repr((CXX_FLAGS, NVCC_FLAGS)),
+        "torch": torch.__version__,
+        "kind": "cpu+cuda" if with_cuda else "cpu",
+        "cxx": cxx_compiler(),
+    }
+    if with_cuda:
+        root = cuda_toolkit().root
+        key["cuda_toolkit"] = f"{root} {nvcc_version(root)}"
+        # The build targets the visible GPUs unless TORCH_CUDA_ARCH_LIST says otherwise.
+        capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+        key["cuda_arch"] = f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}|{capabilities}"
+    return key
+
+
+def build_folder(key: Mapping[str, str]) -> Path:
+    """The cache folder of the build with this key: the library, its lock and any failure record."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return cache_root() / f"tin_ops_{digest[:16]}"
+
+
+class RecordedBuildFailure(RuntimeError):
+    """A build of the same key failed before; it was not tried again."""
 
 
 @functools.cache
@@ -62,60 +218,115 @@ def load() -> frozenset[str]:
 
     Returns:
         The device types with compiled kernels: {"cpu"}, {"cpu", "cuda"} or empty when the library
-        could not be built or loaded (after one warning).
+        could not be built or loaded (after one warning per failed build kind).
     """
     if os.environ.get("TIN_DISABLE_EXTENSION") == "1":
         return frozenset()
     if not all((CSRC / name).is_file() for name in CPU_SOURCES + HEADERS):
-        warnings.warn(f"tin: kernel sources not found in {CSRC}; using the pure-PyTorch reference ops")
+        warnings.warn(f"tin: kernel sources not found in {CSRC}; using the pure-PyTorch reference ops", stacklevel=2)
         return frozenset()
-    if cuda_toolkit_usable():
-        try:
-            _build(with_cuda=True)
-            return frozenset({"cpu", "cuda"})
-        except Exception as error:  # a toolkit that does not match PyTorch's, a compiler error, ...
-            warnings.warn(f"tin: building the CUDA kernels failed, CUDA uses the reference ops: {_brief(error)}")
+    if torch.cuda.is_available() and torch.version.cuda is not None and _load_cuda():
+        return frozenset({"cpu", "cuda"})
     try:
         _build(with_cuda=False)
     except Exception as error:
         warnings.warn(
             "tin: building the C++ kernels failed (is a C++ compiler installed?); "
-            f"using the pure-PyTorch reference ops: {_brief(error)}"
+            f"using the pure-PyTorch reference ops: {_brief(str(error))}",
+            stacklevel=2,
         )
         return frozenset()
     return frozenset({"cpu"})
 
 
+def _load_cuda() -> bool:
+    """Build and load the C++ and CUDA kernels; False, after one warning, when that fails."""
+    search = cuda_toolkit()
+    if search.root is None:
+        warnings.warn(
+            f"tin: a CUDA device is visible but no CUDA toolkit was found ({'; '.join(search.rejected)}); "
+            "CUDA uses the reference ops",
+            stacklevel=3,
+        )
+        return False
+    toolkit = _describe_toolkit(search.root)
+    try:
+        _build(with_cuda=True)
+    except Exception as error:  # a toolkit that does not match PyTorch's, a compiler error, ...
+        warnings.warn(
+            f"tin: building the CUDA kernels with {toolkit} failed, CUDA uses the reference ops: {_brief(str(error))}",
+            stacklevel=3,
+        )
+        return False
+    passed_over = f"; passed over {'; '.join(search.rejected)}" if search.rejected else ""
+    log.info("tin: CUDA kernels loaded, built with %s%s", toolkit, passed_over)
+    return True
+
+
 def _build(with_cuda: bool) -> None:
-    names = CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
-    name = f"tin_ops_{_fingerprint(with_cuda)}"
-    directory = cache_root() / name
-    directory.mkdir(parents=True, exist_ok=True)
-    cpp_extension().load(
-        name=name,
-        sources=[str(CSRC / source) for source in names],
+    """Build or load the library of this kind, or raise RecordedBuildFailure without trying when
+    the same build failed before; a new failure is recorded and raised."""
+    key = build_key(with_cuda)
+    folder = build_folder(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / FAILURE_RECORD
+    with _exclusive(folder / "tin.lock"):
+        if record.is_file() and os.environ.get(REBUILD_VARIABLE) != "1":
+            raise RecordedBuildFailure(_recalled(record))
+        record.unlink(missing_ok=True)
+        try:
+            _compile_and_load(folder, with_cuda)
+        except Exception as error:
+            with suppress(OSError):  # an unwritable cache costs retries, not the build's error message
+                record.write_text(json.dumps({"key": key, "error": str(error)}, indent=2) + "\n")
+            raise
+    from tin.ops import _registration  # noqa: F401  (fake and autograd need the schemas loaded)
+
+
+def _compile_and_load(folder: Path, with_cuda: bool) -> None:
+    module = cpp_extension()
+    if with_cuda:  # replaces PyTorch's guess from its import
+        module.CUDA_HOME = str(cuda_toolkit().root)
+    module.load(
+        name=folder.name,
+        sources=[str(CSRC / source) for source in _sources(with_cuda)],
         extra_cflags=list(CXX_FLAGS),
         extra_cuda_cflags=list(NVCC_FLAGS),
         extra_ldflags=["-fopenmp"],
-        build_directory=str(directory),
+        build_directory=str(folder),
         with_cuda=with_cuda,
         is_python_module=False,
         verbose=os.environ.get("TIN_VERBOSE_BUILD") == "1",
     )
-    from tin.ops import _registration  # noqa: F401  (fake and autograd need the schemas loaded)
 
 
-def _fingerprint(with_cuda: bool) -> str:
-    digest = hashlib.sha256()
-    for source in CPU_SOURCES + HEADERS + (CUDA_SOURCES if with_cuda else ()):
-        digest.update((CSRC / source).read_bytes())
-    digest.update(f"{torch.__version__}|{with_cuda}|{CXX_FLAGS}|{NVCC_FLAGS}".encode())
-    if with_cuda:  # the build targets the visible GPUs unless TORCH_CUDA_ARCH_LIST says otherwise
-        capabilities = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
-        digest.update(f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}|{capabilities}".encode())
-    return digest.hexdigest()[:16]
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; the system releases it if the holder dies."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
-def _brief(error: Exception) -> str:
-    text = str(error).strip()
+def _recalled(record: Path) -> str:
+    try:
+        error = json.loads(record.read_text())["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        error = "(the record cannot be read)"
+    return (
+        f"the same build failed before and is not tried again (recorded in {record}; set {REBUILD_VARIABLE}=1 "
+        f"or delete that file to retry): {_brief(error)}"
+    )
+
+
+def _sources(with_cuda: bool) -> tuple[str, ...]:
+    return CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
+
+
+def _describe_toolkit(root: Path) -> str:
+    return f"the CUDA toolkit at {root} (nvcc {nvcc_version(root)})"
+
+
+def _brief(text: str) -> str:
+    text = text.strip()
     return text if len(text) < 1500 else "..." + text[-1500:]
