@@ -56,7 +56,8 @@ std::tuple<at::Tensor, at::Tensor> opmath_offset_and_weight(const at::Tensor& of
                                                             at::ScalarType acc_type);
 
 // Splits per-group sums (N, G, T+1) -- T frame-weight sums, then the offset sum -- into
-// contiguous grad_offset (N, G) and grad_weight (N, T, G) of the dtypes of offset and weight.
+// contiguous grad_offset (N, G) and grad_weight (N, T, G) of the dtypes of offset and weight, each
+// in a storage of its own (autograd may accumulate into either in place).
 std::tuple<at::Tensor, at::Tensor> split_group_gradients(const at::Tensor& per_group,
                                                          const InterlaceGeometry& geo,
                                                          const at::Tensor& offset,

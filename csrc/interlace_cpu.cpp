@@ -289,8 +289,14 @@ std::tuple<at::Tensor, at::Tensor> split_group_gradients(const at::Tensor& per_g
                                                          const InterlaceGeometry& geo,
                                                          const at::Tensor& offset,
                                                          const at::Tensor& weight) {
-  return {per_group.select(2, geo.frames).to(offset.scalar_type()).contiguous(),
-          per_group.narrow(2, 0, geo.frames).transpose(1, 2).to(weight.scalar_type()).contiguous()};
+  // Always copies: .to() and .contiguous() would return views of per_group where no conversion is needed and the
+  // slice is already contiguous (N = G = 1), and the two gradients would then share one storage.
+  constexpr bool kNonBlocking = false;
+  constexpr bool kCopy = true;
+  return {per_group.select(2, geo.frames).to(offset.scalar_type(), kNonBlocking, kCopy, at::MemoryFormat::Contiguous),
+          per_group.narrow(2, 0, geo.frames)
+              .transpose(1, 2)
+              .to(weight.scalar_type(), kNonBlocking, kCopy, at::MemoryFormat::Contiguous)};
 }
 
 at::Tensor interlace_forward_cpu(const at::Tensor& x, const at::Tensor& offset,
@@ -332,10 +338,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cpu(
                               output_mask[0] ? grad_x.mutable_data_ptr<scalar_t>() : nullptr,
                               group_grads ? partials.mutable_data_ptr<acc_t>() : nullptr, geo);
     if (group_grads) {
-      // Per-row sums (N, rows, T+1) -> per-group sums (N, G, T+1).
+      // Per-row sums (N, rows, T+1) -> per-group sums (N, G, T+1). Sizes are spelled out, not -1: a view of an
+      // empty tensor (N = 0) cannot infer one.
+      const int64_t rows_per_group = interlaced_rows_per_clip(geo) / geo.groups;
       const at::Tensor per_group =
-          geo.channels_last ? partials.view({geo.clips, -1, geo.groups, geo.frames + 1}).sum(1)
-                            : partials.view({geo.clips, geo.groups, -1, geo.frames + 1}).sum(2);
+          geo.channels_last ? partials.view({geo.clips, rows_per_group, geo.groups, geo.frames + 1}).sum(1)
+                            : partials.view({geo.clips, geo.groups, rows_per_group, geo.frames + 1}).sum(2);
       std::tie(grad_offset, grad_weight) = split_group_gradients(per_group, geo, offset, weight);
     }
   });

@@ -3,58 +3,13 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
 
-from tin.ops import compiled_devices, interlace, interlace_reference, temporal_shift, temporal_shift_reference
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-    ),
-]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request) -> str:
-    if request.param not in compiled_devices():
-        pytest.fail(f"the compiled kernels were not built for {request.param}; see the warning above")
-    return request.param
-
-
-def make_inputs(
-    clips: int,
-    frames: int,
-    channels: int,
-    groups: int,
-    size: tuple[int, int] = (3, 4),
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: str = "cpu",
-    channels_last: bool = False,
-    offset_scale: float = 3.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random (x, offset, weight) that require grad; offsets span several frames both ways."""
-    options = {"dtype": dtype, "generator": generator}
-    x = torch.randn(clips * frames, channels, *size, **options)
-    offset = torch.randn(clips, groups, **options) * offset_scale
-    weight = torch.rand(clips, frames, groups, **options) * 2
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    return tuple(t.to(device).requires_grad_() for t in (x, offset, weight))
-
-
-def gradients(fn, inputs, grad_out):
-    out = fn(*inputs)
-    return out, torch.autograd.grad(out, inputs, grad_out)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+from tests.ops.cases import assert_near_float64, float64_reference, gradients, make_inputs
+from tin.ops import interlace, interlace_reference, temporal_shift, temporal_shift_reference
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -136,28 +91,24 @@ def test_compiled_matches_reference_on_random_shapes(device, seed):
     expected, expected_grads = gradients(reference, inputs, grad_out)
     assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    for name, actual, wanted in zip(("x", "offset", "weight"), grads, expected_grads):
-        torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad {name}: {m}")
+    for name, actual, wanted in zip(("x", "offset", "weight"), grads, expected_grads, strict=True):
+        torch.testing.assert_close(
+            actual, wanted, rtol=1e-10, atol=1e-10, msg=lambda message, name=name: f"grad {name}: {message}"
+        )
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_reduced_precision_matches_float32(device, dtype, channels_last):
+def test_each_dtype_matches_the_float64_reference(device, dtype, channels_last):
     x, offset, weight = make_inputs(
         2, 8, 32, 4, (6, 6), dtype=torch.float32, device=device, channels_last=channels_last
     )
-    x_low = x.detach().to(dtype).requires_grad_()
-    # Same values in both precisions, so only the arithmetic differs.
-    x32 = x_low.detach().float().requires_grad_()
+    x = x.detach().to(dtype).requires_grad_()
     grad_out = torch.randn(x.shape, device=device).to(dtype)
-    out_low, grads_low = gradients(lambda *a: interlace(*a, 8, 16), (x_low, offset, weight), grad_out)
-    out32, grads32 = gradients(lambda *a: interlace(*a, 8, 16), (x32, offset, weight), grad_out.float())
-    assert out_low.dtype == dtype and grads_low[0].dtype == dtype
-    assert grads_low[1].dtype == torch.float32 and grads_low[2].dtype == torch.float32
-    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
-    assert relative_error(out_low, out32) < tolerance
-    for actual, expected in zip(grads_low, grads32):
-        assert relative_error(actual, expected) < tolerance
+    result = gradients(lambda *a: interlace(*a, 8, 16), (x, offset, weight), grad_out)
+    assert result[0].dtype == dtype and result[1][0].dtype == dtype
+    assert result[1][1].dtype == torch.float32 and result[1][2].dtype == torch.float32
+    assert_near_float64(result, float64_reference(x, offset, weight, grad_out, 8, 16), dtype)
 
 
 @pytest.mark.parametrize("shift_div", [2, 4, 8, 64])
@@ -268,5 +219,56 @@ def test_torch_compile_fullgraph_matches_eager(device):
     expected = block(x, offset, weight)
     expected_grads = torch.autograd.grad(expected.square().sum(), (x, offset, weight))
     torch.testing.assert_close(out, expected)
-    for actual, wanted in zip(grads, expected_grads):
+    for actual, wanted in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(actual, wanted)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_zero_clips_run_forward_and_backward(device, channels_last):
+    x, offset, weight = make_inputs(0, 4, 8, 2, device=device, channels_last=channels_last)
+    grad_out = torch.randn_like(x)
+    out, grads = gradients(lambda *a: interlace(*a, 4, 4), (x, offset, weight), grad_out)
+    assert out.shape == x.shape
+    assert [grad.shape for grad in grads] == [x.shape, offset.shape, weight.shape]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_offset_and_weight_gradients_have_storages_of_their_own(device, dtype):
+    """With N = G = 1 both are contiguous slices of the backward's (N, G, T+1) sums unless copied;
+    autograd may then accumulate into one through the other."""
+    x, offset, weight = make_inputs(1, 4, 8, 1, dtype=dtype, device=device)
+    _, grad_offset, grad_weight = torch.ops.tin.interlace_backward(
+        torch.randn_like(x), x.detach(), offset.detach(), weight.detach(), 4, 8, [True, True, True]
+    )
+    assert grad_offset.untyped_storage().data_ptr() != grad_weight.untyped_storage().data_ptr()
+    offset_before, weight_before = grad_offset.clone(), grad_weight.clone()
+    grad_offset.fill_(7.0)
+    assert torch.equal(grad_weight, weight_before)
+    grad_weight.fill_(-7.0)
+    assert torch.equal(grad_offset, torch.full_like(offset_before, 7.0))
+
+
+def test_deterministic_mode_flags_the_cuda_offset_and_weight_gradients(device, deterministic_setting):
+    """On CUDA those two gradients are sums of float atomics: torch.use_deterministic_algorithms makes
+    their backward warn (warn_only) or raise, as PyTorch's own such operators do. The data gradient
+    alone, and the whole CPU backward, are deterministic and pass silently."""
+    x, offset, weight = make_inputs(2, 4, 8, 2, dtype=torch.float32, device=device)
+    grad_out = torch.randn_like(x)
+    atomics = device == "cuda"
+
+    def backward(*wanted: torch.Tensor) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.autograd.grad(interlace(x, offset, weight, 4), wanted, grad_out)
+        return [str(w.message) for w in caught if "interlace_backward" in str(w.message)]
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    assert bool(backward(x, offset, weight)) == atomics
+    assert backward(x) == []
+    torch.use_deterministic_algorithms(True)
+    assert backward(x) == []
+    if atomics:
+        with pytest.raises(RuntimeError, match="interlace_backward_cuda does not have a deterministic implementation"):
+            backward(x, offset, weight)
+    else:
+        assert backward(x, offset, weight) == []

@@ -44,7 +44,7 @@ def _backward(ctx, grad_out: torch.Tensor) -> tuple:
     x, offset, weight = ctx.saved_tensors
     wanted = list(ctx.needs_input_grad[:3])
     grads = torch.ops.tin.interlace_backward(grad_out, x, offset, weight, ctx.num_segments, ctx.shift_channels, wanted)
-    return (*(grad if need else None for grad, need in zip(grads, wanted)), None, None)
+    return (*(grad if need else None for grad, need in zip(grads, wanted, strict=True)), None, None)
 
 
 torch.library.register_autograd("tin::interlace", _backward, setup_context=_setup_context)
