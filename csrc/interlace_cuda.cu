@@ -2,12 +2,21 @@
 //
 // One thread owns a column (clip n, frame-local memory offset q) and walks it along t, so each
 // element of x and grad_out is loaded once and the previous frame's value stays in a register.
-// Consecutive threads own consecutive q, which keeps loads and stores coalesced in both layouts.
-// The backward fuses grad_x with the offset/weight correlations in that same walk; the sums are
-// reduced over the lanes of a warp that share a channel group, then in shared memory, then with one
-// global atomic per block and (group, frame). Nothing is copied to the host.
+// The columns are cut into tiles of kThreads consecutive q of one clip, so consecutive threads own
+// consecutive q and loads and stores stay coalesced in both layouts. A launch has as many blocks as
+// the device keeps resident for the kernel (occupancy times SMs, at most one per tile), and each
+// block walks the tiles in a grid-stride loop: one launch and one wave for any N and frame size.
+//
+// The backward fuses grad_x with the offset/weight correlations in that same walk, and it loads
+// step t + 1's inputs into registers before step t's arithmetic and reductions, so the loads are in
+// flight while the warp shuffles run. The sums are reduced over the lanes of a warp that share a
+// channel group, then in shared memory over the block's tiles of one clip, then with one global
+// atomic per block, clip and (group, frame). Float atomics add in a varying order, so those two
+// gradients can differ in the last bits from run to run: torch.use_deterministic_algorithms is told.
+// Nothing is copied to the host.
 #include "interlace.h"
 
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,12 +30,15 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-constexpr int64_t kMaxGridY = 65535;
+constexpr size_t kMaxSharedBytes = 48 * 1024;  // dynamic shared memory a block gets without opting in
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct DeviceGeometry {
-  int64_t frames, channels, positions, shifted, groups, frame_size;
+  int64_t clips, frames, channels, positions, shifted, groups, frame_size, tiles_per_clip;
   bool channels_last;
 
+  C10_HOST_DEVICE int64_t tiles() const { return clips * tiles_per_clip; }
   __device__ int64_t channel_of(int64_t q) const {
     return channels_last ? q % channels : q / positions;
   }
@@ -34,8 +46,44 @@ struct DeviceGeometry {
 };
 
 DeviceGeometry device_geometry(const InterlaceGeometry& geo) {
-  return {geo.frames, geo.channels, geo.positions, geo.shifted, geo.groups, geo.frame_size(),
-          geo.channels_last};
+  return {geo.clips, geo.frames, geo.channels, geo.positions, geo.shifted, geo.groups, geo.frame_size(),
+          ceil_div(geo.frame_size(), kThreads), geo.channels_last};
+}
+
+// A thread's column in a tile, with what walking it takes: its group's whole shift s, blend
+// fraction f and row of T frame weights.
+template <typename acc_t>
+struct Column {
+  int64_t clip;
+  int64_t q;
+  bool active;      // q < F (a clip's last tile can reach past its frame)
+  bool interlaced;  // active and in a channel < S
+  int group;        // -1 unless interlaced
+  int64_t s;
+  acc_t f;
+  const acc_t* w;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ Column<acc_t> column_of(int64_t tile, const acc_t* __restrict__ offset,
+                                                   const acc_t* __restrict__ weight, const DeviceGeometry& geo) {
+  Column<acc_t> column{};
+  column.clip = tile / geo.tiles_per_clip;
+  column.q = (tile - column.clip * geo.tiles_per_clip) * kThreads + threadIdx.x;
+  column.active = column.q < geo.frame_size;
+  const int64_t channel = column.active ? geo.channel_of(column.q) : geo.shifted;
+  column.interlaced = channel < geo.shifted;
+  column.group = -1;
+  column.w = weight;
+  if (column.interlaced) {
+    column.group = static_cast<int>(geo.group_of(channel));
+    const int64_t row = column.clip * geo.groups + column.group;
+    const acc_t o = offset[row];
+    column.s = whole_shift(o, geo.frames);
+    column.f = o - floor(o);
+    column.w = weight + row * geo.frames;
+  }
+  return column;
 }
 
 // Element q of frame t of a clip as acc_t, zero outside [0, T).
@@ -51,42 +99,35 @@ __device__ __forceinline__ void copy_column(const scalar_t* __restrict__ src, sc
   for (int64_t t = 0; t < geo.frames; ++t) dst[t * geo.frame_size + q] = src[t * geo.frame_size + q];
 }
 
-// Blocks along q per clip: enough to fill the device a few times over, no more (the backward
-// flushes one set of shared sums per block).
-dim3 grid_for(int64_t frame_size, int64_t clips) {
-  int device = 0;
+// Blocks for a grid-stride launch over `tiles` tiles: those the device keeps resident at once.
+template <typename Kernel>
+unsigned resident_grid(Kernel kernel, size_t shared_bytes, int64_t tiles) {
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, shared_bytes));
   int sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t needed = (frame_size + kThreads - 1) / kThreads;
-  const int64_t wanted = std::max<int64_t>(1, (8 * int64_t(sms) + clips - 1) / clips);
-  return dim3(static_cast<unsigned>(std::min(needed, wanted)), static_cast<unsigned>(std::min(clips, kMaxGridY)));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  return static_cast<unsigned>(std::min(tiles, std::max<int64_t>(1, blocks_per_sm) * int64_t(sms)));
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 interlace_forward_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ offset,
-                         const acc_t* __restrict__ weight, scalar_t* __restrict__ out,
-                         DeviceGeometry geo, int64_t first_clip) {
-  const int64_t n = first_clip + blockIdx.y;
-  const scalar_t* clip = x + n * geo.frames * geo.frame_size;
-  scalar_t* clip_out = out + n * geo.frames * geo.frame_size;
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < geo.frame_size;
-       q += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t channel = geo.channel_of(q);
-    if (channel >= geo.shifted) {
-      copy_column(clip, clip_out, q, geo);
+                         const acc_t* __restrict__ weight, scalar_t* __restrict__ out, DeviceGeometry geo) {
+  for (int64_t tile = blockIdx.x; tile < geo.tiles(); tile += gridDim.x) {
+    const Column<acc_t> column = column_of(tile, offset, weight, geo);
+    if (!column.active) continue;
+    const int64_t clip_start = column.clip * geo.frames * geo.frame_size;
+    const scalar_t* clip = x + clip_start;
+    scalar_t* clip_out = out + clip_start;
+    if (!column.interlaced) {
+      copy_column(clip, clip_out, column.q, geo);
       continue;
     }
-    const int64_t group_row = n * geo.groups + geo.group_of(channel);
-    const acc_t o = offset[group_row];
-    const int64_t s = whole_shift(o, geo.frames);
-    const acc_t f = o - floor(o);
-    const acc_t* w = weight + group_row * geo.frames;
-    acc_t far = frame_value<scalar_t, acc_t>(clip, -s - 1, q, geo);  // x[t - s - 1] for t = 0
+    acc_t far = frame_value<scalar_t, acc_t>(clip, -column.s - 1, column.q, geo);  // x[t - s - 1] for t = 0
     for (int64_t t = 0; t < geo.frames; ++t) {
-      const acc_t near = frame_value<scalar_t, acc_t>(clip, t - s, q, geo);
-      clip_out[t * geo.frame_size + q] = static_cast<scalar_t>(w[t] * ((1 - f) * near + f * far));
+      const acc_t near = frame_value<scalar_t, acc_t>(clip, t - column.s, column.q, geo);
+      clip_out[t * geo.frame_size + column.q] =
+          static_cast<scalar_t>(column.w[t] * ((1 - column.f) * near + column.f * far));
       far = near;
     }
   }
@@ -125,93 +166,118 @@ __device__ __forceinline__ acc_t segmented_warp_sum(acc_t value, unsigned links)
   return value;
 }
 
-// With t' = t - s - 1, output frame t reads x[t' + 1] (scale (1 - f) * w[t]) and x[t'] (f * w[t]):
+// Adds the segment sum held by the segment's tail lane to block_sums[index].
+template <typename acc_t>
+__device__ __forceinline__ void add_segment(acc_t* block_sums, int64_t index, acc_t value, const WarpSegment& segment,
+                                            bool interlaced) {
+  value = segmented_warp_sum(value, segment.links);
+  if (interlaced && segment.tail) atomicAdd(&block_sums[index], value);
+}
+
+// Moves the block's shared sums of one clip into the clip's global sums and zeroes them. Called by
+// the whole block.
+template <typename acc_t>
+__device__ void flush_block_sums(acc_t* block_sums, acc_t* __restrict__ clip_sums, int64_t count) {
+  __syncthreads();  // every warp has added its last tile
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+    if (block_sums[i] != acc_t(0)) atomicAdd(&clip_sums[i], block_sums[i]);
+    block_sums[i] = 0;
+  }
+  __syncthreads();  // zeroed before the next tile adds
+}
+
+// One column of the backward. With t' = t - s - 1, output frame t reads x[t' + 1] (scale
+// (1 - f) * w[t]) and x[t'] (scale f * w[t]):
 //   grad_x[t'] = (1 - f) * w[t - 1] * grad_out[t - 1] + f * w[t] * grad_out[t]   for t in [0, T];
 //   d/d w[t]   = sum grad_out[t] * ((1 - f) * x[t - s] + f * x[t - s - 1]);
 //   d/d offset = sum_t w[t] * grad_out[t] * (x[t - s - 1] - x[t - s]).
-// The grid-stride loop bounds are uniform per block, so every lane takes every step, as the warp
-// shuffles require; `active` marks lanes that own a real column.
+// Every lane of the block takes every step, as the warp shuffles require; lanes without an
+// interlaced column load nothing and contribute zeros. block_sums is (G, T+1): T frame-weight sums,
+// then the offset sum.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void backward_column(const Column<acc_t>& column, const scalar_t* __restrict__ go,
+                                                const scalar_t* __restrict__ xs, scalar_t* __restrict__ gx,
+                                                acc_t* block_sums, int lane, const DeviceGeometry& geo,
+                                                bool need_x, bool need_groups) {
+  const bool interlaced = column.interlaced;
+  const int64_t q = column.q;
+  const int64_t s = column.s;
+  const acc_t f = column.f;
+  const int64_t sums_row = column.group * (geo.frames + 1);
+  auto load = [&](const scalar_t* clip, int64_t t) {
+    return interlaced ? frame_value<scalar_t, acc_t>(clip, t, q, geo) : acc_t(0);
+  };
+  auto weight_at = [&](int64_t t) { return interlaced ? column.w[t] : acc_t(0); };
+  const WarpSegment segment = need_groups ? warp_segment(column.group, lane) : WarpSegment{0u, false};
+
+  // Step t consumes grad_out[t], w[t] and x[t - s], loaded one step ahead, and x[t - s - 1], which
+  // step t - 1 loaded as its x[t - s].
+  acc_t g_next = load(go, 0);
+  acc_t w_next = weight_at(0);
+  acc_t near_next = need_groups ? load(xs, -s) : acc_t(0);
+  acc_t far = need_groups ? load(xs, -s - 1) : acc_t(0);
+  acc_t carry = 0;  // (1 - f) * w[t - 1] * grad_out[t - 1]
+  acc_t offset_sum = 0;
+  for (int64_t t = 0; t < geo.frames; ++t) {
+    const acc_t g = g_next;
+    const acc_t wt = w_next;
+    const acc_t near = near_next;
+    if (t + 1 < geo.frames) {
+      g_next = load(go, t + 1);
+      w_next = weight_at(t + 1);
+      if (need_groups) near_next = load(xs, t + 1 - s);
+    }
+    if (need_x && interlaced) {
+      const int64_t target = t - s - 1;
+      if (target >= 0 && target < geo.frames) {
+        gx[target * geo.frame_size + q] = static_cast<scalar_t>(carry + f * wt * g);
+      }
+      carry = (1 - f) * wt * g;
+    }
+    if (need_groups) {
+      offset_sum += wt * g * (far - near);
+      add_segment(block_sums, sums_row + t, g * ((1 - f) * near + f * far), segment, interlaced);
+      far = near;
+    }
+  }
+  if (need_groups) add_segment(block_sums, sums_row + geo.frames, offset_sum, segment, interlaced);
+  if (need_x && interlaced) {
+    const int64_t last_target = geo.frames - s - 1;  // step t = T: grad_out[T] is zero
+    for (int64_t target = 0; target < geo.frames; ++target) {
+      // Targets below -s - 1 or above T - s - 1 are read by no output frame.
+      if (target == last_target) {
+        gx[target * geo.frame_size + q] = static_cast<scalar_t>(carry);
+      } else if (target < -s - 1 || target > last_target) {
+        gx[target * geo.frame_size + q] = scalar_t(0);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 interlace_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
                           const acc_t* __restrict__ offset, const acc_t* __restrict__ weight,
-                          scalar_t* __restrict__ grad_x, acc_t* __restrict__ group_sums,
-                          DeviceGeometry geo, int64_t first_clip, bool need_x, bool need_groups) {
-  extern __shared__ unsigned char shared_bytes[];
-  acc_t* block_sums = reinterpret_cast<acc_t*>(shared_bytes);  // (G, T+1)
+                          scalar_t* __restrict__ grad_x, acc_t* __restrict__ group_sums, DeviceGeometry geo,
+                          bool need_x, bool need_groups) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  acc_t* block_sums = reinterpret_cast<acc_t*>(shared_bytes);  // (G, T+1) of the clip being walked
   const int64_t sums_per_clip = geo.groups * (geo.frames + 1);
   if (need_groups) {
-    for (int64_t i = threadIdx.x; i < sums_per_clip; i += blockDim.x) block_sums[i] = 0;
+    for (int64_t i = threadIdx.x; i < sums_per_clip; i += kThreads) block_sums[i] = 0;
     __syncthreads();
   }
   const int lane = threadIdx.x % kWarp;
-  const int64_t n = first_clip + blockIdx.y;
-  const int64_t clip_offset = n * geo.frames * geo.frame_size;
-  const scalar_t* go = grad_out + clip_offset;
-  const scalar_t* xs = x + clip_offset;
-  scalar_t* gx = need_x ? grad_x + clip_offset : nullptr;
-
-  for (int64_t base = blockIdx.x * int64_t(blockDim.x); base < geo.frame_size;
-       base += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = base + threadIdx.x;
-    const bool active = q < geo.frame_size;
-    const int64_t channel = active ? geo.channel_of(q) : geo.channels;
-    const bool interlaced = channel < geo.shifted;
-    const int group = interlaced ? static_cast<int>(geo.group_of(channel)) : -1;
-    if (active && !interlaced && need_x) copy_column(go, gx, q, geo);
-
-    int64_t s = 0;
-    acc_t f = 0;
-    const acc_t* w = weight;
-    if (interlaced) {
-      const acc_t o = offset[n * geo.groups + group];
-      s = whole_shift(o, geo.frames);
-      f = o - floor(o);
-      w += (n * geo.groups + group) * geo.frames;
-    }
-    const WarpSegment segment = need_groups ? warp_segment(group, lane) : WarpSegment{0u, false};
-    acc_t far = (interlaced && need_groups) ? frame_value<scalar_t, acc_t>(xs, -s - 1, q, geo) : acc_t(0);
-    acc_t carry = 0;  // (1 - f) * w[t - 1] * grad_out[t - 1]
-    acc_t offset_sum = 0;
-    for (int64_t t = 0; t <= geo.frames; ++t) {
-      const bool in_clip = t < geo.frames;
-      const acc_t g = (interlaced && in_clip) ? static_cast<acc_t>(go[t * geo.frame_size + q]) : acc_t(0);
-      const acc_t wt = (interlaced && in_clip) ? w[t] : acc_t(0);
-      if (interlaced && need_x) {
-        const int64_t target = t - s - 1;
-        if (target >= 0 && target < geo.frames) {
-          gx[target * geo.frame_size + q] = static_cast<scalar_t>(carry + f * wt * g);
-        }
-        carry = (1 - f) * wt * g;
-      }
-      if (need_groups && in_clip) {
-        acc_t correlation = 0;
-        if (interlaced) {
-          const acc_t near = frame_value<scalar_t, acc_t>(xs, t - s, q, geo);
-          correlation = g * ((1 - f) * near + f * far);
-          offset_sum += wt * g * (far - near);
-          far = near;
-        }
-        correlation = segmented_warp_sum(correlation, segment.links);
-        if (interlaced && segment.tail) atomicAdd(&block_sums[group * (geo.frames + 1) + t], correlation);
-      }
-    }
-    if (need_groups) {
-      offset_sum = segmented_warp_sum(offset_sum, segment.links);
-      if (interlaced && segment.tail) atomicAdd(&block_sums[group * (geo.frames + 1) + geo.frames], offset_sum);
-    }
-    if (interlaced && need_x) {
-      // Frames that no output frame reads from (targets outside [-s - 1, T - s - 1]) get zero.
-      for (int64_t target = 0; target < geo.frames; ++target) {
-        if (target < -s - 1 || target > geo.frames - s - 1) gx[target * geo.frame_size + q] = scalar_t(0);
-      }
-    }
-  }
-  if (need_groups) {
-    __syncthreads();
-    acc_t* clip_sums = group_sums + n * sums_per_clip;
-    for (int64_t i = threadIdx.x; i < sums_per_clip; i += blockDim.x) {
-      if (block_sums[i] != acc_t(0)) atomicAdd(&clip_sums[i], block_sums[i]);
+  for (int64_t tile = blockIdx.x; tile < geo.tiles(); tile += gridDim.x) {
+    const Column<acc_t> column = column_of(tile, offset, weight, geo);
+    const int64_t clip_start = column.clip * geo.frames * geo.frame_size;
+    scalar_t* gx = need_x ? grad_x + clip_start : nullptr;
+    if (need_x && column.active && !column.interlaced) copy_column(grad_out + clip_start, gx, column.q, geo);
+    backward_column(column, grad_out + clip_start, x + clip_start, gx, block_sums, lane, geo, need_x, need_groups);
+    // The clip is block-uniform, so the whole block flushes or none of it.
+    const int64_t next = tile + gridDim.x;
+    if (need_groups && (next >= geo.tiles() || next / geo.tiles_per_clip != column.clip)) {
+      flush_block_sums(block_sums, group_sums + column.clip * sums_per_clip, sums_per_clip);
     }
   }
 }
@@ -219,15 +285,6 @@ interlace_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t*
 void check_cuda_inputs(const at::Tensor& x, const at::Tensor& offset, const at::Tensor& weight) {
   TORCH_CHECK(x.is_cuda() && offset.device() == x.device() && weight.device() == x.device(),
               "interlace: x, offset and weight must be on the same CUDA device");
-}
-
-// Launches `launch(grid, first_clip)` over clips in chunks that fit the grid's y dimension.
-template <typename Launch>
-void for_clip_chunks(const InterlaceGeometry& geo, Launch&& launch) {
-  for (int64_t first = 0; first < geo.clips; first += kMaxGridY) {
-    launch(grid_for(geo.frame_size(), std::min(kMaxGridY, geo.clips - first)), first);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
 }
 
 }  // namespace
@@ -241,16 +298,16 @@ at::Tensor interlace_forward_cuda(const at::Tensor& x, const at::Tensor& offset,
   at::Tensor out = at::empty_like(x);
   if (out.numel() == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceGeometry device_geo = device_geometry(geo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "interlace_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto [offset_acc, weight_acc] =
         opmath_offset_and_weight(offset, weight, c10::CppTypeToScalarType<acc_t>::value);
-    for_clip_chunks(geo, [&](dim3 grid, int64_t first_clip) {
-      interlace_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), offset_acc.const_data_ptr<acc_t>(),
-          weight_acc.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), device_geometry(geo),
-          first_clip);
-    });
+    const auto kernel = interlace_forward_kernel<scalar_t, acc_t>;
+    kernel<<<resident_grid(kernel, 0, device_geo.tiles()), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), offset_acc.const_data_ptr<acc_t>(), weight_acc.const_data_ptr<acc_t>(),
+        out.mutable_data_ptr<scalar_t>(), device_geo);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -266,26 +323,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interlace_backward_cuda(
   const at::Tensor grad = grad_out.contiguous(geo.memory_format());
   const bool need_x = output_mask[0];
   const bool need_groups = output_mask[1] || output_mask[2];
+  if (need_groups) at::globalContext().alertNotDeterministic("interlace_backward_cuda");
   at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
   at::Tensor grad_offset = offset.new_empty({0});
   at::Tensor grad_weight = weight.new_empty({0});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceGeometry device_geo = device_geometry(geo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "interlace_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const auto [offset_acc, weight_acc] = opmath_offset_and_weight(offset, weight, acc_type);
     at::Tensor group_sums = at::zeros({geo.clips, geo.groups, geo.frames + 1}, x.options().dtype(acc_type));
     const size_t shared = need_groups ? geo.groups * (geo.frames + 1) * sizeof(acc_t) : 0;
-    TORCH_CHECK(shared <= 48 * 1024, "interlace: T * G = ", geo.frames * geo.groups,
+    TORCH_CHECK(shared <= kMaxSharedBytes, "interlace: T * G = ", geo.frames * geo.groups,
                 " is too large for the CUDA backward's shared-memory sums");
     if (x.numel() > 0) {
-      for_clip_chunks(geo, [&](dim3 grid, int64_t first_clip) {
-        interlace_backward_kernel<scalar_t, acc_t><<<grid, kThreads, shared, stream>>>(
-            grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-            offset_acc.const_data_ptr<acc_t>(), weight_acc.const_data_ptr<acc_t>(),
-            need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr, group_sums.mutable_data_ptr<acc_t>(),
-            device_geometry(geo), first_clip, need_x, need_groups);
-      });
+      const auto kernel = interlace_backward_kernel<scalar_t, acc_t>;
+      kernel<<<resident_grid(kernel, shared, device_geo.tiles()), kThreads, shared, stream>>>(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), offset_acc.const_data_ptr<acc_t>(),
+          weight_acc.const_data_ptr<acc_t>(), need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr,
+          group_sums.mutable_data_ptr<acc_t>(), device_geo, need_x, need_groups);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (need_groups) std::tie(grad_offset, grad_weight) = split_group_gradients(group_sums, geo, offset, weight);
   });
