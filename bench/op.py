@@ -1,9 +1,11 @@
-"""Benchmark of the interlace operator against the reference, TSM's shift and a plain copy.
+"""Benchmark of the interlace operator against the plain-PyTorch reference, TSM's shift and a copy.
 
-Times forward and forward+backward on the ResNet-50 TIN layer shapes at 8 clips x 8 frames
-(S = C/4 interlaced channels in G = 4 groups), all variants timed in turns in one run, and prints
-the ratios. On CUDA it also prints achieved bandwidth (ideal bytes: every input read once, every
-output written once) against a measured device-to-device copy.
+Times forward and forward+backward per dtype on the ResNet-50 TIN layer shapes at 8 clips x 8 frames
+(S = C/4 interlaced channels in G = 4 groups), all variants timed in turns in one run, and prints the
+reference's time over the compiled op's. For the compiled op it also prints the bandwidth it achieves
+on the bytes it must move (every input read once, every output written once) and, on CUDA, that as a
+fraction of the device's peak memory bandwidth (from its memory clock and bus width, else a table of
+known devices).
 
     python bench/op.py                       # CPU, float32
     python bench/op.py --device cuda --dtype float32 bfloat16
@@ -22,6 +24,11 @@ from tin.ops import compiled_devices, interlace, interlace_reference, temporal_s
 
 LAYER_SHAPES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 GROUPS = 4
+SHIFT_DIV = 4  # S = C / SHIFT_DIV channels are interlaced, as in TIN
+VARIANTS = ("interlace", "reference", "temporal_shift", "clone")
+# Peak memory bandwidth in bytes/s by device name, for devices whose memory clock torch cannot report.
+# More specific names come first: "H100" is the SXM part.
+PEAK_BANDWIDTH = (("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("H200", 4.8e12))
 
 
 def time_round_robin(
@@ -57,16 +64,18 @@ def _seconds(fn: Callable[[], object], device: str) -> float:
 
 
 def variants(x: torch.Tensor, frames: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """VARIANTS as functions of x (N*T, C, H, W), with random offsets (N, G) and weights (N, T, G)."""
     clips = x.shape[0] // frames
-    shifted = x.shape[1] // 4
+    shifted = x.shape[1] // SHIFT_DIV
     offset = (torch.rand(clips, GROUPS, device=x.device) * 4 - 2).requires_grad_()
     weight = (torch.rand(clips, frames, GROUPS, device=x.device) * 2).requires_grad_()
-    return {
-        "interlace": lambda v: interlace(v, offset, weight, frames, shifted),
-        "reference": lambda v: interlace_reference(v, offset, weight, frames, shifted),
-        "temporal_shift": lambda v: temporal_shift(v, frames),
-        "clone": lambda v: v.clone(),
-    }
+    functions = (
+        lambda v: interlace(v, offset, weight, frames, shifted),
+        lambda v: interlace_reference(v, offset, weight, frames, shifted),
+        lambda v: temporal_shift(v, frames),
+        lambda v: v.clone(),
+    )
+    return dict(zip(VARIANTS, functions, strict=True))
 
 
 def forward_backward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -74,50 +83,66 @@ def forward_backward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     x.grad = None
 
 
-def copy_bandwidth(device: str, dtype: torch.dtype, repeat: int) -> float:
-    """Bytes per second of a large device-to-device copy (read + write)."""
-    source = torch.randn(256 * 2**20 // 4, device=device).to(dtype)
-    target = torch.empty_like(source)
-    seconds = time_round_robin({"copy": lambda: target.copy_(source)}, device, repeat)["copy"]
-    return 2 * source.numel() * source.element_size() / seconds
+def peak_bandwidth() -> tuple[float, str] | None:
+    """The current CUDA device's peak memory bandwidth in bytes/s and where the number comes from:
+    double data rate x memory clock x bus width where torch reports them, else PEAK_BANDWIDTH."""
+    properties = torch.cuda.get_device_properties()
+    clock_khz = getattr(properties, "memory_clock_rate", 0)
+    bus_bits = getattr(properties, "memory_bus_width", 0)
+    if clock_khz and bus_bits:
+        return 2 * clock_khz * 1e3 * bus_bits / 8, f"2 x {clock_khz / 1e3:.0f} MHz x {bus_bits} bit"
+    for name, bandwidth in PEAK_BANDWIDTH:
+        if name in properties.name:
+            return bandwidth, f"table entry {name!r}"
+    return None
 
 
-def ideal_bytes(x: torch.Tensor, backward: bool) -> int:
-    """Forward: read x, write out. Backward adds: read grad_out, read the interlaced quarter of x, write grad_x."""
+def interlace_bytes(x: torch.Tensor, backward: bool) -> int:
+    """Bytes the compiled interlace must move for x (N*T, C, H, W).
+
+    Forward: read x, write out. Backward (all three gradients): read grad_out, read x's S interlaced
+    channels again for the offset and weight correlations, write grad_x. The offsets and weights
+    (N*G and N*T*G numbers) are negligible.
+    """
     size = x.numel() * x.element_size()
-    return 2 * size + (size + size // 4 + size if backward else 0)
+    forward = 2 * size
+    return forward + (2 * size + size // SHIFT_DIV if backward else 0)
 
 
 def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -> None:
+    """Prints one table for one dtype: per layer shape and pass, every variant's time, the reference's
+    time over the compiled op's, the compiled op's over a copy's, and the compiled op's bandwidth."""
     print(
         f"\n== {device}, {str(dtype).removeprefix('torch.')}, {clips} clips x {frames} frames; "
         f"compiled kernels on: {sorted(compiled_devices())}"
     )
-    peak = copy_bandwidth(device, dtype, repeat) if device == "cuda" else None
+    peak = peak_bandwidth() if device == "cuda" else None
     if peak:
-        print(f"device-to-device copy: {peak / 1e9:.0f} GB/s")
-    header = f"{'shape':>22} {'pass':>8} " + " ".join(
-        f"{name:>14}" for name in ("interlace", "reference", "temporal_shift", "clone")
-    )
-    print(header + "   ref/ours  ours/clone" + ("  ours GB/s (of copy)" if peak else ""))
+        print(f"peak memory bandwidth: {peak[0] / 1e9:.0f} GB/s ({peak[1]})")
+    header = f"{'shape':>22} {'pass':>8} " + " ".join(f"{name:>14}" for name in VARIANTS)
+    print(header + "   ref/ours  ours/clone  ours GB/s" + ("  of peak" if peak else ""))
     for channels, height, width in LAYER_SHAPES:
         x = torch.randn(clips * frames, channels, height, width, device=device, dtype=dtype, requires_grad=True)
-        grad = torch.randn_like(x)
-        ops = variants(x, frames)
         for label, backward in (("fwd", False), ("fwd+bwd", True)):
-            if backward:
-                times = time_round_robin(
-                    {n: lambda op=op: forward_backward(op, x, grad) for n, op in ops.items()}, device, repeat
-                )
-            else:
-                with torch.no_grad():
-                    times = time_round_robin({n: lambda op=op: op(x) for n, op in ops.items()}, device, repeat)
-            line = f"{tuple(x.shape)!s:>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in ops)
+            times = time_layer(x, frames, backward, device, repeat)
+            achieved = interlace_bytes(x, backward) / times["interlace"]
+            line = f"{tuple(x.shape)!s:>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in VARIANTS)
             line += f"   {times['reference'] / times['interlace']:>7.2f}x  {times['interlace'] / times['clone']:>9.2f}x"
-            if peak:
-                achieved = ideal_bytes(x, backward) / times["interlace"]
-                line += f"  {achieved / 1e9:>8.0f} ({achieved / peak:.0%})"
+            line += f"  {achieved / 1e9:>9.1f}" + (f"  {achieved / peak[0]:>7.0%}" if peak else "")
             print(line)
+
+
+def time_layer(x: torch.Tensor, frames: int, backward: bool, device: str, repeat: int) -> dict[str, float]:
+    """Seconds per call of every variant on x (N*T, C, H, W): forward alone (without autograd), or
+    forward and backward of a random output gradient."""
+    ops = variants(x, frames)
+    if backward:
+        grad = torch.randn_like(x)
+        return time_round_robin(
+            {n: lambda op=op: forward_backward(op, x, grad) for n, op in ops.items()}, device, repeat
+        )
+    with torch.no_grad():
+        return time_round_robin({n: lambda op=op: op(x) for n, op in ops.items()}, device, repeat)
 
 
 def main() -> None:
