@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
+    """Where builds are cached: TIN_EXTENSION_DIR, else ~/.cache/tin/extensions (XDG_CACHE_HOME honoured)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tin" / "extensions"
     return Path(os.environ.get("TIN_EXTENSION_DIR", default))
 
