@@ -40,7 +40,15 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+def _kernel_sources() -> Path:
+    """The folder of the C++/CUDA sources: ``tin/ops/csrc`` in an installed wheel (pyproject maps
+    csrc/ there), the repository's ``csrc/`` in a source checkout or an editable install."""
+    packaged = Path(__file__).resolve().parent / "csrc"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "csrc"
+
+
+CSRC = _kernel_sources()
 CPU_SOURCES = ("interlace_cpu.cpp",)
 CUDA_SOURCES = ("interlace_cuda.cu",)
 HEADERS = ("interlace.h",)
