@@ -16,13 +16,16 @@ import argparse
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import prepare
 from pipelines.layouts import LAYOUTS, ReleaseLayout
 from pipelines.search import SEARCHABLE, SearchConfig
 from tin.config import exits_on_usage_error, parse_config
 from tin.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from pipelines.demo import DemoConfig  # imports Ray
 
 MMIT_RECIPE: dict[str, Any] = {
     # The references' MMiT recipe: SGD at lr 0.02 for a batch of 64, cosine after one warm-up epoch.
@@ -280,17 +283,25 @@ def demo(argv: Sequence[str] | None = None) -> int:
     <workdir>/summary.json. Re-running reuses the data and finished trainings in --workdir.
     Starts a local Ray on 127.0.0.1, or attaches to RAY_ADDRESS.
     """
-    from pipelines.demo import QUICK, DemoConfig, comparison_table, run_demo, where_to_look
+    from pipelines.demo import comparison_table, run_demo, where_to_look
 
-    quick = argparse.ArgumentParser(add_help=False)
-    quick.add_argument(
-        "--quick", action="store_true", help="the CI-sized version (fewer models, classes, clips and epochs)"
-    )
-    defaults = QUICK if quick.parse_known_args(argv)[0].quick else None
-    config = parse_config(DemoConfig, argv, defaults=defaults, description=demo.__doc__, parents=[quick])
+    config = demo_config(argv)
     summary = run_demo(config)
     print()
     print(comparison_table(summary, len(config.motions)))
     print()
     print(where_to_look(config))
     return 0
+
+
+def demo_config(argv: Sequence[str] | None = None) -> DemoConfig:
+    """The demo's config: ``--quick`` makes ``pipelines.demo.QUICK`` the defaults, which the config
+    file and the other flags override like any defaults."""
+    from pipelines.demo import QUICK, DemoConfig
+
+    quick = argparse.ArgumentParser(add_help=False)
+    quick.add_argument(
+        "--quick", action="store_true", help="the CI-sized version (fewer models, classes, clips and epochs)"
+    )
+    defaults = QUICK if quick.parse_known_args(argv)[0].quick else None
+    return parse_config(DemoConfig, argv, defaults=defaults, description=demo.__doc__, parents=[quick])

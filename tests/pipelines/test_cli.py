@@ -215,6 +215,20 @@ def test_a_release_job_refuses_a_split_it_does_not_have(capsys, mmit_release):
     assert capsys.readouterr().err == "error: --split test: mmit has the splits train, val\n"
 
 
+# ---- the demo ----------------------------------------------------------------------------------
+
+
+def test_quick_demo_defaults_give_way_to_the_file_and_the_flags(config_file):
+    from pipelines.demo import QUICK, DemoConfig
+
+    path = config_file("epochs: 3\nmotions: [left, right]\n")
+    config = cli.demo_config(["--quick", "--config", path, "--workdir", "w", "--lr", "0.01"])
+    assert config == DemoConfig(**{**QUICK, "workdir": "w", "epochs": 3, "motions": ("left", "right"), "lr": 0.01})
+    assert cli.demo_config([]) == DemoConfig()
+    with pytest.raises(UsageError, match=r"--models must be one of tin_r18, .*, got 'tin_r19'"):
+        cli.demo_config(["--models", "tin_r19"])
+
+
 # ---- evaluation, prediction, export -------------------------------------------------------------
 
 
