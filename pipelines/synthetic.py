@@ -126,7 +126,7 @@ def _polygon_mask(vertices: np.ndarray, size: int) -> np.ndarray:
     inside = np.zeros((size, size), dtype=bool)
     x0, y0 = vertices[:, 0], vertices[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    for ax, ay, bx, by in zip(x0, y0, x1, y1):
+    for ax, ay, bx, by in zip(x0, y0, x1, y1, strict=True):
         if ay == by:
             continue
         crosses = (ay > ys) != (by > ys)
