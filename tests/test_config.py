@@ -67,7 +67,7 @@ def test_every_field_is_a_flag_with_its_default_and_nested_fields_keep_their_nam
         "--steps [STEPS ...] milestones (default: 10 20)",
         "inner: the inner settings",
         "--size SIZE frame side (default: 64)",
-        "--clip-frames FRAMES frames per clip (default: 16)",
+        "--clip-frames FRAMES frames per clip (config-file key: frames) (default: 16)",
         "--config FILE.yaml",
     ):
         assert text in shown

@@ -149,10 +149,6 @@ class _Option:
         return ".".join(self.path)
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _nested(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
@@ -163,7 +159,7 @@ def _settable(field: Field, exclude: Sequence[str]) -> bool:
 
 def _options(cls: type, exclude: Sequence[str] = (), path: tuple[str, ...] = ()) -> Iterator[tuple[Field, _Option]]:
     """(top-level field, option) for every settable leaf field, nested dataclasses expanded."""
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not _settable(field, exclude):
             continue
@@ -213,6 +209,8 @@ def _shown(value: Any) -> str:
 
 def _help(option: _Option, default: Any) -> str:
     text = option.field.metadata["help"]
+    if option.field.metadata.get("flag"):  # a flag of another name than its field's
+        text += f" (config-file key: {option.field.name})"
     if default is MISSING:
         text += " (required)"
     elif default not in (None, "", ()):  # unset or empty: the help says what happens then
@@ -239,17 +237,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mappi
         CONFIG_FLAG,
         metavar="FILE.yaml",
         default=argparse.SUPPRESS,
-        help="read settings from this YAML file: keys are the flags' names with underscores, a nested "
-        "section per group of flags; flags given on the command line override it",
+        help="read settings from this YAML file: keys are the flags' names with underscores (or the key "
+        "a flag's help names), a section per group of flags; flags given on the command line override it",
     )
     groups: dict[str, Any] = {}
     for top, option in _options(cls):
-        if len(option.path) == 1:
-            group = parser
-        else:
-            group = groups.get(top.name) or groups.setdefault(
-                top.name, parser.add_argument_group(top.name, top.metadata["help"])
-            )
+        group: Any = parser
+        if len(option.path) > 1:
+            if top.name not in groups:
+                groups[top.name] = parser.add_argument_group(top.name, top.metadata["help"])
+            group = groups[top.name]
         default = _lookup(defaults or {}, option.path)
         if default is MISSING:
             default = _field_default(option.field)
@@ -275,7 +272,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, defaults: Mapping[s
             file and the key), or what the config's ``validate()`` refuses.
     """
     given = vars(args)
-    values = _merged(defaults or {}, {})
+    values = dict(defaults or {})
     if "config" in given:
         values = _merged(values, load_config_file(cls, given["config"]))
     for _, option in _options(cls):
@@ -337,7 +334,7 @@ def _file_values(
     where = f" in section {'.'.join(section)!r}" if section else ""
     if not isinstance(values, dict):
         raise UsageError(f"{source}: expected a mapping of setting names to values{where}, got {values!r}")
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if _settable(field, exclude)}
     checked = {}
     for key, value in values.items():
@@ -444,7 +441,7 @@ def _build(cls: type, values: Mapping[str, Any], exclude: Sequence[str]) -> Any:
     unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     arguments = {}
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
