@@ -333,10 +333,13 @@ def write_chunk_manifest(
     Arrow: gathering a million Python objects in random order takes twice as long (cache misses).
     """
     permuted = _rows_batch(rows).take(pa.array(order))
-    with _staged_file(fs, chunk_manifest_path(root, split), root) as temporary:
-        with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, CHUNK_SCHEMA) as writer:
-            for start in range(0, permuted.num_rows, chunk_size):
-                writer.write_batch(permuted.slice(start, chunk_size))
+    with (
+        _staged_file(fs, chunk_manifest_path(root, split), root) as temporary,
+        pa.OSFile(temporary, "wb") as sink,
+        pa.ipc.new_file(sink, CHUNK_SCHEMA) as writer,
+    ):
+        for start in range(0, permuted.num_rows, chunk_size):
+            writer.write_batch(permuted.slice(start, chunk_size))
 
 
 def _chunk_rows(fs: fsspec.AbstractFileSystem, root: str, split: str, chunk: int) -> list[ManifestRow]:
@@ -370,7 +373,7 @@ class CrashJournal:
                 for kind, row, *_ in (line.split() for line in handle if line.strip()):
                     (started if kind == "start" else ended).add(int(row))
         self.crashed = started - ended
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for appends until close())
 
     def _write(self, line: str) -> None:
         self._handle.write(line + "\n")
@@ -535,7 +538,7 @@ def _read_markers(fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: 
         return {}
     paths = [marker_path(root, split, chunk) for chunk in chunks]
     contents = fs.cat_ranges(paths, None, None, on_error="raise")
-    return {chunk: json.loads(content) for chunk, content in zip(chunks, contents)}
+    return {chunk: json.loads(content) for chunk, content in zip(chunks, contents, strict=True)}
 
 
 def write_ledger(

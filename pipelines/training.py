@@ -172,13 +172,15 @@ def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
             continue
         if info.written(split) == 0:
             raise TrainingSetupError(
-                f"--data {config.data}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})"
+                f"--data {config.data}: split {split!r} ({flag}) has no clips "
+                f"(dataset.json lists {sorted(info.splits)})"
             )
         if not info.labelled(split):
             instead = "; train without validation with --val-split none" if flag == "--val-split" else ""
             raise TrainingSetupError(
-                f"{flag} {split}: split {split!r} of {config.data} has no labels (dataset.json marks it unlabelled), so it "
-                f"cannot be trained or validated on; predict on its videos instead (python -m tin.predict){instead}"
+                f"{flag} {split}: split {split!r} of {config.data} has no labels (dataset.json marks it "
+                f"unlabelled), so it cannot be trained or validated on; predict on its videos instead "
+                f"(python -m tin.predict){instead}"
             )
 
 
@@ -187,17 +189,18 @@ def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
     or stored frames that put the validation frames off the segment centres."""
     if not info.permuted(config.train_split):
         warn_about(
-            f"--data {config.data}: dataset.json records no shuffle seed for split {config.train_split!r}: it was written "
-            f"before ingest permuted the annotation rows, so its shards follow the annotation order, and as annotation "
-            f"lists ship sorted by class each shard may hold a single class, which makes batches of few classes. "
+            f"--data {config.data}: dataset.json records no shuffle seed for split {config.train_split!r}: it "
+            f"was written before ingest permuted the annotation rows, so its shards follow the annotation order, "
+            f"and as annotation lists ship sorted by class each shard may hold a single class, which makes "
+            f"batches of few classes. "
             f"Re-ingest it (jobs/prepare_dataset.py); until then --shuffle-buffer mixes a little"
         )
     frames, segments = info.frames_per_clip, config.num_segments
     if not centres_exact(frames, segments):
         warn_about(
-            f"--num-segments {segments} with {frames} stored frames per clip ({config.data}): validation and evaluation "
-            f"frames are off the segment centres, which needs the stored frames to be an odd multiple of the segments; "
-            f"ingest with --frames {3 * segments} or {5 * segments}"
+            f"--num-segments {segments} with {frames} stored frames per clip ({config.data}): validation and "
+            f"evaluation frames are off the segment centres, which needs the stored frames to be an odd "
+            f"multiple of the segments; ingest with --frames {3 * segments} or {5 * segments}"
         )
 
 
@@ -234,9 +237,7 @@ def with_resolved_locations(config: TrainConfig) -> TrainConfig:
     """``config`` with a local storage path made absolute and the MLflow URI defaulted: resolved in
     the driver, because Ray Train workers run in a per-run folder, not this working directory."""
     storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
-    return replace(
-        config, storage_path=storage_path, mlflow_uri=config.mlflow_uri or tracking.default_tracking_uri()
-    )
+    return replace(config, storage_path=storage_path, mlflow_uri=config.mlflow_uri or tracking.default_tracking_uri())
 
 
 def build_trainer(config: TrainConfig, callbacks: list | None = None, info: DatasetInfo | None = None) -> TorchTrainer:

@@ -55,7 +55,7 @@ class Evaluation:
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
     confusion: list[list[int]]
-    training: dict[str, str | None]
+    training: dict[str, Any]  # model, experiment, mlflow_uri (None: the default), run_key
 
     def top1_over(self, classes: Iterable[str]) -> float:
         """Top-1 accuracy over the clips of ``classes`` (single-label only)."""
@@ -127,7 +127,8 @@ def evaluate_checkpoint(
     config = meta["config"]
     temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
 
-    scores, labels = [], []
+    batch_scores: list[torch.Tensor] = []
+    labels: list[list[int]] = []
     for batch in _batches(iter_clips(data, split), batch_size):
         views = torch.stack(
             [
@@ -135,9 +136,9 @@ def evaluate_checkpoint(
                 for clip in batch
             ]
         )
-        scores.append(clip_probabilities(model, views, info.multi_label))
+        batch_scores.append(clip_probabilities(model, views, info.multi_label))
         labels.extend(clip.labels.tolist() for clip in batch)
-    scores = torch.cat(scores)
+    scores = torch.cat(batch_scores)
     metrics, per_class = (multi_label_metrics if info.multi_label else single_label_metrics)(scores, labels, classes)
     return Evaluation(
         checkpoint=str(checkpoint),

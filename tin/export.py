@@ -87,7 +87,7 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> to
     """The eval-mode ``model`` as an ONNX program (dynamic batch), interlace through the reference.
     Needs the ``ONNX_DEPENDENCIES`` installed."""
     with reference_only(), quiet_attribute_warnings():
-        return torch.onnx.export(
+        program = torch.onnx.export(
             model.eval(),
             (example_clips(num_segments, crop_size),),
             dynamo=True,
@@ -96,6 +96,9 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> to
             output_names=["logits"],
             dynamic_shapes=(batch_dimension(),),
         )
+    if program is None:  # only the TorchScript exporter (dynamo=False) returns none
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
+    return program
 
 
 def metadata(meta: dict) -> dict:
@@ -147,10 +150,10 @@ def export_checkpoint(
     num_segments, crop_size = meta["config"]["num_segments"], meta["config"]["crop_size"]
     described = json.dumps(metadata(meta))
     if output.suffix == ".onnx":
-        program = export_onnx(model, num_segments, crop_size)
-        program.model.metadata_props[METADATA_FILE] = described
-        program.save(str(output))
-        return program
+        onnx_program = export_onnx(model, num_segments, crop_size)
+        onnx_program.model.metadata_props[METADATA_FILE] = described
+        onnx_program.save(str(output))
+        return onnx_program
     program = export_model(model, num_segments, crop_size)
     torch.export.save(program, str(output), extra_files={METADATA_FILE: described})
     return program

@@ -126,7 +126,7 @@ def print_predictions(config: PredictConfig) -> int:
             continue
         predicted += 1
         print(prediction.path)
-        for name, probability in prediction.top:
+        for name, probability in prediction.top or ():
             print(f"  {probability:.4f}  {name}")
     if not predicted:
         print("error: none of the videos could be read", file=sys.stderr)

@@ -73,6 +73,8 @@ def find_run(tracking_uri: str, experiment: str, run_key: str) -> str | None:
 def log_params_once(params: dict) -> None:
     """Log params of the active run, skipping keys it already has (a resumed run re-logs them)."""
     run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_params_once: no active MLflow run")
     logged = MlflowClient().get_run(run.info.run_id).data.params
     fresh = {k: v for k, v in flatten(params).items() if k not in logged}
     if fresh:

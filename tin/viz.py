@@ -33,7 +33,7 @@ def plot_temporal_stats(stats: Mapping[str, Mapping[str, torch.Tensor]], path: s
     blocks = list(stats)
     offsets = torch.stack([stats[block]["offset"] for block in blocks]).detach().float().cpu()  # (L, G)
     weights = torch.stack([stats[block]["weight"] for block in blocks]).detach().float().cpu()  # (L, T, G)
-    layers, frames, groups = weights.shape
+    layers, _, groups = weights.shape
 
     figure = Figure(figsize=(4 + 2.2 * groups, 0.25 * layers + 2.5), layout="constrained")
     axes = figure.subplots(1, groups + 1, gridspec_kw={"width_ratios": [2] + [1] * groups})
@@ -51,7 +51,7 @@ def plot_temporal_stats(stats: Mapping[str, Mapping[str, torch.Tensor]], path: s
     return figure
 
 
-def plot_training_curves(history: list[Mapping[str, float]], path: str | Path | None = None) -> Figure:
+def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Path | None = None) -> Figure:
     """Losses (left) and accuracy / mAP metrics (right) per epoch.
 
     Args:
@@ -67,8 +67,8 @@ def plot_training_curves(history: list[Mapping[str, float]], path: str | Path | 
     keys = [key for key in history[-1] if key.startswith(("train_", "val_")) and key != "val_clips"]
     for key in keys:
         axis = losses if key.endswith("loss") else scores
-        points = [(epoch, values[key]) for epoch, values in zip(epochs, history) if key in values]
-        axis.plot(*zip(*points), marker="o", label=key)
+        points = [(epoch, values[key]) for epoch, values in zip(epochs, history, strict=True) if key in values]
+        axis.plot(*zip(*points, strict=True), marker="o", label=key)
     losses.set(title="loss", xlabel="epoch")
     scores.set(title="accuracy / mAP", xlabel="epoch", ylim=(0, 1))
     for axis in (losses, scores):
@@ -101,7 +101,7 @@ def plot_metric_against_params(
     axes = figure.subplots(1, len(params), squeeze=False)[0]
     scores = [trial[metric] for trial in trials]
     epochs = [trial.get("epochs", 0) for trial in trials]
-    for axis, param in zip(axes, params):
+    for axis, param in zip(axes, params, strict=True):
         values = [trial[param] for trial in trials]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             positions = values

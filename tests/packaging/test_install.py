@@ -33,16 +33,33 @@ def test_a_wheel_in_a_fresh_venv_compiles_and_runs_the_kernels(tmp_path):
     """Build the wheel, install it (no dependencies) into a new virtual environment that sees this
     environment's packages only through a path file, and run the operator there from another
     directory: the kernel sources must travel in the wheel."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(REPO)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+    )
     wheel = next((tmp_path / "dist").glob("tin_on_ray-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
-                   check=True)
-    venv_site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                             text=True).strip())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True
+    )
+    venv_site = Path(
+        subprocess.check_output(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
+    )
     (venv_site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")  # torch, numpy, ...
     assert (venv_site / "tin" / "ops" / "csrc" / "interlace_cpu.cpp").is_file()
 

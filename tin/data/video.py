@@ -50,7 +50,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
     import av
 
     try:
-        with av.open(_as_file(source)) as container:
+        with av.open(_as_file(source), mode="r") as container:
             if not container.streams.video:
                 raise VideoError("no video stream in the file (audio only or not a video)")
             stream = container.streams.video[0]
@@ -125,7 +125,7 @@ def _decode_pyav(source: VideoSource, indices: np.ndarray, size: tuple[int, int]
     height, width = size
     wanted = np.unique(indices)
     picked: dict[int, np.ndarray] = {}
-    with av.open(_as_file(source)) as container:
+    with av.open(_as_file(source), mode="r") as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
         for position, frame in enumerate(container.decode(stream)):

@@ -135,7 +135,11 @@ class VideoResNet(nn.Module):
         """
         stats = {}
         for name, module in self.named_modules():
-            if isinstance(module, TemporalInterlace) and module.last_offset is not None and module.last_weight is not None:
+            if (
+                isinstance(module, TemporalInterlace)
+                and module.last_offset is not None
+                and module.last_weight is not None
+            ):
                 stats[name.removesuffix(".conv1.temporal")] = {
                     "offset": module.last_offset.mean(dim=0),
                     "weight": module.last_weight.mean(dim=0),

@@ -129,8 +129,8 @@ def find_cuda_toolkit(
         environ: where CUDA_HOME, CUDA_PATH and PATH are read.
         installed: the last candidates, in order.
     """
-    rejected = []
-    seen = set()
+    rejected: list[str] = []
+    seen: set[Path] = set()
     for label, root in _toolkit_candidates(environ, installed_toolkits() if installed is None else installed):
         if root in seen:
             continue

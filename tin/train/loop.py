@@ -26,6 +26,7 @@ from torch import nn
 from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
 from tin.models import build_model, param_groups
+from tin.safe_load import CheckpointError
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
 from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
@@ -67,12 +68,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         warmup_epochs=config.warmup_epochs,
         milestones=config.lr_steps,
     )
-    if state.optimizer:
+    if state.optimizer is not None and state.scheduler is not None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
 
     recorder = RunRecorder(config, facts, enabled=rank == 0)
-    recorder.workers_placed(gather_objects(ray.util.get_node_ip_address()), state.epoch)
+    recorder.workers_placed([str(node) for node in gather_objects(ray.util.get_node_ip_address())], state.epoch)
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
@@ -136,7 +137,10 @@ def restore_state(model: nn.Module) -> TrainingState:
     if checkpoint is None:
         return TrainingState()
     with checkpoint.as_directory() as directory:
-        state = load_state(Path(directory) / CHECKPOINT_FILE)
+        path = Path(directory) / CHECKPOINT_FILE
+        state = load_state(path)
+    if state.model is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no model weights")
     model.load_state_dict(state.model)
     return state
 
