@@ -49,7 +49,7 @@ epochs; still enough for TIN to tell left from right while TSN cannot."""
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's dataset and training recipe (about 10 minutes on 2 CPUs).
+    """The demo's dataset and training recipe.
 
     From scratch (no ImageNet weights) on a few hundred clips, what made the models learn motion
     within minutes: bright objects on dark backgrounds (see ``pipelines.synthetic``), AdamW instead

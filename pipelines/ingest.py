@@ -328,9 +328,9 @@ def write_chunk_manifest(
     """Write ``rows`` in ``order`` as ``chunk_manifest_path``, record batch i = chunk i.
 
     An Arrow IPC file, because a task reads its own batch alone: the footer gives every batch's
-    offset in a few bytes (a Parquet footer with one row group per chunk is 10 MB at 15k chunks,
-    and every task would read it). The columns are built in annotation order and then permuted by
-    Arrow: gathering a million Python objects in random order takes twice as long (cache misses).
+    offset in a few bytes (a Parquet footer with one row group per chunk grows with the chunks,
+    and every task would read all of it). The columns are built in annotation order and then
+    permuted by Arrow, since gathering the Python objects in random order is slower (cache misses).
     """
     permuted = _rows_batch(rows).take(pa.array(order))
     with (

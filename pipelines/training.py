@@ -79,8 +79,8 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     """A Ray dataset of the decoded, augmented clips of one split: one pass over its shards.
 
     The shard files are listed once, in the driver (``shard_list``), and one task reads and
-    decodes a shard (a ``read_parquet`` would list them again at every execution: 12 s before the
-    first batch on 2 CPUs). Every epoch's ``iter_torch_batches`` executes the dataset again; in
+    decodes a shard (a ``read_parquet`` would list them again at every execution, before every
+    epoch's first batch). Every epoch's ``iter_torch_batches`` executes the dataset again; in
     training each execution takes the shards in a new order (``randomize_block_order`` seeded by
     ``config.seed`` and Ray Data's count of executions: reproducible, and different every epoch)
     and ``decode_shards`` reads the rows of every shard in a new order.
