@@ -343,33 +343,3 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
     ]
     assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
     assert run.data.params["config.optimizer"] == "adamw"
-
-
-def test_dataset_and_checkpoints_on_s3(single_label_root, tmp_path, monkeypatch):
-    """Read the shards from s3:// and keep the checkpoints there, against moto's server on 127.0.0.1."""
-    import boto3
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for name, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(name, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="tin")
-        store = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})
-        store.put(single_label_root, "tin/data", recursive=True)
-        config = tiny_config("s3://tin/data", tmp_path, "on_s3", epochs=1, num_workers=1, storage_path="s3://tin/runs")
-        result = train(config)
-        assert result.error is None
-        checkpoints = [p for p in store.ls("tin/runs/on_s3") if p.split("/")[-1].startswith("checkpoint_2")]
-        assert checkpoints and store.exists(f"{checkpoints[-1]}/{CHECKPOINT_FILE}")
-    finally:
-        server.stop()
