@@ -110,8 +110,10 @@ def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], descript
     """A training job: ``recipe`` gives the defaults of the flags; prints the last epoch's metrics
     and the checkpoint."""
     config = parse_config(TrainConfig, argv, defaults=recipe, description=description)
-    from pipelines.training import run_summary
+    from pipelines.training import run_summary, show_data_warnings_as_lines
     from pipelines.training import train as run
+
+    show_data_warnings_as_lines()
 
     result = run(config)
     if result.error:
@@ -249,8 +251,10 @@ def tune_tin(argv: Sequence[str] | None = None) -> int:
     """
     description = f"{inspect.cleandoc(tune_tin.__doc__ or '')}\n\nsearched dimensions: {', '.join(SEARCHABLE)}"
     search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=description)
+    from pipelines.training import show_data_warnings_as_lines
     from pipelines.tuning import run_search
 
+    show_data_warnings_as_lines()
     outcome = run_search(search)
     print(f"\n{outcome.table}\n")
     if outcome.best is None:
@@ -284,8 +288,10 @@ def demo(argv: Sequence[str] | None = None) -> int:
     Starts a local Ray on 127.0.0.1, or attaches to RAY_ADDRESS.
     """
     from pipelines.demo import comparison_table, run_demo, where_to_look
+    from pipelines.training import show_data_warnings_as_lines
 
     config = demo_config(argv)
+    show_data_warnings_as_lines()
     summary = run_demo(config)
     print()
     print(comparison_table(summary, len(config.motions)))

@@ -9,6 +9,7 @@ evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import asdict, replace
 from typing import Any
@@ -42,10 +43,24 @@ class TrainingDataWarning(UserWarning):
 
 
 def warn_about(message: str) -> None:
-    """A ``TrainingDataWarning`` for callers, and the same line printed for job logs (Python shows
-    a warning once per place, and a filter may hide it)."""
+    """A ``TrainingDataWarning``; jobs show it as one line (``show_data_warnings_as_lines``)."""
     warnings.warn(message, TrainingDataWarning, stacklevel=2)
-    print(f"warning: {message}", flush=True)
+
+
+def show_data_warnings_as_lines() -> None:
+    """Show every ``TrainingDataWarning`` as one ``warning: <message>`` line on stderr, each time
+    it is raised: a job's console then reads like its other lines (not Python's file:line and
+    source pair), and a resumed run warns again. Other warnings keep Python's display."""
+    warnings.simplefilter("always", TrainingDataWarning)
+    show_others = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, TrainingDataWarning):
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            show_others(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def shard_paths(root: str, split: str) -> tuple[Any, list[str]]:
