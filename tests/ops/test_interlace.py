@@ -213,7 +213,9 @@ def test_torch_compile_fullgraph_matches_eager(device):
     def block(x, offset, weight):
         return temporal_shift(interlace(x, offset, weight, 4, 8).relu(), 4).sum(dim=1)
 
-    x, offset, weight = make_inputs(2, 4, 16, 2, (4, 4), dtype=torch.float32, device=device)
+    # float64: the compiled graph sums the offset and weight gradients in another order, which
+    # float32 resolves only to about 1e-5
+    x, offset, weight = make_inputs(2, 4, 16, 2, (4, 4), device=device)
     out = torch.compile(block, fullgraph=True)(x, offset, weight)
     grads = torch.autograd.grad(out.square().sum(), (x, offset, weight))
     expected = block(x, offset, weight)
