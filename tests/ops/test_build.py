@@ -64,6 +64,7 @@ def test_disabled_extension_uses_the_reference(tmp_path):
     assert outcome == {"devices": [], "same": True, "warnings": []}
 
 
+@pytest.mark.slow
 def test_a_failed_build_is_recorded_and_not_retried(tmp_path):
     """The first process runs the broken compiler and records the failure; the next skips the build
     with a warning naming the record; TIN_REBUILD_EXTENSION=1 tries again."""
@@ -199,6 +200,7 @@ def test_this_machines_nvcc_wrapper_resolves_to_usr_local_cuda():
     assert search.root == SYSTEM_TOOLKIT
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_extension.cuda_toolkit().root is None, reason="no CUDA toolkit found")
 def test_cuda_sources_compile_with_nvcc(tmp_path):
     """The CUDA kernels compile for Hopper with PyTorch's flags, with or without a GPU present."""
