@@ -45,6 +45,7 @@ from pipelines.search import (
 )
 from pipelines.training import build_trainer, check_config, with_resolved_locations
 from tin import tracking, viz
+from tin.config import read_yaml_file
 from tin.data import DatasetInfo
 from tin.models.build import TEMPORAL_OPTION_NAMES, TEMPORAL_OPTIONS
 from tin.train.config import TrainConfig, TrainingSetupError
@@ -111,16 +112,7 @@ class SearchOutcome:
 
 def load_space_file(path: str) -> dict[str, Any]:
     """A space file (YAML, or JSON, which YAML reads too): ``{dimension: spec}``; see ``parse_space``."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise TrainingSetupError(f"--space {path}: cannot read it ({error.strerror})") from error
-    try:
-        space = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise TrainingSetupError(f"--space {path}: not valid YAML or JSON: {error}") from error
+    space = read_yaml_file(path, f"--space {path}", kind="YAML or JSON")
     if not isinstance(space, dict) or not space:
         raise TrainingSetupError(
             f"--space {path}: expected a mapping of dimension -> values, e.g. {json.dumps({'groups': [1, 2, 4]})}"

@@ -309,6 +309,19 @@ def parse_config(
 # ---- config files ------------------------------------------------------------------------------
 
 
+def read_yaml_file(path: str, source: str, kind: str = "YAML") -> Any:
+    """The parsed contents of a YAML file; a ``UsageError`` starting with ``source`` (the flag and
+    path) when it cannot be read or is not ``kind``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise UsageError(f"{source}: cannot read it ({error.strerror})") from error
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{source}: not valid {kind}: {error}") from error
+
+
 def load_config_file(cls: type, path: str) -> dict[str, Any]:
     """The settings of a YAML config file for ``cls``, each checked against its field's type.
 
@@ -317,14 +330,7 @@ def load_config_file(cls: type, path: str) -> dict[str, Any]:
             the valid ones) or a value of the wrong type.
     """
     source = f"{CONFIG_FLAG} {path}"
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise UsageError(f"{source}: cannot read it ({error.strerror})") from error
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UsageError(f"{source}: not valid YAML: {error}") from error
+    values = read_yaml_file(path, source)
     return _file_values(cls, {} if values is None else values, source, (), ())
 
 
