@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class PretrainedReport:
         skipped: checkpoint keys left out on purpose (its ``fc.`` classifier).
         missing: model keys the checkpoint did not provide (expected: temporal modules and head).
         unexpected: checkpoint keys the model has no place for.
+        new: the missing keys that are new modules, expected to be missing; None: the ResNet rule
+            (temporal modules and the head).
     """
 
     path: str
@@ -34,16 +37,18 @@ class PretrainedReport:
     skipped: list[str]
     missing: list[str]
     unexpected: list[str]
+    new: list[str] | None = None
 
     @property
     def missing_trunk(self) -> list[str]:
         """Missing keys other than the expected new ones: trunk tensors left at random init."""
-        return [key for key in self.missing if not _is_new_parameter(key)]
+        new = self.new if self.new is not None else [key for key in self.missing if _is_new_parameter(key)]
+        return [key for key in self.missing if key not in new]
 
     def __str__(self) -> str:
         lines = [
             f"pretrained {self.path}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped)} "
-            f"({', '.join(self.skipped) or 'none'}), {len(self.missing)} missing "
+            f"({_abbreviated(self.skipped)}), {len(self.missing)} missing "
             f"({len(self.missing) - len(self.missing_trunk)} new temporal/head tensors), "
             f"{len(self.unexpected)} unexpected"
         ]
@@ -71,7 +76,31 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
     state = _read_state_dict(path)
     skipped = sorted(key for key in state if key.startswith(CHECKPOINT_HEAD_PREFIX))
     state = {key: tensor for key, tensor in state.items() if not key.startswith(CHECKPOINT_HEAD_PREFIX)}
+    return load_checked(model, state, str(path), skipped, _is_new_parameter, "is it the right ResNet depth?")
 
+
+def load_checked(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str,
+    skipped: list[str],
+    is_new: Callable[[str], bool],
+    hint: str,
+) -> PretrainedReport:
+    """Load ``state`` into ``model`` (``strict=False``) after checking the shapes; log and return the report.
+
+    Args:
+        model: the model to initialise.
+        state: model key -> tensor, already renamed to the model's keys.
+        path: the checkpoint file, for messages.
+        skipped: checkpoint keys left out on purpose, for the report.
+        is_new: whether a model key belongs to a new module (expected to be missing).
+        hint: what a shape mismatch suggests, e.g. "is it the right ResNet depth?".
+
+    Raises:
+        CheckpointError: a tensor's shape differs from the model's; the message names the file and the
+            first mismatches.
+    """
     own = model.state_dict()
     mismatched = [
         f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}"
@@ -81,18 +110,28 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
     if mismatched:
         raise CheckpointError(
             f"pretrained checkpoint {path} does not fit the model ({len(mismatched)} shape mismatches, "
-            f"is it the right ResNet depth?): " + "; ".join(mismatched[:5])
+            f"{hint}): " + "; ".join(mismatched[:5])
         )
     result = model.load_state_dict(state, strict=False)
+    missing = sorted(result.missing_keys)
     report = PretrainedReport(
-        path=str(path),
+        path=path,
         loaded=sorted(key for key in state if key in own),
-        skipped=skipped,
-        missing=sorted(result.missing_keys),
+        skipped=sorted(skipped),
+        missing=missing,
         unexpected=sorted(result.unexpected_keys),
+        new=[key for key in missing if is_new(key)],
     )
     log.log(logging.WARNING if report.missing_trunk or report.unexpected else logging.INFO, "%s", report)
     return report
+
+
+def _abbreviated(keys: list[str], shown: int = 8) -> str:
+    """The first ``shown`` keys, then how many more (a CLIP file skips its whole text tower)."""
+    if not keys:
+        return "none"
+    more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _is_new_parameter(key: str) -> bool:

@@ -1,0 +1,382 @@
+"""STAM (Sharir et al., "An Image is Worth 16x16 Words, What is a Video Worth?"): a ViT applied to every
+frame, and a small transformer over the frames' class tokens.
+
+The per-frame ViT is timm's ``VisionTransformer`` under ``backbone.`` (timm names, so MIIL ImageNet-21K
+and STAM checkpoints load key for key); the temporal encoder is ``temporal`` and the classifier
+``head``. timm is imported when a model is built, never when ``tin.models`` is imported (Ray Data
+workers import tin).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tin.data.transforms import INPUT_NORMS
+from tin.models.pretrained import PretrainedReport
+from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed, resize_temporal_embed
+
+log = logging.getLogger(__name__)
+
+STAM_INPUT_NORMS = ("miil", "imagenet")
+"""The input normalisations (``tin.data.transforms.INPUT_NORMS``) STAM offers: MIIL's ImageNet-21K ViT and
+STAM take pixels / 255 with no mean or std."""
+
+AGGREGATIONS = ("transformer", "mean")
+
+STAM_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "stam_b16": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "stam_tiny": {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4},
+}
+"""The per-frame ViT of each variant: ViT-B/16, and a tiny ViT for CPU tests and demos."""
+
+STAM_VARIANTS: dict[str, dict[str, Any]] = {
+    "stam_b16": {
+        "qkv_bias": True,  # STAM's checkpoints; build with False for the MIIL ImageNet-21K ViT
+        "temporal_depth": 6,
+        "temporal_heads": 8,
+        "temporal_ffn": 2048,
+        "temporal_dropout": 0.1,
+        "aggregation": "transformer",
+        "drop_path": 0.0,
+        "grad_checkpointing": False,
+        "dropout": 0.0,
+        "norm_eps": 1e-5,  # STAM's; 1e-6 for the MIIL ImageNet-21K ViT
+        "input_norm": "miil",
+        "pretrained": None,
+    },
+    "stam_tiny": {
+        "qkv_bias": True,
+        "temporal_depth": 2,
+        "temporal_heads": 4,
+        "temporal_ffn": 256,
+        "temporal_dropout": 0.0,
+        "aggregation": "transformer",
+        "drop_path": 0.0,
+        "grad_checkpointing": False,
+        "dropout": 0.0,
+        "norm_eps": 1e-5,
+        "input_norm": "miil",
+        "pretrained": None,
+    },
+}
+"""Each variant's options (what ``stam_b16``/``stam_tiny`` and ``build_model`` accept) and their defaults;
+``pretrained`` is a local MIIL or STAM file (``tin.models.vit_weights``)."""
+
+NO_DECAY_NAMES = ("cls_token", "pos_embed")
+"""Parameters kept out of weight decay besides those with fewer than 2 dimensions."""
+
+
+class TemporalEncoder(nn.Module):
+    """STAM's temporal aggregation: a class token and position embedding prepended to the frames' class
+    tokens, a post-norm ``nn.TransformerEncoder`` (ReLU FFN) with a final LayerNorm; the output is the
+    class token.
+
+    Linear weights start trunc-normal(0.02) with zero biases (STAM's initialisation), the attention
+    input projections Xavier-uniform (PyTorch's), drawn afresh for every layer: ``nn.TransformerEncoder``
+    deep-copies one layer, which would start all of them identical.
+
+    Args:
+        embed_dim: D.
+        num_frames: T; the position embedding has T + 1 rows.
+        depth: encoder layers.
+        num_heads: attention heads (D must be divisible by them).
+        ffn: hidden width of each layer's feed-forward network.
+        dropout: dropout inside the encoder layers.
+        norm_eps: LayerNorm eps.
+
+    Shape:
+        input ``(N, T, D)`` -> output ``(N, D)``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_frames: int,
+        depth: int,
+        num_heads: int,
+        ffn: int,
+        dropout: float,
+        norm_eps: float,
+    ) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.empty(1, num_frames + 1, embed_dim))
+        layer = nn.TransformerEncoderLayer(
+            embed_dim,
+            num_heads,
+            ffn,
+            dropout,
+            activation="relu",
+            layer_norm_eps=norm_eps,
+            batch_first=True,
+            norm_first=False,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, depth, norm=nn.LayerNorm(embed_dim, eps=norm_eps), enable_nested_tensor=False
+        )
+        self._init_weights()
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls_token.expand(frames.shape[0], -1, -1), frames], dim=1) + self.pos_embed
+        return self.encoder(tokens)[:, 0]
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.encoder.modules():
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                nn.init.xavier_uniform_(module.in_proj_weight)  # PyTorch's own initialisation, drawn per layer
+            elif isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+
+class STAM(nn.Module):
+    """A ViT run on every frame, its post-norm class tokens aggregated over time, and a linear head.
+
+    ``aggregation="transformer"`` is STAM's temporal encoder (``TemporalEncoder``); ``"mean"`` averages
+    the frames' class tokens instead, an order-blind ablation that builds no temporal encoder.
+
+    Args:
+        num_classes: K.
+        num_segments: T, frames per clip; inputs must have exactly T frames.
+        image_size: S, the square input size; a multiple of patch_size.
+        patch_size: ViT patch size.
+        embed_dim: D.
+        depth: ViT blocks.
+        num_heads: ViT attention heads.
+        qkv_bias: whether the ViT's q/k/v projections have biases (STAM's checkpoints: yes; MIIL's
+            ImageNet-21K ViT: no).
+        temporal_depth: temporal encoder layers.
+        temporal_heads: temporal encoder attention heads.
+        temporal_ffn: temporal encoder feed-forward width.
+        temporal_dropout: dropout inside the temporal encoder.
+        aggregation: ``"transformer"`` or ``"mean"``.
+        drop_path: stochastic depth rate of the ViT blocks.
+        grad_checkpointing: recompute the ViT blocks in the backward pass (non-reentrant) to save memory.
+        dropout: dropout before the head.
+        norm_eps: LayerNorm eps of the ViT and the temporal encoder (STAM 1e-5, MIIL 1e-6).
+        input_norm: ``"miil"`` (mean 0, std 1: pixels / 255) or ``"imagenet"``; sets ``input_mean`` and
+            ``input_std``, which the training loop normalises with.
+
+    Shape:
+        input ``(N, T, 3, S, S)`` float, normalised -> logits ``(N, K)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        num_segments: int,
+        image_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        qkv_bias: bool,
+        temporal_depth: int,
+        temporal_heads: int,
+        temporal_ffn: int,
+        temporal_dropout: float,
+        aggregation: str,
+        drop_path: float,
+        grad_checkpointing: bool,
+        dropout: float,
+        norm_eps: float,
+        input_norm: str,
+    ) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        if image_size % patch_size:
+            raise ValueError(f"STAM: image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"STAM: aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+        if input_norm not in STAM_INPUT_NORMS:
+            raise ValueError(f"STAM: input_norm must be one of {', '.join(STAM_INPUT_NORMS)}, got {input_norm!r}")
+        self.num_segments = num_segments
+        self.image_size = image_size
+        self.grid = image_size // patch_size
+        self.norm_eps = norm_eps
+        self.input_mean, self.input_std = INPUT_NORMS[input_norm]
+        self.backbone = VisionTransformer(
+            img_size=image_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            num_classes=0,
+            global_pool="token",
+            drop_path_rate=drop_path,
+            norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+        )
+        self.backbone.set_grad_checkpointing(grad_checkpointing)
+        self.temporal = (
+            TemporalEncoder(
+                embed_dim, num_segments, temporal_depth, temporal_heads, temporal_ffn, temporal_dropout, norm_eps
+            )
+            if aggregation == "transformer"
+            else None
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        self._check_clips(clips)
+        clips_n, frames = clips.shape[:2]
+        tokens = self.backbone(clips.flatten(0, 1)).view(clips_n, frames, -1)  # (N, T, D) post-norm class tokens
+        pooled = tokens.mean(dim=1) if self.temporal is None else self.temporal(tokens)  # (N, D)
+        return self.head(self.dropout(pooled))
+
+    def auxiliary_loss(self) -> None:
+        """STAM has no auxiliary loss."""
+        return None
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing in STAM depends on the epoch."""
+
+    def temporal_stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """STAM learns no offsets or points to show."""
+        return {}
+
+    def param_roles(self) -> dict[str, tuple[str, bool]]:
+        """Every parameter's optimiser role and whether it is kept out of weight decay.
+
+        Returns:
+            ``{name: (role, no_decay)}``: role ``backbone:<i>`` (i = 0 for the patch embedding, class
+            token and position embedding, i + 1 for ``blocks.i``, depth + 1 for the final norm),
+            ``temporal`` (the temporal encoder with its class token and position embedding) or ``head``;
+            no_decay for parameters with fewer than 2 dimensions and for the tokens/embeddings.
+        """
+        depth = len(self.backbone.blocks)
+        return {
+            name: (_role(name, depth), parameter.ndim < 2 or name.endswith(NO_DECAY_NAMES))
+            for name, parameter in self.named_parameters()
+        }
+
+    def load_pretrained(self, path: str | Path) -> PretrainedReport:
+        """Initialise from a MIIL ImageNet-21K ViT (backbone only) or a STAM checkpoint (backbone,
+        temporal encoder, and the head when it has K outputs).
+
+        The backbone's position embedding is resampled when the patch grid differs, STAM's temporal
+        one when T differs. Build with the file's ``qkv_bias`` (MIIL: False) and ``norm_eps`` (MIIL:
+        1e-6): missing q/k/v biases are reported as trunk tensors left random, and an eps that differs
+        from the file's is logged as a warning. The report is logged and returned.
+
+        Raises:
+            CheckpointError: see ``read_vit_weights`` and ``load_into`` (e.g. a CLIP file, or a file of
+                another ViT size).
+        """
+        weights = read_vit_weights(path, "stam")
+        if weights.norm_eps != self.norm_eps:
+            log.warning(
+                "pretrained %s (%s) was trained with LayerNorm eps %g, the model has norm_eps=%g; build it with "
+                "norm_eps=%g to match",
+                weights.path,
+                weights.format,
+                weights.norm_eps,
+                self.norm_eps,
+                weights.norm_eps,
+            )
+        state = {f"backbone.{key}": tensor for key, tensor in weights.backbone.items()}
+        if "backbone.pos_embed" in state:
+            state["backbone.pos_embed"] = resize_pos_embed(state["backbone.pos_embed"], self.grid)
+        skipped = list(weights.skipped)
+        if self.temporal is None:
+            skipped += weights.temporal
+        else:
+            state.update(weights.temporal)
+            if "temporal.pos_embed" in state:
+                state["temporal.pos_embed"] = resize_temporal_embed(state["temporal.pos_embed"], self.num_segments, 1)
+        own = self.state_dict()
+        if all(tensor.shape == own[key].shape for key, tensor in weights.head.items()):
+            state.update(weights.head)
+        else:
+            skipped += weights.head  # a classifier of other classes (STAM's is Kinetics-400)
+        return load_into(self, state, weights.path, _is_new, skipped)
+
+    def _check_clips(self, clips: torch.Tensor) -> None:
+        expected = (self.num_segments, 3, self.image_size, self.image_size)
+        if not isinstance(clips, torch.Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != expected:
+            shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
+            raise ValueError(
+                f"{type(self).__name__}: expected clips of shape (N, T, 3, S, S) with T = num_segments = "
+                f"{self.num_segments} and S = image_size = {self.image_size}, got {shape}"
+            )
+        if not clips.is_floating_point():
+            raise ValueError(f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}")
+
+
+def stam_b16(num_classes: int, num_segments: int, image_size: int = 224, **options: Any) -> STAM:
+    """STAM with a ViT-B/16 per frame and a 6-layer temporal encoder (119,205,520 parameters at K=400, T=16).
+
+    Args:
+        num_classes: K.
+        num_segments: T.
+        image_size: S, a multiple of 16.
+        **options: ``STAM_VARIANTS["stam_b16"]``; an option given as None (e.g. ``dropout=None``) takes its
+            default. ``pretrained``: a local MIIL or STAM file (``STAM.load_pretrained``).
+
+    Raises:
+        ValueError: unknown option or bad value; CheckpointError: see ``STAM.load_pretrained``.
+    """
+    return _build("stam_b16", num_classes, num_segments, image_size, options)
+
+
+def stam_tiny(num_classes: int, num_segments: int, image_size: int = 32, **options: Any) -> STAM:
+    """STAM with a tiny ViT per frame (patch 8, D=128, 4 blocks, 4 heads) and a 2-layer, 4-head temporal
+    encoder of FFN width 256 without dropout, for CPU tests and demos (1,087,751 parameters at K=7, 32², T=8).
+
+    Args: as ``stam_b16``, with ``STAM_VARIANTS["stam_tiny"]``; image_size a multiple of 8.
+    """
+    return _build("stam_tiny", num_classes, num_segments, image_size, options)
+
+
+def _build(variant: str, num_classes: int, num_segments: int, image_size: int, options: dict[str, Any]) -> STAM:
+    defaults = STAM_VARIANTS[variant]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{variant}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(defaults))}"
+        )
+    settings = {**defaults, **{name: value for name, value in options.items() if value is not None}}
+    pretrained = settings.pop("pretrained")
+    model = STAM(
+        num_classes=num_classes,
+        num_segments=num_segments,
+        image_size=image_size,
+        **STAM_ARCHITECTURES[variant],
+        **settings,
+    )
+    if pretrained is not None:
+        model.load_pretrained(pretrained)
+    return model
+
+
+def _role(name: str, depth: int) -> str:
+    """A parameter's role by name: ``backbone:<layer>``, ``temporal`` or ``head``."""
+    if name.startswith("temporal."):
+        return "temporal"
+    if name.startswith("head."):
+        return "head"
+    inner = name.removeprefix("backbone.")
+    if inner.startswith("blocks."):
+        return f"backbone:{int(inner.split('.')[1]) + 1}"
+    if inner.startswith("norm."):
+        return f"backbone:{depth + 1}"
+    return "backbone:0"
+
+
+def _is_new(key: str) -> bool:
+    """Model keys no ViT-pretrained file need provide: the temporal encoder and the video head."""
+    return key.startswith(("temporal.", "head."))
