@@ -1,10 +1,12 @@
-"""One training step (forward, backward, SGD) of TIN, TSM and TSN ResNet-50 on the same batch.
+"""One training step (forward, backward, optimiser) of TIN, TSM and TSN ResNet-50, STAM-B/16 and
+ILA-B/32 on the same batch, each with its family's recipe optimiser (SGD for the ResNets, AdamW
+for the ViTs) and ILA's alignment loss.
 
 The models are timed round-robin in one run (one step of each in turn, so load from other processes
-hits all of them alike) after a warm-up; the table gives the median step time, clips/s and the
-ratios TIN/TSN and TSM/TSN.
+hits all of them alike) after a warm-up; the table gives the median step time, clips/s and each
+model's ratio to TSN.
 
-    python bench/step.py                    # CPU: 2 clips x 8 frames x 112x112, float32
+    python bench/step.py                    # CPU: 2 clips x 8 frames x 128x128, float32
     python bench/step.py --device cuda      # GPU: 8 clips x 8 frames x 224x224, bf16 autocast, channels_last
 """
 
@@ -18,28 +20,32 @@ import time
 import torch
 from torch import nn
 
-from tin.models import build_model, param_groups
+from tin.models import build_model
+from tin.models.protocol import video_model
 from tin.ops import compiled_devices
+from tin.train.config import TrainConfig
+from tin.train.loop import build_optimizer
 
-MODELS = ("tin_r50", "tsm_r50", "tsn_r50")
+MODELS = ("tin_r50", "tsm_r50", "tsn_r50", "stam_b16", "ila_b32")
 NUM_CLASSES = 400
 
 
 class TrainingStep:
-    """A model with its SGD optimiser; calling it runs one step on (clips, labels)."""
+    """A model with its recipe's optimiser; calling it runs one step on (clips, labels)."""
 
-    def __init__(self, name: str, device: torch.device, num_segments: int) -> None:
-        self.model = build_model(name, NUM_CLASSES, num_segments).to(device).train()
+    def __init__(self, name: str, device: torch.device, num_segments: int, size: int) -> None:
+        self.model = build_model(name, NUM_CLASSES, num_segments, image_size=size).to(device).train()
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, lr=0.01, weight_decay=1e-4), lr=0.01, momentum=0.9)
+        self.optimizer = build_optimizer(self.model, TrainConfig(data="", model=name))
         self.device = device
 
     def __call__(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = nn.functional.cross_entropy(self.model(clips), labels)
-        loss.backward()
+        auxiliary = video_model(self.model).auxiliary_loss()
+        (loss if auxiliary is None else loss + auxiliary).backward()
         self.optimizer.step()
 
 
@@ -59,7 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--batch", type=int, help="clips per step (default 8 on GPU, 2 on CPU)")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, help="frame size (default 224 on GPU, 112 on CPU)")
+    parser.add_argument("--size", type=int, help="frame size (default 224 on GPU, 128 on CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -67,12 +73,12 @@ def main() -> None:
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     batch = args.batch or (8 if on_gpu else 2)
-    size = args.size or (224 if on_gpu else 112)
+    size = args.size or (224 if on_gpu else 128)
 
     generator = torch.Generator().manual_seed(0)
     clips = torch.randn(batch, args.frames, 3, size, size, generator=generator).to(device)
     labels = torch.randint(NUM_CLASSES, (batch,), generator=generator).to(device)
-    steps = {name: TrainingStep(name, device, args.frames) for name in args.models}
+    steps = {name: TrainingStep(name, device, args.frames, size) for name in args.models}
     print(
         f"{device} ({torch.cuda.get_device_name(device) if on_gpu else f'{torch.get_num_threads()} threads'}), "
         f"compiled kernels on {sorted(compiled_devices())}, batch {batch} x {args.frames} x {size}x{size}, "

@@ -70,20 +70,21 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
         )
         for i in range(0, len(views) - args.batch_size + 1, args.batch_size)
     ]
-    model = build_model(args.model, 9, args.frames).to(device)
+    model = build_model(args.model, 9, args.frames, image_size=args.size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    recipe = TrainConfig(data=data)  # the defaults ray_path trains with
+    recipe = TrainConfig(data=data, model=args.model)  # the defaults ray_path trains with
     optimizer = build_optimizer(model, recipe)
     model.train()
 
     def step(clips: torch.Tensor, target: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(normalize(clips, channels_last=device.type == "cuda"))
+            inputs = normalize(clips, model.input_mean, model.input_std, channels_last=device.type == "cuda")
+            logits = model(inputs)
         loss = loss_function(logits.float(), target, multi_label=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.recipe().clip_grad)
         optimizer.step()
 
     step(*batches[0])  # warm-up

@@ -38,7 +38,6 @@ MMIT_RECIPE: dict[str, Any] = {
     "schedule": "cosine",
     "warmup_epochs": 1,
     "dropout": 0.5,
-    "flip": True,
     "name": "tin_mmit",
     "experiment": "mmit",
 }
@@ -55,7 +54,6 @@ KINETICS600_RECIPE: dict[str, Any] = {
     "lr_steps": (20, 40),
     "warmup_epochs": 1,
     "dropout": 0.5,
-    "flip": True,
     "name": "tin_kinetics600",
     "experiment": "kinetics600",
 }
@@ -87,9 +85,10 @@ def train_mmit(argv: Sequence[str] | None = None) -> int:
 
         python jobs/train_mmit.py --data ROOT [any jobs/train.py flag to override a default]
 
-    The recipe (tin_r50, SGD, cosine decay after a warm-up epoch, flips on) gives the defaults that
-    --help shows. The loss is binary cross-entropy and the validation metrics are the sample-wise
-    mAP (the papers' number) and the class-wise mAP.
+    The recipe (tin_r50, SGD, cosine decay after a warm-up epoch) gives the defaults that --help
+    shows; clips flip as the root's dataset.json says (plain flips for MMiT). The loss is binary
+    cross-entropy and the validation metrics are the sample-wise mAP (the papers' number) and the
+    class-wise mAP.
     """
     return run_training(argv, MMIT_RECIPE, train_mmit.__doc__)
 
@@ -99,8 +98,8 @@ def train_kinetics600(argv: Sequence[str] | None = None) -> int:
 
         python jobs/train_kinetics600.py --data ROOT [any jobs/train.py flag to override a default]
 
-    The recipe (tin_r50, SGD, a warm-up epoch, then lr / 10 at two milestones, flips on) gives the
-    defaults that --help shows.
+    The recipe (tin_r50, SGD, a warm-up epoch, then lr / 10 at two milestones) gives the defaults
+    that --help shows; clips flip as the root's dataset.json says (plain flips for Kinetics).
     """
     return run_training(argv, KINETICS600_RECIPE, train_kinetics600.__doc__)
 
@@ -135,9 +134,15 @@ def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], descript
 def prepare_dataset(argv: Sequence[str] | None = None) -> int:
     """Prepare one split of a video dataset as Parquet frame shards (see README "Preparing datasets").
 
-        python jobs/prepare_dataset.py --format {generic,mmit,kinetics,sthv2,ucf101,synthetic}
+        python jobs/prepare_dataset.py --format {generic,mmit,mit,kinetics,sthv1,sthv2,jester,ucf101,hmdb51,
+                                                  rawframes,synthetic}
             --annotations FILE [--classes FILE] --video-root DIR --split NAME --output ROOT
-            [--frames 24] [--short-side 256] [--encoding jpeg|raw] [--shuffle-seed 0]
+            [--frames 24] [--short-side 256 | 0] [--encoding jpeg|raw] [--shuffle-seed 0]
+
+    sthv1, jester and rawframes read frame folders (--video-root the folder of the clips' frame
+    folders); hmdb51 takes the folder of split files as --annotations and --split train (tag 1) or
+    val/test (tag 2) of --fold 1, 2 or 3; kinetics reads the CSVs of Kinetics-400, 600 and 700.
+    --short-side 0 keeps each clip's own frame size (jpeg).
 
     Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
     ``ray job submit``. Exits with 0 unless the job cannot run at all (bad flags, missing annotation
@@ -166,6 +171,32 @@ def prepare_mmit(argv: Sequence[str] | None = None) -> int:
     return prepare_release(LAYOUTS["mmit"], argv, prepare_mmit.__doc__)
 
 
+def prepare_mit(argv: Sequence[str] | None = None) -> int:
+    """Prepare Moments in Time (single-label, 339 classes) from its release folder, both splits by default.
+
+        python jobs/prepare_mit.py --root Moments_in_Time_Raw --output ROOT [--split train val] [...]
+
+    Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``), rows
+    ``path,label,...``, ``moments_categories.txt`` and the videos ``training/<class>/...`` and
+    ``validation/<class>/...`` (or MMAction2's ``annotations/`` and ``videos/``). The other flags
+    are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["mit"], argv, prepare_mit.__doc__)
+
+
+def prepare_kinetics400(argv: Sequence[str] | None = None) -> int:
+    """Prepare Kinetics-400 from the CVDF downloader's folder, all three splits by default.
+
+        python jobs/prepare_kinetics400.py --root k400 --output ROOT [--split train val test] [...]
+
+    Reads ``annotations/<split>.csv`` (or ``<split>.csv`` beside the clip folders), columns
+    ``label,youtube_id,time_start,time_end,split,is_cc``, and the clips
+    ``<split>/[<label>/]<id>_<start>_<end>.mp4``. Kinetics-400's test CSV is labelled. The other
+    flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["kinetics400"], argv, prepare_kinetics400.__doc__)
+
+
 def prepare_kinetics600(argv: Sequence[str] | None = None) -> int:
     """Prepare Kinetics-600 from the downloader's folder, all three splits by default.
 
@@ -179,6 +210,47 @@ def prepare_kinetics600(argv: Sequence[str] | None = None) -> int:
     return prepare_release(LAYOUTS["kinetics600"], argv, prepare_kinetics600.__doc__)
 
 
+def prepare_kinetics700(argv: Sequence[str] | None = None) -> int:
+    """Prepare Kinetics-700 (2020) from the CVDF downloader's folder, all three splits by default.
+
+        python jobs/prepare_kinetics700.py --root k700-2020 --output ROOT [--split train val test] [...]
+
+    Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``.
+    The test CSV has no labels: that split is ingested as unlabelled. The other flags are
+    jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["kinetics700"], argv, prepare_kinetics700.__doc__)
+
+
+def prepare_sthv1(argv: Sequence[str] | None = None) -> int:
+    """Prepare Something-Something V1 from its download folder, all three splits by default.
+
+        python jobs/prepare_sthv1.py --root something-something-v1 --output ROOT [--short-side 0] [...]
+
+    Reads ``something-something-v1-{labels,train,validation,test}.csv`` (``id;label`` lines; the
+    test list holds ids only and is ingested as unlabelled) and the frame folders
+    ``20bn-something-something-v1/<id>/00001.jpg ...`` (or MMAction2's ``annotations/`` and
+    ``rawframes/``). The frames are about 100 px high: --short-side 0 stores them as they are.
+    dataset.json records the left/right label pairs, which training swaps on flips. The other
+    flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["sthv1"], argv, prepare_sthv1.__doc__)
+
+
+def prepare_jester(argv: Sequence[str] | None = None) -> int:
+    """Prepare Jester (27 hand gestures) from its download folder, all three splits by default.
+
+        python jobs/prepare_jester.py --root jester --output ROOT [--short-side 0] [...]
+
+    Reads ``jester-v1-{labels,train,validation,test}.csv`` (``id;label``; the test list holds
+    ids only) and the frame folders ``20bn-jester-v1/<id>/00001.jpg ...``; the frames are 100 px
+    high (--short-side 0 keeps them). dataset.json records the mirror label pairs (swiping and
+    sliding left/right, turning clockwise/counterclockwise), which training swaps on flips. The
+    other flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["jester"], argv, prepare_jester.__doc__)
+
+
 def prepare_sthv2(argv: Sequence[str] | None = None) -> int:
     """Prepare Something-Something V2 from its download folder, all three splits by default.
 
@@ -186,8 +258,9 @@ def prepare_sthv2(argv: Sequence[str] | None = None) -> int:
 
     Reads ``labels/labels.json`` and ``labels/{train,validation,test}.json`` (or 20BN's
     ``something-something-v2-*.json``) and the videos ``20bn-something-something-v2/<id>.webm``.
-    test.json has no labels: that split is ingested as unlabelled. Train without flips or with the
-    left/right label pairs swapped (README). The other flags are jobs/prepare_dataset.py's.
+    test.json has no labels: that split is ingested as unlabelled. dataset.json records the
+    left/right label pairs, which training swaps on flips (--no-flip: the TIN recipe's no flips).
+    The other flags are jobs/prepare_dataset.py's.
     """
     return prepare_release(LAYOUTS["sthv2"], argv, prepare_sthv2.__doc__)
 
@@ -202,6 +275,19 @@ def prepare_ucf101(argv: Sequence[str] | None = None) -> int:
     ``UCF-101/<Class>/v_<Class>_gXX_cXX.avi``. The other flags are jobs/prepare_dataset.py's.
     """
     return prepare_release(LAYOUTS["ucf101"], argv, prepare_ucf101.__doc__)
+
+
+def prepare_hmdb51(argv: Sequence[str] | None = None) -> int:
+    """Prepare HMDB51 from its release folder, fold 1 by default.
+
+        python jobs/prepare_hmdb51.py --root hmdb51 --output ROOT [--fold 1] [--split train val] [...]
+
+    Reads the split files ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` (lines
+    ``<video>.avi <tag>``: 1 train, 2 test, 0 unused) and the videos ``<class>/<video>.avi`` in
+    ``hmdb51_org/``, ``videos/`` or the release folder itself. Tag 1 is split ``train``, tag 2
+    split ``val`` (the split the papers report on). The other flags are jobs/prepare_dataset.py's.
+    """
+    return prepare_release(LAYOUTS["hmdb51"], argv, prepare_hmdb51.__doc__)
 
 
 @exits_on_usage_error

@@ -1,5 +1,6 @@
 """The main job on an embedded default: synthetic temporal data -> Ray Data ingest -> Ray Train of
-TIN, TSM and TSN -> evaluation -> a comparison that shows temporal modelling matters.
+TIN, TSM and TSN (and, with ``--models``, the tiny STAM and ILA against their order-blind twins)
+-> evaluation -> a comparison that shows temporal modelling matters.
 
 Everything lives in one work directory, so re-running reuses what is done:
 
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import MOTIONS, SyntheticConfig
@@ -24,6 +26,7 @@ from tin.config import check_choices, setting
 from tin.data import load_dataset_info
 from tin.evaluate import Evaluation, evaluate_checkpoint, log_to_mlflow
 from tin.models import MODEL_NAMES
+from tin.models.build import model_family
 from tin.train.checkpoint import CHECKPOINT_FILE, load_state
 from tin.train.config import TrainConfig
 
@@ -35,6 +38,19 @@ DEMO_MOTIONS = ("left", "right", "up", "down", "approach", "recede", STATIC)
 # Horizontal flips turn these classes into each other; training swaps their labels on flip.
 FLIP_PAIRS = (("left", "right"), ("rotate_cw", "rotate_ccw"))
 
+
+DEMO_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # The same ViT as stam_tiny, its frames' CLS tokens averaged: blind to frame order.
+    "stam_tiny_meanpool": ("stam_tiny", {"aggregation": "mean"}),
+    # ILA with an order-blind head (the mean over frames), so only its alignment modules see motion ...
+    "ila_tiny_meanhead": ("ila_tiny", {"head": "mean"}),
+    # ... and the same network without them.
+    "ila_tiny_noalign": ("ila_tiny", {"head": "mean", "ila_layers": []}),
+}
+"""Demo entries besides the model names: (model, options) of an ablation twin."""
+DEMO_MODELS = MODEL_NAMES + tuple(DEMO_VARIANTS)
+VIT_RECIPE = {"lr": 1e-3, "weight_decay": 0.05, "ema_decay": 0.99}
+"""What the tiny ViTs train with from scratch here (AdamW like the ResNets; EMA for validation)."""
 
 QUICK = {
     "models": ("tin_r18", "tsn_r18"),
@@ -62,7 +78,12 @@ class DemoConfig:
 
     workdir: str = setting("demo_workdir", help="where data, checkpoints, MLflow and the summary go")
     models: tuple[str, ...] = setting(
-        ("tin_r18", "tsm_r18", "tsn_r18"), choices=MODEL_NAMES, metavar="MODEL", help="the models compared"
+        ("tin_r18", "tsm_r18", "tsn_r18"),
+        choices=DEMO_MODELS,
+        metavar="MODEL",
+        help="the models compared: model names, and the ablation twins "
+        + ", ".join(f"{name} ({model} with {options})" for name, (model, options) in DEMO_VARIANTS.items())
+        + "; e.g. --models stam_tiny stam_tiny_meanpool ila_tiny_meanhead ila_tiny_noalign",
     )
     motions: tuple[str, ...] = setting(DEMO_MOTIONS, choices=MOTIONS, metavar="MOTION", help="the classes")
     train_clips: int = setting(560, help="training clips generated")
@@ -139,20 +160,25 @@ def prepare(config: DemoConfig, log: Callable[[str], None]) -> None:
         )
 
 
-def train_config(config: DemoConfig, model: str) -> TrainConfig:
-    """One model's Ray Train run: one worker, no horizontal flip ambiguity (labels swap on flip)."""
+def train_config(config: DemoConfig, entry: str) -> TrainConfig:
+    """One demo entry's Ray Train run: one worker, no horizontal flip ambiguity (labels swap on
+    flip); the tiny ViTs with ``VIT_RECIPE``."""
     index = {name: i for i, name in enumerate(config.motions)}
     pairs = tuple((index[a], index[b]) for a, b in FLIP_PAIRS if a in index and b in index)
+    model, options = DEMO_VARIANTS.get(entry, (entry, {}))
+    vit = model_family(model) != "resnet"
     return TrainConfig(
         data=config.data,
         model=model,
+        model_option=tuple(options.items()),
+        ema_decay=VIT_RECIPE["ema_decay"] if vit else None,
         num_segments=config.clip_frames,
         epochs=config.epochs,
         batch_size=config.batch_size,
         num_workers=1,
         optimizer="adamw",
-        lr=config.lr,
-        weight_decay=config.weight_decay,
+        lr=VIT_RECIPE["lr"] if vit else config.lr,
+        weight_decay=VIT_RECIPE["weight_decay"] if vit else config.weight_decay,
         head_lr_mult=1.0,
         head_bias_lr_mult=1.0,
         warmup_epochs=config.warmup_epochs,
@@ -163,7 +189,7 @@ def train_config(config: DemoConfig, model: str) -> TrainConfig:
         flip=True,
         flip_label_pairs=pairs,
         storage_path=str(config.root / "ray_results"),
-        name=f"demo-{model}",
+        name=f"demo-{entry}",
         mlflow_uri=config.mlflow_uri,
         experiment=EXPERIMENT,
         seed=config.seed,
@@ -179,7 +205,7 @@ def finished_checkpoint(run: TrainConfig) -> Path | None:
 
 
 def train_model(config: DemoConfig, model: str, log: Callable[[str], None]) -> Path:
-    """Train one model (or resume it; a finished run is reused as it is); returns its checkpoint."""
+    """Train one demo entry (or resume it; a finished run is reused as it is); returns its checkpoint."""
     run = train_config(config, model)
     done = finished_checkpoint(run)
     if done:
@@ -192,15 +218,13 @@ def train_model(config: DemoConfig, model: str, log: Callable[[str], None]) -> P
     return Path(result.checkpoint.path) / CHECKPOINT_FILE
 
 
-def evaluate_model(config: DemoConfig, checkpoint: Path) -> Evaluation:
+def evaluate_model(config: DemoConfig, entry: str, checkpoint: Path) -> Evaluation:
     """Validation top-1 with the paper's protocol, recorded in MLflow and as a confusion-matrix PNG."""
     evaluation = evaluate_checkpoint(checkpoint, config.data, "val")
     log_to_mlflow(evaluation)
     plots = config.root / "plots"
     plots.mkdir(exist_ok=True)
-    viz.plot_confusion_matrix(
-        evaluation.confusion, evaluation.classes, plots / f"{evaluation.training['model']}_confusion.png"
-    )
+    viz.plot_confusion_matrix(evaluation.confusion, evaluation.classes, plots / f"{entry}_confusion.png")
     return evaluation
 
 
@@ -212,7 +236,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     prepare(config, log)
     summary = {}
     for model in config.models:
-        evaluation = evaluate_model(config, train_model(config, model, log))
+        evaluation = evaluate_model(config, model, train_model(config, model, log))
         summary[model] = {
             "top1": evaluation.metrics["top1"],
             "mirrored_top1": evaluation.top1_over(mirrored_classes(config.motions)),
@@ -229,8 +253,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 def comparison_table(summary: dict[str, dict], num_classes: int) -> str:
     """Top-1 overall and on the mirrored-pair classes per model, with chance levels."""
-    lines = [f"{'model':<10} {'top-1':>7} {'mirrored':>9}"]
-    lines += [f"{model:<10} {row['top1']:>7.3f} {row['mirrored_top1']:>9.3f}" for model, row in summary.items()]
+    width = max(10, *(len(model) for model in summary))
+    lines = [f"{'model':<{width}} {'top-1':>7} {'mirrored':>9}"]
+    lines += [f"{model:<{width}} {row['top1']:>7.3f} {row['mirrored_top1']:>9.3f}" for model, row in summary.items()]
     lines.append(
         f"chance: {1 / num_classes:.3f} overall; a model blind to frame order gets at most 0.5 on mirrored pairs"
     )

@@ -26,11 +26,38 @@ DEFAULT_SPACE: dict[str, Any] = {
     "warmup_epochs": [0, 1, 2],
     "weight_decay": {"loguniform": [1e-5, 1e-3]},
 }
-"""The search space when neither --space nor --preset is given (the format of a space file)."""
+"""The search space of the ResNets when neither --space nor --preset is given (the format of a
+space file); a TSM or TSN search leaves out the TIN options its model does not have."""
+
+STAM_SPACE: dict[str, Any] = {
+    "lr": {"loguniform": [3e-6, 1e-4]},  # fine-tuning --pretrained; FROM_SCRATCH_LR without it
+    "weight_decay": {"loguniform": [1e-3, 5e-2]},
+    "layer_decay": [0.65, 0.75, 0.85, 1.0],
+    "drop_path": [0.0, 0.1, 0.2],
+    "temporal_depth": [1, 2, 4, 6],
+    "ema_decay": ["off", 0.999, 0.9998],
+}
+ILA_SPACE: dict[str, Any] = {
+    "lr": {"loguniform": [1e-4, 1e-3]},
+    "align_loss_weight": [0, 0.25, 1, 4],
+    "fusion": ["add", "token"],
+    "jitter": [0, 0.2],
+    "mit_layers": [0, 1, 2],
+    "freeze_backbone": [True, False],
+}
+FAMILY_SPACES = {"resnet": DEFAULT_SPACE, "stam": STAM_SPACE, "ila": ILA_SPACE}
+"""Each model family's default search space."""
+FROM_SCRATCH_LR = {"stam": {"loguniform": [1e-4, 3e-3]}}
+"""A family's learning-rate range when it trains without --pretrained (the spaces' are for fine-tuning)."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's ablation: offset groups x reverse offsets, every other knob at the recipe's value.
     "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
+    # STAM's: the temporal transformer's depth against order-blind mean pooling (which has no
+    # encoder, so its four cells differ only by their seeds: they show the noise).
+    "stam-ablation": {"aggregation": {"grid": ["transformer", "mean"]}, "temporal_depth": {"grid": [1, 2, 4, 6]}},
+    # ILA's: the alignment loss on and off, under both fusions.
+    "ila-ablation": {"align_loss_weight": {"grid": [0, 1]}, "fusion": {"grid": ["add", "token"]}},
 }
 
 METRIC_MODES = {
@@ -81,10 +108,35 @@ def _offset_scale(value: Any, num_segments: int) -> float:
     return _number(0.0, inclusive=False)(value, num_segments)
 
 
-def _schedule(value: Any, num_segments: int) -> str:
-    if value not in SCHEDULES:
-        raise ValueError(f"expected one of {', '.join(SCHEDULES)}, got {value!r}")
+def _choice(*choices: str) -> Callable[[Any, int], str]:
+    def convert(value: Any, num_segments: int) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _non_negative_int(value: Any, num_segments: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
     return value
+
+
+def _fraction(value: Any, num_segments: int) -> float:
+    number = _number(0.0, inclusive=False)(value, num_segments)
+    if number > 1:
+        raise ValueError(f"expected a number in (0, 1], got {value!r}")
+    return number
+
+
+def _decay_or_off(value: Any, num_segments: int) -> float | None:
+    if isinstance(value, str) and value.lower() in ("off", "none"):
+        return None
+    number = _number(0.0, inclusive=False)(value, num_segments)
+    if number >= 1:
+        raise ValueError(f"expected off or a decay in (0, 1), got {value!r}")
+    return number
 
 
 SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
@@ -93,9 +145,19 @@ SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
     "shift_div": _positive_int,
     "offset_scale": _offset_scale,  # a number or "T/2" (the paper's scale: half the segments)
     "lr": _number(0.0, inclusive=False),
-    "schedule": _schedule,
+    "schedule": _choice(*SCHEDULES),
     "warmup_epochs": _number(0.0, inclusive=True),
     "weight_decay": _number(0.0, inclusive=True),
+    "layer_decay": _fraction,
+    "ema_decay": _decay_or_off,  # "off" or a decay
+    "drop_path": _number(0.0, inclusive=True),
+    "aggregation": _choice("transformer", "mean"),
+    "temporal_depth": _positive_int,
+    "align_loss_weight": _number(0.0, inclusive=True),
+    "fusion": _choice("add", "token"),
+    "jitter": _number(0.0, inclusive=True),
+    "mit_layers": _non_negative_int,
+    "freeze_backbone": _on_off,
 }
 """Each searchable dimension (a ``TrainConfig`` field and its flag) and how to read its values."""
 
@@ -139,7 +201,10 @@ class SearchConfig:
         help="YAML or JSON search space: {dimension: [choices] | {grid|choice|uniform|loguniform: [...]} | value}",
     )
     preset: str | None = setting(
-        None, choices=tuple(PRESETS), help="paper-ablation: the paper's groups x reverse-offsets grid"
+        None,
+        choices=tuple(PRESETS),
+        help="paper-ablation: TIN's groups x reverse offsets; stam-ablation: STAM's aggregation x temporal depth; "
+        "ila-ablation: ILA's alignment-loss weight (0, 1) x fusion",
     )
 
     def __post_init__(self) -> None:

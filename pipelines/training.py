@@ -28,6 +28,7 @@ from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
 from tin.data.batches import decode_shards
 from tin.data.facts import DatasetFacts
+from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.sampling import centres_exact
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.loop import train_loop_per_worker
@@ -75,16 +76,40 @@ def shard_list(files: list[str]) -> MaterializedDataset:
     return ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
 
 
+def flip_settings(config: TrainConfig, info: DatasetInfo) -> tuple[bool, tuple[tuple[int, int], ...]]:
+    """(flip, label pairs swapped on a flip) of a run: the flags where they say (``--no-flip``: no
+    flips; ``--flip-label-pairs``: flips with those pairs; ``--flip`` alone: plain flips), else the
+    flip policy the root's dataset.json records, else plain flips (generic roots, and roots
+    written before ingest recorded policies: ``warn_about_data`` warns where their class names
+    suggest that flips change meaning)."""
+    if config.flip is False:
+        return False, ()
+    if config.flip_label_pairs:
+        return True, config.flip_label_pairs
+    policy = info.flip_policy()
+    if config.flip or policy is None:
+        return True, ()
+    return policy.flips, policy.pairs
+
+
+def with_flip_policy(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
+    """``config`` with ``flip`` and ``flip_label_pairs`` as ``flip_settings`` resolves them, so that
+    the run's logged config (MLflow, checkpoints) says what training did."""
+    flip, pairs = flip_settings(config, info)
+    return replace(config, flip=flip, flip_label_pairs=pairs)
+
+
 def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[str, Any]:
     """``decode_shards``' keyword arguments, all but the filesystem, for a split of this run."""
+    flip, flip_label_pairs = flip_settings(config, info)
     return {
         "decode_batch": DECODE_BATCH,
         "train": train,
         "num_segments": config.num_segments,
         "crop_size": config.crop_size,
-        "flip": config.flip,
+        "flip": flip,
         "scales": config.scales,
-        "flip_label_pairs": config.flip_label_pairs,
+        "flip_label_pairs": flip_label_pairs,
         "num_classes": len(info.classes),
         "multi_label": info.multi_label,
     }
@@ -171,6 +196,7 @@ def check_config(config: TrainConfig) -> DatasetInfo:
             f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
         ) from error
     check_splits(config, info)
+    check_flip_label_pairs(config, info)
     if info.written(config.train_split) // config.num_workers < config.batch_size // config.num_workers:
         raise TrainingSetupError(
             f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; "
@@ -199,9 +225,49 @@ def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
             )
 
 
+def check_flip_label_pairs(config: TrainConfig, info: DatasetInfo) -> None:
+    """``--flip-label-pairs`` must name classes of the root."""
+    outside = [f"{a}:{b}" for a, b in config.flip_label_pairs if max(a, b) >= len(info.classes)]
+    if outside:
+        raise TrainingSetupError(
+            f"--flip-label-pairs {' '.join(outside)}: {config.data} has {len(info.classes)} classes "
+            f"(0 to {len(info.classes) - 1})"
+        )
+
+
+def warn_about_flips(config: TrainConfig, info: DatasetInfo) -> None:
+    """Warn where flips may turn clips into another class unseen: a root without a flip policy
+    whose class names name directions, trained with the default plain flips; or ``--flip`` on a
+    root whose policy swaps label pairs or forbids flips."""
+    policy = info.flip_policy()
+    if config.flip is None and not config.flip_label_pairs and policy is None:
+        named = direction_classes(info.classes)
+        if named:
+            pairs = mirror_pairs(info.classes)
+            shown = ", ".join(repr(name) for name in named[:4]) + (
+                f" and {len(named) - 4} more" if len(named) > 4 else ""
+            )
+            found = f" (the names pair up as {' '.join(f'{a}:{b}' for a, b in pairs)})" if pairs else ""
+            warn_about(
+                f"--data {config.data}: classes {shown} name directions, and dataset.json records no flip policy, "
+                f"so training flips clips without changing their labels. A horizontal flip turns left into right "
+                f"and clockwise into counterclockwise: train with --no-flip, or swap the mirrored classes with "
+                f"--flip-label-pairs A:B{found}; ingest with --flip-policy to record the policy in the root"
+            )
+    elif (
+        config.flip and not config.flip_label_pairs and policy is not None and (policy.kind == NO_FLIP or policy.pairs)
+    ):
+        warn_about(
+            f"--flip on {config.data}, whose dataset.json records {policy.describe(info.classes)}: clips flip "
+            f"with their labels unchanged; leave --flip out to follow the root's policy"
+        )
+
+
 def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
     """Warn about a root that trains, but worse than it could: shards written in annotation order,
-    or stored frames that put the validation frames off the segment centres."""
+    stored frames that put the validation frames off the segment centres, or flips that may change
+    a clip's class (``warn_about_flips``)."""
+    warn_about_flips(config, info)
     if not info.permuted(config.train_split):
         warn_about(
             f"--data {config.data}: dataset.json records no shuffle seed for split {config.train_split!r}: it "
@@ -267,7 +333,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         TrainingSetupError: naming the flag or file that makes the run impossible.
     """
     info = info or check_config(config)
-    config = with_resolved_locations(config)
+    config = with_resolved_locations(with_flip_policy(config, info))
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,

@@ -34,7 +34,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pipelines.ray_runtime import init_ray
 from pipelines.search import (
-    DEFAULT_SPACE,
+    FAMILY_SPACES,
+    FROM_SCRATCH_LR,
     FUNCTION_CPUS,
     METRIC_MODES,
     MULTI_LABEL_METRICS,
@@ -47,7 +48,7 @@ from pipelines.training import build_trainer, check_config, with_resolved_locati
 from tin import tracking, viz
 from tin.config import read_yaml_file
 from tin.data import DatasetInfo
-from tin.models.build import TEMPORAL_OPTION_NAMES, TEMPORAL_OPTIONS
+from tin.models.build import MODEL_OPTION_FIELDS, model_family, model_option_defaults
 from tin.train.config import TrainConfig, TrainingSetupError
 
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
@@ -180,9 +181,14 @@ def chosen_space(search: SearchConfig) -> tuple[dict[str, Any], str]:
         return load_space_file(search.space_file), f"--space {search.space_file}"
     if search.preset:
         return PRESETS[search.preset], f"--preset {search.preset}"
-    family = search.train.model.split("_")[0]
-    unsupported = set(TEMPORAL_OPTION_NAMES) - set(TEMPORAL_OPTIONS.get(family, {}))
-    return {name: spec for name, spec in DEFAULT_SPACE.items() if name not in unsupported}, "the default space"
+    family = model_family(search.train.model)
+    options = model_option_defaults(search.train.model)
+    space = {
+        name: spec for name, spec in FAMILY_SPACES[family].items() if name not in MODEL_OPTION_FIELDS or name in options
+    }
+    if search.train.pretrained is None and family in FROM_SCRATCH_LR:
+        space["lr"] = FROM_SCRATCH_LR[family]
+    return space, f"the default space of {family} models"
 
 
 def plan_search(search: SearchConfig) -> SearchPlan:
@@ -203,13 +209,11 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     recipe = TrainConfig(data="")
     unset = {name: getattr(recipe, name) for name in SEARCHABLE if name not in flagged and name not in fixed}
     base = dataclasses.replace(search.train, **{**unset, **fixed})
-    family = base.model.split("_")[0]
-    foreign = [
-        d.name for d in dimensions if d.name in TEMPORAL_OPTION_NAMES and d.name not in TEMPORAL_OPTIONS.get(family, {})
-    ]
+    options = model_option_defaults(base.model)
+    foreign = [d.name for d in dimensions if d.name in MODEL_OPTION_FIELDS and d.name not in options]
     if foreign:
         raise TrainingSetupError(
-            f"{source}: --model {base.model} has no option {', '.join(foreign)}; search a tin_* model or drop them"
+            f"{source}: --model {base.model} has no option {', '.join(foreign)}; search a model that has or drop them"
         )
     if not dimensions:
         raise TrainingSetupError(f"{source}: nothing left to search (every dimension is fixed by a flag)")

@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from tin.config import exits_on_usage_error, parse_config, setting
-from tin.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tin.errors import UsageError
+from tin.models.protocol import video_model
 from tin.ops import reference_only
 from tin.train.checkpoint import load_model
 
@@ -101,8 +101,9 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> to
     return program
 
 
-def metadata(meta: dict) -> dict:
-    """What a user of the exported program needs besides the graph (``tin.json``)."""
+def metadata(model: torch.nn.Module, meta: dict) -> dict:
+    """What a user of the exported program needs besides the graph (``tin.json``); the mean and
+    std are the model's own (ImageNet's for the ResNets, CLIP's for ILA, none for STAM)."""
     config = meta["config"]
     return {
         "model": config["model"],
@@ -111,8 +112,8 @@ def metadata(meta: dict) -> dict:
         "num_segments": config["num_segments"],
         "crop_size": config["crop_size"],
         "input": "float32 (N, T, 3, S, S): RGB frames / 255, minus mean, divided by std",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(video_model(model).input_mean),
+        "std": list(video_model(model).input_std),
     }
 
 
@@ -148,7 +149,7 @@ def export_checkpoint(
     check_output(output)
     model, meta = load_model(checkpoint)
     num_segments, crop_size = meta["config"]["num_segments"], meta["config"]["crop_size"]
-    described = json.dumps(metadata(meta))
+    described = json.dumps(metadata(model, meta))
     if output.suffix == ".onnx":
         onnx_program = export_onnx(model, num_segments, crop_size)
         onnx_program.model.metadata_props[METADATA_FILE] = described

@@ -18,6 +18,7 @@ import torch
 from tin.data.sampling import multi_view_starts
 from tin.data.transforms import center_box, crop_resize, eval_short_side, normalize, resize_short_side, three_crop_boxes
 from tin.errors import UsageError
+from tin.models.protocol import video_model
 
 CROPS = (1, 3)
 
@@ -75,6 +76,8 @@ def clip_probabilities(model: torch.nn.Module, views: torch.Tensor, multi_label:
     """
     device = next(model.parameters()).device
     count, per_clip = views.shape[:2]
-    logits = model(normalize(views.flatten(0, 1).to(device))).float()
+    expected = video_model(model)
+    clips = normalize(views.flatten(0, 1).to(device), expected.input_mean, expected.input_std)
+    logits = model(clips).float()
     probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=1)
     return probabilities.view(count, per_clip, -1).mean(dim=1).cpu()

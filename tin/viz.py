@@ -1,5 +1,6 @@
-"""Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5),
-training curves, confusion matrices, and a tuning search's metric against each hyperparameter.
+"""Plots for people: TIN's learned offsets and frame weights per layer (the paper's Figure 5), ILA's
+learned interaction points, training curves, confusion matrices, and a tuning search's metric
+against each hyperparameter.
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so they
 render headless and can be logged as MLflow artifacts.
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -49,6 +51,45 @@ def plot_temporal_stats(stats: Mapping[str, Mapping[str, torch.Tensor]], path: s
     if path is not None:
         figure.savefig(path)
     return figure
+
+
+def plot_alignment_points(stats: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path | None = None) -> Figure:
+    """ILA's interaction points of every aligned block: per pair of adjacent frames, an arrow from
+    the point in the earlier frame to the point in the later one, on the patch grid's [-1, 1] square.
+
+    Args:
+        stats: ``ILA.temporal_stats()``: ``{block: {"points": (T-1, 4) (x_pre, y_pre, x_cur, y_cur),
+            "points_std": scalar spread over the clips}}``, blocks in network order.
+        path: if given, the figure is also saved there.
+
+    Returns:
+        A figure with one panel per block, titled with the points' spread over the clips.
+    """
+    if not stats:
+        raise ValueError("plot_alignment_points: no statistics (the model has no ILA block or has not run)")
+    blocks = list(stats)
+    figure = Figure(figsize=(2.4 * len(blocks), 2.8), layout="constrained")
+    axes = figure.subplots(1, len(blocks), squeeze=False)[0]
+    for axis, block in zip(axes, blocks, strict=True):
+        points = stats[block]["points"].detach().float().cpu().numpy()  # (T-1, 4)
+        colours = [matplotlib.colormaps["viridis"](pair / max(len(points) - 1, 1)) for pair in range(len(points))]
+        for (x_pre, y_pre, x_cur, y_cur), colour in zip(points, colours, strict=True):
+            axis.annotate("", (x_cur, y_cur), (x_pre, y_pre), arrowprops={"arrowstyle": "->", "color": colour})
+            axis.plot([x_pre], [y_pre], marker="o", markersize=3, color=colour)
+        spread = float(stats[block]["points_std"])
+        axis.set(title=f"{block}\nspread {spread:.3f}", xlim=(-1, 1), ylim=(1, -1), aspect="equal")
+        axis.tick_params(labelsize="small")
+    figure.suptitle("ILA interaction points, earlier -> later frame (colour: pair)", fontsize="small")
+    if path is not None:
+        figure.savefig(path)
+    return figure
+
+
+TEMPORAL_PLOTS = {
+    "offset": (plot_temporal_stats, "plots/temporal_offsets_weights.png"),
+    "points": (plot_alignment_points, "plots/alignment_points.png"),
+}
+"""The plot of a model's ``temporal_stats()``, by the key its entries hold, and its artifact name."""
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Path | None = None) -> Figure:

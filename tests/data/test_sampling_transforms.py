@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from tin.data.sampling import centres_exact, max_distinct_views, multi_view_starts, segment_bounds, segment_indices
-from tin.data.transforms import center_box, eval_view, multi_scale_box, normalize, three_crop_boxes, train_view
+from tin.data.transforms import (
+    INPUT_NORMS,
+    center_box,
+    eval_view,
+    multi_scale_box,
+    normalize,
+    three_crop_boxes,
+    train_view,
+)
 
 
 def test_centre_sampling_takes_each_segment_centre():
@@ -126,6 +134,6 @@ def test_eval_view_and_crops():
 
 def test_normalize_gives_channels_first_imagenet_normalised_floats():
     batch = torch.full((2, 3, 4, 5, 3), 255, dtype=torch.uint8)
-    out = normalize(batch)
+    out = normalize(batch, *INPUT_NORMS["imagenet"])
     assert out.shape == (2, 3, 3, 4, 5) and out.dtype == torch.float32
     assert out[0, 0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)

@@ -107,11 +107,17 @@ def ramp_root(tmp_path_factory) -> RampRoot:
 
 
 def write_checkpoint(
-    directory: Path, model_name: str, data: str, classes: list[str], multi_label: bool = False
+    directory: Path,
+    model_name: str,
+    data: str,
+    classes: list[str],
+    multi_label: bool = False,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A checkpoint of a freshly initialised model, as training would write it."""
+    """A checkpoint of a freshly initialised model, as training would write it (with ``ema``: the
+    state of a run's weight average, ``AveragedModel.state_dict()``)."""
     torch.manual_seed(0)
-    model = build_model(model_name, len(classes), FRAMES, dropout=0.0)
+    model = build_model(model_name, len(classes), FRAMES, image_size=SIZE, dropout=0.0)
     config = TrainConfig(
         data=data,
         model=model_name,
@@ -133,7 +139,7 @@ def write_checkpoint(
     )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    save_state(TrainingState(epoch=1, model=model.state_dict()), config, facts, path)
+    save_state(TrainingState(epoch=1, model=model.state_dict(), ema=ema), config, facts, path)
     return path
 
 
@@ -142,6 +148,13 @@ def tin_checkpoint(tiny_root, tmp_path_factory) -> Path:
     return write_checkpoint(
         tmp_path_factory.mktemp("tin-checkpoint"), "tin_r18", tiny_root, load_dataset_info(tiny_root).classes
     )
+
+
+@pytest.fixture(scope="session", params=["stam_tiny", "ila_tiny"])
+def vit_checkpoint(request, tiny_root, tmp_path_factory) -> Path:
+    """An untrained tiny STAM or ILA checkpoint for the classes of the tiny root."""
+    directory = tmp_path_factory.mktemp(f"{request.param}-checkpoint")
+    return write_checkpoint(directory, request.param, tiny_root, load_dataset_info(tiny_root).classes)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tin.data import iter_clips
+from tests.evaluate.conftest import write_checkpoint
+from tin.data import iter_clips, load_dataset_info
 from tin.data.sampling import segment_indices
 from tin.data.transforms import eval_view, normalize
 from tin.evaluate import confusion_matrix, evaluate_checkpoint, multi_label_metrics
 from tin.inference import clip_views
+from tin.models import build_model
 from tin.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +48,7 @@ def test_evaluation_counts_like_a_manual_forward(tin_checkpoint, tiny_root):
     clips = list(iter_clips(tiny_root, "val"))
     with torch.no_grad():
         views = torch.stack([clip_views(torch.from_numpy(clip.frames), 8, 32)[0] for clip in clips])
-        predicted = model(normalize(views)).argmax(1)
+        predicted = model(normalize(views, model.input_mean, model.input_std)).argmax(1)
     targets = torch.tensor([int(clip.labels[0]) for clip in clips])
     assert evaluation.metrics["clips"] == 18
     assert evaluation.metrics["top1"] == pytest.approx(float((predicted == targets).float().mean()))
@@ -154,3 +156,27 @@ def test_bad_inputs_name_the_flag(flags, message, tin_checkpoint, tiny_root, tmp
     values = {"tmp": str(tmp_path), "root": tiny_root, "ckpt": str(tin_checkpoint)}
     assert evaluate_job.main([flag.format(**values) for flag in flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_vit_is_evaluated_with_its_own_normalisation(vit_checkpoint, tiny_root):
+    evaluation = evaluate_checkpoint(vit_checkpoint, tiny_root, "val")
+    model, _ = load_model(vit_checkpoint)
+    clips = list(iter_clips(tiny_root, "val"))
+    with torch.no_grad():
+        views = torch.stack([clip_views(torch.from_numpy(clip.frames), 8, 32)[0] for clip in clips])
+        scores = model(normalize(views, model.input_mean, model.input_std)).softmax(1)
+    targets = torch.tensor([int(clip.labels[0]) for clip in clips])
+    assert evaluation.metrics["top1"] == pytest.approx(float((scores.argmax(1) == targets).float().mean()))
+
+
+def test_a_run_with_a_weight_average_is_evaluated_with_the_average(tiny_root, tmp_path):
+    classes = load_dataset_info(tiny_root).classes
+    trained = build_model("tin_r18", len(classes), 8, dropout=0.0)
+    average = {f"module.{key}": value.clone() for key, value in trained.state_dict().items()}
+    average["module.head.bias"] += torch.arange(len(classes), dtype=torch.float32)  # favours the last class
+    average["n_averaged"] = torch.tensor(10)
+    checkpoint = write_checkpoint(tmp_path, "tin_r18", tiny_root, classes, ema=average)
+    model, _ = load_model(checkpoint)
+    assert torch.equal(model.head.bias, average["module.head.bias"])
+    plain, _ = load_model(write_checkpoint(tmp_path / "plain", "tin_r18", tiny_root, classes))
+    assert not torch.equal(plain.head.bias, model.head.bias)

@@ -79,3 +79,24 @@ def test_bad_flags_are_usage_errors(tin_checkpoint, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(export, "ONNX_DEPENDENCIES", ("onnx", "tin_no_such_module"))
     assert export.main(["--checkpoint", checkpoint, "--output", str(tmp_path / "model.onnx")]) == 2
     assert "ONNX export needs tin_no_such_module: pip install 'tin-on-ray[onnx]'" in capsys.readouterr().err
+
+
+def test_vit_programs_give_eager_logits_and_carry_the_models_normalisation(vit_checkpoint, tmp_path):
+    import onnxruntime
+
+    model, _ = load_model(vit_checkpoint)
+    extra = {METADATA_FILE: ""}
+    export_checkpoint(vit_checkpoint, tmp_path / "model.pt2")
+    program = torch.export.load(str(tmp_path / "model.pt2"), extra_files=extra).module()
+    export_checkpoint(vit_checkpoint, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # SDPA under dynamo can specialise the batch dimension (pytorch#152018)
+        clips = example_clips(8, 32, batch)
+        with torch.no_grad():
+            eager = model(clips)
+        torch.testing.assert_close(program(clips), eager, rtol=1e-4, atol=1e-4)
+        (logits,) = session.run(None, {"clips": clips.numpy()})
+        torch.testing.assert_close(torch.from_numpy(logits), eager, rtol=1e-4, atol=1e-4)
+    metadata = json.loads(extra[METADATA_FILE])
+    assert (tuple(metadata["mean"]), tuple(metadata["std"])) == (model.input_mean, model.input_std)
+    assert metadata["mean"] != [0.485, 0.456, 0.406]  # neither STAM's MIIL nor ILA's CLIP input is ImageNet's

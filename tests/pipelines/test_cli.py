@@ -48,9 +48,13 @@ def usage_error(cls: type, argv: list[str], defaults: dict | None = None) -> str
 
 
 def test_training_takes_the_recipe_then_the_file_then_the_flags(config_file):
-    path = config_file("data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip_label_pairs: ['86:87']\nval_split: none\n")
-    config = parse_config(TrainConfig, ["--config", path, "--lr", "0.1", "--no-flip"], defaults=MMIT_RECIPE)
-    assert (config.data, config.model, config.lr, config.flip) == ("/data/mmit", "tin_r18", 0.1, False)
+    path = config_file("data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip: false\nflip_label_pairs: ['86:87']\n")
+    assert usage_error(TrainConfig, ["--config", path], MMIT_RECIPE).startswith("--no-flip with --flip-label-pairs")
+    with_pairs = config_file(
+        "data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip_label_pairs: ['86:87']\nval_split: none\n"
+    )
+    config = parse_config(TrainConfig, ["--config", with_pairs, "--lr", "0.1", "--flip"], defaults=MMIT_RECIPE)
+    assert (config.data, config.model, config.lr, config.flip) == ("/data/mmit", "tin_r18", 0.1, True)
     assert (config.epochs, config.batch_size, config.name) == (25, 64, "tin_mmit")  # the recipe's
     assert (config.flip_label_pairs, config.val_split) == (((86, 87),), None)
     kinetics = parse_config(TrainConfig, ["--data", "d"], defaults=KINETICS600_RECIPE)
@@ -95,14 +99,8 @@ def test_a_search_takes_its_training_settings_from_the_train_section(config_file
     )
     assert (search.num_samples, search.scheduler) == (5, "fifo")
     assert (search.train.data, search.train.groups, search.train.lr, search.train.name) == ("/d", 4, 0.01, "tune")
-    assert [name for name in SEARCHABLE if getattr(search.train, name) is None] == [
-        "reverse",
-        "shift_div",
-        "offset_scale",
-        "schedule",
-        "warmup_epochs",
-        "weight_decay",
-    ]  # searched: only a flag or a key fixes a dimension
+    unset = [name for name in SEARCHABLE if getattr(search.train, name) is None]
+    assert unset == [name for name in SEARCHABLE if name not in ("groups", "lr")]  # only a flag or a key fixes one
 
 
 def test_a_preset_search_defaults_to_one_sample_of_each_cell_and_fifo():
@@ -130,7 +128,9 @@ def test_search_config_file_errors_name_the_file_and_the_key(config_file, text, 
 
 def test_the_tune_job_refuses_bad_settings_before_any_work(capsys):
     assert cli.tune_tin(["--data", "d", "--preset", "paper"]) == USAGE_EXIT_STATUS
-    assert capsys.readouterr().err == "error: --preset must be one of paper-ablation, got 'paper'\n"
+    assert capsys.readouterr().err == (
+        "error: --preset must be one of paper-ablation, stam-ablation, ila-ablation, got 'paper'\n"
+    )
 
 
 # ---- preparing datasets ------------------------------------------------------------------------
@@ -168,6 +168,52 @@ def test_prepare_config_file_errors_name_the_file_and_the_key(config_file, text,
         (
             ["--format", "synthetic", "--video-root", "v", "--split", "s", "--output", "o", "--motions", "spin"],
             "--motions must be one of left, ",
+        ),
+        (
+            ["--format", "hmdb51", "--annotations", "a", "--video-root", "v", "--split", "s", "--output", "o"],
+            "--split s: --format hmdb51 reads the videos its split files tag 1 (--split train) or 2",
+        ),
+        (
+            [
+                "--format",
+                "hmdb51",
+                "--annotations",
+                "a",
+                "--video-root",
+                "v",
+                "--split",
+                "val",
+                "--output",
+                "o",
+                "--fold",
+                "4",
+            ],
+            "--fold must be one of 1, 2, 3, got 4",
+        ),
+        (
+            ["--format", "sthv1", "--annotations", "a", "--video-root", "v", "--split", "val", "--output", "o"],
+            "--classes is required for --format sthv1 (the dataset's something-something-v1-labels.csv)",
+        ),
+        (
+            [
+                "--format",
+                "jester",
+                "--annotations",
+                "a",
+                "--classes",
+                "c",
+                "--video-root",
+                "v",
+                "--split",
+                "val",
+                "--output",
+                "o",
+                "--short-side",
+                "0",
+                "--encoding",
+                "raw",
+            ],
+            "--short-side must be positive, or 0 to keep the frames' own size with --encoding jpeg",
         ),
     ],
 )

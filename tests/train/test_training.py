@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.training import (
@@ -143,29 +144,38 @@ def test_local_shuffle_is_off_by_default_and_seeded_per_epoch_and_rank(tmp_path)
     assert local_shuffle(config, 0, 0)["local_shuffle_buffer_size"] == 64
 
 
-def test_two_workers_train_then_resume_continues_the_run(single_label_root, tmp_path):
-    config = tiny_config(single_label_root, tmp_path, "resume", epochs=1)
+def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(single_label_root, tmp_path):
+    """ILA under DDP (every module it builds is used: no unused-parameter errors), its alignment
+    loss logged, its points plotted; the weight average checkpointed and resumed exactly."""
+    config = tiny_config(
+        single_label_root, tmp_path, "resume", epochs=1, model="ila_tiny", lr=1e-3, ema_decay=0.9, warmup_epochs=1
+    )
     result = train(config)
     assert result.error is None
     state = load_state(latest_checkpoint(config))
     steps = epoch_steps(36, 2, 4)  # 18 clips per rank, batches of 4
     assert state.epoch == 1 and [epoch["steps"] for epoch in state.history] == [steps]
     assert state.scheduler["last_epoch"] == steps  # the schedule counted the steps the ranks took
+    assert state.ema is not None and int(state.ema["n_averaged"]) == steps
     client, run = mlflow_run(config)
-    assert metric_steps(client, run, "val_top1") == [1]
-    assert run.data.params["config.model"] == "tin_r18" and run.data.params["config.num_workers"] == "2"
+    assert metric_steps(client, run, "val_top1") == [1] and metric_steps(client, run, "train_aux_loss") == [1]
+    assert run.data.params["config.model"] == "ila_tiny" and run.data.params["config.num_workers"] == "2"
+    assert run.data.params["recipe.optimizer"] == "adamw"  # the family's, as the config left it None
     artifacts = {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/temporal_offsets_weights.png"} <= artifacts
+    assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/alignment_points.png"} <= artifacts
 
     config.epochs = 2
     result = train(config)  # same name and storage path: continues after epoch 1
     assert result.error is None
     state = load_state(latest_checkpoint(config))
     assert state.epoch == 2 and len(state.history) == 2 and state.scheduler["last_epoch"] == 2 * steps
+    assert int(state.ema["n_averaged"]) == 2 * steps  # the average went on, not restarted
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2]  # one entry per epoch, not 3
-    _, meta = load_model(latest_checkpoint(config))
+    model, meta = load_model(latest_checkpoint(config))
     assert meta["epoch"] == 2 and meta["dataset"]["classes"][0] == "left"
+    average = {key.removeprefix("module."): value for key, value in state.ema.items() if key != "n_averaged"}
+    assert torch.equal(model.state_dict()["head.fc.weight"], average["head.fc.weight"])  # evaluated: the average
 
 
 def job_command(script: str, config: TrainConfig) -> list[str]:

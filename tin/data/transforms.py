@@ -15,6 +15,12 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's ResNets
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP
+    "miil": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # MIIL's ImageNet-21K ViT (STAM): pixels / 255 only
+}
+"""(mean, std) per channel of each model family's input normalisation, on pixels scaled to [0, 1]."""
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 EVAL_RESIZE_RATIO = 8 / 7
 """Evaluation resizes the short side to crop size x this before the centre crop (256 for 224)."""
@@ -122,11 +128,12 @@ def three_crop_boxes(height: int, width: int, size: int) -> list[Box]:
 
 def normalize(
     batch: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     channels_last: bool = False,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """uint8 clips (N, T, H, W, 3) -> normalised float32 clips (N, T, 3, H, W) on batch's device.
+    """uint8 clips (N, T, H, W, 3) -> normalised float32 clips (N, T, 3, H, W) on batch's device:
+    (pixel / 255 - mean) / std per channel, with the model's ``input_mean`` and ``input_std``.
 
     With ``channels_last`` every frame keeps the stored channels-last memory layout (what a
     channels_last model wants, at no copy); otherwise the result is contiguous, so the convolutions

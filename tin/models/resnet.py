@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
+from tin.data.transforms import INPUT_NORMS
 from tin.models.temporal import TemporalInterlace
 
 TemporalFactory = Callable[[int], nn.Module]
@@ -81,8 +82,11 @@ class VideoResNet(nn.Module):
         dropout: dropout probability before the head.
 
     Shape:
-        input ``(N, T, 3, H, W)`` float, normalised -> logits ``(N, K)``.
+        input ``(N, T, 3, H, W)`` float, normalised with ``input_mean``/``input_std`` (ImageNet's)
+        -> logits ``(N, K)``.
     """
+
+    input_mean, input_std = INPUT_NORMS["imagenet"]
 
     def __init__(
         self,
@@ -145,6 +149,31 @@ class VideoResNet(nn.Module):
                     "weight": module.last_weight.mean(dim=0),
                 }
         return stats
+
+    def param_roles(self) -> dict[str, tuple[str, bool]]:
+        """Every parameter's (role, no weight decay) for ``param_groups``: ``temporal`` (the
+        TemporalInterlace modules), ``head`` or ``backbone``; BatchNorm parameters and biases (fewer
+        than 2 dimensions) take no decay."""
+        temporal = {
+            f"{name}.{parameter_name}"
+            for name, module in self.named_modules()
+            if isinstance(module, TemporalInterlace)
+            for parameter_name, _ in module.named_parameters()
+        }
+        return {
+            name: (
+                "head" if name.startswith("head.") else "temporal" if name in temporal else "backbone",
+                parameter.dim() < 2,
+            )
+            for name, parameter in self.named_parameters()
+        }
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """No loss besides the task's (the training loop's protocol; ILA has one)."""
+        return None
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing depends on the epoch (the training loop's protocol; ILA's mask jitter does)."""
 
     def set_partial_bn(self, enabled: bool = True) -> None:
         """Freeze every BatchNorm but the first (TSN's partial BN), or undo it.

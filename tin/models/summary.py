@@ -1,11 +1,15 @@
 """Parameters and multiply-accumulates (MACs) of the video models.
 
-    python -m tin.models.summary tin_r50 tsm_r50 tsn_r50 [--num-segments 8] [--size 224] [--num-classes 400]
+    python -m tin.models.summary tin_r50 tsm_r50 stam_b16 ila_b32 [--num-segments 8] [--size 224] [--num-classes 400]
+    python -m tin.models.summary ila_b16 --options          # the model's options and their defaults
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one clip of T frames (MACs =
-FLOPs / 2): convolutions and linear layers, plus the ``tin::interlace`` kernel (TIN's interlace and
-TSM's shift) at 2 MACs per interlaced element. Pooling, BatchNorm, activations and the descriptor
-means are not counted, as in the published tables.
+FLOPs / 2): convolutions, linear layers and attention's two matrix products, plus the
+``tin::interlace`` kernel (TIN's interlace and TSM's shift) at 2 MACs per interlaced element.
+Pooling, normalisation, activations and the descriptor means are not counted, as in the published
+tables. The ViTs are counted on the meta device (no memory, no time), where scaled-dot-product
+attention is decomposed into the matrix products the counter sees; on the CPU its fused kernel
+would count as 0.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from tin.models.build import MODEL_NAMES, build_model
+from tin.models.build import MODEL_NAMES, build_model, model_family, model_option_defaults
 from tin.ops import compiled_devices
 
 
@@ -48,9 +52,12 @@ def _register_interlace_formula() -> None:
 
 
 def summarise(name: str, num_classes: int, num_segments: int, size: int) -> tuple[int, int]:
-    """(parameters, MACs of one clip (1, T, 3, size, size)) of a freshly built model."""
-    model = build_model(name, num_classes, num_segments).eval()
-    clips = torch.zeros(1, num_segments, 3, size, size)
+    """(parameters, MACs of one clip (1, T, 3, size, size)) of a freshly built model: ViTs on the
+    meta device, ResNets on the CPU (the interlace kernel has no meta implementation)."""
+    device = torch.device("cpu" if model_family(name) == "resnet" else "meta")
+    with device:
+        model = build_model(name, num_classes, num_segments, image_size=size).eval()
+        clips = torch.zeros(1, num_segments, 3, size, size)
     return count_parameters(model), count_macs(model, clips)
 
 
@@ -62,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-segments", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--size", type=int, default=224, help="frame height and width")
     parser.add_argument("--num-classes", type=int, default=400)
+    parser.add_argument("--options", action="store_true", help="list each model's options and defaults instead")
     args = parser.parse_args(argv)
+    if args.options:
+        for name in args.names:
+            print(f"{name}: " + ", ".join(f"{key}={value!r}" for key, value in model_option_defaults(name).items()))
+        return
     print(f"one clip of {args.num_segments}x{args.size}x{args.size}, {args.num_classes} classes")
     print(f"{'model':<10} {'params':>12} {'GMACs':>9}")
     for name in args.names:

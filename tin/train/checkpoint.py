@@ -30,13 +30,20 @@ META_KEYS = ("config", "dataset")
 @dataclass
 class TrainingState:
     """What training resumes from: the weights, optimiser and schedule state after ``epoch`` epochs,
-    and one dict of metrics per epoch."""
+    one dict of metrics per epoch, and, for a run with ``--ema-decay``, the state of the weights'
+    moving average (``AveragedModel.state_dict()``: ``module.*`` and ``n_averaged``)."""
 
     epoch: int = 0  # epochs completed
     model: dict[str, torch.Tensor] | None = None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    ema: dict[str, torch.Tensor] | None = None
+
+
+OPTIONAL_STATE = ("ema",)
+"""``TrainingState`` fields a checkpoint may lack (runs without them)."""
+EMA_PREFIX = "module."
 
 
 def save_state(state: TrainingState, config: TrainConfig, facts: DatasetFacts, path: str | Path) -> None:
@@ -61,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: pass a {CHECKPOINT_FILE} file or its folder")
     saved = load_weights_only(path, "checkpoint")
-    expected = [*(item.name for item in fields(TrainingState)), *META_KEYS]
+    expected = [*(item.name for item in fields(TrainingState) if item.name not in OPTIONAL_STATE), *META_KEYS]
     missing = [key for key in expected if key not in saved] if isinstance(saved, dict) else expected
     if missing:
         raise CheckpointError(
@@ -74,7 +81,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_state(path: str | Path) -> TrainingState:
     """The ``TrainingState`` of a checkpoint, to resume training from."""
     saved = read_checkpoint(path)
-    return TrainingState(**{item.name: saved[item.name] for item in fields(TrainingState)})
+    return TrainingState(**{item.name: saved[item.name] for item in fields(TrainingState) if item.name in saved})
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -93,16 +100,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     return model.to(device).eval(), {"config": saved["config"], "dataset": saved["dataset"], "epoch": saved["epoch"]}
 
 
-def rebuild_model(saved: dict[str, Any], path: str | Path) -> torch.nn.Module:
-    """The model a checkpoint's config describes, with the checkpoint's weights (on the CPU).
+def evaluated_weights(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint is evaluated, predicted and exported with: the moving average when
+    the run kept one (what its validation measured), else the trained weights."""
+    if saved.get("ema") is None:
+        return saved["model"]
+    return {key.removeprefix(EMA_PREFIX): value for key, value in saved["ema"].items() if key.startswith(EMA_PREFIX)}
 
-    The pretrained file training started from is not read again: the weights are the checkpoint's.
+
+def rebuild_model(saved: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """The model a checkpoint's config describes, with its ``evaluated_weights`` (on the CPU).
+
+    The pretrained file training started from is not read again: the weights are the checkpoint's
+    (a ViT built with ``pretrained`` stores the options that file decided, ``model_option``).
     """
     config = TrainConfig.from_dict(saved["config"])
     options = {**config.model_options(), "pretrained": None}
-    model = build_model(config.model, len(saved["dataset"]["classes"]), config.num_segments, **options)
+    model = build_model(
+        config.model, len(saved["dataset"]["classes"]), config.num_segments, image_size=config.crop_size, **options
+    )
     try:
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(evaluated_weights(saved))
     except RuntimeError as error:
         raise CheckpointError(
             f"the weights in checkpoint {path} do not fit its model {config.model}: {error}"

@@ -6,12 +6,21 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 from tin.config import check_choices, setting
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
-from tin.models.build import MODEL_NAMES, TEMPORAL_OPTION_NAMES, TEMPORAL_OPTIONS
+from tin.models.build import (
+    MODEL_NAMES,
+    MODEL_OPTION_FIELDS,
+    TEMPORAL_OPTIONS,
+    model_family,
+    model_option_defaults,
+)
 from tin.train.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -34,6 +43,48 @@ def label_pair(text: str) -> tuple[int, int]:
 def split_or_none(text: str) -> str | None:
     """A split name, or None for ``none`` (no such split)."""
     return None if text.lower() == "none" else text
+
+
+def model_option(text: str) -> tuple[str, Any]:
+    """``"ila_hidden=32"`` -> ("ila_hidden", 32): a model option and its value, read as YAML (so
+    numbers, booleans and lists like ``[0, 2, 4]`` keep their types)."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected a model option like ila_hidden=32, got {text!r}")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"model option {name.strip()}: cannot read the value {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model family's optimisation defaults: what a ``TrainConfig`` field left None resolves to.
+
+    ``lr`` is for the default total batch of 16 clips, fine-tuning from ``--pretrained``;
+    ``scratch_lr`` without it.
+    """
+
+    optimizer: str
+    lr: float
+    scratch_lr: float
+    weight_decay: float
+    head_lr_mult: float
+    head_bias_lr_mult: float
+    betas: tuple[float, float]
+    clip_grad: float
+
+
+FAMILY_RECIPES: dict[str, Recipe] = {
+    # TSN/TSM/TIN: SGD 0.01 (0.02 for 48 clips, scaled), the new classifier at x5 / x10.
+    "resnet": Recipe("sgd", 0.01, 0.01, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
+    # STAM (its issue #9): AdamW 1e-5 for 64 clips, scaled; weight decay 1e-3.
+    "stam": Recipe("adamw", 2.5e-6, 1e-3, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0),
+    # ILA: AdamW with CLIP's betas; its new modules learn on a frozen CLIP trunk.
+    "ila": Recipe("adamw", 1e-4, 1e-3, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0),
+}
+RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name != "scratch_lr")
+"""The ``TrainConfig`` fields that default to the model family's recipe."""
 
 
 def _model_default(option: str) -> str:
@@ -68,34 +119,77 @@ class TrainConfig:
         help="how the workers spread over the nodes: PACK (as few nodes as possible), SPREAD (as many as possible), "
         "STRICT_PACK (one node), STRICT_SPREAD (one worker per node)",
     )
-    optimizer: str = setting("sgd", choices=OPTIMIZERS, help="sgd (momentum, the references') or adamw")
-    lr: float = setting(0.01, help="learning rate for the whole --batch-size (scale it linearly with the batch)")
+    optimizer: str | None = setting(
+        None,
+        choices=OPTIMIZERS,
+        help="sgd (momentum) or adamw (default: the family's: sgd for ResNets, adamw for ViTs)",
+    )
+    lr: float | None = setting(
+        None,
+        help="learning rate for the whole --batch-size, scale it linearly with the batch (default: the family's "
+        "recipe, e.g. 0.01 for ResNets; for ViTs one for --pretrained and a higher one from scratch)",
+    )
     momentum: float = setting(0.9, help="SGD momentum")
-    weight_decay: float = setting(5e-4, help="weight decay (not on BatchNorm parameters and biases)")
-    head_lr_mult: float = setting(5.0, help="the new classifier's weight learns at this multiple of --lr")
-    head_bias_lr_mult: float = setting(10.0, help="the new classifier's bias learns at this multiple of --lr")
+    betas: tuple[float, ...] | None = setting(
+        None, metavar="BETA", help="AdamW's two betas (default: the family's, 0.9 0.98 for ILA, else 0.9 0.999)"
+    )
+    weight_decay: float | None = setting(
+        None, help="weight decay, not on norm parameters, biases and embeddings (default: the family's recipe)"
+    )
+    head_lr_mult: float | None = setting(
+        None, help="the classifier's weights learn at this multiple of --lr (default: 5 for ResNets, 1 for ViTs)"
+    )
+    head_bias_lr_mult: float | None = setting(
+        None, help="the classifier's biases learn at this multiple of --lr (default: 10 for ResNets, 1 for ViTs)"
+    )
+    temporal_lr_mult: float = setting(
+        1.0, help="temporal modules (TIN's OffsetNet, STAM's encoder, ILA's modules) learn at this multiple of --lr"
+    )
+    backbone_lr_mult: float = setting(1.0, help="the per-frame trunk learns at this multiple of --lr")
+    layer_decay: float = setting(
+        1.0,
+        help="ViTs: layer i of L in the trunk learns at --lr x layer_decay^(L-i), e.g. 0.75 (1: no layer-wise decay)",
+    )
+    ema_decay: float | None = setting(
+        None,
+        help="keep an exponential moving average of the weights with this decay (e.g. 0.9998); it is what is "
+        "validated, checkpointed for evaluation and exported (default: off)",
+    )
+    align_loss_weight: float = setting(1.0, help="ILA: weight of the alignment loss added to the task loss")
     schedule: str = setting("cosine", choices=SCHEDULES, help="learning-rate decay after the warm-up")
     warmup_epochs: float = setting(1.0, help="linear warm-up from lr/10 over this many epochs")
     lr_steps: tuple[int, ...] = setting(
         (10, 20), metavar="EPOCH", help="epochs where the step schedule divides lr by 10"
     )
-    clip_grad: float = setting(20.0, help="clip the gradient norm to this (0: off)")
-    dropout: float = setting(0.5, help="dropout before the classifier")
+    clip_grad: float | None = setting(
+        None, help="clip the gradient norm to this, 0: off (default: 20 for ResNets, 5 for ViTs)"
+    )
+    dropout: float | None = setting(
+        None, help="dropout before the classifier (default: the model's, 0.5 for ResNets and ILA, 0 for STAM)"
+    )
     crop_size: int = setting(224, help="training crop side; evaluation uses the centre crop of this side")
     scales: tuple[float, ...] = setting(
         MULTI_SCALES,
         metavar="FRACTION",
         help="multi-scale crop sides as fractions of the short side (1.0 alone: no scale jitter)",
     )
-    flip: bool = setting(True, help="random horizontal flips (disable for Something-Something unless label pairs swap)")
+    flip: bool | None = setting(
+        None,
+        help="random horizontal flips: --flip flips plainly, --no-flip never (default: the policy the dataset root "
+        "records: Something-Something and Jester swap their left/right label pairs, the others flip plainly)",
+    )
     flip_label_pairs: tuple[tuple[int, int], ...] = setting(
         (),
         parse=label_pair,
         metavar="A:B",
-        help="label pairs swapped on flip, e.g. 86:87 93:94 166:167 (SSv2) (default: none)",
+        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167 (default: the root's)",
     )
-    pretrained: str | None = setting(None, help="local torchvision ImageNet ResNet state dict to start from")
-    partial_bn: bool = setting(False, help="freeze every BatchNorm but the first")
+    pretrained: str | None = setting(
+        None,
+        help="local weights to start from: a torchvision ImageNet ResNet state dict (tin/tsm/tsn), the MIIL "
+        "ImageNet-21K ViT or a STAM checkpoint (stam), an OpenAI, open_clip or timm CLIP file (ila)",
+    )
+    partial_bn: bool = setting(False, help="ResNets: freeze every BatchNorm but the first")
     shift_div: int | None = setting(
         None, help=f"TIN/TSM: 1/shift_div of the channels are shifted ({_model_default('shift_div')})"
     )
@@ -105,6 +199,24 @@ class TrainConfig:
     )
     offset_scale: float | None = setting(
         None, help=f"TIN: offsets lie in (-offset_scale/2, offset_scale/2) ({_model_default('offset_scale')})"
+    )
+    aggregation: str | None = setting(
+        None, help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)"
+    )
+    temporal_depth: int | None = setting(None, help="STAM: layers of the temporal encoder (default: 6, tiny 2)")
+    drop_path: float | None = setting(None, help="ViTs: stochastic depth rate of the trunk's blocks (default 0)")
+    fusion: str | None = setting(None, help="ILA: add (the code's, default) or token (the paper's)")
+    jitter: float | None = setting(None, help="ILA: offset of the 9 jittered training masks (default 0.2; 0: off)")
+    mit_layers: int | None = setting(None, help="ILA: transformer layers of the video head over the frames (default 1)")
+    freeze_backbone: bool | None = setting(
+        None, help="ILA: freeze the CLIP trunk (default: with a CLIP --pretrained, else not)"
+    )
+    model_option: tuple[tuple[str, Any], ...] = setting(
+        (),
+        parse=model_option,
+        metavar="NAME=VALUE",
+        help="any other option of the model, e.g. ila_hidden=32 ila_layers=[8,9,10,11] qkv_bias=false (python -m "
+        "tin.models.summary --options NAME lists a model's options)",
     )
     train_split: str = setting(TRAIN_SPLIT, help="split to train on")
     val_split: str | None = setting(
@@ -159,18 +271,77 @@ class TrainConfig:
                 self.shuffle_buffer >= 0,
                 f"--shuffle-buffer must be 0 (off) or a number of clips, got {self.shuffle_buffer}",
             ),
+            (self.betas is None or len(self.betas) == 2, f"--betas takes two numbers, got {self.betas}"),
+            (
+                self.ema_decay is None or 0 < self.ema_decay < 1,
+                f"--ema-decay must lie in (0, 1), got {self.ema_decay}",
+            ),
+            (
+                self.layer_decay is None or 0 < self.layer_decay <= 1,
+                f"--layer-decay must lie in (0, 1], got {self.layer_decay}",
+            ),
+            (
+                self.align_loss_weight is None or self.align_loss_weight >= 0,
+                f"--align-loss-weight must be >= 0, got {self.align_loss_weight}",
+            ),
         ]
         for passed, message in checks:
             if not passed:
                 raise TrainingSetupError(message)
+        self._check_model_options()
+        self._check_flip()
 
-    def model_options(self) -> dict:
-        """Keyword options for ``build_model``: dropout, pretrained, and the temporal options set."""
-        options = {"dropout": self.dropout, "pretrained": self.pretrained}
-        for name in TEMPORAL_OPTION_NAMES:
+    def _check_flip(self) -> None:
+        """Label pairs swap on flipped clips only, and each label belongs to one pair at most."""
+        pairs = " ".join(f"{a}:{b}" for a, b in self.flip_label_pairs)
+        if self.flip is False and self.flip_label_pairs:
+            raise TrainingSetupError(
+                f"--no-flip with --flip-label-pairs {pairs}: labels swap only on flipped clips; give one of the two"
+            )
+        labels = [label for pair in self.flip_label_pairs for label in pair]
+        if any(a == b or min(a, b) < 0 for a, b in self.flip_label_pairs) or len(set(labels)) < len(labels):
+            raise TrainingSetupError(
+                f"--flip-label-pairs {pairs}: each pair needs two different class indices (0 or more), and a class "
+                f"can be in one pair only"
+            )
+
+    def _check_model_options(self) -> None:
+        """Every model option set (as a field or ``--model-option``) is one of the model's, and
+        partial BN is a ResNet's."""
+        known = model_option_defaults(self.model)
+        flagged = [name for name in MODEL_OPTION_FIELDS if getattr(self, name) is not None and name not in known]
+        if flagged:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in flagged)
+            raise TrainingSetupError(f"--model {self.model} has no option {flags}; drop it or choose a model that has")
+        others = [name for name, _ in self.model_option if name not in known or name in ("pretrained", "dropout")]
+        if others:
+            raise TrainingSetupError(
+                f"--model-option {', '.join(others)}: not an option of --model {self.model} (or one with a flag of its "
+                f"own); its options: {', '.join(sorted(set(known) - {'pretrained', 'dropout'}))}"
+            )
+        if self.partial_bn and model_family(self.model) != "resnet":
+            raise TrainingSetupError(f"--partial-bn freezes BatchNorms of a ResNet; --model {self.model} has none")
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options for ``build_model``: pretrained, and dropout, the model-option fields and
+        ``--model-option`` pairs that are set (the model's defaults stand for the rest)."""
+        options: dict[str, Any] = {"pretrained": self.pretrained}
+        if self.partial_bn:
+            options["partial_bn"] = True
+        for name in ("dropout", *MODEL_OPTION_FIELDS):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
+        options.update(dict(self.model_option))
         return options
+
+    def recipe(self) -> Recipe:
+        """The optimisation settings this run uses: the fields set, the model family's recipe for
+        those left None (``lr``: the recipe's from-scratch rate when there is no --pretrained)."""
+        base = FAMILY_RECIPES[model_family(self.model)]
+        chosen = {name: getattr(self, name) for name in RECIPE_FIELDS if getattr(self, name) is not None}
+        if self.lr is None and self.pretrained is None:
+            chosen["lr"] = base.scratch_lr
+        return dataclasses.replace(base, **chosen)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,7 +352,10 @@ class TrainConfig:
         keys that are not fields are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         config = {k: v for k, v in values.items() if k in known}
-        converted = {name: tuple(config[name]) for name in ("lr_steps", "scales") if name in config}
-        if "flip_label_pairs" in config:
-            converted["flip_label_pairs"] = tuple(tuple(pair) for pair in config["flip_label_pairs"])
+        converted = {
+            name: tuple(config[name]) for name in ("lr_steps", "scales", "betas") if config.get(name) is not None
+        }
+        for name in ("flip_label_pairs", "model_option"):
+            if name in config:
+                converted[name] = tuple(tuple(pair) for pair in config[name])
         return cls(**{**config, **converted})

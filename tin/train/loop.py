@@ -13,6 +13,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,12 @@ import ray.util
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
 from tin.models import build_model, param_groups
+from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
@@ -49,13 +52,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(config.seed + rank)
 
-    model = build_model(config.model, len(facts.classes), config.num_segments, **config.model_options())
-    if config.partial_bn:
-        model.set_partial_bn(True)
-    state = restore_state(model)
+    model = build_model(
+        config.model, len(facts.classes), config.num_segments, image_size=config.crop_size, **config.model_options()
+    )
+    ema = averaged_model(model, config.ema_decay)
+    state = restore_state(model, ema)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ddp_model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+    if ema is not None:
+        ema.to(device)
 
     per_worker_batch = config.batch_size // world
     steps_per_epoch = epoch_steps(facts.train_clips, world, per_worker_batch)
@@ -77,6 +83,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
+        video_model(model).set_epoch(epoch, config.epochs)
         batches = train_shard.iter_torch_batches(  # one pass over the split, in a new order
             batch_size=per_worker_batch,
             dtypes=batch_dtypes(facts.multi_label),
@@ -85,7 +92,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             prefetch_batches=2,
             **local_shuffle(config, epoch, rank),
         )
-        train_stats = train_one_epoch(ddp_model, batches, optimizer, scheduler, config, facts, device)
+        step = TrainingStep(
+            ddp_model,
+            model,
+            ema,
+            optimizer,
+            scheduler,
+            facts.multi_label,
+            device,
+            clip_grad=config.recipe().clip_grad,
+            auxiliary_weight=config.align_loss_weight,
+        )
+        train_stats = train_one_epoch(step, batches)
         if train_stats["steps"] != steps_per_epoch and rank == 0:
             logger.warning(
                 "epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
@@ -96,14 +114,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
         val_stats = {}
         if config.val_split is not None:
-            val_stats = evaluate(model, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
+            validated = model if ema is None else ema.module
+            val_stats = evaluate(validated, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(
-            epoch + 1, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), [*state.history, log.metrics]
+            epoch + 1,
+            model.state_dict(),
+            optimizer.state_dict(),
+            scheduler.state_dict(),
+            [*state.history, log.metrics],
+            ema=None if ema is None else ema.state_dict(),
         )
         report_epoch(state, config, facts, log.metrics, rank)
         recorder.epoch_done(log, state.history)
-    recorder.finish(model, state)
+    recorder.finish(model if ema is None else ema.module, state)
 
 
 def epoch_steps(train_clips: int, world: int, per_worker_batch: int) -> int:
@@ -123,16 +147,39 @@ def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the references') or AdamW (decoupled weight decay; from-scratch training
-    on small data leaves its plateaus much sooner with it), over the recipes' parameter groups."""
-    groups = param_groups(model, config.lr, config.weight_decay, config.head_lr_mult, config.head_bias_lr_mult)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    """SGD with momentum (the ResNet references') or AdamW (decoupled weight decay: the ViTs', and
+    from-scratch training on small data leaves its plateaus much sooner with it), over the
+    parameter groups of the run's recipe (``TrainConfig.recipe``)."""
+    recipe = config.recipe()
+    groups = param_groups(
+        model,
+        recipe.lr,
+        recipe.weight_decay,
+        head_lr_mult=recipe.head_lr_mult,
+        head_bias_lr_mult=recipe.head_bias_lr_mult,
+        temporal_lr_mult=config.temporal_lr_mult,
+        backbone_lr_mult=config.backbone_lr_mult,
+        layer_decay=config.layer_decay,
+    )
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=config.momentum)
 
 
-def restore_state(model: nn.Module) -> TrainingState:
-    """Load the latest checkpoint of this run into ``model``; a fresh state when there is none."""
+def averaged_model(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers (None without a decay).
+
+    BatchNorm statistics are averaged too (``use_buffers``), so the average is ready to evaluate
+    without recomputing them.
+    """
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def restore_state(model: nn.Module, ema: AveragedModel | None = None) -> TrainingState:
+    """Load the latest checkpoint of this run into ``model`` (and its average, when the run keeps
+    one); a fresh state when there is none."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainingState()
@@ -142,6 +189,10 @@ def restore_state(model: nn.Module) -> TrainingState:
     if state.model is None:
         raise CheckpointError(f"{path}: the checkpoint holds no model weights")
     model.load_state_dict(state.model)
+    if ema is not None:
+        if state.ema is None:
+            raise CheckpointError(f"{path}: --ema-decay is set but the run's checkpoint holds no average")
+        ema.load_state_dict(state.ema)
     return state
 
 
@@ -152,42 +203,70 @@ def loss_function(logits: torch.Tensor, target: torch.Tensor, multi_label: bool)
     return F.cross_entropy(logits, target)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterator[dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: TrainConfig,
-    facts: DatasetFacts,
-    device: torch.device,
-) -> dict[str, float]:
+@dataclass
+class TrainingStep:
+    """What one optimiser step touches: the (DDP) model it runs, the plain model whose protocol
+    it reads (normalisation, auxiliary loss), the average it updates, and the run's settings."""
+
+    ddp_model: nn.Module
+    model: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    multi_label: bool
+    device: torch.device
+    clip_grad: float  # clip the gradient norm to this; 0: off
+    auxiliary_weight: float  # of the model's auxiliary loss in the loss
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One step on a batch: (task loss, logits, auxiliary loss or None), all detached."""
+        expected = video_model(self.model)
+        inputs = normalize(
+            batch["clips"], expected.input_mean, expected.input_std, channels_last=self.device.type == "cuda"
+        )
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.ddp_model(inputs)
+        task_loss = loss_function(logits.float(), batch["target"], self.multi_label)
+        auxiliary = expected.auxiliary_loss()
+        loss = task_loss if auxiliary is None else task_loss + self.auxiliary_weight * auxiliary
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return task_loss.detach(), logits.detach(), None if auxiliary is None else auxiliary.detach()
+
+
+def train_one_epoch(step: TrainingStep, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
     """One training step per batch of this worker's pass over its shard; metrics reduced over all ranks.
 
     Every rank gets the same number of batches (``epoch_steps``), so DDP's all-reduces stay in
-    lockstep. Time spent waiting for the next batch is reported as the data-wait fraction.
+    lockstep. Time spent waiting for the next batch is reported as the data-wait fraction;
+    ``train_aux_loss`` is the mean auxiliary loss per step (ILA's alignment loss, unweighted).
     """
-    model.train()
+    step.ddp_model.train()
+    device = step.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     clips = 0
     waited = 0.0
     started = time.perf_counter()
     batch_ready = started
     steps = 0
+    has_aux = False
     for batch in batches:
         waited += time.perf_counter() - batch_ready
-        inputs, target = normalize(batch["clips"], channels_last=device.type == "cuda"), batch["target"]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(inputs)
-        loss = loss_function(logits.float(), target, facts.multi_label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_grad > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach() * len(target)  # stays on the device: no sync per step
-        if not facts.multi_label:
+        loss, logits, auxiliary = step(batch)
+        target = batch["target"]
+        loss_sum += loss * len(target)  # stays on the device: no sync per step
+        if auxiliary is not None:
+            aux_sum += auxiliary
+            has_aux = True
+        if not step.multi_label:
             correct += (logits.argmax(1) == target).sum()
         clips += len(target)
         steps += 1
@@ -200,17 +279,21 @@ def train_one_epoch(
             torch.tensor(float(clips), dtype=torch.float64, device=device),
             torch.tensor(waited / max(elapsed, 1e-9), dtype=torch.float64, device=device),
             torch.ones((), dtype=torch.float64, device=device),
+            aux_sum,
+            torch.tensor(float(steps), dtype=torch.float64, device=device),
         ]
     )
-    loss_sum, correct, clips, wait_sum, ranks = all_reduce_sum(totals).tolist()
+    loss_sum, correct, clips, wait_sum, ranks, aux_sum, all_steps = all_reduce_sum(totals).tolist()
     stats = {
         "train_loss": loss_sum / max(clips, 1),
         "clips_per_s": clips / max(elapsed, 1e-9),
         "data_wait": wait_sum / ranks,  # mean over ranks of the fraction of the epoch spent waiting
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": step.optimizer.param_groups[0]["lr"],
         "steps": float(steps),
     }
-    if not facts.multi_label:
+    if has_aux:
+        stats["train_aux_loss"] = aux_sum / max(all_steps, 1)
+    if not step.multi_label:
         stats["train_top1"] = correct / max(clips, 1)
     return stats
 
@@ -224,7 +307,11 @@ def predict_shard(
     scores, targets = [], []
     for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=batch_dtypes(multi_label), device=device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores.append(model(normalize(batch["clips"], channels_last=device.type == "cuda")).float())
+            expected = video_model(model)
+            clips = normalize(
+                batch["clips"], expected.input_mean, expected.input_std, channels_last=device.type == "cuda"
+            )
+            scores.append(model(clips).float())
         targets.append(batch["target"])
     if not scores:
         empty_target = torch.zeros(

@@ -72,7 +72,11 @@ class RunRecorder:
             config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id
         )
         tracking.log_params_once(
-            {"config": config.to_dict(), "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"}}
+            {
+                "config": config.to_dict(),
+                "recipe": asdict(config.recipe()),  # what the None fields resolved to
+                "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"},
+            }
         )
 
     def workers_placed(self, nodes: list[str], epoch: int) -> None:
@@ -120,5 +124,7 @@ class RunRecorder:
             mlflow.log_artifact(str(Path(directory) / CHECKPOINT_FILE), "model")
         stats = model.temporal_stats()
         if stats:
-            mlflow.log_figure(viz.plot_temporal_stats(stats), "plots/temporal_offsets_weights.png")
+            kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))
+            plot, artifact = viz.TEMPORAL_PLOTS[kind]
+            mlflow.log_figure(plot(stats), artifact)
         mlflow.end_run()

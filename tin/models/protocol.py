@@ -1,0 +1,45 @@
+"""What the training loop, evaluation, prediction and export use of every model ``build_model``
+returns, besides ``forward``: the protocol that ResNets, STAM and ILA all implement."""
+
+from __future__ import annotations
+
+from typing import Protocol, cast
+
+import torch
+from torch import nn
+
+
+class VideoModel(Protocol):
+    """A model of ``build_model``: normalised clips (N, T, 3, S, S) -> logits (N, K).
+
+    Attributes:
+        input_mean, input_std: per-channel normalisation of [0, 1] pixels the model expects
+            (ImageNet's for the ResNets, CLIP's for ILA, none for STAM's MIIL weights).
+    """
+
+    input_mean: tuple[float, ...]
+    input_std: tuple[float, ...]
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor: ...
+
+    def param_roles(self) -> dict[str, tuple[str, bool]]:
+        """Every parameter's (role, no weight decay) for ``param_groups``."""
+        ...
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A loss of the last training forward to add to the task's (ILA's alignment loss), or None."""
+        ...
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Set what depends on the (0-based) epoch of ``epochs``, as a pure function of both, so a
+        resumed run gets exactly what an uninterrupted one had."""
+        ...
+
+    def temporal_stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What the temporal modules learned, from the last forward (plotted to MLflow)."""
+        ...
+
+
+def video_model(model: nn.Module) -> VideoModel:
+    """``model`` seen through the protocol (for the type checker; nothing is converted)."""
+    return cast(VideoModel, model)
