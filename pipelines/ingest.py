@@ -2,7 +2,10 @@
 
 Per manifest row: fetch the file (local path or object-store bytes) -> probe (open, frame count,
 fps) -> decode F frames spread uniformly over [start, end], resized in the decoder (decord, PyAV
-fallback) -> encode (jpeg | raw) -> Parquet. Any failure becomes an error row with its reason.
+fallback) -> encode (jpeg | raw) -> Parquet. A manifest of frame folders (``Manifest.frame_template``)
+takes F of each folder's frame files by the same rule and reads them concurrently
+(tin.data.frames); JPEG frames of the stored size go into the shard as they are. Any failure
+becomes an error row with its reason.
 
 Mixed shards: annotation lists ship sorted by class, so consecutive rows would give shards of
 one class each and training batches of one class. The rows are therefore put in the order of a
@@ -60,9 +63,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 import tin
 from pipelines.manifests import Manifest, ManifestRow
+from tin.data.frames import frame_name_pattern, read_frame_folder
 from tin.data.reader import filesystem_for, open_root
 from tin.data.sampling import STORED_FRAMES
-from tin.data.shards import ENCODINGS, DatasetInfo, centre_crop, encode_jpeg, shard_schema
+from tin.data.shards import ENCODINGS, NATIVE_SIZE, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
 from tin.errors import UsageError
 
@@ -99,9 +103,14 @@ class IngestConfig:
     def validate(self) -> None:
         if self.encoding not in ENCODINGS:
             raise IngestError(f"--encoding {self.encoding!r}: choose one of {', '.join(ENCODINGS)}")
-        for name in ("frames", "short_side", "chunk_size", "row_group_size"):
+        for name in ("frames", "chunk_size", "row_group_size"):
             if getattr(self, name) <= 0:
                 raise IngestError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.short_side < 0 or (self.short_side == NATIVE_SIZE and self.encoding == "raw"):
+            raise IngestError(
+                f"--short-side must be positive, or {NATIVE_SIZE} to keep the frames' own size with --encoding "
+                f"jpeg (raw clips share one square shape), got {self.short_side} with --encoding {self.encoding}"
+            )
         if not self.split or "/" in self.split:
             raise IngestError(f"split name {self.split!r} must be a non-empty name without '/'")
         if self.shuffle_seed < 0:  # numpy seeds are non-negative
@@ -144,24 +153,42 @@ def _load_source(path: str, storage_options: dict[str, Any]) -> str | bytes:
     return data
 
 
-def clip_record(row: ManifestRow, config: IngestConfig) -> dict[str, Any]:
-    """Decode and encode one manifest row into a shard row; raises on any problem."""
+def clip_record(row: ManifestRow, config: IngestConfig, frame_template: str | None = None) -> dict[str, Any]:
+    """Decode and encode one manifest row (a video file, or a frame folder whose frame files
+    ``frame_template`` names) into a shard row; raises on any problem."""
     if row.error:
         raise VideoError(row.error)
-    source = _load_source(row.path, config.storage_options)
-    frames, distinct = read_video_clip(source, config.frames, config.short_side, row.start, row.end)
-    if config.encoding == "raw":
-        frames = centre_crop(frames, config.short_side)
-        encoded: Any = frames
+    if frame_template is None:
+        source = _load_source(row.path, config.storage_options)
+        frames, distinct = read_video_clip(source, config.frames, config.short_side, row.start, row.end)
+        jpegs = None
+    else:
+        folder = read_frame_folder(
+            row.path,
+            config.frames,
+            config.short_side,
+            frame_template,
+            expected=row.frame_count,
+            storage_options=config.storage_options,
+            keep_jpeg=config.encoding == "jpeg",
+        )
+        frames, distinct, jpegs = folder.frames, folder.num_frames, folder.jpegs
+    if jpegs is not None:
+        encoded: Any = jpegs
+        height, width = folder.height, folder.width
+    elif config.encoding == "raw":
+        encoded = frames = centre_crop(frames, config.short_side)
+        height, width = frames.shape[1:3]
     else:
         encoded = encode_jpeg(frames, config.jpeg_quality)
+        height, width = frames.shape[1:3]
     return {
         "clip_id": row.clip_id,
         "labels": list(row.labels),
         "frames": encoded,
         "num_frames": distinct,
-        "height": frames.shape[1],
-        "width": frames.shape[2],
+        "height": height,
+        "width": width,
         "source": row.path,
     }
 
@@ -271,14 +298,18 @@ CHUNK_SCHEMA = pa.schema(
         ("start", pa.float64()),
         ("end", pa.float64()),
         ("error", pa.large_string()),
+        ("frame_count", pa.int32()),
     ]
 )
 PLAN_SETTINGS = ("frames", "short_side", "encoding", "jpeg_quality", "chunk_size", "shuffle_seed")
 
 
 def _row_text(row: ManifestRow) -> str:
-    """One row in a fixed, unambiguous text form (repr escapes line breaks inside strings)."""
-    return repr((row.clip_id, row.path, row.labels, row.start, row.end, row.error)) + "\n"
+    """One row in a fixed, unambiguous text form (repr escapes line breaks inside strings); a
+    frame count joins it only where there is one, so the fingerprints of video rows stay as
+    they were."""
+    fields = (row.clip_id, row.path, row.labels, row.start, row.end, row.error)
+    return repr(fields if row.frame_count is None else (*fields, row.frame_count)) + "\n"
 
 
 def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
@@ -294,12 +325,13 @@ def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
 def plan_of(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
     """What makes chunk files of two runs interchangeable: the rows, their order (the seed) and
     the frame settings (not num_cpus or storage options)."""
-    return {
+    plan = {
         "rows": len(manifest.rows),
         "manifest_sha256": manifest_sha256(manifest.rows),
         "labelled": manifest.labelled,
         **{key: getattr(config, key) for key in PLAN_SETTINGS},
     }
+    return plan if manifest.frame_template is None else {**plan, "frame_template": manifest.frame_template}
 
 
 def shuffled_order(rows: int, seed: int) -> np.ndarray:
@@ -314,6 +346,7 @@ def _rows_batch(rows: Sequence[ManifestRow]) -> pa.RecordBatch:
 
 
 def _batch_rows(batch: pa.RecordBatch) -> list[ManifestRow]:
+    """The rows of a chunk's record batch (a chunk file written before frame counts has no such column)."""
     return [ManifestRow(**{**record, "labels": tuple(record["labels"])}) for record in batch.to_pylist()]
 
 
@@ -394,8 +427,9 @@ def _error_row(row: ManifestRow, reason: str) -> dict[str, str]:
     return {"clip_id": row.clip_id, "source": row.path, "error": reason}
 
 
-def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
-    """Ingest one chunk ``{"run": run id, "chunk": index}`` of the chunk manifest and commit it.
+def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | None = None) -> dict[str, Any]:
+    """Ingest one chunk ``{"run": run id, "chunk": index}`` of the chunk manifest and commit it
+    (rows are frame folders when ``frame_template`` names their frame files).
 
     Writes the chunk's shard (clips that worked, flushed every ``row_group_size`` clips), then its
     done-marker with the error rows. Returns {"chunk", "marker": the marker's JSON text,
@@ -421,7 +455,7 @@ def run_chunk(item: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
             else:
                 journal.start(position)
                 try:
-                    pending.append(clip_record(row, config))
+                    pending.append(clip_record(row, config, frame_template))
                 except Exception as error:  # one bad video costs one error row, nothing more
                     errors.append(_error_row(row, describe_error(error)))
                 journal.end(position)
@@ -477,7 +511,8 @@ def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, 
 
     An unlabelled split carries no classes of its own unless a class list was given: it takes the
     root's classes (and multi-label flag). A root needs a class list, so an unlabelled split
-    without one cannot start a root.
+    without one cannot start a root. The flip policy is the manifest's; a root that records none
+    yet takes the manifest's, one that records a policy keeps it.
     """
     info = DatasetInfo(
         name=manifest.name,
@@ -488,6 +523,7 @@ def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, 
         short_side=config.short_side,
         software_version=tin.__version__,
     )
+    info.record_flip_policy(manifest.flip_policy)
     path = f"{root}/dataset.json"
     if not fs.exists(path):
         if not info.classes:
@@ -507,6 +543,9 @@ def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, 
             f"({existing.frames_per_clip} frames, {existing.encoding}, short side "
             f"{existing.short_side}, {len(existing.classes)} classes); write to another --output"
         )
+    if existing.flip is None and info.flip is not None:  # recorded now, even if no split changes
+        existing.record_flip_policy(manifest.flip_policy)
+        _write_text(fs, path, existing.to_json(), root)
     return existing
 
 
@@ -582,6 +621,7 @@ def _run_pending(
     pending: list[int],
     config: IngestConfig,
     log: Callable[[str], None],
+    frame_template: str | None = None,
 ) -> tuple[dict[int, dict[str, Any]], float]:
     """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk;
     the run's ledger goes to the output root ``fs``/``root``. Returns the chunks' done-markers by
@@ -600,7 +640,10 @@ def _run_pending(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            run_chunk, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES
+            run_chunk,
+            fn_kwargs={"config": config, "frame_template": frame_template},
+            num_cpus=1,
+            max_retries=TASK_RETRIES,
         )
     dataset.context.print_on_execution_start = False  # the plan line says nothing a user needs; progress stays
     started, clips, cpu_seconds = time.perf_counter(), 0, 0.0
@@ -695,6 +738,11 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     make error rows.
     """
     config.validate()
+    if manifest.frame_template is not None:
+        try:
+            frame_name_pattern(manifest.frame_template)
+        except ValueError as error:
+            raise IngestError(f"--frame-template: {error}") from error
     split = config.split
     try:
         fs, root = open_root(config.output, config.storage_options)
@@ -727,7 +775,7 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
         if fresh or not fs.exists(chunk_manifest_path(root, split)):
             order = shuffled_order(len(manifest.rows), config.shuffle_seed)
             write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
-        markers, cpu_seconds = _run_pending(fs, root, pending, config, log)
+        markers, cpu_seconds = _run_pending(fs, root, pending, config, log, manifest.frame_template)
     markers.update(_earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
     summary = _commit_split(fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)])
     return _result(summary, root, split, chunks_run=len(pending), cpu_seconds=cpu_seconds)

@@ -3,7 +3,9 @@ and videos, relative to the folder they were extracted to.
 
 A layout maps this project's split names (``train``, ``val``, ``test``: tin.data.shards) to the
 release's own file names, so ``jobs/prepare_<dataset>.py --root DIR --output ROOT`` writes the
-splits that training, evaluation and tuning read under their default names. Where releases and
+splits that training, evaluation and tuning read under their default names. "Videos" are frame
+folders for the releases that ship frames (Something-Something V1, Jester), and the annotations
+of HMDB51 are a folder of split files. Where releases and
 common re-packagings differ (MMAction2 moves annotation files into ``annotations/``; the 20BN and
 Qualcomm downloads of Something-Something V2 name the label files differently), a file has several
 candidates and the first one that exists is used.
@@ -44,6 +46,7 @@ class ReleaseLayout:
     classes: tuple[str, ...] = ()  # candidate class-list files; () when labels are names
     folds: tuple[int, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # split -> what the release calls it
+    annotation_folder: bool = False  # the annotations are a folder of files (HMDB51's split files)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -68,20 +71,25 @@ class ReleaseLayout:
         def first(candidates: tuple[str, ...], what: str, is_dir: bool) -> str:
             paths = [candidate.format(fold=fold) for candidate in candidates]
             for path in paths:
-                if (fs.isdir if is_dir else fs.isfile)(f"{base}/{path}"):
+                if (fs.isdir if is_dir else fs.isfile)(base if path == "." else f"{base}/{path}"):
                     return _join(root, path)
             looked = ", ".join(_join(root, path) for path in paths)
             raise LayoutError(f"--root {root}: no {what} of split {split!r} ({self.name} keeps it at {looked})")
 
         return ReleaseFiles(
-            annotations=first(self.annotations[split], "annotation file", is_dir=False),
+            annotations=first(
+                self.annotations[split],
+                "folder of split files" if self.annotation_folder else "annotation file",
+                is_dir=self.annotation_folder,
+            ),
             classes=first(self.classes, "class list", is_dir=False) if self.classes else None,
             video_root=first(self.videos[split], "video folder", is_dir=True),
         )
 
 
 def _join(root: str, relative: str) -> str:
-    return f"{root.rstrip('/')}/{relative}"
+    """``root``/``relative``; ``.`` is the root itself (a release whose videos sit at its top)."""
+    return root.rstrip("/") if relative == "." else f"{root.rstrip('/')}/{relative}"
 
 
 def _same_for_every_split(splits: tuple[str, ...], candidates: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -89,6 +97,36 @@ def _same_for_every_split(splits: tuple[str, ...], candidates: tuple[str, ...]) 
 
 
 _SSV2_SPLITS = {TRAIN_SPLIT: "train", VAL_SPLIT: "validation", TEST_SPLIT: "test"}
+_20BN_SPLITS = _SSV2_SPLITS  # <prefix>-train.csv, -validation.csv, -test.csv
+_KINETICS_SPLITS = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
+
+
+def _20bn_frames(name: str, prefix: str, frames: str) -> ReleaseLayout:
+    """A 20BN frame release (Something-Something V1, Jester): ``<prefix>-{labels,train,validation,
+    test}.csv`` beside the frame folders ``<frames>/<id>/00001.jpg``; MMAction2 moves the CSVs
+    into ``annotations/`` and the frames into ``rawframes/``. The test list holds ids only."""
+    return ReleaseLayout(
+        name=name,
+        format=name,
+        annotations={
+            split: (f"{prefix}-{file}.csv", f"annotations/{prefix}-{file}.csv") for split, file in _20BN_SPLITS.items()
+        },
+        classes=(f"{prefix}-labels.csv", f"annotations/{prefix}-labels.csv"),
+        videos=_same_for_every_split(tuple(_20BN_SPLITS), (frames, "rawframes")),
+        notes={split: f"{prefix}-{file}.csv" for split, file in _20BN_SPLITS.items()},
+    )
+
+
+def _kinetics(name: str, annotations: tuple[str, ...]) -> ReleaseLayout:
+    """A Kinetics release as the CVDF downloader arranges it: ``<split>.csv`` under one of
+    ``annotations`` (``{split}`` in them) and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``."""
+    return ReleaseLayout(
+        name=name,
+        format="kinetics",
+        annotations={split: tuple(path.format(split=split) for path in annotations) for split in _KINETICS_SPLITS},
+        videos={split: (split,) for split in _KINETICS_SPLITS},
+    )
+
 
 LAYOUTS: dict[str, ReleaseLayout] = {
     # Multi_Moments_in_Time.zip: trainingSet.csv, validationSet.csv, moments_categories.txt,
@@ -104,14 +142,32 @@ LAYOUTS: dict[str, ReleaseLayout] = {
         videos={TRAIN_SPLIT: ("videos/training", "videos"), VAL_SPLIT: ("videos/validation", "videos")},
         notes={TRAIN_SPLIT: "trainingSet.csv", VAL_SPLIT: "validationSet.csv"},
     ),
-    # The Kinetics downloader: annotations/{train,val,test}.csv and clips
-    # <split>/[<label>/]<youtube_id>_<start>_<end>.mp4; the test CSV has no label column.
-    "kinetics600": ReleaseLayout(
-        name="kinetics600",
-        format="kinetics",
-        annotations={split: (f"annotations/{split}.csv",) for split in (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)},
-        videos={split: (split,) for split in (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)},
+    # Moments_in_Time_Raw.zip: trainingSet.csv, validationSet.csv (path,label,agree,disagree),
+    # moments_categories.txt (name,id) and training/<class>/..., validation/<class>/...; MMAction2
+    # moves the lists into annotations/ and the folders into videos/.
+    "mit": ReleaseLayout(
+        name="mit",
+        format="mit",
+        annotations={
+            TRAIN_SPLIT: ("trainingSet.csv", "annotations/trainingSet.csv"),
+            VAL_SPLIT: ("validationSet.csv", "annotations/validationSet.csv"),
+        },
+        classes=("moments_categories.txt", "annotations/moments_categories.txt"),
+        videos={TRAIN_SPLIT: ("training", "videos/training"), VAL_SPLIT: ("validation", "videos/validation")},
+        notes={TRAIN_SPLIT: "trainingSet.csv", VAL_SPLIT: "validationSet.csv"},
     ),
+    # The CVDF downloaders (k400, k600, k700-2020): annotations/{train,val,test}.csv (k400_downloader.sh
+    # fetches them into the top folder) and clips <split>/[<label>/]<youtube_id>_<start>_<end>.mp4.
+    # Kinetics-400's CSVs have an is_cc column and its test CSV labels; 600's and 700's test CSVs
+    # have no label column.
+    "kinetics400": _kinetics("kinetics400", ("annotations/{split}.csv", "{split}.csv")),
+    "kinetics600": _kinetics("kinetics600", ("annotations/{split}.csv",)),
+    "kinetics700": _kinetics("kinetics700", ("annotations/{split}.csv",)),
+    # 20bn-something-something-v1-00 ... -19 (cat, then tar) extract to 20bn-something-something-v1/<id>/,
+    # frames 00001.jpg ... about 100 px high; the label archive holds something-something-v1-*.csv.
+    "sthv1": _20bn_frames("sthv1", "something-something-v1", "20bn-something-something-v1"),
+    # 20bn-jester-v1-00 ... -22 extract to 20bn-jester-v1/<id>/00001.jpg ...; jester-v1-*.csv.
+    "jester": _20bn_frames("jester", "jester-v1", "20bn-jester-v1"),
     # Something-Something V2: the label archive (labels/{labels,train,validation,test}.json; 20BN's
     # older download: something-something-v2-<name>.json) and the video parts, which extract to
     # 20bn-something-something-v2/<id>.webm. test.json has no labels.
@@ -148,5 +204,21 @@ LAYOUTS: dict[str, ReleaseLayout] = {
         videos=_same_for_every_split((TRAIN_SPLIT, VAL_SPLIT), ("UCF-101",)),
         folds=(1, 2, 3),
         notes={TRAIN_SPLIT: "trainlist0N.txt", VAL_SPLIT: "testlist0N.txt"},
+    ),
+    # hmdb51_org.rar holds <class>.rar per class, each extracting to <class>/<video>.avi (into the
+    # release folder, hmdb51_org/ or MMAction2's videos/); test_train_splits.rar extracts to
+    # testTrainMulti_7030_splits/<class>_test_split<fold>.txt (MMAction2: the files in annotations/).
+    # Tag 2 (test) of fold N is the split the papers report on: this project's validation split.
+    "hmdb51": ReleaseLayout(
+        name="hmdb51",
+        format="hmdb51",
+        annotations=_same_for_every_split(
+            (TRAIN_SPLIT, VAL_SPLIT),
+            ("testTrainMulti_7030_splits", "annotations/testTrainMulti_7030_splits", "annotations"),
+        ),
+        videos=_same_for_every_split((TRAIN_SPLIT, VAL_SPLIT), ("hmdb51_org", "videos", ".")),
+        folds=(1, 2, 3),
+        notes={TRAIN_SPLIT: "tag 1 of <class>_test_splitN.txt", VAL_SPLIT: "tag 2 (test) of <class>_test_splitN.txt"},
+        annotation_folder=True,
     ),
 }

@@ -8,6 +8,12 @@ silently. Each parser also decides whether the split is labelled at all: test sp
 without labels (Kinetics test CSV, Something-Something test.json) give ``labelled=False`` and rows
 with empty labels. Annotation lists run to a million lines, so rows are slotted objects and the
 large lists are read line by line.
+
+Each parser also records what only the format knows: whether its rows are frame folders (and how
+their frame files are named: ``Manifest.frame_template``) rather than video files, and the
+dataset's horizontal-flip policy (``Manifest.flip_policy``, tin.data.flips): Something-Something and
+Jester swap their left/right label pairs, the other datasets flip plainly, and generic lists
+record none.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import fsspec
 
+from tin.data.flips import LABEL_PAIRS, PLAIN, FlipPolicy
+
 
 @dataclass(frozen=True, slots=True)
 class ManifestRow:
@@ -31,18 +39,25 @@ class ManifestRow:
     start: float | None = None
     end: float | None = None
     error: str | None = None
+    frame_count: int | None = None  # frames of a frame folder as the annotation list gives them
 
 
 @dataclass
 class Manifest:
     """All rows of one split plus the dataset's class list. ``labelled`` is False for a split
-    released without labels: every row's ``labels`` is empty and none is an error for that."""
+    released without labels: every row's ``labels`` is empty and none is an error for that.
+
+    ``frame_template`` is None when every row's path is a video file, and names the frame files
+    (``{:05d}.jpg``; tin.data.frames) when every row's path is a frame folder. ``flip_policy`` is
+    the dataset's, None where the format does not know it."""
 
     name: str
     classes: list[str]
     multi_label: bool
     rows: list[ManifestRow] = field(default_factory=list)
     labelled: bool = True
+    frame_template: str | None = None
+    flip_policy: FlipPolicy | None = None
 
 
 def read_text(path: str) -> str:
@@ -179,7 +194,7 @@ def read_mmit(annotations: str, categories: str, video_root: str, name: str = "m
         relative, names = fields[0], [value for value in fields[1:] if value.strip()]
         labels, error = resolve(names)
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, True, _checked(rows, labelled=True))
+    return Manifest(name, classes, True, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
 
 
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")  # besides label, absent in test CSVs
@@ -197,9 +212,10 @@ def read_kinetics(
     layout: str = "auto",
     name: str = "kinetics",
 ) -> Manifest:
-    """Kinetics-400/600/700 CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``; the test
-    CSV has no label column and makes an unlabelled split). Files are already trimmed to the clip,
-    so start/end stay None.
+    """Kinetics-400/600/700 CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``: Kinetics-400's
+    has the ``is_cc`` column, and labels in its test CSV; the test CSVs of 600 and 700 have no label
+    column and make an unlabelled split). Files are already trimmed to the clip, so start/end stay
+    None; a row whose times are not whole seconds is an error row.
 
     ``layout``: ``flat`` (``<root>/<file>``), ``by_label`` (``<root>/<label>/<file>``) or ``auto``
     (by_label when the first labelled row's label folder exists). Classes: ``classes_file`` or the
@@ -225,9 +241,14 @@ def read_kinetics(
         raise ValueError(f"unknown Kinetics layout {layout!r}; use flat, by_label or auto")
     rows = []
     for record in records:
-        file_name = kinetics_file_name(record["youtube_id"], int(record["time_start"]), int(record["time_end"]))
         label = record.get("label")
         labels, error = resolve([label] if label else [])
+        try:
+            file_name = kinetics_file_name(record["youtube_id"], int(record["time_start"]), int(record["time_end"]))
+        except (TypeError, ValueError):
+            times = f"{record.get('time_start')!r} and {record.get('time_end')!r}"
+            file_name = f"{record['youtube_id']}.mp4"
+            error = f"time_start and time_end must be whole seconds, got {times}"
         folder = f"{label}/" if layout == "by_label" and label else ""
         rows.append(
             ManifestRow(
@@ -237,14 +258,14 @@ def read_kinetics(
                 error=error,
             )
         )
-    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled, flip_policy=FlipPolicy(PLAIN))
 
 
 def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = "sthv2") -> Manifest:
     """Something-Something V2: ``labels.json`` ({name: "index"}) and ``train.json`` /
     ``validation.json`` ([{"id", "template", ...}]); class = labels[template without brackets].
     ``test.json`` (no entry has a template) makes an unlabelled split. Videos are
-    ``<root>/<id>.webm``."""
+    ``<root>/<id>.webm``. Flips swap the left/right label pairs (tin.data.flips.mirror_pairs)."""
     label_map = json.loads(read_text(labels_json))
     classes = [label for label, _ in sorted(label_map.items(), key=lambda item: int(item[1]))]
     resolve = _LabelResolver(classes)
@@ -257,7 +278,8 @@ def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = 
         clip_id = str(entry["id"])
         rows.append(ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error))
     labelled = any(entry.get("template") for entry in entries)
-    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
+    flips = FlipPolicy.for_classes(LABEL_PAIRS, classes)
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled, flip_policy=flips)
 
 
 def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "ucf101") -> Manifest:
@@ -278,4 +300,128 @@ def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "u
         else:
             labels, error = resolve([relative.split("/")[0]])
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, False, _checked(rows, labelled=True))
+    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+
+
+FRAMES_20BN = "{:05d}.jpg"  # 20BN's frame folders: <id>/00001.jpg, 00002.jpg, ...
+RAWFRAMES = "img_{:05d}.jpg"  # MMAction2's extracted frames: <frame_dir>/img_00001.jpg, ...
+
+
+def read_20bn(
+    annotations: str, labels_csv: str, frame_root: str, name: str, frame_template: str = FRAMES_20BN
+) -> Manifest:
+    """Something-Something V1 and Jester, as 20BN released them: ``id;label`` lines
+    (``100218;Holding something``; the test list holds ids only and makes an unlabelled split),
+    a label file of class names one a line, and a frame folder per clip, ``<root>/<id>/00001.jpg``.
+
+    Classes are the label file's names sorted, as TSM and TIN order them. Flips swap the left/right
+    (and clockwise/counterclockwise) label pairs found in the names (tin.data.flips.mirror_pairs).
+    """
+    classes = sorted(read_class_list(labels_csv))
+    resolve = _LabelResolver(classes)
+    rows, labelled = [], False
+    for line in read_lines(annotations):
+        if not line.strip():
+            continue
+        clip_id, _, label = (part.strip() for part in line.partition(";"))
+        labelled = labelled or bool(label)
+        labels, error = resolve([label] if label else [])
+        rows.append(ManifestRow(clip_id, join_path(frame_root, clip_id), labels, error=error))
+    flips = FlipPolicy.for_classes(LABEL_PAIRS, classes)
+    return Manifest(
+        name, classes, False, _checked(rows, labelled), labelled, frame_template=frame_template, flip_policy=flips
+    )
+
+
+def read_rawframes(
+    annotations: str,
+    frame_root: str,
+    classes_file: str | None = None,
+    name: str = "rawframes",
+    frame_template: str = RAWFRAMES,
+) -> Manifest:
+    """MMAction2's rawframe lists: ``frame_dir total_frames label [label...]`` (whitespace
+    separated, integer labels; several make a multi-label dataset), frames
+    ``<root>/<frame_dir>/img_00001.jpg``. A folder holding fewer frames than ``total_frames`` is an
+    error row at ingest.
+
+    Classes: ``classes_file`` (one name a line) or ``0..max`` of the labels. No flip policy is
+    recorded: the list does not say what its classes mean.
+    """
+    records: list[tuple[str, list[str], str | None, int | None]] = []  # (frame_dir, labels, error, frames)
+    for line in read_lines(annotations):
+        fields = line.split()
+        if not fields:
+            continue
+        count = fields[1] if len(fields) > 1 else ""
+        error = None if count.isdigit() else f"total_frames {count!r} is not a frame count"
+        records.append((fields[0], fields[2:], error, int(count) if count.isdigit() else None))
+    if classes_file:
+        classes = read_class_list(classes_file)
+    else:
+        ids = [int(label) for _, labels, _, _ in records for label in labels if label.isdigit()]
+        classes = [str(i) for i in range(max(ids, default=-1) + 1)]
+    resolve = _LabelResolver(classes)
+    rows = []
+    for frame_dir, names, error, frames in records:
+        labels, label_error = resolve(names)
+        rows.append(
+            ManifestRow(
+                frame_dir, join_path(frame_root, frame_dir), labels, error=error or label_error, frame_count=frames
+            )
+        )
+    multi_label = any(len(labels) > 1 for _, labels, _, _ in records)
+    labelled = any(labels for _, labels, _, _ in records)
+    return Manifest(name, classes, multi_label, _checked(rows, labelled), labelled, frame_template=frame_template)
+
+
+HMDB51_SPLIT_FILE = "{label}_test_split{fold}.txt"  # in testTrainMulti_7030_splits/
+HMDB51_TAGS = {"0": "unused", "1": "train", "2": "test"}
+
+
+def read_hmdb51(split_folder: str, video_root: str, tag: int, fold: int = 1, name: str = "hmdb51") -> Manifest:
+    """HMDB51: the split folder ``testTrainMulti_7030_splits`` holds ``<class>_test_split<fold>.txt``
+    per class and fold, lines ``<video>.avi <tag>`` (trailing spaces as released) with tag 1 =
+    train, 2 = test, 0 = not used in this fold; videos ``<root>/<class>/<video>.avi``.
+
+    The split is the lines tagged ``tag``; classes are the split files' class names, sorted.
+
+    Raises:
+        ValueError: the folder has no split file of ``fold``.
+    """
+    fs, folder = fsspec.core.url_to_fs(split_folder)
+    suffix = HMDB51_SPLIT_FILE.format(label="", fold=fold)
+    files = sorted(path for path in fs.ls(folder, detail=False) if str(path).endswith(suffix))
+    if not files:
+        raise ValueError(f"{split_folder}: no HMDB51 split files *{suffix} (testTrainMulti_7030_splits) of fold {fold}")
+    classes = sorted(str(path).rsplit("/", 1)[-1].removesuffix(suffix) for path in files)
+    rows = []
+    for label, path in zip(classes, files, strict=True):
+        with fs.open(path, "r", encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if not fields:
+                    continue
+                clip_id = f"{label}/{fields[0]}"
+                if len(fields) < 2 or fields[1] not in HMDB51_TAGS:
+                    error = f"{path.rsplit('/', 1)[-1]}: no split tag 0, 1 or 2 after {fields[0]}"
+                    rows.append(ManifestRow(clip_id, join_path(video_root, clip_id), (), error=error))
+                elif int(fields[1]) == tag:
+                    rows.append(ManifestRow(clip_id, join_path(video_root, clip_id), (classes.index(label),)))
+    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+
+
+def read_mit(annotations: str, categories: str, video_root: str, name: str = "mit") -> Manifest:
+    """Moments in Time (single-label): ``path,label,...`` rows (``blocking/getty-..._4.mp4,blocking,3,0``:
+    the class by name, then the annotators' counts; no header) and ``moments_categories.txt``
+    (``name,id`` a line); videos ``<root>/<path>``."""
+    classes = read_class_list(categories)
+    resolve = _LabelResolver(classes)
+    rows = []
+    for fields in csv.reader(read_lines(annotations)):
+        if not fields:
+            continue
+        label = fields[1].strip() if len(fields) > 1 else ""
+        labels, error = resolve([label] if label else [])
+        rows.append(ManifestRow(fields[0], join_path(video_root, fields[0]), labels, error=error))
+    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))

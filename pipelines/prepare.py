@@ -21,22 +21,52 @@ from pipelines.ingest import (
 from pipelines.layouts import ReleaseLayout
 from pipelines.manifests import (
     Manifest,
+    read_20bn,
     read_generic,
+    read_hmdb51,
     read_kinetics,
+    read_mit,
     read_mmit,
+    read_rawframes,
     read_sthv2,
     read_ucf101,
 )
 from pipelines.synthetic import SyntheticConfig, generate_split
 from tin.config import check_choices, setting
+from tin.data.flips import FLIP_POLICIES, LABEL_PAIRS, FlipPolicy
 from tin.data.sampling import STORED_FRAMES
-from tin.data.shards import ENCODINGS
+from tin.data.shards import ENCODINGS, NATIVE_SIZE, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 from tin.errors import UsageError
 
-FORMATS = ("generic", "mmit", "kinetics", "sthv2", "ucf101", "synthetic")
-NEEDS_CLASSES = {"mmit": "moments_categories.txt", "sthv2": "labels.json", "ucf101": "classInd.txt"}
+FORMATS = (
+    "generic",
+    "mmit",
+    "mit",
+    "kinetics",
+    "sthv1",
+    "sthv2",
+    "jester",
+    "ucf101",
+    "hmdb51",
+    "rawframes",
+    "synthetic",
+)
+NEEDS_CLASSES = {
+    "mmit": "moments_categories.txt",
+    "mit": "moments_categories.txt",
+    "sthv1": "something-something-v1-labels.csv",
+    "sthv2": "labels.json",
+    "jester": "jester-v1-labels.csv",
+    "ucf101": "classInd.txt",
+}
+FRAME_FORMATS = ("sthv1", "jester", "rawframes")  # formats whose rows are frame folders
+ANNOTATION_FOLDERS = {"hmdb51": "testTrainMulti_7030_splits"}  # formats whose --annotations is a folder
+HMDB51_SPLIT_TAGS = {TRAIN_SPLIT: 1, VAL_SPLIT: 2, TEST_SPLIT: 2}
+"""--split -> the tag of HMDB51's split files: 1 train, 2 test (the split the papers report on,
+which the release job writes as val); 0 marks videos a fold does not use."""
+FOLDS = (1, 2, 3)  # HMDB51's and UCF101's official train/test folds
 KINETICS_LAYOUTS = ("auto", "flat", "by_label")  # pipelines.manifests.read_kinetics's
-LAYOUT_FIELDS = ("format", "name", "annotations", "classes", "video_root", "split", "synthetic")
+LAYOUT_FIELDS = ("format", "name", "annotations", "classes", "video_root", "split", "fold", "synthetic")
 """The PrepareConfig fields that a release layout decides (ReleaseConfig)."""
 
 
@@ -60,14 +90,38 @@ class PrepareConfig:
     )
     split: str = setting("", help="split name, e.g. train or val (required)")
     output: str = setting("", help="dataset root: local directory or s3://bucket/prefix (required)")
-    annotations: str | None = setting(None, help="annotation file (not needed for synthetic)")
-    classes: str | None = setting(None, help="class list file (MMiT categories, SSv2 labels.json, UCF101 classInd)")
+    annotations: str | None = setting(
+        None,
+        help="annotation file; for hmdb51 the folder of split files, testTrainMulti_7030_splits (not for synthetic)",
+    )
+    classes: str | None = setting(
+        None,
+        help="class list file (MMiT/MiT moments_categories.txt, SSv1/Jester labels CSV, SSv2 labels.json, "
+        "UCF101 classInd.txt; for generic and rawframes: names one a line)",
+    )
     name: str | None = setting(None, help="dataset name in dataset.json (default: the format)")
+    fold: int = setting(1, choices=FOLDS, help="hmdb51: the official train/test fold whose split files are read")
     frames: int = setting(STORED_FRAMES, help="frames stored per clip (F)")
-    short_side: int = setting(DEFAULT_SHORT_SIDE, help="short side of stored frames in pixels")
+    short_side: int = setting(
+        DEFAULT_SHORT_SIDE,
+        help=f"short side of stored frames in pixels; {NATIVE_SIZE}: keep each clip's own size (jpeg only; the "
+        f"frames of sthv1 and jester are about 100 px high)",
+    )
     encoding: str = setting(DEFAULT_ENCODING, choices=ENCODINGS, help="how the frames are stored")
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="clips per shard file and per task")
     num_cpus: int | None = setting(None, help="CPUs of the local Ray (default: all; ignored on a cluster)")
+    frame_template: str | None = setting(
+        None,
+        help="frame folders: the frame files' names (default: {:05d}.jpg for sthv1 and jester as released, "
+        "img_{:05d}.jpg for rawframes as MMAction2 extracts them)",
+    )
+    flip_policy: str | None = setting(
+        None,
+        choices=FLIP_POLICIES,
+        help="the flip policy recorded in dataset.json, which training follows: plain, label_pairs (the "
+        "left/right pairs found in the class names), none (default: the format's: label_pairs for sthv1, sthv2 "
+        "and jester, plain for the other datasets, none recorded for generic and rawframes)",
+    )
     kinetics_layout: str = setting(
         "auto", choices=KINETICS_LAYOUTS, help="Kinetics clips in one folder (flat) or one per label (by_label)"
     )
@@ -105,6 +159,16 @@ class PrepareConfig:
         elif self.format in NEEDS_CLASSES and not self.classes:
             raise PrepareError(
                 f"--classes is required for --format {self.format} (the dataset's {NEEDS_CLASSES[self.format]})"
+            )
+        if self.format == "hmdb51" and self.split not in HMDB51_SPLIT_TAGS:
+            raise PrepareError(
+                f"--split {self.split}: --format hmdb51 reads the videos its split files tag 1 (--split train) "
+                f"or 2 (--split val or test)"
+            )
+        if self.frame_template is not None and self.format not in FRAME_FORMATS:
+            raise PrepareError(
+                f"--frame-template: --format {self.format} reads video files; frame folders are read by "
+                f"{', '.join(FRAME_FORMATS)}"
             )
         self.ingest_config().validate()
 
@@ -159,6 +223,7 @@ class ReleaseConfig:
                     classes=files.classes,
                     video_root=files.video_root,
                     split=split,
+                    fold=fold or self.prepare.fold,
                 )
             )
         return configs
@@ -186,11 +251,14 @@ def storage_options_from_env() -> dict[str, Any]:
 
 
 def check_inputs(config: PrepareConfig) -> None:
-    """Fail early, naming the flag, when the annotation files are not there."""
+    """Fail early, naming the flag, when the annotation files (or folder) are not there."""
     for flag, path in (("--annotations", config.annotations), ("--classes", config.classes)):
         if path and config.format != "synthetic":
             fs, inner = fsspec.core.url_to_fs(path)
-            if not fs.isfile(inner):
+            folder = flag == "--annotations" and config.format in ANNOTATION_FOLDERS
+            if folder and not fs.isdir(inner):
+                raise PrepareError(f"{flag} {path}: no such folder (the {ANNOTATION_FOLDERS[config.format]} folder)")
+            if not folder and not fs.isfile(inner):
                 raise PrepareError(f"{flag} {path}: file not found")
 
 
@@ -202,9 +270,19 @@ def build_manifest(config: PrepareConfig) -> Manifest:
     """
     check_inputs(config)
     try:
-        return _read_manifest(config)
+        manifest = _read_manifest(config)
     except ValueError as error:  # the readers' word on a file that is not what its format expects
         raise PrepareError(str(error)) from error
+    if config.frame_template is not None:
+        manifest.frame_template = config.frame_template
+    if config.flip_policy is not None:
+        manifest.flip_policy = FlipPolicy.for_classes(config.flip_policy, manifest.classes)
+        if config.flip_policy == LABEL_PAIRS and manifest.classes and not manifest.flip_policy.pairs:
+            raise PrepareError(
+                f"--flip-policy {LABEL_PAIRS}: no two class names of {config.classes or config.annotations} are "
+                f"mirror images (left/right, clockwise/counterclockwise); use plain or none"
+            )
+    return manifest
 
 
 def _read_manifest(config: PrepareConfig) -> Manifest:
@@ -212,17 +290,29 @@ def _read_manifest(config: PrepareConfig) -> Manifest:
     if config.format == "synthetic":
         files = generate_split(config.video_root, config.split, config.synthetic)
         if config.synthetic.multi_label:
-            return read_mmit(str(files.annotations), str(files.classes), config.video_root, name)
-        return read_generic(str(files.annotations), config.video_root, str(files.classes), name)
+            manifest = read_mmit(str(files.annotations), str(files.classes), config.video_root, name)
+        else:
+            manifest = read_generic(str(files.annotations), config.video_root, str(files.classes), name)
+        # the motions are what they say: a mirror turns left into right and rotate_cw into rotate_ccw
+        manifest.flip_policy = FlipPolicy.for_classes(LABEL_PAIRS, manifest.classes)
+        return manifest
     annotations, classes, root = config.annotations, config.classes, config.video_root
     if config.format == "generic":
         return read_generic(annotations, root, classes, name)
     if config.format == "mmit":
         return read_mmit(annotations, classes, root, name)
+    if config.format == "mit":
+        return read_mit(annotations, classes, root, name)
     if config.format == "kinetics":
         return read_kinetics(annotations, root, classes, config.kinetics_layout, name)
+    if config.format in ("sthv1", "jester"):
+        return read_20bn(annotations, classes, root, name)
     if config.format == "sthv2":
         return read_sthv2(annotations, classes, root, name)
+    if config.format == "hmdb51":
+        return read_hmdb51(annotations, root, HMDB51_SPLIT_TAGS[config.split], config.fold, name)
+    if config.format == "rawframes":
+        return read_rawframes(annotations, root, classes, name)
     return read_ucf101(annotations, classes, root, name)
 
 

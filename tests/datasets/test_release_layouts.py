@@ -1,6 +1,13 @@
 """The README's dataset commands on miniature releases: prepare -> train -> evaluate, each job run
 with its command line (in this process, on the session's Ray), split names as the jobs default.
-tests/multinode runs the MMiT commands through `ray job submit` on a two-node cluster."""
+
+Every dataset's prepare job runs on its miniature layout and the root it writes is checked (splits,
+labels, error rows, flip policy) and sampled through the training data pipeline. Training and
+evaluation for real (a Ray Train start-up each, most of their half minute) run on three roots that
+between them cover what training does differently per dataset: frame folders whose flips swap the
+label pairs dataset.json records (sthv1), multi-label data (mmit) and single-label videos with the
+Kinetics recipe (kinetics600). tests/multinode runs the MMiT commands through `ray job submit` on
+a two-node cluster."""
 
 from __future__ import annotations
 
@@ -11,12 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-from miniature_releases import CLIPS, RELEASES
+from miniature_releases import BROKEN_20BN, CLIPS, HMDB51_MISSING, MOTIONS, RELEASES
 from mlflow.tracking import MlflowClient
 
-from tin.data import DatasetInfo, load_dataset_info
+from pipelines.training import training_clips
+from tin.data import DatasetInfo, load_dataset_info, read_errors
+from tin.data.flips import LABEL_PAIRS, PLAIN
 from tin.evaluate import EvaluationError, evaluate_checkpoint
+from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # Only size flags differ from the README's commands (and where runs and MLflow go).
@@ -35,11 +46,19 @@ SIZE_FLAGS = [
     "1",
 ]
 INGEST_FLAGS = ["--frames", "12", "--short-side", "32", "--chunk-size", "8"]
-TRAIN_JOBS = {
+TRAIN_JOBS = {  # the roots trained and evaluated for real (see the module docstring)
+    "sthv1": ["train.py"],  # flips as dataset.json says: its left/right label pairs swapped
     "mmit": ["train_mmit.py"],
     "kinetics600": ["train_kinetics600.py"],
-    "sthv2": ["train.py", "--no-flip"],
-    "ucf101": ["train.py"],
+}
+LABEL_PAIR_DATASETS = ("sthv1", "sthv2", "jester")
+ERRORS = {  # dataset -> (clip_id, what its error row says)
+    "sthv1": [
+        (BROKEN_20BN["empty"], "no frames in the folder"),
+        (BROKEN_20BN["broken"], ".jpg: cannot read it as an image"),
+        (BROKEN_20BN["missing"], "frame folder not found"),
+    ],
+    "hmdb51": [(f"left_wave/{HMDB51_MISSING}", "file not found")],
 }
 
 
@@ -72,25 +91,84 @@ def run_job(capfd) -> Callable[[str, list[str]], JobRun]:
     return run
 
 
+@pytest.fixture(scope="module")
+def prepared() -> dict[str, str]:
+    """dataset -> the root its prepare job wrote, shared by this module's tests."""
+    return {}
+
+
+def prepare(dataset: str, run_job, prepared: dict[str, str], tmp_path_factory) -> str:
+    """Build the dataset's miniature release and run its prepare job (once per module)."""
+    if dataset not in prepared:
+        base = tmp_path_factory.mktemp(dataset)
+        release, output = RELEASES[dataset].build(base), str(base / "ds")
+        done = run_job(f"prepare_{dataset}.py", ["--root", str(release), "--output", output, *INGEST_FLAGS])
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1].startswith("written "), done.stdout[-2000:]
+        prepared[dataset] = output
+    return prepared[dataset]
+
+
 def check_prepared(dataset: str, output: str) -> DatasetInfo:
     """Every split of the release written under the project's split name, labelled as released,
-    rows permuted; the dataset's name and classes."""
+    rows permuted, the lines without a usable clip as error rows saying why; the dataset's name,
+    classes and flip policy."""
     release, info = RELEASES[dataset], load_dataset_info(output)
     for split in release.labelled + release.unlabelled:
-        assert info.written(split) == CLIPS[split] * 4, (split, info.splits)
+        assert info.written(split) == CLIPS[split] * len(MOTIONS), (split, info.splits)
+        assert info.splits[split]["failed"] == release.failed.get(split, 0), (split, read_errors(output, split))
         assert info.labelled(split) == (split in release.labelled)
         assert info.permuted(split)
+    reasons = {row["clip_id"]: row["error"] for split in release.failed for row in read_errors(output, split)}
+    for clip_id, reason in ERRORS.get(dataset, []):
+        assert reason in reasons[clip_id], (clip_id, reasons)
     assert len(info.classes) == release.classes and info.name == dataset
+    if dataset in LABEL_PAIR_DATASETS:  # the one mirror pair of each miniature: the left and right motions
+        ((a, b),) = info.flip_label_pairs
+        assert info.flip == LABEL_PAIRS and {info.classes[a], info.classes[b]} == mirror_names(dataset), info.classes
+    else:
+        assert (info.flip, info.flip_label_pairs) == (PLAIN, [])
     return info
+
+
+def mirror_names(dataset: str) -> set[str]:
+    from miniature_releases import JESTER_NAMES, SSV1_NAMES, SSV2_TEMPLATES
+
+    names = {"sthv1": SSV1_NAMES, "jester": JESTER_NAMES}.get(dataset)
+    if names is None:
+        names = {motion: template.replace("[", "").replace("]", "") for motion, template in SSV2_TEMPLATES.items()}
+    return {names["left"], names["right"]}
+
+
+def check_frames_copied(output: str) -> None:
+    """A frame-folder root ingested at the frames' own size holds the release's JPEG files byte for byte."""
+    table = pq.read_table(sorted(Path(output, "train").glob("*.parquet"))[0], columns=["frames", "source"])
+    frames, source = table.column("frames")[0].as_py(), table.column("source")[0].as_py()
+    files = {path.read_bytes() for path in Path(source).glob("*.jpg")}
+    assert len(frames) == 12 and all(frame in files for frame in frames)
+
+
+def check_training_batches(output: str, info: DatasetInfo) -> None:
+    """One pass of the training split through training's data pipeline: clips and targets of the
+    shapes the model takes (the cheap part of an epoch; three roots train for real below)."""
+    config = TrainConfig(data=output, model="tin_r18", num_segments=4, crop_size=32, batch_size=8, num_workers=1)
+    batches = list(training_clips(config, info).iter_batches(batch_size=8))
+    assert sum(len(batch["clips"]) for batch in batches) == CLIPS["train"] * len(MOTIONS)
+    assert batches[0]["clips"].shape[1:] == (4, 32, 32, 3)
+    assert batches[0]["target"].shape[1:] == ((len(info.classes),) if info.multi_label else ())
 
 
 def check_training_metrics(mlflow_uri: str, run_name: str, info: DatasetInfo) -> None:
     """The run's validation metrics in MLflow at epoch 1: top-1/top-5, or both mAPs for multi-label
-    data (the sample-wise one the papers report and the class-wise one), each in (0, 1]."""
+    data (the sample-wise one the papers report and the class-wise one), each in (0, 1]; its logged
+    flip settings the root's policy."""
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("releases").experiment_id], f"attributes.run_name = '{run_name}'"
     )
+    flips = (run.data.params["config.flip"], run.data.params["config.flip_label_pairs"])
+    pairs = tuple(tuple(pair) for pair in info.flip_label_pairs)
+    assert flips == ("True", str(pairs)), flips  # as the root's policy says: plain, or with its pairs swapped
     for key in ("val_sample_map", "val_class_map") if info.multi_label else ("val_top1", "val_top5"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1] and 0 <= history[0].value <= 1, (key, history)
@@ -122,15 +200,19 @@ def check_evaluation(run_job, checkpoint: str, output: str, info: DatasetInfo, t
             evaluate_checkpoint(checkpoint, output, split)
 
 
-@pytest.mark.parametrize("dataset", sorted(RELEASES))  # MMiT also on a two-node cluster: tests/multinode
-def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, run_job, tmp_path):
-    output = str(tmp_path / "ds")
-    prepared = run_job(
-        f"prepare_{dataset}.py", ["--root", str(RELEASES[dataset].build(tmp_path)), "--output", output, *INGEST_FLAGS]
-    )
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
+@pytest.mark.parametrize("dataset", sorted(RELEASES))
+def test_prepare_on_the_release_layout(dataset, ray_session, run_job, prepared, tmp_path_factory):
+    output = prepare(dataset, run_job, prepared, tmp_path_factory)
     info = check_prepared(dataset, output)
+    if dataset in ("sthv1", "jester"):
+        check_frames_copied(output)
+    check_training_batches(output, info)
 
+
+@pytest.mark.parametrize("dataset", sorted(TRAIN_JOBS))  # MMiT also on a two-node cluster: tests/multinode
+def test_train_and_evaluate_on_the_release_layout(dataset, ray_session, run_job, prepared, tmp_path_factory, tmp_path):
+    output = prepare(dataset, run_job, prepared, tmp_path_factory)
+    info = load_dataset_info(output)
     script, *recipe = TRAIN_JOBS[dataset]
     runs = [
         "--storage-path",
@@ -144,6 +226,7 @@ def test_prepare_train_evaluate_on_the_release_layout(dataset, ray_session, run_
     ]
     trained = run_job(script, ["--data", output, *recipe, *SIZE_FLAGS, *runs])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
+    assert "warning:" not in trained.stderr, trained.stderr[-3000:]  # the root's flip policy leaves nothing to warn
     check_training_metrics(f"sqlite:///{tmp_path / 'mlflow.db'}", dataset, info)
     check_evaluation(
         run_job, trained.stdout.strip().splitlines()[-1].removeprefix("checkpoint: "), output, info, tmp_path

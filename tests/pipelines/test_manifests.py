@@ -8,14 +8,21 @@ from pathlib import Path
 import pytest
 
 from pipelines.manifests import (
+    FRAMES_20BN,
     NO_LABEL,
+    RAWFRAMES,
+    read_20bn,
     read_class_list,
     read_generic,
+    read_hmdb51,
     read_kinetics,
+    read_mit,
     read_mmit,
+    read_rawframes,
     read_sthv2,
     read_ucf101,
 )
+from tin.data.flips import LABEL_PAIRS, PLAIN, FlipPolicy
 
 
 def write(path: Path, text: str) -> str:
@@ -218,3 +225,123 @@ def test_ucf101_train_and_test_lists(tmp_path):
 @pytest.mark.parametrize("text", ["a\nb\n\n", "b,1\na,0\n"])
 def test_class_list_plain_or_indexed(tmp_path, text):
     assert read_class_list(write(tmp_path / "c.txt", text)) == ["a", "b"]
+
+
+def test_something_something_v1_and_jester_lists(tmp_path):
+    labels = write(
+        tmp_path / "something-something-v1-labels.csv",
+        "Holding something\nPushing something from right to left\nPushing something from left to right\n",
+    )
+    train = write(
+        tmp_path / "something-something-v1-train.csv",
+        "100218;Holding something\n\n7;Pushing something from left to right\n8;Spinning something\n9\n",
+    )
+    manifest = read_20bn(train, labels, "s3://bucket/20bn-something-something-v1", "sthv1")
+    assert manifest.classes == sorted(["Holding something", *(f"Pushing something from {d}" for d in DIRECTIONS)])
+    assert manifest.labelled and manifest.frame_template == FRAMES_20BN == "{:05d}.jpg"
+    holding, pushing, unknown, bare = manifest.rows
+    assert (holding.clip_id, holding.path, holding.labels) == (
+        "100218",
+        "s3://bucket/20bn-something-something-v1/100218",
+        (0,),
+    )
+    assert pushing.labels == (1,) and "unknown class 'Spinning something'" in unknown.error
+    assert bare.error == NO_LABEL  # a line without a label in a labelled list
+    assert manifest.flip_policy == FlipPolicy(LABEL_PAIRS, ((1, 2),))
+    test = read_20bn(write(tmp_path / "something-something-v1-test.csv", "11\n12\n"), labels, "/f", "sthv1")
+    assert not test.labelled and [(row.clip_id, row.labels, row.error) for row in test.rows] == [
+        ("11", (), None),
+        ("12", (), None),
+    ]
+    jester_labels = write(tmp_path / "jester-v1-labels.csv", "Swiping Left\nSwiping Right\nRolling Hand Forward\n")
+    jester = read_20bn(write(tmp_path / "jester-v1-train.csv", "34870;Swiping Right\n"), jester_labels, "/j", "jester")
+    assert jester.classes == ["Rolling Hand Forward", "Swiping Left", "Swiping Right"]
+    assert jester.rows[0].labels == (2,) and jester.flip_policy.pairs == ((1, 2),)
+
+
+DIRECTIONS = ("left to right", "right to left")
+
+
+def test_mmaction2_rawframe_lists(tmp_path):
+    annotations = write(
+        tmp_path / "train_rawframes.txt",
+        "some/clip_a 40 1\nsome/clip_b 12 0 2\nsome/clip_c x 1\nsome/clip_d 9 5\n",
+    )
+    manifest = read_rawframes(annotations, "/data/rawframes")
+    assert manifest.classes == ["0", "1", "2", "3", "4", "5"] and manifest.multi_label and manifest.labelled
+    a, b, c, d = manifest.rows
+    assert (a.clip_id, a.path, a.labels, a.frame_count) == ("some/clip_a", "/data/rawframes/some/clip_a", (1,), 40)
+    assert b.labels == (0, 2) and b.frame_count == 12
+    assert c.error == "total_frames 'x' is not a frame count"
+    assert d.error is None and manifest.frame_template == RAWFRAMES == "img_{:05d}.jpg"
+    assert manifest.flip_policy is None  # the list does not say what its classes mean
+    names = write(tmp_path / "classes.txt", "run\njump\n")
+    named = read_rawframes(write(tmp_path / "val.txt", "v/a 8 1\nv/b 8 2\n"), "/r", names)
+    assert named.classes == ["run", "jump"] and not named.multi_label
+    assert named.rows[0].labels == (1,) and "unknown class 2" in named.rows[1].error
+
+
+def hmdb51_splits(folder: Path) -> str:
+    for label, lines in {
+        "brush_hair": "April_09_brush_hair_u_nm_np1_ba_goo_0.avi 1 \nApril_09_brush_hair_u_nm_np1_ba_goo_1.avi 2 \n",
+        "cartwheel": "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi 0 \nx_cartwheel_f_cm_np1_ri_bad_1.avi 1 \n",
+    }.items():
+        write(folder / f"{label}_test_split1.txt", lines)
+        write(folder / f"{label}_test_split2.txt", lines.replace(" 1 \n", " 2 \n"))
+    write(folder / "cartwheel_test_split3.txt", "bad_line\n")
+    return str(folder)
+
+
+def test_hmdb51_split_files_by_tag_and_fold(tmp_path):
+    splits = hmdb51_splits(tmp_path / "testTrainMulti_7030_splits")
+    train = read_hmdb51(splits, "/hmdb51_org", tag=1, fold=1)
+    assert train.classes == ["brush_hair", "cartwheel"] and not train.multi_label and train.labelled
+    assert [(row.clip_id, row.path, row.labels) for row in train.rows] == [
+        (
+            "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+            "/hmdb51_org/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+            (0,),
+        ),
+        (
+            "cartwheel/x_cartwheel_f_cm_np1_ri_bad_1.avi",
+            "/hmdb51_org/cartwheel/x_cartwheel_f_cm_np1_ri_bad_1.avi",
+            (1,),
+        ),
+    ]  # tag 0 (unused in this fold) is in neither split
+    test = read_hmdb51(splits, "/v", tag=2, fold=1)
+    assert [row.clip_id for row in test.rows] == ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi"]
+    assert len(read_hmdb51(splits, "/v", tag=2, fold=2).rows) == 3
+    (broken,) = read_hmdb51(splits, "/v", tag=1, fold=3).rows
+    assert "no split tag 0, 1 or 2" in broken.error and read_hmdb51(splits, "/v", 1, 3).classes == ["cartwheel"]
+    with pytest.raises(ValueError, match=r"no HMDB51 split files \*_test_split4.txt"):
+        read_hmdb51(splits, "/v", tag=1, fold=4)
+
+
+def test_moments_in_time_single_label(tmp_path):
+    categories = write(tmp_path / "moments_categories.txt", "blocking,1\nadult+female+singing,0\n")
+    annotations = write(
+        tmp_path / "trainingSet.csv",
+        "blocking/getty-karate-video-id635808620_4.mp4,blocking,3,0\n"
+        "adult+female+singing/yt-x_1.mp4,0,2,1\n"
+        "blocking/yt-y_2.mp4,yodeling,3,0\n",
+    )
+    manifest = read_mit(annotations, categories, "/mit/training")
+    assert manifest.classes == ["adult+female+singing", "blocking"] and not manifest.multi_label
+    blocking, singing, unknown = manifest.rows
+    assert (blocking.clip_id, blocking.path, blocking.labels) == (
+        "blocking/getty-karate-video-id635808620_4.mp4",
+        "/mit/training/blocking/getty-karate-video-id635808620_4.mp4",
+        (1,),
+    )
+    assert singing.labels == (0,) and "unknown class 'yodeling'" in unknown.error
+    assert manifest.flip_policy == FlipPolicy(PLAIN)
+
+
+def test_kinetics_400_test_csv_is_labelled_and_700_test_csv_is_not(tmp_path):
+    k400 = write(tmp_path / "test.csv", KINETICS_400.replace(",val,", ",test,"))
+    manifest = read_kinetics(k400, str(tmp_path), layout="flat", name="kinetics400")
+    assert manifest.labelled and len(manifest.rows) == 3 and manifest.flip_policy == FlipPolicy(PLAIN)
+    k700 = write(tmp_path / "k700.csv", "youtube_id,time_start,time_end,split\n---QUuC4vJs,84,94,test\n")
+    assert not read_kinetics(k700, str(tmp_path), name="kinetics700").labelled
+    odd = write(tmp_path / "odd_times.csv", KINETICS_400 + "abseiling,abc,1.5,11.5,val,0\n")
+    assert "must be whole seconds, got '1.5' and '11.5'" in read_kinetics(odd, str(tmp_path)).rows[-1].error

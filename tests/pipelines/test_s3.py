@@ -9,15 +9,10 @@ import pytest
 
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.manifests import read_generic
-from tests.pipelines.conftest import GOOD
+from tests.pipelines.conftest import CLIENT_CREDENTIALS, GOOD
 from tests.pipelines.test_jobs import run_job
 from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
 
-CLIENT_CREDENTIALS = {
-    "region_name": "us-east-1",
-    "aws_access_key_id": "testing",
-    "aws_secret_access_key": "testing",
-}
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -26,30 +21,15 @@ CREDENTIALS = {
 
 
 @pytest.fixture(scope="module")
-def s3(media_root):
-    """A moto S3 server with bucket ``videos`` holding a few GOOD files under ``in/``.
-    Yields (endpoint URL, s3fs storage options)."""
-    import boto3
+def s3(moto_s3, media_root):
+    """``moto_s3`` with a few GOOD files under ``videos/in/``. Yields (endpoint URL, s3fs storage options)."""
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    client = boto3.client("s3", endpoint_url=endpoint, **CLIENT_CREDENTIALS)
-    for bucket in ("videos", "datasets"):
-        client.create_bucket(Bucket=bucket)
+    endpoint, options = moto_s3
     fs = s3fs.S3FileSystem(**options)
     for key in ("h264", "vp9", "bigbuckbunny"):
         fs.put_file(str(media_root / GOOD[key]), f"videos/in/{GOOD[key]}")
-    yield endpoint, options
-    server.stop()
+    return endpoint, options
 
 
 def test_s3_round_trip(ray_session, s3, tmp_path):

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tin.data.flips import FlipPolicy
+
 ENCODINGS = ("jpeg", "raw")
+NATIVE_SIZE = 0
+"""``short_side`` value that keeps every clip's own frame size (jpeg only): frame folders such as
+Something-Something V1's and Jester's are about 100 px high, and storing them upsampled to 256
+would only multiply their size."""
 
 # Split names shared by every prepare, train, evaluate and tune job. Dataset-specific prepare jobs
 # map their release's own file names (trainingSet.csv, validation.json, testlist01.txt ...) to these.
@@ -101,6 +107,11 @@ class DatasetInfo:
         shuffle_seed  seed of the permutation applied to the annotation rows before they were cut
                       into shards; absent in roots written before ingest permuted, whose shards
                       follow the annotation order (single-class shards on sorted lists)
+
+    ``flip`` is the dataset's flip policy (tin.data.flips.FLIP_POLICIES; None when ingest had none
+    to record, as for generic annotations) and ``flip_label_pairs`` the class pairs a horizontal flip
+    swaps under the ``label_pairs`` policy. ``short_side`` NATIVE_SIZE (0): frames kept at their
+    own size.
     """
 
     name: str
@@ -111,6 +122,8 @@ class DatasetInfo:
     short_side: int
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     software_version: str = ""
+    flip: str | None = None
+    flip_label_pairs: list[list[int]] = field(default_factory=list)
 
     def written(self, split: str) -> int:
         """Clips of ``split`` in its shards (0 for a split that was never ingested)."""
@@ -123,6 +136,17 @@ class DatasetInfo:
     def permuted(self, split: str) -> bool:
         """Whether the shards of ``split`` hold annotation rows in a seeded random order."""
         return self.splits.get(split, {}).get("shuffle_seed") is not None
+
+    def flip_policy(self) -> FlipPolicy | None:
+        """The recorded flip policy; None when the root records none."""
+        if self.flip is None:
+            return None
+        return FlipPolicy(self.flip, tuple((int(a), int(b)) for a, b in self.flip_label_pairs))
+
+    def record_flip_policy(self, policy: FlipPolicy | None) -> None:
+        """Set ``flip``/``flip_label_pairs`` from ``policy`` (None: record none)."""
+        self.flip = policy.kind if policy is not None else None
+        self.flip_label_pairs = [list(pair) for pair in policy.pairs] if policy is not None else []
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

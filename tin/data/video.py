@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tin.data.sampling import segment_indices
+from tin.data.shards import NATIVE_SIZE
 
 VideoSource = str | bytes
 
@@ -75,11 +76,14 @@ def probe_video(source: VideoSource) -> VideoInfo:
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) with the shorter side equal to ``short_side``, aspect kept, the longer even."""
+    """(height, width) with the shorter side equal to ``short_side``, aspect kept, the longer even;
+    ``short_side`` NATIVE_SIZE (0) keeps (height, width) as they are."""
 
     def even(value: float) -> int:
         return max(2, round(value / 2) * 2)
 
+    if short_side == NATIVE_SIZE:
+        return height, width
     if height <= width:
         return short_side, even(width * short_side / height)
     return even(height * short_side / width), short_side
@@ -173,8 +177,8 @@ def read_video_clip(
 ) -> tuple[np.ndarray, int]:
     """Probe and decode ``num_frames`` frames spread uniformly over [start, end] seconds.
 
-    Returns (frames uint8 (num_frames, H, W, 3) with min(H, W) = short_side, number of distinct
-    source frames used = min(num_frames, frames in the range)).
+    Returns (frames uint8 (num_frames, H, W, 3) with min(H, W) = short_side (the video's own size
+    for NATIVE_SIZE), number of distinct source frames used = min(num_frames, frames in the range)).
     """
     info = probe_video(source)
     first, stop = frame_range(info, start, end)
