@@ -1,11 +1,12 @@
 """The summary command and the Figure-5 plot."""
 
+import pytest
 import torch
 from matplotlib.figure import Figure
 
 from tin.models import build_model
-from tin.models.summary import count_macs, main
-from tin.viz import plot_temporal_stats
+from tin.models.summary import count_macs, main, summarise
+from tin.viz import plot_alignment_points, plot_temporal_stats
 
 
 def test_macs_of_tin_exceed_tsn_by_the_interlace_and_its_small_networks():
@@ -29,3 +30,25 @@ def test_plot_of_learned_offsets_and_weights(tmp_path):
     figure = plot_temporal_stats(model.temporal_stats(), tmp_path / "offsets.png")
     assert isinstance(figure, Figure) and len(figure.axes) == 1 + 4 + 1  # offsets, 4 groups, colour bar
     assert (tmp_path / "offsets.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "name, frames, published_gmacs",
+    [
+        ("stam_b16", 16, 281.57),
+        ("stam_b16", 8, 140.80),
+        ("ila_b32", 8, 49.91),
+        ("ila_b16", 8, 198.65),
+        ("ila_b16", 16, 400.42),
+    ],
+)
+def test_vit_macs_count_attention(name, frames, published_gmacs):
+    """STAM_ILA.md's meta-device counts (attention's matrix products included), within 1 %."""
+    _, macs = summarise(name, 400, frames, 224)
+    assert macs / 1e9 == pytest.approx(published_gmacs, rel=0.01)
+
+
+def test_plot_of_ila_points(tmp_path):
+    stats = {f"blocks.{i}": {"points": torch.rand(7, 4) * 1.5 - 0.75, "points_std": torch.tensor(0.1)} for i in (0, 3)}
+    assert isinstance(plot_alignment_points(stats, tmp_path / "points.png"), Figure)
+    assert (tmp_path / "points.png").stat().st_size > 0

@@ -49,3 +49,27 @@ def test_frozen_batch_norms_are_left_out():
     assert "temporal" not in groups
     no_decay = {id(parameter) for parameter in groups["trunk_no_decay"]["params"]}
     assert id(model.bn1.weight) in no_decay and id(model.layer1[0].bn1.weight) not in no_decay
+
+
+@pytest.mark.parametrize("name", ["stam_tiny", "ila_tiny"])
+def test_vit_groups_decay_the_learning_rate_layer_by_layer(name):
+    model = build_model(name, 7, num_segments=8, image_size=32)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, head_lr_mult=1, head_bias_lr_mult=1, layer_decay=0.75)
+    grouped = [id(parameter) for group in groups for parameter in group["params"]]
+    assert len(grouped) == len(set(grouped)) == sum(1 for parameter in model.parameters() if parameter.requires_grad)
+    by_name = group_by_name(groups)
+    # depth 4: the embeddings are layer 0, block i layer i + 1, the final norm layer 5 (full rate)
+    assert by_name["trunk.1"]["lr"] == pytest.approx(1e-3 * 0.75**4)
+    assert by_name["trunk.0_no_decay"]["lr"] == pytest.approx(1e-3 * 0.75**5)
+    assert by_name["trunk.5_no_decay"]["lr"] == pytest.approx(1e-3)
+    assert by_name["temporal"]["lr"] == pytest.approx(1e-3)  # temporal modules are exempt from layer decay
+    position_embedding = model.backbone.pos_embed
+    assert any(parameter is position_embedding for parameter in by_name["trunk.0_no_decay"]["params"])
+    assert all(group["weight_decay"] == 0 for group in groups if group["name"].endswith("_no_decay"))
+    assert [group["name"] for group in groups][-2:] == ["head_weight", "head_bias"]
+
+
+def test_a_frozen_clip_tower_leaves_only_ila_modules_and_heads():
+    model = build_model("ila_tiny", 7, num_segments=8, image_size=32, freeze_backbone=True)
+    names = {group["name"] for group in param_groups(model, lr=1e-3, weight_decay=0.05)}
+    assert not any(name.startswith("trunk") for name in names) and "temporal" in names

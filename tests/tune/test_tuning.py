@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.cli import tune_tin
 from pipelines.prepare import PrepareConfig, prepare_dataset
+from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
 from pipelines.synthetic import SyntheticConfig
 from pipelines.training import TrainingSetupError
 from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, results_table
@@ -241,6 +242,41 @@ def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path
         "a_00000  1       off      2       0.5000    finished",
         "a_00001  1       on       2       0.6250    finished",
     ]
+
+
+def vit_search(data: str, tmp_path: Path, model: str, **options) -> SearchConfig:
+    """A search of a tiny ViT with every searchable dimension unset (as jobs/tune_tin.py leaves them)."""
+    fixed = {"data": data, "model": model, "num_segments": 4, "crop_size": 32, "epochs": 2, "batch_size": 6}
+    train = TrainConfig(**{**dict.fromkeys(SEARCHABLE), **fixed, "storage_path": str(tmp_path), "num_workers": 1})
+    return SearchConfig(train=train, **options)
+
+
+@pytest.mark.parametrize("model, space", [("stam_tiny", STAM_SPACE), ("ila_tiny", ILA_SPACE)])
+def test_each_vit_family_searches_its_own_space(tiny_root, tmp_path, model, space):
+    plan = plan_search(vit_search(tiny_root, tmp_path, model))
+    assert {d.name for d in plan.dimensions} == set(space)
+    lr = next(d for d in plan.dimensions if d.name == "lr")
+    if model.startswith("stam"):  # no --pretrained: the from-scratch range, not the fine-tuning one
+        assert list(lr.values) == FROM_SCRATCH_LR["stam"]["loguniform"]
+    if model.startswith("ila"):
+        assert (plan.base.layer_decay, plan.base.align_loss_weight) == (1.0, 1.0)  # not searched: the defaults
+
+
+@pytest.mark.parametrize(
+    "model, preset, grid",
+    [
+        ("stam_tiny", "stam-ablation", [("aggregation", ("transformer", "mean")), ("temporal_depth", (1, 2, 4, 6))]),
+        ("ila_tiny", "ila-ablation", [("align_loss_weight", (0.0, 1.0)), ("fusion", ("add", "token"))]),
+    ],
+)
+def test_vit_ablation_presets(tiny_root, tmp_path, model, preset, grid):
+    plan = plan_search(vit_search(tiny_root, tmp_path, model, preset=preset))
+    assert [(d.name, d.kind, d.values) for d in plan.dimensions] == [(name, "grid", values) for name, values in grid]
+
+
+def test_a_preset_for_another_family_names_the_missing_options(tiny_root, tmp_path):
+    with pytest.raises(TrainingSetupError, match="--model tin_r18 has no option aggregation, temporal_depth"):
+        plan_search(vit_search(tiny_root, tmp_path, "tin_r18", preset="stam-ablation"))
 
 
 def test_space_file_formats(tmp_path):

@@ -1,0 +1,57 @@
+"""TrainConfig: the family recipes that unset knobs resolve to, and the model options it checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tin.config import parse_config
+from tin.errors import UsageError
+from tin.train.config import FAMILY_RECIPES, TrainConfig
+
+
+@pytest.mark.parametrize(
+    "model, optimizer, lr, head, betas",
+    [("tin_r50", "sgd", 0.01, (5.0, 10.0), (0.9, 0.999)), ("stam_b16", "adamw", 1e-3, (1.0, 1.0), (0.9, 0.999))],
+)
+def test_unset_knobs_take_the_family_recipe(model, optimizer, lr, head, betas):
+    recipe = TrainConfig(data="d", model=model).recipe()
+    assert (recipe.optimizer, recipe.lr, (recipe.head_lr_mult, recipe.head_bias_lr_mult)) == (optimizer, lr, head)
+    assert recipe.betas == betas
+
+
+def test_a_pretrained_vit_fine_tunes_at_the_recipes_rate_and_flags_win():
+    assert TrainConfig(data="d", model="stam_b16", pretrained="w.pth").recipe().lr == FAMILY_RECIPES["stam"].lr
+    ila = TrainConfig(data="d", model="ila_b32", lr=3e-4, clip_grad=1.0).recipe()
+    assert (ila.lr, ila.clip_grad, ila.betas, ila.weight_decay) == (3e-4, 1.0, (0.9, 0.98), 0.05)
+
+
+def test_model_options_reach_build_model_and_foreign_ones_are_refused(capsys):
+    config = parse_config(
+        TrainConfig,
+        [
+            "--data",
+            "d",
+            "--model",
+            "ila_tiny",
+            "--fusion",
+            "token",
+            "--model-option",
+            "ila_hidden=16",
+            "ila_layers=[2,3]",
+        ],
+    )
+    assert config.model_options() == {"pretrained": None, "fusion": "token", "ila_hidden": 16, "ila_layers": [2, 3]}
+    with pytest.raises(UsageError, match="--model tin_r18 has no option --fusion"):
+        parse_config(TrainConfig, ["--data", "d", "--model", "tin_r18", "--fusion", "add"])
+    with pytest.raises(UsageError, match="--model-option ila_width: not an option of --model ila_tiny"):
+        parse_config(TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "ila_width=3"])
+    with pytest.raises(SystemExit):  # argparse's usage error, status 2
+        parse_config(TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "ila_hidden"])
+    assert "expected a model option like ila_hidden=32, got 'ila_hidden'" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--partial-bn freezes BatchNorms of a ResNet"):
+        parse_config(TrainConfig, ["--data", "d", "--model", "stam_tiny", "--partial-bn"])
+
+
+def test_a_config_round_trips_through_its_dict():
+    config = TrainConfig(data="d", model="ila_tiny", betas=(0.9, 0.98), model_option=(("ila_layers", [1]),))
+    assert TrainConfig.from_dict(config.to_dict()) == config
