@@ -315,7 +315,7 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
     "extra, message",
     [
         (["--space", "/no/such/space.yaml"], "--space /no/such/space.yaml: cannot read it"),
-        (["--preset", "paper"], "--preset must be one of paper-ablation, got 'paper'"),
+        (["--preset", "paper"], "--preset must be one of paper-ablation, stam-ablation, ila-ablation, got 'paper'"),
         (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
         (["--metric", "val_sample_map"], "not reported for single-label data"),
         (
