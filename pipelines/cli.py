@@ -319,6 +319,45 @@ def _prepare_split(config: prepare.PrepareConfig) -> None:
     print(f"written {result.written} clips, failed {result.failed} (see {config.output.rstrip('/')}/errors)")
 
 
+# ---- predicting at scale ----------------------------------------------------------------------
+
+
+@exits_on_usage_error
+def predict(argv: Sequence[str] | None = None) -> int:
+    """Predict the classes of many videos (or a prepared split) with Ray Data; Parquet under --output.
+
+        python jobs/predict.py --checkpoint CKPT (--videos DIR_OR_LIST | --data ROOT --split S) --output ROOT
+            [--top-k 5] [--clips 1 --crops 1] [--probabilities] [--features] [--batch-size 8]
+            [--actors N] [--cpus-per-actor C] [--use-gpu] [--chunk-size 64]
+
+    Each video is decoded as the checkpoint's training data was ingested and seen in the views of
+    evaluation; the model runs in a pool of Ray actors (one model each, a GPU each with GPUs).
+    Writes <output>/predictions/part-NNNNN.parquet (clip_id, source, top_classes, top_scores, and
+    with the flags probabilities and features), <output>/errors/predictions.jsonl (a line per video
+    that could not be read); on a labelled split also the metrics (printed, and evaluation.json).
+    Running the same command again after an interruption writes only the chunks that are missing.
+    Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
+    ``ray job submit``. Exit status 0 when a clip was predicted, 1 when none could be, 2 for a usage error.
+    """
+    from pipelines.predict import BatchPredictConfig, predict_at_scale
+
+    config = parse_config(
+        BatchPredictConfig,
+        argv,
+        defaults={"storage_options": prepare.storage_options_from_env()},
+        description=predict.__doc__,
+    )
+    result = predict_at_scale(config, log=lambda line: print(line, flush=True))
+    if result.evaluation is not None:
+        from tin.evaluate import format_report
+
+        print(format_report(result.evaluation))
+    print(f"predicted {result.written} clips, failed {result.failed}: {result.predictions_path}")
+    if result.failed:
+        print(f"errors: {result.errors_path}")
+    return 0 if result.written else 1
+
+
 # ---- tuning ------------------------------------------------------------------------------------
 
 

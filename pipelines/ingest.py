@@ -135,7 +135,7 @@ class IngestResult:
 # One clip
 
 
-def _load_source(path: str, storage_options: dict[str, Any]) -> str | bytes:
+def load_source(path: str, storage_options: dict[str, Any]) -> str | bytes:
     """A local path (checked to exist and be non-empty) or the whole remote file as bytes."""
     fs, inner = filesystem_for(path, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -159,7 +159,7 @@ def clip_record(row: ManifestRow, config: IngestConfig, frame_template: str | No
     if row.error:
         raise VideoError(row.error)
     if frame_template is None:
-        source = _load_source(row.path, config.storage_options)
+        source = load_source(row.path, config.storage_options)
         frames, distinct = read_video_clip(source, config.frames, config.short_side, row.start, row.end)
         jpegs = None
     else:
@@ -252,7 +252,7 @@ def chunk_manifest_path(root: str, split: str) -> str:
 
 
 @contextmanager
-def _staged_file(fs: fsspec.AbstractFileSystem, final_path: str, root: str) -> Iterator[str]:
+def staged_file(fs: fsspec.AbstractFileSystem, final_path: str, root: str) -> Iterator[str]:
     """Yield a local temporary path to write; on success it becomes ``final_path`` in one step
     (rename on a local root, a single upload on an object store). An empty file is not kept."""
     local = isinstance(fs, LocalFileSystem)
@@ -274,12 +274,12 @@ def _staged_file(fs: fsspec.AbstractFileSystem, final_path: str, root: str) -> I
             os.remove(temporary)
 
 
-def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str, root: str) -> None:
-    with _staged_file(fs, path, root) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+def write_text(fs: fsspec.AbstractFileSystem, path: str, text: str, root: str) -> None:
+    with staged_file(fs, path, root) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "r") as handle:
         return json.load(handle)
 
@@ -367,7 +367,7 @@ def write_chunk_manifest(
     """
     permuted = _rows_batch(rows).take(pa.array(order))
     with (
-        _staged_file(fs, chunk_manifest_path(root, split), root) as temporary,
+        staged_file(fs, chunk_manifest_path(root, split), root) as temporary,
         pa.OSFile(temporary, "wb") as sink,
         pa.ipc.new_file(sink, CHUNK_SCHEMA) as writer,
     ):
@@ -446,7 +446,7 @@ def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | 
     errors: list[dict[str, str]] = []
     written = 0
     journal = CrashJournal(item["run"], config.split, index)
-    with _staged_file(fs, shard_path(root, config.split, index), root) as temporary:
+    with staged_file(fs, shard_path(root, config.split, index), root) as temporary:
         writer: pq.ParquetWriter | None = None
         pending: list[dict[str, Any]] = []
         for position, row in enumerate(rows):
@@ -467,7 +467,7 @@ def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | 
         if writer is not None:
             writer.close()
     marker = marker_text(index, written, errors, get_node_ip_address())
-    _write_text(fs, marker_path(root, config.split, index), marker, root)
+    write_text(fs, marker_path(root, config.split, index), marker, root)
     journal.close()
     return {"chunk": index, "marker": marker, "cpu_seconds": time.process_time() - started_cpu}
 
@@ -486,9 +486,9 @@ def _check_plan(fs: fsspec.AbstractFileSystem, root: str, plan: dict[str, Any], 
     with (False); refuse to mix chunks of another plan or of a split ingested without permuting."""
     path = plan_path(root, config.split)
     if not fs.exists(path):
-        _write_text(fs, path, json.dumps(plan, indent=2), root)
+        write_text(fs, path, json.dumps(plan, indent=2), root)
         return True
-    recorded = _read_json(fs, path)
+    recorded = read_json(fs, path)
     if "shuffle_seed" not in recorded:
         raise IngestError(
             f"{config.output}/{config.split} was ingested before ingest permuted annotation rows: "
@@ -545,7 +545,7 @@ def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, 
         )
     if existing.flip is None and info.flip is not None:  # recorded now, even if no split changes
         existing.record_flip_policy(manifest.flip_policy)
-        _write_text(fs, path, existing.to_json(), root)
+        write_text(fs, path, existing.to_json(), root)
     return existing
 
 
@@ -557,10 +557,10 @@ def _record_split(
         return
     info.splits[split] = facts
     info.software_version = tin.__version__
-    _write_text(fs, f"{root}/dataset.json", info.to_json(), root)
+    write_text(fs, f"{root}/dataset.json", info.to_json(), root)
 
 
-def _progress_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> tuple[set[int], list[str]]:
+def progress_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> tuple[set[int], list[str]]:
     """(chunks with a done-marker, paths of run ledgers): one listing of the progress directory."""
     directory = progress_dir(root, split)
     paths = fs.ls(directory, detail=False) if fs.exists(directory) else []
@@ -570,7 +570,7 @@ def _progress_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> tup
     return done, ledgers
 
 
-def _read_markers(fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]) -> dict[int, dict[str, Any]]:
+def read_markers(fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]) -> dict[int, dict[str, Any]]:
     """The done-markers of ``chunks``, fetched in one call: concurrent requests on an object store.
     (``cat_ranges`` rather than ``cat``: ``cat`` would glob paths with ``[`` or ``*`` in them.)"""
     if not chunks:
@@ -587,10 +587,10 @@ def write_ledger(
     one. A later run of an interrupted split reads its earlier runs' ledgers (a few files) instead
     of every chunk's marker: on an object store that is thousands of requests fewer. Markers stay
     the record of what is done; a ledger only saves reading them."""
-    _write_text(fs, ledger_path(root, split, run_id), json.dumps(list(markers.values())), root)
+    write_text(fs, ledger_path(root, split, run_id), json.dumps(list(markers.values())), root)
 
 
-def _earlier_markers(
+def earlier_markers(
     fs: fsspec.AbstractFileSystem, root: str, split: str, done: set[int], ledgers: list[str]
 ) -> dict[int, dict[str, Any]]:
     """The markers of the chunks ``done`` by earlier runs: from their ledgers, and for the chunks
@@ -600,7 +600,7 @@ def _earlier_markers(
         for content in fs.cat_ranges(ledgers, None, None, on_error="raise"):
             known.update((marker["chunk"], marker) for marker in json.loads(content))
     known = {chunk: marker for chunk, marker in known.items() if chunk in done}
-    return known | _read_markers(fs, root, split, sorted(done - known.keys()))
+    return known | read_markers(fs, root, split, sorted(done - known.keys()))
 
 
 def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
@@ -667,10 +667,10 @@ def _run_pending(
     return markers, cpu_seconds
 
 
-def _read_summary(fs: fsspec.AbstractFileSystem, root: str, split: str) -> dict[str, int] | None:
+def read_summary(fs: fsspec.AbstractFileSystem, root: str, split: str) -> dict[str, int] | None:
     """The totals of a completed split (written, failed, chunks); None while it is not complete."""
     try:
-        return _read_json(fs, summary_path(root, split))
+        return read_json(fs, summary_path(root, split))
     except FileNotFoundError:
         return None
 
@@ -695,19 +695,25 @@ def _commit_split(
 ) -> dict[str, int]:
     """Write the split's error rows, its dataset.json entry and, last, its summary (so a summary
     means all the rest is written). ``markers``: every chunk's, in chunk order."""
-    summary = {
+    summary = write_errors(fs, root, config.split, markers)
+    _record_split(fs, root, info, config.split, _split_facts(summary, manifest, config))
+    write_text(fs, summary_path(root, config.split), json.dumps(summary), root)
+    return summary
+
+
+def write_errors(fs: fsspec.AbstractFileSystem, root: str, split: str, markers: list[dict[str, Any]]) -> dict[str, int]:
+    """Write the error rows of every chunk's done-marker (``markers``, in chunk order) to
+    ``errors_path`` (no file when there are none); returns the totals {"written", "failed", "chunks"}."""
+    errors_file = errors_path(root, split)
+    error_lines = [json.dumps(error) + "\n" for marker in markers for error in marker["errors"]]
+    write_text(fs, errors_file, "".join(error_lines), root)
+    if not error_lines and fs.exists(errors_file):
+        fs.rm(errors_file)
+    return {
         "written": sum(marker["written"] for marker in markers),
         "failed": sum(marker["failed"] for marker in markers),
         "chunks": len(markers),
     }
-    errors_file = errors_path(root, config.split)
-    error_lines = [json.dumps(error) + "\n" for marker in markers for error in marker["errors"]]
-    _write_text(fs, errors_file, "".join(error_lines), root)
-    if not error_lines and fs.exists(errors_file):
-        fs.rm(errors_file)
-    _record_split(fs, root, info, config.split, _split_facts(summary, manifest, config))
-    _write_text(fs, summary_path(root, config.split), json.dumps(summary), root)
-    return summary
 
 
 def _result(
@@ -753,7 +759,7 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
     except (OSError, PermissionError) as error:
         raise IngestError(f"cannot write to the output root {config.output}: {error}") from error
 
-    summary = None if fresh else _read_summary(fs, root, split)
+    summary = None if fresh else read_summary(fs, root, split)
     if summary is not None:
         _record_split(fs, root, info, split, _split_facts(summary, manifest, config))
         log(
@@ -763,7 +769,7 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
         return _result(summary, root, split, chunks_run=0, already_complete=True)
 
     chunks = -(-len(manifest.rows) // config.chunk_size)
-    done, ledgers = (set(), []) if fresh else _progress_files(fs, root, split)  # a new plan: none
+    done, ledgers = (set(), []) if fresh else progress_files(fs, root, split)  # a new plan: none
     pending = [chunk for chunk in range(chunks) if chunk not in done]
     log(
         f"[{split}] {len(manifest.rows)} clips in {chunks} chunks; {len(pending)} to do (rows in "
@@ -776,6 +782,6 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
             order = shuffled_order(len(manifest.rows), config.shuffle_seed)
             write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
         markers, cpu_seconds = _run_pending(fs, root, pending, config, log, manifest.frame_template)
-    markers.update(_earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
+    markers.update(earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
     summary = _commit_split(fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)])
     return _result(summary, root, split, chunks_run=len(pending), cpu_seconds=cpu_seconds)

@@ -25,7 +25,7 @@ import torch
 
 from tin import tracking, viz
 from tin.config import check_choices, exits_on_usage_error, parse_config, setting
-from tin.data import Clip, iter_clips, load_dataset_info
+from tin.data import Clip, DatasetInfo, iter_clips, load_dataset_info
 from tin.data.shards import VAL_SPLIT
 from tin.inference import CROPS, EvaluationError, clip_probabilities, clip_views, temporal_views
 from tin.safe_load import CheckpointError
@@ -105,24 +105,12 @@ def evaluate_checkpoint(
         model, meta = load_model(checkpoint, device)
     except CheckpointError as error:
         raise EvaluationError(f"--checkpoint: {error}") from error
-    try:
-        info = load_dataset_info(data)
-    except FileNotFoundError as error:
-        raise EvaluationError(
-            f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
-        ) from error
-    if info.written(split) == 0:
-        raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
+    classes = list(meta["dataset"]["classes"])
+    info = split_info(data, split, classes)
     if not info.labelled(split):
         raise EvaluationError(
             f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
             f"so there is nothing to score; predict on its videos instead (python -m tin.predict)"
-        )
-    classes = list(meta["dataset"]["classes"])
-    if list(info.classes) != classes:
-        raise EvaluationError(
-            f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} "
-            f"the checkpoint was trained on"
         )
     config = meta["config"]
     temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
@@ -139,14 +127,56 @@ def evaluate_checkpoint(
         batch_scores.append(clip_probabilities(model, views, info.multi_label))
         labels.extend(clip.labels.tolist() for clip in batch)
     scores = torch.cat(batch_scores)
-    metrics, per_class = (multi_label_metrics if info.multi_label else single_label_metrics)(scores, labels, classes)
+    return scored_evaluation(str(checkpoint), data, split, clips, crops, meta, info.multi_label, scores, labels)
+
+
+def split_info(data: str, split: str, classes: list[str], storage_options: dict[str, Any] | None = None) -> DatasetInfo:
+    """The dataset.json of a root whose ``split`` a checkpoint trained on ``classes`` can run on.
+
+    Raises:
+        EvaluationError: naming the flag: no dataset root at ``data``, no clips in ``split``, or
+            classes that differ from the checkpoint's.
+    """
+    try:
+        info = load_dataset_info(data, storage_options)
+    except FileNotFoundError as error:
+        raise EvaluationError(
+            f"--data {data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
+        ) from error
+    if info.written(split) == 0:
+        raise EvaluationError(f"--split {split}: no clips in {data} (dataset.json lists {sorted(info.splits)})")
+    if list(info.classes) != classes:
+        raise EvaluationError(
+            f"--data {data}: its {len(info.classes)} classes differ from the {len(classes)} "
+            f"the checkpoint was trained on"
+        )
+    return info
+
+
+def scored_evaluation(
+    checkpoint: str,
+    data: str,
+    split: str,
+    clips: int,
+    crops: int,
+    meta: dict[str, Any],
+    multi_label: bool,
+    scores: torch.Tensor,
+    labels: list[list[int]],
+) -> Evaluation:
+    """The ``Evaluation`` of the class probabilities ``scores`` (N, K) of a split's clips, whose
+    labels are ``labels`` (one list per clip), under a checkpoint's ``meta`` (``load_model``'s);
+    ``multi_label`` as the dataset root says."""
+    classes = list(meta["dataset"]["classes"])
+    metrics, per_class = (multi_label_metrics if multi_label else single_label_metrics)(scores, labels, classes)
+    config = meta["config"]
     return Evaluation(
-        checkpoint=str(checkpoint),
+        checkpoint=checkpoint,
         data=data,
         split=split,
         clips=clips,
         crops=crops,
-        multi_label=info.multi_label,
+        multi_label=multi_label,
         classes=classes,
         metrics=metrics,
         per_class=per_class,

@@ -7,6 +7,9 @@ averaged over them.
     ``crops`` spatial crops (1 = centre, 3 = start/centre/end of the long side) and averages the
     class probabilities (softmax, or sigmoid for multi-label data) over the views.
 
+Prediction can also return each video's pooled features: the input of the model's classifier
+(``classifier``), averaged over the views like the probabilities.
+
 It imports torch and ``tin.data`` only: ``tin.predict`` runs without MLflow or plotting.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from tin.data.sampling import multi_view_starts
 from tin.data.transforms import center_box, crop_resize, eval_short_side, normalize, resize_short_side, three_crop_boxes
@@ -81,3 +85,40 @@ def clip_probabilities(model: torch.nn.Module, views: torch.Tensor, multi_label:
     logits = model(clips).float()
     probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=1)
     return probabilities.view(count, per_clip, -1).mean(dim=1).cpu()
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The linear layer that maps a model's pooled features to its logits: ``model.head`` (the
+    ResNets, STAM), or the ``fc`` of a head that normalises first (ILA: norm, dropout, fc)."""
+    head = model.head
+    linear = head if isinstance(head, nn.Linear) else getattr(head, "fc", None)
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"{type(model).__name__}.head is neither a Linear layer nor holds one as .fc")
+    return linear
+
+
+@torch.no_grad()
+def clip_probabilities_and_features(
+    model: nn.Module, views: torch.Tensor, multi_label: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clip_probabilities`` and the features the classifier saw, by a forward hook on it (the
+    models stay as they are).
+
+    The classifier sees (N * V * T, D) per-frame features in the ResNets (their logits are the mean
+    of per-frame logits, so the mean feature gives the mean logits) and (N * V, D) pooled ones in
+    the ViTs; either way a video's feature vector is the mean of its rows.
+
+    Args:
+        model, views, multi_label: as for ``clip_probabilities``; views uint8 (N, V, T, S, S, 3).
+
+    Returns:
+        (probabilities float32 (N, K), features float32 (N, D)), on the CPU.
+    """
+    inputs: list[torch.Tensor] = []
+    hook = classifier(model).register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+    try:
+        probabilities = clip_probabilities(model, views, multi_label)
+    finally:
+        hook.remove()
+    (features,) = inputs
+    return probabilities, features.float().view(len(views), -1, features.shape[-1]).mean(dim=1).cpu()

@@ -26,6 +26,7 @@ import torch
 from tin.config import exits_on_usage_error, parse_config, setting
 from tin.data import VideoError, read_video_clip
 from tin.data.transforms import eval_short_side
+from tin.data.video import VideoSource
 from tin.errors import UsageError
 from tin.inference import clip_probabilities, clip_views
 from tin.train.checkpoint import load_model
@@ -53,6 +54,34 @@ def decode_settings(meta: dict) -> tuple[int, int]:
     return frames, short_side
 
 
+def video_views(source: VideoSource, meta: dict, clips: int = 1, crops: int = 1) -> torch.Tensor:
+    """The test-time views of one video, decoded as the checkpoint's training data was ingested.
+
+    Args:
+        source: a local path or the file's bytes (``tin.data.video``).
+        meta: what ``tin.train.checkpoint.load_model`` returns besides the model.
+        clips, crops: views per video, as in evaluation (``tin.inference.clip_views``).
+
+    Returns:
+        uint8 (clips * crops, T, S, S, 3).
+
+    Raises:
+        VideoError: the video cannot be decoded.
+    """
+    frames, short_side = decode_settings(meta)
+    decoded, _ = read_video_clip(source, frames, short_side)
+    config = meta["config"]
+    return clip_views(torch.from_numpy(decoded), config["num_segments"], config["crop_size"], clips, crops)
+
+
+def top_classes(probabilities: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, class indices) of the ``top_k`` (at most K) most probable classes, best first.
+
+    ``probabilities`` (N, K) -> float32 (N, k) and int64 (N, k)."""
+    best = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+    return best.values, best.indices
+
+
 def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top_k: int = 5) -> Iterator[Prediction]:
     """Predict each video in turn.
 
@@ -65,22 +94,19 @@ def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top
         One ``Prediction`` per path, in order.
     """
     classes = meta["dataset"]["classes"]
-    config = meta["config"]
-    frames, short_side = decode_settings(meta)
     for path in paths:
         if not os.path.isfile(path):
             yield Prediction(path, error="file not found")
             continue
         try:
-            decoded, _ = read_video_clip(path, frames, short_side)
+            views = video_views(path, meta)
         except VideoError as error:
             yield Prediction(path, error=str(error))
             continue
-        views = clip_views(torch.from_numpy(decoded), config["num_segments"], config["crop_size"])
-        probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])[0]
-        best = probabilities.topk(min(top_k, len(classes)))
+        probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])
+        scores, indices = top_classes(probabilities, top_k)
         yield Prediction(
-            path, top=[(classes[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+            path, top=[(classes[i], p) for p, i in zip(scores[0].tolist(), indices[0].tolist(), strict=True)]
         )
 
 

@@ -1,14 +1,24 @@
-"""MLflow helpers: where runs go, one run per training run (resumable), params, metrics, artifacts."""
+"""MLflow helpers: where runs go, one run per training run (resumable), params, metrics, artifacts,
+and a run's final model as an MLflow model."""
 
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import torch
 from mlflow.tracking import MlflowClient
 
+import tin
+
 RUN_KEY_TAG = "tin.run_key"
+MODEL_NAME = "video_model"
+"""The MLflow model of a training run (beside the raw checkpoint, the artifact model/checkpoint.pt)."""
+MODEL_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy")
+"""What a process that loads the MLflow model imports besides tin (which travels with the model)."""
 
 
 def default_tracking_uri(directory: str | os.PathLike | None = None) -> str:
@@ -83,3 +93,66 @@ def log_params_once(params: dict) -> None:
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
+
+
+def model_code_paths() -> list[str]:
+    """The code an MLflow model of tin carries (``code_paths``): the package, which unpickling the
+    model imports (its modules import ``tin.ops``, which registers the interlace operator), so the
+    model loads where tin is not installed.
+
+    The kernel sources stay out: ``tin.ops`` compiles them where they lie, and a copy in every
+    downloaded model would be compiled again at every load. So a loaded model's interlace runs
+    the pure-PyTorch reference (the same outputs), unless the process imported an installed tin
+    first (``import tin.ops`` before loading), whose compiled kernels it then uses.
+    """
+    return [str(Path(tin.__file__).resolve().parent)]
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to the installed releases (without local labels such as
+    +cu130); given explicitly, so MLflow does not load the model in a subprocess to guess them."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
+def log_video_model(saved: dict[str, Any], registered_model_name: str | None = None):
+    """Log a checkpoint's model to the active run as an MLflow model (the pytorch flavour), so that
+    ``mlflow.pyfunc.load_model(uri).predict(clips)`` gives its logits.
+
+    The model takes normalised float32 clips (N, T, 3, S, S) (``tin.data.transforms.normalize`` of
+    the uint8 frames, with the model's ``input_mean``/``input_std``) and returns logits (N, K); the
+    signature and input example say so. It is the pickled module (loading it runs the pickle, as for
+    any pickled MLflow model: load models of stores you trust; the checkpoint artifact beside it
+    loads weights-only), and carries ``model_code_paths`` and ``model_requirements``.
+
+    Args:
+        saved: a checkpoint's contents (``tin.train.checkpoint.read_checkpoint``): the model rebuilt
+            on the CPU from its config and ``evaluated_weights``.
+        registered_model_name: also register the model under this name (a new version each time).
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``).
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    from tin.export import example_clips
+    from tin.train.checkpoint import rebuild_model
+
+    model = rebuild_model(saved, "the run's final model").eval()
+    config = saved["config"]
+    example = example_clips(config["num_segments"], config["crop_size"], batch=1)
+    with torch.no_grad():
+        logits = model(example)
+    return mlflow.pytorch.log_model(
+        model,
+        name=MODEL_NAME,
+        signature=infer_signature(example.numpy(), logits.numpy()),
+        input_example=example.numpy(),
+        code_paths=model_code_paths(),
+        pip_requirements=model_requirements(),
+        registered_model_name=registered_model_name,
+        # Not MLflow's default "pt2" (a torch.export graph, like tin.export's .pt2): its graph holds the
+        # operator torch.ops.tin.interlace, which nothing registers before the flavour's loader reads it.
+        # Unpickling the module imports tin.models, and through it tin.ops, which registers it.
+        serialization_format="pickle",
+    )

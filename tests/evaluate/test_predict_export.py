@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -100,3 +101,20 @@ def test_vit_programs_give_eager_logits_and_carry_the_models_normalisation(vit_c
     metadata = json.loads(extra[METADATA_FILE])
     assert (tuple(metadata["mean"]), tuple(metadata["std"])) == (model.input_mean, model.input_std)
     assert metadata["mean"] != [0.485, 0.456, 0.406]  # neither STAM's MIIL nor ILA's CLIP input is ImageNet's
+
+
+def test_features_are_what_the_classifier_maps_to_the_probabilities(tin_checkpoint, vit_checkpoint, tiny_root):
+    """For a ResNet (per-frame features, averaged), STAM and ILA (pooled; ILA's head normalises first)."""
+    from tin.data import iter_clips
+    from tin.inference import classifier, clip_probabilities, clip_probabilities_and_features, clip_views
+
+    for checkpoint in (tin_checkpoint, vit_checkpoint):
+        model, meta = load_model(checkpoint)
+        config = meta["config"]
+        clips = list(itertools.islice(iter_clips(tiny_root, "val"), 2))
+        views = torch.stack([clip_views(torch.from_numpy(c.frames), 8, config["crop_size"]) for c in clips])
+        probabilities, features = clip_probabilities_and_features(model, views, multi_label=False)
+        assert features.shape == (2, classifier(model).in_features)
+        torch.testing.assert_close(probabilities, clip_probabilities(model, views, multi_label=False))
+        with torch.no_grad():
+            torch.testing.assert_close(classifier(model)(features).softmax(1), probabilities, rtol=1e-4, atol=1e-6)

@@ -30,8 +30,10 @@ from pipelines.training import (
     warn_about,
     with_resolved_locations,
 )
+from tin import tracking
 from tin.data import iter_clips, load_dataset_info
 from tin.data.batches import decode_shards
+from tin.export import example_clips
 from tin.train.checkpoint import CHECKPOINT_FILE, load_model, load_state
 from tin.train.config import TrainConfig
 from tin.train.loop import epoch_steps, local_shuffle
@@ -163,6 +165,11 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     assert run.data.params["recipe.optimizer"] == "adamw"  # the family's, as the config left it None
     artifacts = {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/alignment_points.png"} <= artifacts
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}")  # the MLflow model too
+    clips = example_clips(config.num_segments, config.crop_size)
+    model, _ = load_model(latest_checkpoint(config))  # the same weights: the average, as evaluated
+    with torch.no_grad():
+        np.testing.assert_allclose(logged.predict(clips.numpy()), model(clips).numpy(), rtol=1e-4, atol=1e-5)
 
     config.epochs = 2
     result = train(config)  # same name and storage path: continues after epoch 1

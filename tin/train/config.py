@@ -237,6 +237,9 @@ class TrainConfig:
     name: str = setting("tin", help="run name; re-running with the same name and storage path resumes the run")
     mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     experiment: str = setting("tin", help="MLflow experiment")
+    register_model: str | None = setting(
+        None, help="also register the final model in the MLflow model registry under this name (a new version)"
+    )
     mlflow_parent_run_id: str | None = setting(
         None, help="MLflow run id to nest this run under (a tuning search sets it per trial)"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from tin import tracking, viz
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
+from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, read_checkpoint, save_state
 
 # Ray Train routes worker prints through its logger and echoes them again when something (MLflow)
 # wraps stdout; a logger prints each line once.
@@ -111,17 +111,18 @@ class RunRecorder:
         mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
 
     def finish(self, model, state: TrainingState) -> None:
-        """Log the final model and the learned offsets/weights plot, and end the run."""
+        """Log the final model (as the raw checkpoint model/checkpoint.pt and as the MLflow model
+        ``tracking.MODEL_NAME`` of the same weights, registered under ``--register-model`` where
+        it names a model) and the learned offsets/weights plot, and end the run."""
         if not self.enabled:
             return
         with tempfile.TemporaryDirectory(prefix="tin-model-") as directory:
+            path = Path(directory) / CHECKPOINT_FILE
             save_state(
-                TrainingState(state.epoch, model.state_dict(), history=state.history),
-                self.config,
-                self.facts,
-                Path(directory) / CHECKPOINT_FILE,
+                TrainingState(state.epoch, model.state_dict(), history=state.history), self.config, self.facts, path
             )
-            mlflow.log_artifact(str(Path(directory) / CHECKPOINT_FILE), "model")
+            mlflow.log_artifact(str(path), "model")
+            tracking.log_video_model(read_checkpoint(path), self.config.register_model)
         stats = model.temporal_stats()
         if stats:
             kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))
