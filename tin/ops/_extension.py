@@ -190,7 +190,7 @@ def cxx_compiler() -> str:
 
 
 def build_key(with_cuda: bool) -> dict[str, str]:
-    """Everything a build's outcome depends on: sources, flags, PyTorch, build kind and toolchain
+    """Everything a build's outcome depends on: sources, flags, the PyTorch installation, build kind and toolchain
     (the C++ compiler; with CUDA also the toolkit, its nvcc version and the target architectures)."""
     digest = hashlib.sha256()
     for source in _sources(with_cuda) + HEADERS:
@@ -198,7 +198,9 @@ def build_key(with_cuda: bool) -> dict[str, str]:
     key = {
         "sources": digest.hexdigest(),
         "flags": repr((CXX_FLAGS, NVCC_FLAGS)),
-        "torch": torch.__version__,
+        # The installation, not only the version: the build's include paths are its files, so two
+        # environments with the same torch would otherwise rebuild each other's library in turn.
+        "torch": f"{torch.__version__} {Path(torch.__file__).parent}",
         "kind": "cpu+cuda" if with_cuda else "cpu",
         "cxx": cxx_compiler(),
     }
