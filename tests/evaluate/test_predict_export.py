@@ -6,6 +6,7 @@ import itertools
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines.synthetic import SyntheticConfig, render_clip, write_video
@@ -53,6 +54,7 @@ def test_exported_program_gives_eager_logits(tin_checkpoint, tmp_path):
     assert metadata["num_segments"] == 8 and metadata["crop_size"] == 32 and len(metadata["classes"]) == 9
 
 
+@pytest.mark.slow  # an export or a fresh process: > 10 s
 def test_onnx_model_runs_in_onnxruntime_with_eager_logits(tin_checkpoint, tmp_path, capsys):
     import onnxruntime
 
@@ -82,6 +84,7 @@ def test_bad_flags_are_usage_errors(tin_checkpoint, tmp_path, monkeypatch, capsy
     assert "ONNX export needs tin_no_such_module: pip install 'tin-on-ray[onnx]'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an export or a fresh process: > 10 s
 def test_vit_programs_give_eager_logits_and_carry_the_models_normalisation(vit_checkpoint, tmp_path):
     import onnxruntime
 

@@ -10,6 +10,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint
@@ -30,6 +31,7 @@ print(json.dumps({"tin": sys.modules["tin"].__file__}))
 """
 
 
+@pytest.mark.slow  # an export or a fresh process: > 10 s
 def test_logged_model_loads_in_a_fresh_process_with_the_eager_logits(tmp_path):
     classes = ["left", "right", "static"]
     checkpoint = write_checkpoint(tmp_path / "run", "tin_r18", str(tmp_path / "data"), classes)
