@@ -313,7 +313,9 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
         "--optimizer",
         "adamw",
         "--lr",
-        "2e-3",
+        "1e-3",
+        "--warmup-epochs",
+        "1",
         "--head-lr-mult",
         "1",
         "--head-bias-lr-mult",
@@ -329,14 +331,14 @@ def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_pa
     assert "finished no_val: train_loss" in capsys.readouterr().out
     state = load_state(latest_checkpoint(config))
     losses = [epoch["train_loss"] for epoch in state.history]
-    assert min(losses[-2:]) < 0.9 * losses[0], losses  # from about ln 9; seen 0.75-0.88 of it after 6 epochs
+    assert min(losses[-2:]) < 0.85 * losses[0], losses  # from about ln 9; seen 0.61-0.63 of it
     assert state.epoch == 8 and {epoch["steps"] for epoch in state.history} == {36 // 6}
     assert not [key for epoch in state.history for key in epoch if key.startswith("val_")]
     moments = next(iter(state.optimizer["state"].values()))
     assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 8 * (36 // 6)  # AdamW's state
     assert {group["lr_mult"] for group in state.optimizer["param_groups"]} == {1.0}
     client, run = mlflow_run(config)
-    assert metric_steps(client, run, "train_loss") == list(range(1, 7)) and not [
+    assert metric_steps(client, run, "train_loss") == list(range(1, 9)) and not [
         key for key in run.data.metrics if key.startswith("val_")
     ]
     assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
