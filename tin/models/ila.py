@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tin.data.transforms import INPUT_NORMS
 from tin.models.pretrained import PretrainedReport
+from tin.models.protocol import check_clips
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed
 
 if TYPE_CHECKING:
@@ -605,7 +606,7 @@ class ILA(nn.Module):
         Shape:
             input ``(N, T, 3, S, S)`` -> ``(N, T, E)``.
         """
-        self._check_clips(clips)
+        check_clips(self, clips, self.num_segments, self.image_size)
         clips_n, frames = clips.shape[:2]
         vit = self.backbone
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(clips.flatten(0, 1)))))
@@ -693,17 +694,6 @@ class ILA(nn.Module):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, *inputs, use_reentrant=False)
         return block(*inputs)
-
-    def _check_clips(self, clips: torch.Tensor) -> None:
-        expected = (self.num_segments, 3, self.image_size, self.image_size)
-        if not isinstance(clips, torch.Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != expected:
-            shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
-            raise ValueError(
-                f"{type(self).__name__}: expected clips of shape (N, T, 3, S, S) with T = num_segments = "
-                f"{self.num_segments} and S = image_size = {self.image_size}, got {shape}"
-            )
-        if not clips.is_floating_point():
-            raise ValueError(f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}")
 
 
 def ila_b32(num_classes: int, num_segments: int = 8, image_size: int | tuple[int, int] = 224, **options: Any) -> ILA:

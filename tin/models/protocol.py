@@ -43,3 +43,24 @@ class VideoModel(Protocol):
 def video_model(model: nn.Module) -> VideoModel:
     """``model`` seen through the protocol (for the type checker; nothing is converted)."""
     return cast(VideoModel, model)
+
+
+def check_clips(model: nn.Module, clips: torch.Tensor, num_segments: int, image_size: int | None = None) -> None:
+    """Refuse anything but float clips (N, T, 3, H, W) with T = num_segments (and H = W = image_size
+    for a model bound to one, the ViTs), naming the model and the shape it got.
+
+    Raises:
+        ValueError: the wrong type, rank, frames, channels or size, or integer pixels.
+    """
+    expected: tuple[int, ...] = (num_segments, 3) if image_size is None else (num_segments, 3, image_size, image_size)
+    layout = "(N, T, 3, H, W)" if image_size is None else "(N, T, 3, S, S)"
+    bound = "" if image_size is None else f" and S = image_size = {image_size}"
+    got = tuple(clips.shape[1 : 1 + len(expected)]) if isinstance(clips, torch.Tensor) else None
+    name = type(model).__name__
+    if not isinstance(clips, torch.Tensor) or clips.dim() != 5 or got != expected:
+        shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
+        raise ValueError(
+            f"{name}: expected clips of shape {layout} with T = num_segments = {num_segments}{bound}, got {shape}"
+        )
+    if not clips.is_floating_point():
+        raise ValueError(f"{name}: expected normalised floating-point clips, got {clips.dtype}")

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from tin.data.transforms import INPUT_NORMS
+from tin.models.protocol import check_clips
 from tin.models.temporal import TemporalInterlace
 
 TemporalFactory = Callable[[int], nn.Module]
@@ -115,7 +116,7 @@ class VideoResNet(nn.Module):
         self.partial_bn = False
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        self._check_clips(clips)
+        check_clips(self, clips, self.num_segments)
         clips_n, frames = clips.shape[:2]
         x = clips.flatten(0, 1)  # (N*T, 3, H, W)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -196,13 +197,3 @@ class VideoResNet(nn.Module):
 
     def _batch_norms(self) -> list[nn.BatchNorm2d]:
         return [module for module in self.modules() if isinstance(module, nn.BatchNorm2d)]
-
-    def _check_clips(self, clips: torch.Tensor) -> None:
-        if not isinstance(clips, torch.Tensor) or clips.dim() != 5 or clips.shape[1:3] != (self.num_segments, 3):
-            shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
-            raise ValueError(
-                f"{type(self).__name__}: expected clips of shape (N, T, 3, H, W) with T = num_segments = "
-                f"{self.num_segments}, got {shape}"
-            )
-        if not clips.is_floating_point():
-            raise ValueError(f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}")

@@ -19,6 +19,7 @@ from torch import nn
 
 from tin.data.transforms import INPUT_NORMS
 from tin.models.pretrained import PretrainedReport
+from tin.models.protocol import check_clips
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed, resize_temporal_embed
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class STAM(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        self._check_clips(clips)
+        check_clips(self, clips, self.num_segments, self.image_size)
         clips_n, frames = clips.shape[:2]
         tokens = self.backbone(clips.flatten(0, 1)).view(clips_n, frames, -1)  # (N, T, D) post-norm class tokens
         pooled = tokens.mean(dim=1) if self.temporal is None else self.temporal(tokens)  # (N, D)
@@ -304,17 +305,6 @@ class STAM(nn.Module):
         else:
             skipped += weights.head  # a classifier of other classes (STAM's is Kinetics-400)
         return load_into(self, state, weights.path, _is_new, skipped)
-
-    def _check_clips(self, clips: torch.Tensor) -> None:
-        expected = (self.num_segments, 3, self.image_size, self.image_size)
-        if not isinstance(clips, torch.Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != expected:
-            shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
-            raise ValueError(
-                f"{type(self).__name__}: expected clips of shape (N, T, 3, S, S) with T = num_segments = "
-                f"{self.num_segments} and S = image_size = {self.image_size}, got {shape}"
-            )
-        if not clips.is_floating_point():
-            raise ValueError(f"{type(self).__name__}: expected normalised floating-point clips, got {clips.dtype}")
 
 
 def stam_b16(num_classes: int, num_segments: int, image_size: int = 224, **options: Any) -> STAM:
