@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tin.data.transforms import INPUT_NORMS
 from tin.models.pretrained import PretrainedReport
-from tin.models.protocol import check_clips
+from tin.models.protocol import check_clips, freeze_trunk
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed
 
 if TYPE_CHECKING:
@@ -667,11 +667,9 @@ class ILA(nn.Module):
         }
 
     def freeze_backbone(self) -> None:
-        """Stop training the CLIP tower (trunk and projection; the ``backbone:<i>`` roles), as the ILA
-        release did; the ILA modules, MIT and head stay trainable. Call it before building the optimiser."""
-        for name, parameter in self.named_parameters():
-            if _role(name, len(self.backbone.blocks)).startswith("backbone"):
-                parameter.requires_grad_(False)
+        """Stop training the CLIP tower (trunk and projection), as the ILA release did; the ILA modules,
+        MIT and head stay trainable (``tin.models.protocol.freeze_trunk``)."""
+        freeze_trunk(self)
 
     def load_pretrained(self, path: str | Path) -> PretrainedReport:
         """Initialise the CLIP tower (trunk and projection) from an OpenAI CLIP, open_clip or timm CLIP file.

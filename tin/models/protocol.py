@@ -64,3 +64,17 @@ def check_clips(model: nn.Module, clips: torch.Tensor, num_segments: int, image_
         )
     if not clips.is_floating_point():
         raise ValueError(f"{name}: expected normalised floating-point clips, got {clips.dtype}")
+
+
+TRUNK_ROLE_PREFIX = "backbone:"
+"""``param_roles`` role prefix of the per-frame trunk's parameters (``backbone:<layer>``)."""
+
+
+def freeze_trunk(model: nn.Module) -> None:
+    """Stop training the per-frame trunk (the ``backbone:<layer>`` roles of ``param_roles``), as ILA's
+    release did with CLIP; the temporal modules and the head stay trainable. Call it before building
+    the optimiser (``param_groups`` leaves frozen parameters out)."""
+    roles = video_model(model).param_roles()
+    for name, parameter in model.named_parameters():
+        if roles[name][0].startswith(TRUNK_ROLE_PREFIX):
+            parameter.requires_grad_(False)

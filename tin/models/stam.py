@@ -19,7 +19,7 @@ from torch import nn
 
 from tin.data.transforms import INPUT_NORMS
 from tin.models.pretrained import PretrainedReport
-from tin.models.protocol import check_clips
+from tin.models.protocol import check_clips, freeze_trunk
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed, resize_temporal_embed
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ STAM_VARIANTS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "norm_eps": 1e-5,  # STAM's; 1e-6 for the MIIL ImageNet-21K ViT
         "input_norm": "miil",
+        "freeze_backbone": False,
         "pretrained": None,
     },
     "stam_tiny": {
@@ -63,11 +64,13 @@ STAM_VARIANTS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "norm_eps": 1e-5,
         "input_norm": "miil",
+        "freeze_backbone": False,
         "pretrained": None,
     },
 }
 """Each variant's options (what ``stam_b16``/``stam_tiny`` and ``build_model`` accept) and their defaults;
-``pretrained`` is a local MIIL or STAM file (``tin.models.vit_weights``)."""
+``pretrained`` is a local MIIL or STAM file (``tin.models.vit_weights``); ``freeze_backbone`` trains only
+the temporal encoder and the head on the (pretrained) per-frame ViT's features."""
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed")
 """Parameters kept out of weight decay besides those with fewer than 2 dimensions."""
@@ -239,6 +242,11 @@ class STAM(nn.Module):
         pooled = tokens.mean(dim=1) if self.temporal is None else self.temporal(tokens)  # (N, D)
         return self.head(self.dropout(pooled))
 
+    def freeze_backbone(self) -> None:
+        """Stop training the per-frame ViT; the temporal encoder and the head stay trainable
+        (``tin.models.protocol.freeze_trunk``)."""
+        freeze_trunk(self)
+
     def auxiliary_loss(self) -> None:
         """STAM has no auxiliary loss."""
         return None
@@ -341,6 +349,7 @@ def _build(variant: str, num_classes: int, num_segments: int, image_size: int, o
         )
     settings = {**defaults, **{name: value for name, value in options.items() if value is not None}}
     pretrained = settings.pop("pretrained")
+    freeze = settings.pop("freeze_backbone")
     model = STAM(
         num_classes=num_classes,
         num_segments=num_segments,
@@ -350,6 +359,8 @@ def _build(variant: str, num_classes: int, num_segments: int, image_size: int, o
     )
     if pretrained is not None:
         model.load_pretrained(pretrained)
+    if freeze:
+        model.freeze_backbone()
     return model
 
 

@@ -209,7 +209,9 @@ class TrainConfig:
     jitter: float | None = setting(None, help="ILA: offset of the 9 jittered training masks (default 0.2; 0: off)")
     mit_layers: int | None = setting(None, help="ILA: transformer layers of the video head over the frames (default 1)")
     freeze_backbone: bool | None = setting(
-        None, help="ILA: freeze the CLIP trunk (default: with a CLIP --pretrained, else not)"
+        None,
+        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head "
+        "(ILA default: with a CLIP --pretrained; STAM default: no)",
     )
     model_option: tuple[tuple[str, Any], ...] = setting(
         (),
