@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from tin.config import add_config_flags, config_from_args, setting
 from tin.data.transforms import normalize
 from tin.models.build import build_model, model_family
 from tin.models.vit_weights import FORMAT_NORM_EPS
+from tin.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class FramePretrainConfig:
     frames: int = setting(6000, help="synthetic frames to train on")
     steps: int = setting(400, help="optimiser steps")
     batch_size: int = setting(64, help="frames per step")
-    lr: float = setting(1e-3, help="AdamW peak learning rate (linear warm-up, then cosine)")
+    lr: float = setting(1e-3, help="AdamW peak learning rate (linear warm-up from a tenth, then cosine)")
     warmup_steps: int = setting(50, help="steps of linear learning-rate warm-up")
     weight_decay: float = setting(0.05, help="AdamW weight decay")
     seed: int = setting(0, help="seed of the frames and the initialisation")
@@ -106,15 +106,14 @@ def pretrain_trunk(config: FramePretrainConfig) -> nn.Module:
     torch.manual_seed(config.seed)
     plain = {"ila_layers": ()} if family == "ila" else {}  # a plain CLIP tower: ILA modules need clips
     model = build_model(config.model, 1, 1, image_size=config.image_size, **TRUNK_FORMAT_OPTIONS[family], **plain)
-    trunk: nn.Module = model.backbone
+    trunk = model.backbone  # a timm VisionTransformer
     frames = torch.from_numpy(synthetic_frames(config.frames, config.image_size, config.seed))
     targets = torch.from_numpy(object_targets(frames.numpy()))
-    with torch.no_grad():
-        width = trunk(torch.zeros(1, 3, config.image_size, config.image_size)).shape[-1]
+    width = trunk.num_classes or trunk.num_features  # ILA's tower ends in CLIP's projection, STAM's in no head
     readout = nn.Linear(width, targets.shape[1])
     parameters = [*trunk.parameters(), *readout.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    schedule = build_scheduler(optimizer, 1, config.steps, warmup_epochs=config.warmup_steps)  # an 'epoch' = a step
     generator = torch.Generator().manual_seed(config.seed)
     trunk.train()
     started = time.monotonic()
@@ -162,20 +161,18 @@ def _family(model: str) -> str:
     return family
 
 
-def _lr_factor(step: int, config: FramePretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_flags(parser, FramePretrainConfig)
     parser.add_argument("--output", required=True, help="where to write the trunk (.pth)")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = save_trunk(pretrain_trunk(config_from_args(FramePretrainConfig, arguments)), arguments.output)
+    config = config_from_args(FramePretrainConfig, arguments)
+    try:
+        _family(config.model)
+    except ValueError as error:
+        parser.error(str(error))
+    path = save_trunk(pretrain_trunk(config), arguments.output)
     print(f"wrote {path}; use it as pretrained={path} (--pretrained {path})")
 
 
