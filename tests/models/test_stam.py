@@ -112,3 +112,10 @@ def test_importing_the_models_does_not_import_timm():
     code = "import sys, tin.models, tin.models.stam, tin.models.vit_weights; print('timm' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_temporal_position_embedding_starts_at_the_variants_std():
+    torch.manual_seed(0)
+    assert stam_tiny(3, 8).temporal.pos_embed.std().item() == pytest.approx(0.3, rel=0.1)
+    assert stam_tiny(3, 8, temporal_pos_std=0.02).temporal.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    assert STAM_VARIANTS["stam_b16"]["temporal_pos_std"] == 0.02  # STAM's

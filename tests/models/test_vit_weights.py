@@ -36,6 +36,7 @@ def tiny_stam(**overrides) -> STAM:
         "temporal_heads": 2,
         "temporal_ffn": 64,
         "temporal_dropout": 0.0,
+        "temporal_pos_std": 0.02,
         "aggregation": "transformer",
         "drop_path": 0.0,
         "grad_checkpointing": False,
