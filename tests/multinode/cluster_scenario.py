@@ -86,6 +86,14 @@ class Processes:
             self.stop(process)
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a process's log, or why there are none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(unreadable: {error})"
+
+
 def wait_until(check, what: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -279,7 +287,11 @@ class Scenario:
         self.start_mlflow()  # starts while the Ray nodes do
         self.start_head()
         worker = self.start_worker()
-        wait_until(lambda: self.alive_nodes() == 2, "the worker node to join")
+        try:  # on 2 shared cores the two `ray start`s and the MLflow server start together: give them time
+            wait_until(lambda: self.alive_nodes() == 2, "the worker node to join", timeout_s=360)
+        except TimeoutError as error:
+            logs = "\n".join(f"--- {log} ends:\n{log_tail(self.workdir / log)}" for log in ("head.log", "worker.log"))
+            raise TimeoutError(f"{error}\n{logs}") from error
         wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
 
         prepared = self.submit(
