@@ -333,13 +333,17 @@ class Scenario:
         wait_until(
             lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900
         )
+        logs = self.job_logs("train")
         return {
             "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
             "chunk_nodes": sorted({marker["node"] for marker in markers}),
             "train": {
                 "submit": submitted.returncode,
                 "status": self.job_status("train"),
-                "logs": self.job_logs("train")[-12000:],
+                "logs": logs[-12000:],
+                # From the whole log: Ray Data's tracebacks about its metrics can fill the tail.
+                "placements": [line for line in logs.splitlines() if " workers on " in line],
+                "checkpoints": [line for line in logs.splitlines() if "checkpoint: " in line],
                 "checkpoints_when_killed": killed_at,
             },
             "checkpoint": self.latest_checkpoint(fs),
