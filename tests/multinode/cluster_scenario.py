@@ -334,6 +334,7 @@ class Scenario:
             lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900
         )
         logs = self.job_logs("train")
+        lines = logs.splitlines()
         return {
             "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
             "chunk_nodes": sorted({marker["node"] for marker in markers}),
@@ -342,8 +343,8 @@ class Scenario:
                 "status": self.job_status("train"),
                 "logs": logs[-12000:],
                 # From the whole log: Ray Data's tracebacks about its metrics can fill the tail.
-                "placements": [line for line in logs.splitlines() if " workers on " in line],
-                "checkpoints": [line for line in logs.splitlines() if "checkpoint: " in line],
+                "placements": [line for line in lines if " workers on " in line],
+                "checkpoints": [line for line in lines if "checkpoint: " in line],
                 "checkpoints_when_killed": killed_at,
             },
             "checkpoint": self.latest_checkpoint(fs),
