@@ -58,7 +58,9 @@ def test_offsets_and_weights_follow_the_reference_formulas():
     out = module(x)
     torch.testing.assert_close(out, interlace_reference(x, offset, weight, FRAMES, shift_channels=fold))
     assert torch.equal(out[:, fold:], x[:, fold:])
-    assert torch.equal(module.last_offset, offset) and torch.equal(module.last_weight, weight)
+    # The forward ran the compiled block operator, which sums in another order than the reference.
+    torch.testing.assert_close(module.last_offset, offset)
+    torch.testing.assert_close(module.last_weight, weight)
     assert not module.last_offset.requires_grad
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tin.ops import interlace_reference
+from tin.ops import interlace_reference, temporal_interlace_reference
 
 Result = tuple[torch.Tensor, tuple[torch.Tensor, ...]]
 
@@ -78,3 +78,47 @@ def assert_near_float64(result: Result, expected: Result, dtype: torch.dtype) ->
     errors = {name: (relative_error(actual, wanted), limit) for name, (actual, wanted, limit) in checks.items()}
     beyond = {name: f"{error:.2e} > {limit:.0e}" for name, (error, limit) in errors.items() if error > limit}
     assert not beyond, f"{dtype}: relative errors against float64 beyond tolerance: {beyond}"
+
+
+def make_block_inputs(
+    clips: int,
+    frames: int,
+    channels: int,
+    fold: int,
+    predicted: int = 2,
+    size: tuple[int, int] = (3, 4),
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str = "cpu",
+    channels_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random x (N*T, C, H, W) in ``dtype`` and the eight TIN-block parameters (S = ``fold``, g =
+    ``predicted``) in the dtype the kernels compute in for it, all requiring grad. The parameters
+    are large enough that OffsetNet's ReLUs are mixed and the sigmoids far from saturation."""
+    x = torch.randn(clips * frames, channels, *size, dtype=torch.float64, generator=generator)
+    x = x.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    shapes = [(1, fold, 3), (1,), (frames, frames), (frames,), (predicted, frames), (predicted,), (predicted, fold, 3)]
+    shapes.append((predicted,))
+    parameter_dtype = torch.promote_types(dtype, torch.float32)
+    parameters = [torch.randn(shape, dtype=torch.float64, generator=generator) for shape in shapes]
+    parameters = [(p * 0.7).to(parameter_dtype).to(device).requires_grad_() for p in parameters]
+    return x.to(device).requires_grad_(), parameters
+
+
+def float64_block_reference(
+    x: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    grad_out: torch.Tensor,
+    frames: int,
+    fold: int,
+    reverse: bool,
+    offset_scale: float,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The reference block's (out, offset, weight) and the gradients of <out, grad_out> with respect
+    to x and the parameters, in float64 from the same values."""
+    inputs = [t.detach().double().requires_grad_() for t in (x, *parameters)]
+    out, offset, weight = temporal_interlace_reference(
+        inputs[0], inputs[1:], frames, fold, reverse=reverse, offset_scale=offset_scale
+    )
+    return (out, offset, weight), torch.autograd.grad(out, inputs, grad_out.double())

@@ -212,9 +212,9 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     command = [
         str(toolkit / "bin" / "nvcc"),
         "-c",
-        str(_extension.CSRC / "interlace_cuda.cu"),
+        str(_extension.CSRC / "temporal_cuda.cu"),
         "-o",
-        str(tmp_path / "interlace_cuda.o"),
+        str(tmp_path / "temporal_cuda.o"),
         *includes,
         *cpp_extension.COMMON_NVCC_FLAGS,
         *_extension.NVCC_FLAGS,
@@ -227,4 +227,4 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "interlace_cuda.o").stat().st_size > 0
+    assert (tmp_path / "temporal_cuda.o").stat().st_size > 0

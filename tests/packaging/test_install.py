@@ -61,7 +61,7 @@ def test_a_wheel_in_a_fresh_venv_compiles_and_runs_the_kernels(tmp_path):
         ).strip()
     )
     (venv_site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")  # torch, numpy, ...
-    assert (venv_site / "tin" / "ops" / "csrc" / "interlace_cpu.cpp").is_file()
+    assert (venv_site / "tin" / "ops" / "csrc" / "temporal_cpu.cpp").is_file()
 
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TIN_DISABLE_EXTENSION")}
     done = subprocess.run([str(python), "-c", RUN_THE_OP], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -4,12 +4,12 @@
     python -m tin.models.summary ila_b16 --options          # the model's options and their defaults
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one clip of T frames (MACs =
-FLOPs / 2): convolutions, linear layers and attention's two matrix products, plus the
-``tin::interlace`` kernel (TIN's interlace and TSM's shift) at 2 MACs per interlaced element.
-Pooling, normalisation, activations and the descriptor means are not counted, as in the published
-tables. The ViTs are counted on the meta device (no memory, no time), where scaled-dot-product
-attention is decomposed into the matrix products the counter sees; on the CPU its fused kernel
-would count as 0.
+FLOPs / 2): convolutions, linear layers and attention's two matrix products, plus TIN's compiled
+operators: the interlace at 2 MACs per interlaced element, and a block's OffsetNet and WeightNet
+(their convolutions and linear layers). TSM's shift is a copy: no MACs. Pooling, normalisation,
+activations and the descriptor means are not counted, as in the published tables. The ViTs are
+counted on the meta device (no memory, no time), where scaled-dot-product attention is decomposed
+into the matrix products the counter sees; on the CPU its fused kernel would count as 0.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def count_macs(model: nn.Module, clips: torch.Tensor) -> int:
 
 @functools.cache
 def _register_interlace_formula() -> None:
-    if not compiled_devices():  # the reference ops are plain tensor ops the counter ignores
+    if not compiled_devices():  # the reference ops are plain tensor ops the counter sees directly
         return
 
     @register_flop_formula(torch.ops.tin.interlace)
@@ -49,6 +49,15 @@ def _register_interlace_formula() -> None:
     ) -> int:
         frames, _, height, width = x_shape
         return 4 * frames * shift_channels * height * width  # two products and their sum, scaled
+
+    @register_flop_formula(torch.ops.tin.temporal_interlace)
+    def block_flops(
+        x_shape, parameter_shapes, num_segments, shift_channels, reverse, offset_scale, *, out_shape=None, **kwargs
+    ) -> int:
+        frames, _, height, width = x_shape
+        predicted = parameter_shapes[5][0]
+        per_clip = (1 + predicted) * num_segments * 3 * shift_channels + num_segments * (num_segments + predicted)
+        return 4 * frames * shift_channels * height * width + 2 * (frames // num_segments) * per_clip
 
 
 def summarise(name: str, num_classes: int, num_segments: int, size: int) -> tuple[int, int]:

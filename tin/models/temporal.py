@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tin.ops import interlace, temporal_shift
+from tin.ops import temporal_interlace, temporal_shift
+from tin.ops.reference import interlace_offsets_and_weights
 
 OFFSET_BIAS_INIT = 0.5108
 """OffsetNet's last bias at initialisation: sigmoid(0.5108) = 0.625, so offsets start near +-0.5."""
@@ -34,10 +35,12 @@ class TemporalInterlace(nn.Module):
     groups of ``fold / 4`` channels. With ``reverse=False`` the ``groups`` offsets and weights are
     used as predicted, on ``groups`` channel groups of ``fold / groups`` channels.
 
-    The two networks run in the parameters' dtype (float32 under autocast), so offsets keep their
-    precision in bf16/fp16 training. After each forward, ``last_offset`` ``(N, G)`` and
-    ``last_weight`` ``(N, T, G)`` hold the detached offsets and weights that were applied (G is the
-    number of channel groups); keeping them costs no computation and no host synchronisation.
+    The whole block runs as one operator (``tin.ops.temporal_interlace``: one compiled call forward
+    and one backward where kernels exist). The two networks run in the parameters' dtype (float32
+    under autocast), so offsets keep their precision in bf16/fp16 training. After each forward,
+    ``last_offset`` ``(N, G)`` and ``last_weight`` ``(N, T, G)`` hold the detached offsets and weights
+    that were applied (G is the number of channel groups); keeping them costs no computation and no
+    host synchronisation.
 
     Args:
         channels: C of the input.
@@ -90,24 +93,23 @@ class TemporalInterlace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        offset, weight = self.offsets_and_weights(x)
-        self.last_offset, self.last_weight = offset.detach(), weight.detach()
-        return interlace(x, offset, weight, self.num_segments, shift_channels=self.fold)
+        out, offset, weight = temporal_interlace(
+            x, self.net_parameters(), self.num_segments, self.fold, self.reverse, self.offset_scale
+        )
+        self.last_offset, self.last_weight = offset, weight
+        return out
+
+    def net_parameters(self) -> list[torch.Tensor]:
+        """The eight parameters in ``tin.ops.temporal_interlace``'s order: OffsetNet's conv, its two
+        linear layers, WeightNet's conv, each weight then bias."""
+        return list(self.parameters())  # registration order: offset_net, then weight_net
 
     def offsets_and_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The offsets ``(N, G)`` and frame weights ``(N, T, G)`` this module applies to x."""
-        frames = self.num_segments
-        dtype = self.weight_net.weight.dtype
-        # (N*T, fold) -> (N, fold, T)
-        descriptor = x[:, : self.fold].mean(dim=(2, 3), dtype=dtype)
-        descriptor = descriptor.view(-1, frames, self.fold).transpose(1, 2)
-        with torch.autocast(x.device.type, enabled=False):
-            offset = self.offset_scale * (torch.sigmoid(self.offset_net(descriptor)) - 0.5)
-            weight = 2 * torch.sigmoid(self.weight_net(descriptor)).transpose(1, 2)
-        if self.reverse:
-            offset = torch.cat([offset, -offset], dim=1)
-            weight = torch.cat([weight, weight], dim=2)
-        return offset, weight
+        """The offsets ``(N, G)`` and frame weights ``(N, T, G)`` this module applies to x,
+        differentiable (``tin.ops.reference.interlace_offsets_and_weights``)."""
+        return interlace_offsets_and_weights(
+            x, self.net_parameters(), self.num_segments, self.fold, self.reverse, self.offset_scale
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels or x.shape[0] % self.num_segments:

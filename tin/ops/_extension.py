@@ -49,9 +49,9 @@ def _kernel_sources() -> Path:
 
 
 CSRC = _kernel_sources()
-CPU_SOURCES = ("interlace_cpu.cpp",)
-CUDA_SOURCES = ("interlace_cuda.cu",)
-HEADERS = ("interlace.h",)
+CPU_SOURCES = ("temporal_library.cpp", "temporal_ops.cpp", "temporal_cpu.cpp")
+CUDA_SOURCES = ("temporal_cuda.cu",)
+HEADERS = ("temporal_ops.h",)
 CXX_FLAGS = ("-O3", "-fopenmp")
 NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")
 FAILURE_RECORD = "build-failure.json"
@@ -281,7 +281,7 @@ def _build(with_cuda: bool) -> None:
     folder = build_folder(key)
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / FAILURE_RECORD
-    with _exclusive(folder / "tin.lock"):
+    with exclusive(folder / "tin.lock"):
         if record.is_file() and os.environ.get(REBUILD_VARIABLE) != "1":
             raise RecordedBuildFailure(_recalled(record))
         record.unlink(missing_ok=True)
@@ -312,7 +312,7 @@ def _compile_and_load(folder: Path, with_cuda: bool) -> None:
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path``; the system releases it if the holder dies."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

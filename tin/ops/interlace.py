@@ -1,18 +1,19 @@
-"""Public temporal operators: the TIN interlace and TSM's temporal shift.
+"""Public temporal operators: the TIN interlace, a whole TIN block, and TSM's temporal shift.
 
-Both run the compiled kernels (``tin::interlace``) where they exist for the tensor's device and the
-pure-PyTorch reference everywhere else, with the same results and gradients.
+Each runs its compiled kernel (``tin::interlace``, ``tin::temporal_interlace``,
+``tin::temporal_shift``) where one exists for the tensor's device and the pure-PyTorch reference
+everywhere else, with the same results and gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from tin.ops import _extension
-from tin.ops.reference import interlace_reference
+from tin.ops.reference import interlace_reference, temporal_interlace_reference, temporal_shift_reference
 
 
 def interlace(
@@ -55,26 +56,74 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
 
     Channels [0, C // shift_div) take the next frame (``out[t] = x[t + 1]``), the following
     C // shift_div channels take the previous frame (``out[t] = x[t - 1]``), the rest are unchanged;
-    vacated frames are zero. This is an interlace with offsets (-1, +1) and unit weights, so it runs
-    the same kernels.
+    vacated frames are zero. The compiled operator is a shifted copy (its backward the mirrored
+    copy): no offsets, weights or reductions.
 
     Args:
         x: (N*T, C, H, W) frames.
         num_segments: T.
-        shift_div: the fraction of channels moved in each direction is 1 / shift_div.
+        shift_div: the fraction of channels moved in each direction is 1 / shift_div (at least 2).
 
     Returns:
         (N*T, C, H, W), x's dtype and memory format.
     """
-    if not isinstance(shift_div, int) or shift_div < 1:
-        raise ValueError(f"temporal_shift: shift_div must be a positive integer, got {shift_div!r}")
+    if isinstance(shift_div, bool) or not isinstance(shift_div, int) or shift_div < 2:
+        raise ValueError(f"temporal_shift: shift_div must be an integer of at least 2, got {shift_div!r}")
     _check_frames(x, num_segments, "temporal_shift")
-    clips = x.shape[0] // num_segments
-    # (-1, +1) made on the device: a tensor built from a Python list would be a host-to-device copy.
-    offset = (torch.arange(2, dtype=x.dtype, device=x.device) * 2 - 1).expand(clips, 2)
-    weight = torch.ones((), dtype=x.dtype, device=x.device).expand(clips, num_segments, 2)
-    return interlace(x, offset, weight, num_segments, 2 * (x.shape[1] // shift_div))
+    x = _dense(x)
+    if _has_compiled_kernel(x.device.type):
+        return torch.ops.tin.temporal_shift(x, num_segments, x.shape[1] // shift_div)
+    return temporal_shift_reference(x, num_segments, shift_div)
 
+
+def temporal_interlace(
+    x: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    num_segments: int,
+    shift_channels: int,
+    reverse: bool = True,
+    offset_scale: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A whole TIN block: the descriptor, OffsetNet and WeightNet, and the interlace, as one operator.
+
+    The compiled operator does all of it in a few kernels a direction, with its backward in C++;
+    it runs where compiled kernels exist for x's device and the parameters have the dtype the
+    kernels compute in for x (float32 for 16-bit and 32-bit x, float64 for float64 x). Elsewhere
+    ``temporal_interlace_reference`` computes the same function.
+
+    Args:
+        x: (N*T, C, H, W) frames.
+        parameters: TemporalInterlace's eight parameters in its order: OffsetNet's Conv1d weight
+            (1, S, 3) and bias (1), its Linear layers (T, T), (T), (g, T), (g), and WeightNet's
+            Conv1d weight (g, S, 3) and bias (g).
+        num_segments: T.
+        shift_channels: S, the interlaced (and described) leading channels.
+        reverse: mirror the g predicted offsets onto G = 2g channel groups (else G = g).
+        offset_scale: offsets lie in (-offset_scale / 2, offset_scale / 2).
+
+    Returns:
+        ``(out, offset, weight)``: out (N*T, C, H, W) in x's dtype and memory format, and the
+        applied offsets (N, G) and frame weights (N, T, G) in the parameters' dtype (not
+        differentiable: they are intermediate values of the block).
+    """
+    _check_frames(x, num_segments, "temporal_interlace")
+    x = _dense(x)
+    if _has_compiled_kernel(x.device.type) and parameters[0].dtype == ACCUMULATION_DTYPES[x.dtype]:
+        out, offset, weight, _ = torch.ops.tin.temporal_interlace(
+            x, list(parameters), num_segments, shift_channels, reverse, float(offset_scale)
+        )
+        return out, offset, weight
+    return temporal_interlace_reference(x, parameters, num_segments, shift_channels, reverse, offset_scale)
+
+
+ACCUMULATION_DTYPES = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
+"""The dtype the compiled kernels compute in for each dtype of x (PyTorch's opmath type), which is also
+the dtype of temporal_interlace's parameters, offsets and weights."""
 
 _reference_only = False
 

@@ -7,7 +7,10 @@ speed and memory (the interlace gathers whole frame stacks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 
 def interlace_reference(
@@ -59,6 +62,75 @@ def interlace_reference(
 
     out = torch.cat([blended.reshape(clips, frames, shifted, height, width), stacked[:, :, shifted:]], 2)
     return out.reshape(nt, channels, height, width).to(x.dtype, memory_format=_memory_format(x))
+
+
+def temporal_interlace_reference(
+    x: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    num_segments: int,
+    shift_channels: int,
+    reverse: bool = True,
+    offset_scale: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A whole TIN block (see ``tin.ops.temporal_interlace``): ``interlace_offsets_and_weights``,
+    then ``interlace_reference``.
+
+    Returns:
+        ``(out, offset, weight)``: out (N*T, C, H, W), offsets (N, G), frame weights (N, T, G).
+    """
+    offset, weight = interlace_offsets_and_weights(x, parameters, num_segments, shift_channels, reverse, offset_scale)
+    out = interlace_reference(x, offset, weight, num_segments, shift_channels)
+    return out, offset.detach(), weight.detach()
+
+
+def interlace_offsets_and_weights(
+    x: torch.Tensor,
+    parameters: Sequence[torch.Tensor],
+    num_segments: int,
+    shift_channels: int,
+    reverse: bool = True,
+    offset_scale: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TIN's descriptor, OffsetNet and WeightNet: the offsets and frame weights a block applies to x.
+
+    The descriptor is the spatial mean of the S = ``shift_channels`` leading channels in every frame,
+    ``(N, S, T)``. OffsetNet: ``Conv1d(S -> 1, k=3, pad=1)`` over time -> ``Linear(T, T)`` -> ReLU ->
+    ``Linear(T, g)`` -> ``offset_scale * (sigmoid - 0.5)``. WeightNet: ``Conv1d(S -> g, k=3, pad=1)``
+    -> ``2 * sigmoid``. With ``reverse`` the offsets become ``[+o, -o]`` and the weights ``[w, w]``
+    over G = 2g channel groups. The networks run in the parameters' dtype, outside autocast, so the
+    offsets keep their precision in bf16/fp16 training.
+
+    Args:
+        x: (N*T, C, H, W) frames.
+        parameters: the eight parameters of ``tin.ops.temporal_interlace``, in its order.
+
+    Returns:
+        offset (N, G) and weight (N, T, G), differentiable in x and the parameters.
+    """
+    (
+        offset_conv_weight,
+        offset_conv_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        weight_conv_weight,
+        weight_conv_bias,
+    ) = parameters
+    dtype = offset_conv_weight.dtype
+    descriptor = x[:, :shift_channels].mean(dim=(2, 3), dtype=dtype)  # (N*T, S)
+    descriptor = descriptor.view(-1, num_segments, shift_channels).transpose(1, 2)  # (N, S, T)
+    with torch.autocast(x.device.type, enabled=False):
+        steps = F.conv1d(descriptor, offset_conv_weight, offset_conv_bias, padding=1).flatten(1)  # (N, T)
+        logits = F.linear(F.relu(F.linear(steps, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)  # (N, g)
+        offset = offset_scale * (torch.sigmoid(logits) - 0.5)
+        weight = 2 * torch.sigmoid(F.conv1d(descriptor, weight_conv_weight, weight_conv_bias, padding=1)).transpose(
+            1, 2
+        )
+    if reverse:
+        offset = torch.cat([offset, -offset], dim=1)
+        weight = torch.cat([weight, weight], dim=2)
+    return offset, weight
 
 
 def temporal_shift_reference(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:
