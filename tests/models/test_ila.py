@@ -1,19 +1,29 @@
 """ILA (tin.models.ila): exact parameter counts, the identity at init, masks, the alignment loss and its
-gradients, the jitter schedule, parameter roles, time reversal, constraints and CLIP loading."""
+gradients, the jitter schedule, parameter roles, time reversal, constraints and CLIP loading; the
+vectorised alignment against a plain per-pair statement of it, and guards on its operator count and
+host transfers."""
 
+import copy
 import subprocess
 import sys
+from collections import Counter
 from functools import partial
+from typing import Any, ClassVar
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tin.models.ila import (
     ILA_VARIANTS,
+    Alignment,
     ILABlock,
     InteractivePath,
     MultiFrameIntegration,
+    alignment_constants,
     ila_b16,
     ila_b32,
     ila_tiny,
@@ -385,3 +395,204 @@ def test_an_open_clip_image_tower_loads_and_gives_its_features(tmp_path):
     assert larger.backbone.pos_embed.shape == (1, 37, 64)
     with pytest.raises(CheckpointError, match="does not fit"):
         ila_tiny(7, 8, pretrained=path)  # D = 128
+
+
+def plain_alignment(ila: Alignment, x: torch.Tensor, jitter: float | None) -> dict[str, Any]:
+    """ILA's alignment (STAM_ILA.md §2) stated plainly, pair by pair and frame by frame, with the module's
+    own layers: the reference for ``Alignment.forward``."""
+    frames, grid = ila.num_segments, ila.grid
+    plateau, slope = ila.mask_plateau, ila.mask_slope
+    message = ila.message(x).unflatten(0, (-1, frames))  # (N, T, 1 + G*G, D)
+    clips_n, dim = message.shape[0], message.shape[-1]
+    cls, patches = message[:, :, :1], message[:, :, 1:]
+    pairs = [(n, t) for n in range(clips_n) for t in range(frames - 1)]
+    maps = [[patches[n, t].T.reshape(dim, grid, grid) for t in range(frames)] for n in range(clips_n)]
+    features = ila.pair_cnn(torch.stack([torch.cat([maps[n][t], maps[n][t + 1]]) for n, t in pairs]))
+    points = ila.point_head(features)  # (N*(T-1), 4), one row per pair
+
+    positions = torch.linspace(-1, 1, grid, dtype=x.dtype)
+    shifts = (-jitter, 0.0, jitter) if jitter is not None else (0.0,)
+
+    def weight(offsets: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(1 - slope * (offsets.abs() - plateau), 0, 1)
+
+    def mask(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:  # the average of the shifted masks
+        shifted = [
+            weight(positions - (py + dy))[:, None] * weight(positions - (px + dx))[None, :]
+            for dx in shifts
+            for dy in shifts
+        ]
+        return torch.stack(shifted).mean(dim=0).flatten()  # (G*G,)
+
+    pre_masks, cur_masks = {}, {}
+    for index, (n, t) in enumerate(pairs):
+        x_pre, y_pre, x_cur, y_cur = points[index]
+        pre_masks[n, t], cur_masks[n, t] = mask(x_pre, y_pre), mask(x_cur, y_cur)
+    pre_sums = {(n, t): (pre_masks[n, t][:, None] * patches[n, t]).sum(0) for n, t in pairs}
+    cur_sums = {(n, t): (cur_masks[n, t][:, None] * patches[n, t + 1]).sum(0) for n, t in pairs}
+    loss = torch.stack([1 - F.cosine_similarity(pre_sums[key], cur_sums[key], dim=0) for key in pairs]).mean()
+
+    def per_frame(pre: dict, cur: dict, n: int, t: int) -> torch.Tensor:
+        """Frame t's average over the pairs it is in: as pre of pair t, as cur of pair t - 1."""
+        versions = ([pre[n, t]] if t < frames - 1 else []) + ([cur[n, t - 1]] if t > 0 else [])
+        return torch.stack(versions).mean(dim=0)
+
+    def stacked(pre: dict, cur: dict) -> torch.Tensor:
+        return torch.stack([torch.stack([per_frame(pre, cur, n, t) for t in range(frames)]) for n in range(clips_n)])
+
+    residual = token = None
+    if ila.align_fc is not None:
+        pre_aligned = {(n, t): pre_masks[n, t][:, None] * patches[n, t] for n, t in pairs}
+        cur_aligned = {(n, t): cur_masks[n, t][:, None] * patches[n, t + 1] for n, t in pairs}
+        residual = ila.align_fc(torch.cat([cls, stacked(pre_aligned, cur_aligned)], dim=2))
+    else:
+        pre_means = {key: pre_sums[key] / pre_masks[key].sum() for key in pairs}
+        cur_means = {key: cur_sums[key] / cur_masks[key].sum() for key in pairs}
+        token = stacked(pre_means, cur_means).flatten(0, 1)
+    if ila.interactive is not None and ila.skip_fc is not None:
+        half = features.shape[1] // 2
+        pre_halves = {key: features[index, :half] for index, key in enumerate(pairs)}
+        cur_halves = {key: features[index, half:] for index, key in enumerate(pairs)}
+        mixed = ila.interactive.temporal(stacked(pre_halves, cur_halves).transpose(1, 2))  # (N, h/2, T, G, G)
+        interactive = ila.interactive.proj(mixed.flatten(3).permute(0, 2, 3, 1))
+        skip = ila.skip_fc(torch.cat([cls, interactive], dim=2))
+        residual = skip if residual is None else residual + skip
+    return {
+        "residual": None if residual is None else residual.flatten(0, 1),
+        "token": token,
+        "points": points.view(clips_n, frames - 1, 4),
+        "loss": loss if ila.training else None,
+    }
+
+
+@pytest.mark.parametrize("grid", [5, 8])  # the point head's global max-pool is skipped (5) or used (8)
+@pytest.mark.parametrize("fusion, interactive_path", [("add", True), ("add", False), ("token", True), ("token", False)])
+@pytest.mark.parametrize("mode, jitter", [("train", 0.2), ("train", 0.13), ("train", None), ("eval", None)])
+def test_the_alignment_equals_its_plain_per_pair_statement(grid, fusion, interactive_path, mode, jitter):
+    torch.manual_seed(0)
+    frames, dim = 5, 16
+    ila = Alignment(dim, frames, grid, 8, 8, 0.75, 0.25, 1.5, fusion, interactive_path).double()
+    with torch.no_grad():  # leave the zero init: points away from 0, both FCs on
+        for parameter in ila.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    ila.train(mode == "train")
+    plain = copy.deepcopy(ila)  # its own BatchNorm statistics
+    x = torch.randn(2 * frames, 1 + grid * grid, dim, dtype=torch.float64, requires_grad=True)
+    jitter_tensor = None if jitter is None else torch.tensor(jitter, dtype=torch.float64)
+    out = ila(x, alignment_constants(frames, grid, jitter_tensor, torch.float64))
+    expected = plain_alignment(plain, x, jitter)
+
+    assert out.points.abs().max() > 0.05
+    for name in ("residual", "token", "points", "loss"):
+        got, want = getattr(out, name), expected[name]
+        assert (got is None) == (want is None), name
+        if want is not None:
+            torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-9, msg=name)
+    assert (out.residual is None) == (fusion == "token" and not interactive_path)
+
+    # the same gradients: for x and every parameter, through every output
+    def total(outputs: dict[str, Any]) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        parts = [
+            (value.double() * torch.randn(value.shape, generator=generator, dtype=torch.float64)).sum()
+            for value in outputs.values()
+            if value is not None
+        ]
+        return torch.stack(parts).sum()
+
+    got_grads = torch.autograd.grad(total(out._asdict()), [x, *ila.parameters()], allow_unused=True)
+    want_grads = torch.autograd.grad(total(expected), [x, *plain.parameters()], allow_unused=True)
+    for (name, _), got_grad, want_grad in zip([("x", x), *ila.named_parameters()], got_grads, want_grads, strict=True):
+        assert (got_grad is None) == (want_grad is None), name
+        if want_grad is not None:
+            torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-8, msg=name)
+    for (name, buffer), plain_buffer in zip(ila.named_buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(buffer, plain_buffer, rtol=1e-12, atol=0, msg=name)  # BatchNorm statistics
+
+
+def test_the_frame_average_gives_each_frame_the_mean_of_its_pair_halves():
+    constants = alignment_constants(4, 7, None, torch.float64)
+    # halves in the order (pair 0 pre, pair 0 cur, pair 1 pre, ...): frame f gets halves 2f - 1 and 2f
+    expected = torch.tensor(
+        [[1, 0, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0, 0], [0, 0, 0, 0.5, 0.5, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.float64
+    )
+    assert torch.equal(constants.frame_average, expected)
+    assert constants.offsets.shape == (1, 7) and constants.dtype == torch.float64
+    jittered = alignment_constants(4, 7, torch.tensor(0.2), torch.bfloat16)
+    assert jittered.frame_average.dtype == jittered.offsets.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        jittered.offsets.float(), torch.linspace(-1, 1, 7) - torch.tensor([[-0.2], [0.0], [0.2]]), rtol=0, atol=1e-2
+    )
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators that run below autograd, views excepted (they launch nothing on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if not func.is_view:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+ILA_TINY_STEP_OPERATORS = 849
+"""Operators of an ``ila_tiny`` forward + backward in training (2 clips, float32), measured; 220 of them are
+the plain CLIP ViT's and head's, and the alignment modules took 1098 - 220 before they were vectorised."""
+ILA_TINY_EVAL_OPERATORS = 283
+"""The same for an eval forward (71 without ILA; 371 before)."""
+
+
+def test_the_operator_count_of_an_ila_step_does_not_grow():
+    """On a GPU every operator is a kernel launch, and the alignment modules are small enough for the
+    launches, not the arithmetic, to set their time: the count is a deterministic stand-in for that time."""
+    torch.manual_seed(0)
+    model = ila_tiny(7, 8).train()
+    clips = tiny_clips()
+    with OperatorCount() as step:
+        logits = model(clips)
+        aux = model.auxiliary_loss()
+        assert aux is not None
+        (logits.sum() + aux).backward()
+    with OperatorCount() as inference, torch.no_grad():
+        model.eval()(clips)
+    total, evaluation = sum(step.counts.values()), sum(inference.counts.values())
+    assert total <= ILA_TINY_STEP_OPERATORS, f"{total} operators per step: {step.counts.most_common(12)}"
+    assert evaluation <= ILA_TINY_EVAL_OPERATORS, f"{evaluation} operators: {inference.counts.most_common(12)}"
+
+
+class HostTraffic(TorchFunctionMode):
+    """Records calls that copy host data to the device or read device data back (a synchronisation on a GPU)."""
+
+    CALLS: ClassVar[set[Any]] = {
+        torch.tensor,
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+        torch.Tensor.__bool__,
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in self.CALLS:
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_moves_nothing_between_host_and_device():
+    model = ila_tiny(7, 8).train()
+    clips = tiny_clips()
+    with HostTraffic() as traffic:
+        logits = model(clips)
+        aux = model.auxiliary_loss()
+        assert aux is not None
+        (logits.sum() + aux).backward()
+        with torch.no_grad():
+            model.eval()(clips)
+    assert traffic.calls == []

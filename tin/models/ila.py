@@ -137,7 +137,36 @@ def mask_weights(
         ``centres (...)`` -> ``(..., G)``.
     """
     positions = torch.linspace(-1.0, 1.0, grid, dtype=centres.dtype, device=centres.device)
-    return (1 - slope * ((positions - centres[..., None]).abs() - plateau)).clamp(0.0, 1.0)
+    return _tent(positions - centres[..., None], plateau, slope)
+
+
+def _tent(distances: torch.Tensor, plateau: float, slope: float) -> torch.Tensor:
+    """``w(d)`` of ``mask_weights`` for signed distances ``d``, elementwise.
+
+    ``1 - slope * (|d| - plateau)`` is computed as ``(1 + slope * plateau) - slope * |d|`` by one ``rsub``;
+    ``hardtanh`` clamps it to [0, 1] with the values and gradient of ``clamp`` (zero outside (0, 1)) and a
+    backward of one operation (``clamp``'s takes five).
+    """
+    return F.hardtanh(torch.rsub(distances.abs(), 1 + slope * plateau, alpha=slope), 0.0, 1.0)
+
+
+def mask_offsets(
+    grid: int, jitter: torch.Tensor | float | None, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The grid positions ``g_i`` minus each jitter step: rows ``g + j, g, g - j`` (steps ``-j, 0, j``), or the
+    single row ``g`` without jitter; a mask centre c is ``|c - offsets|`` away from the (shifted) grid.
+
+    The steps come from ``arange`` times ``jitter`` on the device, so a tensor ``jitter`` never travels
+    to the host.
+
+    Shape:
+        ``(3, G)`` with jitter, ``(1, G)`` without.
+    """
+    positions = torch.linspace(-1.0, 1.0, grid, dtype=dtype, device=device)
+    if jitter is None:
+        return positions[None]
+    steps = torch.arange(-1, 2, dtype=dtype, device=device) * jitter
+    return positions - steps[:, None]
 
 
 def separable_mask(
@@ -156,38 +185,78 @@ def separable_mask(
     Shape:
         ``points (..., 4)`` = ``(x_pre, y_pre, x_cur, y_cur)`` -> ``(..., 2, G, G)`` (pre, cur).
     """
+    offsets = mask_offsets(grid, jitter, points.dtype, points.device)
+    return _separable_mask(points, offsets, plateau, slope)
+
+
+def _separable_mask(points: torch.Tensor, offsets: torch.Tensor, plateau: float, slope: float) -> torch.Tensor:
+    """``separable_mask`` with the grid given as ``mask_offsets``.
+
+    Shape:
+        ``points (..., 4)``, ``offsets (S, G)`` -> ``(..., 2, G, G)``.
+    """
     centres = points.unflatten(-1, (2, 2))  # (..., 2 frames, 2 axes (x, y))
-    if jitter is None:
-        weights = mask_weights(centres, grid, plateau, slope)
-    else:
-        steps = torch.as_tensor(jitter, dtype=points.dtype, device=points.device) * torch.tensor(
-            [-1.0, 0.0, 1.0], dtype=points.dtype, device=points.device
-        )
-        weights = mask_weights(centres[..., None] + steps, grid, plateau, slope).mean(dim=-2)
-    return weights[..., 1, :, None] * weights[..., 0, None, :]  # (..., 2, G_y, G_x)
+    weights = _tent(centres[..., None, None] - offsets, plateau, slope)  # (..., 2, 2, S, G)
+    weights = weights.mean(dim=-2) if weights.shape[-2] > 1 else weights.squeeze(-2)
+    x_weights, y_weights = weights.unbind(-2)
+    return y_weights[..., :, None] * x_weights[..., None, :]  # (..., 2, G_y, G_x)
 
 
-def alignment_loss(pre: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-    """The mean over pairs of ``1 - cos(pre, cur)``, in float32.
+def alignment_loss(pairs: torch.Tensor) -> torch.Tensor:
+    """The mean over pairs of ``1 - cos(pre, cur)``, in float32, with each norm clamped at 1e-8 as in
+    ``F.cosine_similarity``.
 
     Shape:
-        ``pre, cur (..., D)`` -> scalar.
+        ``pairs (..., 2, D)`` (pre, cur) -> scalar.
     """
-    return (1 - F.cosine_similarity(pre.float(), cur.float(), dim=-1)).mean()
+    pre, cur = F.normalize(pairs.float(), dim=-1, eps=1e-8).unbind(-2)
+    return 1 - (pre * cur).sum(dim=-1).mean()
 
 
-def _per_frame(pre: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-    """Each frame's average of its pair outputs: pair t gives ``pre[:, t]`` to frame t and ``cur[:, t]`` to
-    frame t + 1, so the inner frames average two versions and the first and last keep their one.
+class AlignmentConstants(NamedTuple):
+    """The tensors every ILA block of one forward shares, built once per forward (``alignment_constants``)
+    in the dtype the blocks compute in.
 
-    Shape:
-        ``pre, cur (N, T-1, ...)`` -> ``(N, T, ...)``.
+    Pair p of a clip has two halves (its pre and cur mask, or the two halves of its features): half
+    ``2p`` belongs to frame p and half ``2p + 1`` to frame p + 1, so half j belongs to frame
+    ``(j + 1) // 2``. The first and last frame get one half, the inner frames two.
+
+    Attributes:
+        offsets: ``(S, G)`` the mask grid (``mask_offsets``): S = 3 with jitter, else 1.
+        frame_average: ``(T, 2(T-1))`` row f averages the halves of frame f (weights 1 or 1/2), so a
+            matmul with it turns per-pair halves into per-frame values.
     """
-    edge = torch.zeros_like(pre[:, :1])
-    total = torch.cat([pre, edge], dim=1) + torch.cat([edge, cur], dim=1)
-    share = torch.full((total.shape[1],), 0.5, dtype=total.dtype, device=total.device)
-    share[0] = share[-1] = 1.0
-    return total * share.view(1, -1, *(1,) * (total.dim() - 2))
+
+    offsets: torch.Tensor
+    frame_average: torch.Tensor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the blocks compute in."""
+        return self.offsets.dtype
+
+
+def alignment_constants(
+    num_segments: int,
+    grid: int,
+    jitter: torch.Tensor | float | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> AlignmentConstants:
+    """The ``AlignmentConstants`` of T = ``num_segments`` frames on a G x G grid, all on ``device``."""
+    halves = (torch.arange(2 * (num_segments - 1), device=device) + 1) // 2  # the frame of each half
+    membership = halves == torch.arange(num_segments, device=device)[:, None]  # (T, 2(T-1))
+    frame_average = (membership / membership.sum(dim=1, keepdim=True)).to(dtype)
+    return AlignmentConstants(mask_offsets(grid, jitter, dtype, device), frame_average)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the ILA modules' matmuls and convolutions run in for input ``x``: autocast's when autocast
+    is on for ``x``'s device type, else ``x``'s own."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> nn.Sequential:
@@ -209,9 +278,10 @@ def _zero_linear(dim: int) -> nn.Linear:
 class PointHead(nn.Module):
     """The two points of every pair from the pair CNN's features.
 
-    Two stages of [3x3 conv -> BN -> 2x2 max-pool -> ReLU], a global max-pool, then two grouped 1x1
-    convolutions (groups 2: the first half of the channels gives the pre point, the second half the cur
-    point), tanh, times ``scale``. The last convolution starts at zero, so the points start at exactly 0.
+    Two stages of [3x3 conv -> BN -> 2x2 max-pool -> ReLU], a global max-pool (skipped when the stages
+    leave a single position, where it is the identity), then two grouped 1x1 convolutions (groups 2: the
+    first half of the channels gives the pre point, the second half the cur point), tanh, times
+    ``scale``. The last convolution starts at zero, so the points start at exactly 0.
 
     Args:
         channels: h, the pair CNN's output channels.
@@ -231,17 +301,19 @@ class PointHead(nn.Module):
                     nn.Conv2d(width, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.MaxPool2d(2), nn.ReLU()
                 )
                 for width in (channels, hidden)
-            ),
-            nn.AdaptiveMaxPool2d(1),
+            )
         )
+        self.pool = nn.AdaptiveMaxPool2d(1)
         last = nn.Conv1d(hidden // 2, 4, 1, groups=2)
         for parameter in last.parameters():
             nn.init.zeros_(parameter)
         self.regress = nn.Sequential(nn.Conv1d(hidden, hidden // 2, 1, groups=2), nn.ReLU(), last)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(features).flatten(2)  # (M, p, 1)
-        return torch.tanh(self.regress(pooled).flatten(1)) * self.scale
+        pooled = self.features(features)  # (M, p, G', G')
+        if pooled.shape[-2:] != (1, 1):
+            pooled = self.pool(pooled)
+        return torch.tanh(self.regress(pooled.flatten(2)).flatten(1)) * self.scale
 
 
 class InteractivePath(nn.Module):
@@ -261,8 +333,10 @@ class InteractivePath(nn.Module):
         self.proj = nn.Linear(channels, dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        clips_n, frames, channels = features.shape[:3]
         mixed = self.temporal(features.transpose(1, 2))  # (N, h/2, T, G, G)
-        return self.proj(mixed.flatten(3).permute(0, 2, 3, 1))
+        tokens = mixed.flatten(3).permute(0, 2, 3, 1).reshape(-1, channels)  # one copy to (N*T*G*G, h/2)
+        return self.proj(tokens).view(clips_n, frames, -1, self.proj.out_features)
 
 
 class AlignmentOutput(NamedTuple):
@@ -284,6 +358,14 @@ class AlignmentOutput(NamedTuple):
 class Alignment(nn.Module):
     """ILA's alignment of adjacent frames inside one block (the module docstring has the steps).
 
+    All pairs are handled at once, with few operations (each costs a kernel launch on a GPU, and the
+    alignment is small enough for the launches to dominate): the pair CNN and the point head see the
+    N*(T-1) pairs as one batch; one padding gives every frame its two masks (``_frame_masks``), so one
+    batched matmul over the N*T frames gives every masked sum; one matmul with ``frame_average`` gives
+    each per-pair quantity per frame (``_per_frame``). The message is cast once to the dtype the block
+    computes in (``constants.dtype``, autocast's under autocast) rather than at each use, and the
+    ``constants`` are built once per forward for all blocks.
+
     Args:
         dim: D.
         num_segments: T >= 2, frames per clip.
@@ -296,7 +378,7 @@ class Alignment(nn.Module):
         interactive_path: build the interactive path and its skip FC.
 
     Shape:
-        input ``x (N*T, 1 + G*G, D)``, ``jitter`` a scalar tensor or None -> ``AlignmentOutput``.
+        input ``x (N*T, 1 + G*G, D)``, ``constants`` (``alignment_constants`` of T and G) -> ``AlignmentOutput``.
     """
 
     def __init__(
@@ -339,34 +421,76 @@ class Alignment(nn.Module):
         self.interactive = InteractivePath(hidden // 2, dim) if interactive_path else None
         self.skip_fc = _zero_linear(dim) if interactive_path else None
 
-    def forward(self, x: torch.Tensor, jitter: torch.Tensor | None) -> AlignmentOutput:
-        frames, grid = self.num_segments, self.grid
-        message = self.message(x).unflatten(0, (-1, frames))  # (N, T, 1 + G*G, D)
-        clips_n = message.shape[0]
-        cls, patches = message[:, :, :1], message[:, :, 1:]
-        maps = patches.transpose(2, 3).unflatten(3, (grid, grid))  # (N, T, D, G, G)
-        features = self.pair_cnn(torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1))  # (N(T-1), h, G, G)
+    def forward(self, x: torch.Tensor, constants: AlignmentConstants) -> AlignmentOutput:
+        frames, grid, dim = self.num_segments, self.grid, x.shape[-1]
+        message = self.message(x).to(constants.dtype)  # (N*T, 1 + G*G, D)
+        tokens = message.unflatten(0, (-1, frames))  # (N, T, 1 + G*G, D)
+        clips_n = tokens.shape[0]
+        features = self.pair_cnn(_pair_maps(tokens[:, :, 1:], grid))  # (N(T-1), h, G, G)
         points = self.point_head(features).unflatten(0, (clips_n, frames - 1))  # (N, T-1, 4)
-        mask = separable_mask(points, grid, self.mask_plateau, self.mask_slope, jitter).flatten(3)  # (N, T-1, 2, G*G)
-        pre_mask, cur_mask = mask[:, :, 0], mask[:, :, 1]
-        pre_sum = torch.einsum("npk,npkd->npd", pre_mask, patches[:, :-1])  # (N, T-1, D)
-        cur_sum = torch.einsum("npk,npkd->npd", cur_mask, patches[:, 1:])
-        loss = alignment_loss(pre_sum, cur_sum) if self.training else None
+        masks = _separable_mask(points, constants.offsets, self.mask_plateau, self.mask_slope).flatten(3)
+        sums = torch.bmm(_frame_masks(masks).flatten(0, 1), message)  # (N*T, 2, D), each frame's two halves
+        pair_sums = _pair_halves(sums.view(clips_n, frames, 2, dim))  # (N, T-1, 2, D)
+        loss = alignment_loss(pair_sums) if self.training else None
 
         residual = token = None
-        if self.align_fc is not None:
-            aligned = _per_frame(pre_mask[..., None] * patches[:, :-1], cur_mask[..., None] * patches[:, 1:])
-            residual = self.align_fc(torch.cat([cls, aligned], dim=2))
+        if self.align_fc is not None:  # each token weighted by its frame's average mask, the class token by 1
+            weights = F.pad(_per_frame(masks, constants.frame_average), (1, 0), value=1.0)  # (N, T, 1 + G*G)
+            residual = self.align_fc(tokens * weights[..., None])
         else:  # "token": the masked mean (the default mask gives >= 0.875 to the patch nearest a point)
-            pre_mean = pre_sum / pre_mask.sum(-1, keepdim=True).clamp_min(1e-6)
-            token = _per_frame(pre_mean, cur_sum / cur_mask.sum(-1, keepdim=True).clamp_min(1e-6)).flatten(0, 1)
+            means = pair_sums / masks.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+            token = _per_frame(means, constants.frame_average).flatten(0, 1)
         if self.interactive is not None and self.skip_fc is not None:
-            halves = features.unflatten(0, (clips_n, frames - 1))
-            half = halves.shape[2] // 2
-            interactive = self.interactive(_per_frame(halves[:, :, :half], halves[:, :, half:]))  # (N, T, G*G, D)
-            skip = self.skip_fc(torch.cat([cls, interactive], dim=2))
+            halves = features.reshape(clips_n, frames - 1, 2, -1)  # (N, T-1, 2, h/2*G*G)
+            per_frame = _per_frame(halves, constants.frame_average).view(clips_n, frames, -1, grid, grid)
+            skip = self.skip_fc(torch.cat([tokens[:, :, :1], self.interactive(per_frame)], dim=2))
             residual = skip if residual is None else residual + skip
         return AlignmentOutput(None if residual is None else residual.flatten(0, 1), token, points, loss)
+
+
+def _pair_maps(patches: torch.Tensor, grid: int) -> torch.Tensor:
+    """Each pair of adjacent frames as one map with the channels of both frames (pre first), in one copy.
+
+    Shape:
+        ``patches (N, T, G*G, D)`` -> ``(N*(T-1), 2*D, G, G)``.
+    """
+    windows = patches.unfold(1, 2, 1)  # (N, T-1, G*G, D, 2), a view
+    return windows.permute(0, 1, 4, 3, 2).reshape(-1, 2 * patches.shape[-1], grid, grid)
+
+
+def _per_frame(pairs: torch.Tensor, frame_average: torch.Tensor) -> torch.Tensor:
+    """Each frame's average of the pair halves it gets: pair t gives ``pairs[:, t, 0]`` to frame t and
+    ``pairs[:, t, 1]`` to frame t + 1, so the inner frames average two and the first and last keep one.
+    One batched matmul with ``AlignmentConstants.frame_average``.
+
+    Shape:
+        ``pairs (N, T-1, 2, X)``, ``frame_average (T, 2(T-1))`` -> ``(N, T, X)``.
+    """
+    return torch.bmm(frame_average.expand(pairs.shape[0], -1, -1), pairs.flatten(1, 2))
+
+
+def _frame_masks(masks: torch.Tensor) -> torch.Tensor:
+    """The masks of every frame over its tokens: frame f gets the cur mask of pair f - 1 and the pre mask
+    of pair f, zeros where that pair does not exist (before the first and after the last frame), and 0
+    for the class token.
+
+    In the order (pair, half), the two masks of frame f are consecutive (``AlignmentConstants``), so
+    padding one zero mask at each end (and a zero in front of the patches) and regrouping in twos does it
+    in one operation.
+
+    Shape:
+        ``masks (N, T-1, 2, G*G)`` (pre, cur) -> ``(N, T, 2, 1 + G*G)`` (cur of pair f - 1, pre of pair f).
+    """
+    return F.pad(masks.flatten(1, 2), (1, 0, 1, 1)).unflatten(1, (-1, 2))
+
+
+def _pair_halves(frames: torch.Tensor) -> torch.Tensor:
+    """The inverse regrouping of ``_frame_masks``: the two halves of every pair, from the frames' halves.
+
+    Shape:
+        ``frames (N, T, 2, ...)`` -> ``(N, T-1, 2, ...)`` (pre, cur).
+    """
+    return frames.flatten(1, 2)[:, 1:-1].unflatten(1, (-1, 2))
 
 
 class ILABlock(nn.Module):
@@ -381,7 +505,7 @@ class ILABlock(nn.Module):
         alignment: its ``Alignment``.
 
     Shape:
-        input ``x (N*T, 1 + G*G, D)``, ``jitter`` -> ``(x (N*T, 1 + G*G, D), points (N, T-1, 4), loss or None)``.
+        input ``x (N*T, 1 + G*G, D)``, ``constants`` -> ``(x (N*T, 1 + G*G, D), points (N, T-1, 4), loss or None)``.
     """
 
     def __init__(self, block: Block, alignment: Alignment) -> None:
@@ -397,9 +521,9 @@ class ILABlock(nn.Module):
         self.ila = alignment
 
     def forward(
-        self, x: torch.Tensor, jitter: torch.Tensor | None
+        self, x: torch.Tensor, constants: AlignmentConstants
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        aligned = self.ila(x, jitter)
+        aligned = self.ila(x, constants)
         if aligned.residual is not None:
             x = x + aligned.residual
         if aligned.token is None:
@@ -611,11 +735,14 @@ class ILA(nn.Module):
         vit = self.backbone
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(clips.flatten(0, 1)))))
         jitter = self.mask_jitter if self.training and self.jitter > 0 else None
+        constants: AlignmentConstants | None = None
         points: dict[str, torch.Tensor] = {}
         losses = []
         for index, block in enumerate(vit.blocks):
             if isinstance(block, ILABlock):
-                x, block_points, loss = self._run(block, x, jitter)
+                if constants is None:  # once for all ILA blocks
+                    constants = alignment_constants(frames, self.grid, jitter, _compute_dtype(x), x.device)
+                x, block_points, loss = self._run(block, x, constants)
                 points[f"blocks.{index}"] = block_points.detach()
                 if loss is not None:
                     losses.append(loss)
