@@ -35,7 +35,7 @@ from tin.data.transforms import normalize, train_view
 from tin.models import build_model
 from tin.train.checkpoint import CHECKPOINT_FILE, load_state
 from tin.train.config import TrainConfig
-from tin.train.loop import build_optimizer, loss_function
+from tin.train.step import build_optimizer, loss_function
 
 
 def make_dataset(root: Path, clips: int, size: int) -> str:

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("ray", reason="the demo's recipe and synthetic clips come from pipelines, which needs Ray")
+
 from pipelines.demo import VIT_RECIPE, DemoConfig
 from pipelines.frame_pretraining import FramePretrainConfig, frame_pretrained_options, pretrain_trunk, save_trunk
 from pipelines.synthetic import SyntheticConfig, render_clip
@@ -23,8 +25,8 @@ from tin.data.transforms import normalize
 from tin.models import build_model
 from tin.models.protocol import video_model
 from tin.train.config import TrainConfig
-from tin.train.loop import TrainingStep, build_optimizer, train_one_epoch
 from tin.train.schedule import build_scheduler
+from tin.train.step import TrainingStep, build_optimizer, train_one_epoch
 
 pytestmark = pytest.mark.slow
 

@@ -185,6 +185,21 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     assert torch.equal(model.state_dict()["head.fc.weight"], average["head.fc.weight"])  # evaluated: the average
 
 
+@pytest.mark.slow
+def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(single_label_root, tmp_path):
+    """--compile: DDP wraps the compiled model on each worker (the first step compiles it, minutes
+    on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model."""
+    config = tiny_config(single_label_root, tmp_path, "compiled", epochs=1, compile=True)
+    result = train(config)
+    assert result.error is None
+    state = load_state(latest_checkpoint(config))
+    assert state.model is not None and not [key for key in state.model if "_orig_mod" in key]
+    model, _ = load_model(latest_checkpoint(config))
+    assert model.state_dict().keys() == state.model.keys()
+    _, run = mlflow_run(config)
+    assert run.data.params["config.compile"] == "True"
+
+
 def job_command(script: str, config: TrainConfig) -> list[str]:
     flags = [
         "--data",

@@ -110,6 +110,11 @@ class TrainConfig:
     batch_size: int = setting(16, help="clips per step over all workers")
     num_workers: int = setting(2, help="Ray Train workers (DDP processes)")
     use_gpu: bool = setting(False, help="one GPU per worker (nccl, bf16 autocast, channels_last)")
+    compile: bool = setting(
+        False,
+        help="torch.compile the model for the training steps (the first step of a run compiles it, which takes "
+        "a minute or more; worth it on GPUs for long runs); validation stays eager",
+    )
     cpus_per_worker: float | None = setting(
         None, help="CPUs reserved per worker (default: 1 with a GPU, else leave a quarter of the CPUs to data loading)"
     )

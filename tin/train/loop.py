@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +19,29 @@ import ray.train
 import ray.train.torch
 import ray.util
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
-from tin.models import build_model, param_groups
+from tin.models import build_model
 from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
 from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
-from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
+from tin.train.distributed import gather_objects, gather_rows
 from tin.train.metrics import class_map, sample_map, topk_correct
 from tin.train.progress import EpochLog, RunRecorder, logger, show_only_project_info
 from tin.train.schedule import build_scheduler
+from tin.train.step import (
+    TrainingStep,
+    averaged_model,
+    build_optimizer,
+    compiled_for_training,
+    load_optimizer_state,
+    loss_function,
+    train_one_epoch,
+)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -59,7 +65,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = restore_state(model, ema)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    ddp_model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+    # To the device; DDP when world > 1, around the compiled module with --compile. ``model`` stays
+    # the plain module: checkpoints, validation and the average use it.
+    ddp_model = ray.train.torch.prepare_model(compiled_for_training(model) if config.compile else model)
     if ema is not None:
         ema.to(device)
 
@@ -75,7 +83,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         milestones=config.lr_steps,
     )
     if state.optimizer is not None and state.scheduler is not None:
-        optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
 
     recorder = RunRecorder(config, facts, enabled=rank == 0)
@@ -146,37 +154,6 @@ def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:
     return {"local_shuffle_buffer_size": config.shuffle_buffer, "local_shuffle_seed": seed}
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the ResNet references') or AdamW (decoupled weight decay: the ViTs', and
-    from-scratch training on small data leaves its plateaus much sooner with it), over the
-    parameter groups of the run's recipe (``TrainConfig.recipe``)."""
-    recipe = config.recipe()
-    groups = param_groups(
-        model,
-        recipe.lr,
-        recipe.weight_decay,
-        head_lr_mult=recipe.head_lr_mult,
-        head_bias_lr_mult=recipe.head_bias_lr_mult,
-        temporal_lr_mult=config.temporal_lr_mult,
-        backbone_lr_mult=config.backbone_lr_mult,
-        layer_decay=config.layer_decay,
-    )
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=config.momentum)
-
-
-def averaged_model(model: nn.Module, decay: float | None) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and buffers (None without a decay).
-
-    BatchNorm statistics are averaged too (``use_buffers``), so the average is ready to evaluate
-    without recomputing them.
-    """
-    if decay is None:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
 def restore_state(model: nn.Module, ema: AveragedModel | None = None) -> TrainingState:
     """Load the latest checkpoint of this run into ``model`` (and its average, when the run keeps
     one); a fresh state when there is none."""
@@ -194,108 +171,6 @@ def restore_state(model: nn.Module, ema: AveragedModel | None = None) -> Trainin
             raise CheckpointError(f"{path}: --ema-decay is set but the run's checkpoint holds no average")
         ema.load_state_dict(state.ema)
     return state
-
-
-def loss_function(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Cross-entropy for single-label targets (N,), binary cross-entropy for multi-hot (N, K)."""
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, target)
-    return F.cross_entropy(logits, target)
-
-
-@dataclass
-class TrainingStep:
-    """What one optimiser step touches: the (DDP) model it runs, the plain model whose protocol
-    it reads (normalisation, auxiliary loss), the average it updates, and the run's settings."""
-
-    ddp_model: nn.Module
-    model: nn.Module
-    ema: AveragedModel | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    multi_label: bool
-    device: torch.device
-    clip_grad: float  # clip the gradient norm to this; 0: off
-    auxiliary_weight: float  # of the model's auxiliary loss in the loss
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One step on a batch: (task loss, logits, auxiliary loss or None), all detached."""
-        expected = video_model(self.model)
-        inputs = normalize(
-            batch["clips"], expected.input_mean, expected.input_std, channels_last=self.device.type == "cuda"
-        )
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.ddp_model(inputs)
-        task_loss = loss_function(logits.float(), batch["target"], self.multi_label)
-        auxiliary = expected.auxiliary_loss()
-        loss = task_loss if auxiliary is None else task_loss + self.auxiliary_weight * auxiliary
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return task_loss.detach(), logits.detach(), None if auxiliary is None else auxiliary.detach()
-
-
-def train_one_epoch(step: TrainingStep, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """One training step per batch of this worker's pass over its shard; metrics reduced over all ranks.
-
-    Every rank gets the same number of batches (``epoch_steps``), so DDP's all-reduces stay in
-    lockstep. Time spent waiting for the next batch is reported as the data-wait fraction;
-    ``train_aux_loss`` is the mean auxiliary loss per step (ILA's alignment loss, unweighted).
-    """
-    step.ddp_model.train()
-    device = step.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    aux_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    clips = 0
-    waited = 0.0
-    started = time.perf_counter()
-    batch_ready = started
-    steps = 0
-    has_aux = False
-    for batch in batches:
-        waited += time.perf_counter() - batch_ready
-        loss, logits, auxiliary = step(batch)
-        target = batch["target"]
-        loss_sum += loss * len(target)  # stays on the device: no sync per step
-        if auxiliary is not None:
-            aux_sum += auxiliary
-            has_aux = True
-        if not step.multi_label:
-            correct += (logits.argmax(1) == target).sum()
-        clips += len(target)
-        steps += 1
-        batch_ready = time.perf_counter()
-    elapsed = time.perf_counter() - started
-    totals = torch.stack(
-        [
-            loss_sum,
-            correct,
-            torch.tensor(float(clips), dtype=torch.float64, device=device),
-            torch.tensor(waited / max(elapsed, 1e-9), dtype=torch.float64, device=device),
-            torch.ones((), dtype=torch.float64, device=device),
-            aux_sum,
-            torch.tensor(float(steps), dtype=torch.float64, device=device),
-        ]
-    )
-    loss_sum, correct, clips, wait_sum, ranks, aux_sum, all_steps = all_reduce_sum(totals).tolist()
-    stats = {
-        "train_loss": loss_sum / max(clips, 1),
-        "clips_per_s": clips / max(elapsed, 1e-9),
-        "data_wait": wait_sum / ranks,  # mean over ranks of the fraction of the epoch spent waiting
-        "lr": step.optimizer.param_groups[0]["lr"],
-        "steps": float(steps),
-    }
-    if has_aux:
-        stats["train_aux_loss"] = aux_sum / max(all_steps, 1)
-    if not step.multi_label:
-        stats["train_top1"] = correct / max(clips, 1)
-    return stats
 
 
 @torch.no_grad()
