@@ -126,10 +126,6 @@ def json_figures(name: str) -> Callable[[Path], list[Figure]]:
     return lambda results: read_figures(results / name)
 
 
-def no_figures(results: Path) -> list[Figure]:
-    return []
-
-
 def sections(smoke: bool) -> list[Section]:
     """The five sections; ``smoke``: on CPU at tiny sizes (aot_eager stands in for inductor)."""
     if smoke:
@@ -152,10 +148,10 @@ def sections(smoke: bool) -> list[Section]:
         Section(
             "b",
             "operator benchmark",
-            script_command("op.py", *op_options, "--dtype", "float32", "bfloat16"),
+            script_command("op.py", *op_options, "--dtype", "float32", "bfloat16", figures="op.json"),
             cap_s=40,
             floor_s=15,
-            figures=no_figures,
+            figures=json_figures("op.json"),
         ),
         Section(
             "c",

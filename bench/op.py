@@ -1,31 +1,41 @@
-"""Benchmark of the interlace operator against the plain-PyTorch reference, TSM's shift and a copy.
+"""Benchmark of the temporal operators against the plain-PyTorch reference and a copy.
 
 Times forward and forward+backward per dtype on the ResNet-50 TIN layer shapes at 8 clips x 8 frames
-(S = C/4 interlaced channels in G = 4 groups), all variants timed in turns in one run, and prints the
-reference's time over the compiled op's. For the compiled op it also prints the bandwidth it achieves
-on the bytes it must move (every input read once, every output written once) and, on CUDA, that as a
-fraction of the device's peak memory bandwidth (from its memory clock and bus width, else a table of
-known devices).
+(S = C/4 interlaced channels in G = 4 groups), all variants timed in turns in one run: the interlace,
+its reference, TSM's shift, a whole TIN block (``temporal_interlace``: descriptor, small networks and
+interlace, its parameters learning) and a clone. It prints the reference's time over the interlace's,
+each operator's time over a clone's (target: at most TARGET for forward+backward), and the bandwidth
+the interlace achieves on the bytes it must move (every input read once, every output written once)
+and, on CUDA, that as a fraction of the device's peak memory bandwidth (from its memory clock and bus
+width, else a table of known devices).
 
     python bench/op.py                       # CPU, float32
-    python bench/op.py --device cuda --dtype float32 bfloat16
+    python bench/op.py --device cuda --dtype float32 bfloat16 [--json figures.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from tin.ops import compiled_devices, interlace, interlace_reference, temporal_shift
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.figures import Figure, write_figures
+from tin.models import TemporalInterlace
+from tin.ops import compiled_devices, interlace, interlace_reference, temporal_interlace, temporal_shift
 
 LAYER_SHAPES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 GROUPS = 4
 SHIFT_DIV = 4  # S = C / SHIFT_DIV channels are interlaced, as in TIN
-VARIANTS = ("interlace", "reference", "temporal_shift", "clone")
+VARIANTS = ("interlace", "reference", "temporal_shift", "block", "clone")
+OPERATORS = ("interlace", "temporal_shift", "block")  # the compiled operators, each compared with a clone
+TARGET = 1.5  # issue 24: an operator's forward+backward over a clone's, at every shape
 # Peak memory bandwidth in bytes/s by device name, for devices whose memory clock torch cannot report.
 # More specific names come first: "H100" is the SXM part.
 PEAK_BANDWIDTH = (("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("H200", 4.8e12))
@@ -69,10 +79,12 @@ def variants(x: torch.Tensor, frames: int) -> dict[str, Callable[[torch.Tensor],
     shifted = x.shape[1] // SHIFT_DIV
     offset = (torch.rand(clips, GROUPS, device=x.device) * 4 - 2).requires_grad_()
     weight = (torch.rand(clips, frames, GROUPS, device=x.device) * 2).requires_grad_()
+    block = TemporalInterlace(x.shape[1], frames).to(x.device, torch.promote_types(x.dtype, torch.float32))
     functions = (
         lambda v: interlace(v, offset, weight, frames, shifted),
         lambda v: interlace_reference(v, offset, weight, frames, shifted),
         lambda v: temporal_shift(v, frames),
+        lambda v: temporal_interlace(v, block.net_parameters(), frames, block.fold)[0],
         lambda v: v.clone(),
     )
     return dict(zip(VARIANTS, functions, strict=True))
@@ -109,27 +121,38 @@ def interlace_bytes(x: torch.Tensor, backward: bool) -> int:
     return forward + (2 * size + size // SHIFT_DIV if backward else 0)
 
 
-def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -> None:
+def run(device: str, dtype: torch.dtype, clips: int, frames: int, repeat: int) -> list[Figure]:
     """Prints one table for one dtype: per layer shape and pass, every variant's time, the reference's
-    time over the compiled op's, the compiled op's over a copy's, and the compiled op's bandwidth."""
-    print(
-        f"\n== {device}, {str(dtype).removeprefix('torch.')}, {clips} clips x {frames} frames; "
-        f"compiled kernels on: {sorted(compiled_devices())}"
-    )
+    time over the interlace's, each compiled operator's over a copy's, and the interlace's bandwidth.
+    Returns each operator's forward+backward over a clone's, beside TARGET."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    kernels = sorted(compiled_devices())
+    print(f"\n== {device}, {dtype_name}, {clips} clips x {frames} frames; compiled kernels on: {kernels}")
     peak = peak_bandwidth() if device == "cuda" else None
     if peak:
         print(f"peak memory bandwidth: {peak[0] / 1e9:.0f} GB/s ({peak[1]})")
     header = f"{'shape':>22} {'pass':>8} " + " ".join(f"{name:>14}" for name in VARIANTS)
-    print(header + "   ref/ours  ours/clone  ours GB/s" + ("  of peak" if peak else ""))
+    ratios = " ".join(f"{name[:9] + '/clone':>15}" for name in OPERATORS)
+    print(header + f"   ref/ours {ratios}  ours GB/s" + ("  of peak" if peak else ""))
+    figures = []
     for channels, height, width in LAYER_SHAPES:
         x = torch.randn(clips * frames, channels, height, width, device=device, dtype=dtype, requires_grad=True)
         for label, backward in (("fwd", False), ("fwd+bwd", True)):
             times = time_layer(x, frames, backward, device, repeat)
             achieved = interlace_bytes(x, backward) / times["interlace"]
             line = f"{tuple(x.shape)!s:>22} {label:>8} " + " ".join(f"{times[n] * 1e3:>11.2f} ms" for n in VARIANTS)
-            line += f"   {times['reference'] / times['interlace']:>7.2f}x  {times['interlace'] / times['clone']:>9.2f}x"
+            line += f"   {times['reference'] / times['interlace']:>7.2f}x "
+            line += " ".join(f"{times[name] / times['clone']:>14.2f}x" for name in OPERATORS)
             line += f"  {achieved / 1e9:>9.1f}" + (f"  {achieved / peak[0]:>7.0%}" if peak else "")
             print(line)
+            if backward:
+                figures += [
+                    Figure(
+                        f"{name} fwd+bwd / clone {dtype_name} {channels}x{height}", times[name] / times["clone"], TARGET
+                    )
+                    for name in OPERATORS
+                ]
+    return figures
 
 
 def time_layer(x: torch.Tensor, frames: int, backward: bool, device: str, repeat: int) -> dict[str, float]:
@@ -156,6 +179,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=None, help="timed turns per variant (default: 7 on CPU, 50 on CUDA)"
     )
+    parser.add_argument("--json", help="write the figures to this JSON file (for bench/gpu.py's summary)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
@@ -164,8 +188,10 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
     )
+    figures: list[Figure] = []
     for dtype in args.dtype:
-        run(args.device, getattr(torch, dtype), args.clips, args.frames, repeat)
+        figures += run(args.device, getattr(torch, dtype), args.clips, args.frames, repeat)
+        write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@
 
 The program takes normalised float32 clips (N, T, 3, S, S) (``tin.data.transforms.normalize`` of
 uint8 frames) and returns logits (N, K); N is dynamic, T and S are the checkpoint's
-``num_segments`` and ``crop_size``. TIN's interlace stays one custom operator
-(``torch.ops.tin.interlace``) in the graph: load the program in a process that has imported
-``tin.ops`` (which registers it), e.g.
+``num_segments`` and ``crop_size``. Each TIN block stays one custom operator
+(``torch.ops.tin.temporal_interlace``; TSM's shift ``torch.ops.tin.temporal_shift``) in the graph:
+load the program in a process that has imported ``tin.ops`` (which registers them), e.g.
 
     import json, torch, tin.ops
     extra = {"tin.json": ""}

@@ -152,7 +152,7 @@ def log_video_model(saved: dict[str, Any], registered_model_name: str | None = N
         pip_requirements=model_requirements(),
         registered_model_name=registered_model_name,
         # Not MLflow's default "pt2" (a torch.export graph, like tin.export's .pt2): its graph holds the
-        # operator torch.ops.tin.interlace, which nothing registers before the flavour's loader reads it.
+        # operators torch.ops.tin.*, which nothing registers before the flavour's loader reads it.
         # Unpickling the module imports tin.models, and through it tin.ops, which registers it.
         serialization_format="pickle",
     )

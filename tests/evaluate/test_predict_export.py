@@ -42,7 +42,7 @@ def test_predict_fails_only_when_nothing_was_read(tin_checkpoint, tmp_path, caps
 def test_exported_program_gives_eager_logits(tin_checkpoint, tmp_path):
     output = tmp_path / "model.pt2"
     program = export_checkpoint(tin_checkpoint, output)
-    assert "tin.interlace" in str(program.graph)  # the custom op, not a decomposition
+    assert "tin.temporal_interlace" in str(program.graph)  # the block operator, not a decomposition
     extra = {METADATA_FILE: ""}
     loaded = torch.export.load(str(output), extra_files=extra).module()
     model, _ = load_model(tin_checkpoint)

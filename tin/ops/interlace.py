@@ -132,7 +132,7 @@ _reference_only = False
 def reference_only() -> Iterator[None]:
     """Run the pure-PyTorch reference instead of the compiled kernels inside this block.
 
-    A graph traced here holds only standard ATen operators instead of ``tin::interlace``: what an
+    A graph traced here holds only standard ATen operators instead of the ``tin::`` operators: what an
     exporter without our custom operator (ONNX) needs. Not thread-safe; meant for export.
     """
     global _reference_only
