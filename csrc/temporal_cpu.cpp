@@ -582,10 +582,7 @@ void shift_kernel(const scalar_t* x, scalar_t* out, const FrameGeometry& geo, in
 }
 
 at::Tensor shift_cpu(const at::Tensor& x, int64_t num_segments, int64_t fold, int64_t step) {
-  TORCH_CHECK(fold >= 0 && x.dim() == 4 && 2 * fold <= x.size(1),
-              "temporal_shift: 2 * shift_channels must lie in [0, C]; got shift_channels = ", fold, " for x of shape ",
-              x.sizes());
-  const FrameGeometry geo = frame_geometry(x, num_segments, 2 * fold, 1, "temporal_shift");
+  const FrameGeometry geo = shift_geometry(x, num_segments, fold);
   at::Tensor out = at::empty_like(x, geo.memory_format());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_shift_cpu", [&] {
     shift_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), geo, fold, step);

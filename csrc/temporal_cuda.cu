@@ -170,6 +170,22 @@ __device__ __forceinline__ Tile tile_of(const Plan& plan, int64_t block, bool gr
   return tile;
 }
 
+// What walking a unit of an interlaced group takes: the group's whole shift s, blend fraction f, and
+// its frame weights w[t * G] of weight (N, T, G).
+template <typename acc_t>
+struct GroupShift {
+  int64_t s;
+  acc_t f;
+  const acc_t* w;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ GroupShift<acc_t> group_shift(const Plan& plan, const Tile& tile, const acc_t* offset,
+                                                         const acc_t* weight) {
+  const acc_t o = offset[tile.clip * plan.groups + tile.group];
+  return {whole_shift(o, plan.frames), o - floor(o), weight + tile.clip * plan.frames * plan.groups + tile.group};
+}
+
 // Frame t of a clip's unit as a pack, zeros outside [0, T).
 template <typename scalar_t, int V>
 __device__ __forceinline__ Pack<scalar_t, V> frame_pack(const scalar_t* clip, int64_t t, int64_t q, const Plan& plan) {
@@ -235,10 +251,7 @@ interlace_forward_kernel(const scalar_t* __restrict__ x, const at::opmath_type<s
       copy_unit<scalar_t, V>(clip, clip_out, q, plan);
       continue;
     }
-    const acc_t o = offset[tile.clip * plan.groups + tile.group];
-    const int64_t s = whole_shift(o, plan.frames);
-    const acc_t f = o - floor(o);
-    const acc_t* w = weight + tile.clip * plan.frames * plan.groups + tile.group;  // w[t * G]
+    const auto [s, f, w] = group_shift(plan, tile, offset, weight);
     Pack<scalar_t, V> far = frame_pack<scalar_t, V>(clip, -s - 1, q, plan);
     for (int64_t t = 0; t < plan.frames; ++t) {
       const Pack<scalar_t, V> near = frame_pack<scalar_t, V>(clip, t - s, q, plan);
@@ -274,10 +287,7 @@ group_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restr
     const int64_t clip_start = tile.clip * plan.frames * plan.frame_size;
     const scalar_t* go = grad_out + clip_start;
     const scalar_t* xs = x + clip_start;
-    const acc_t o = offset[tile.clip * plan.groups + tile.group];
-    const int64_t s = whole_shift(o, plan.frames);
-    const acc_t f = o - floor(o);
-    const acc_t* w = weight + tile.clip * plan.frames * plan.groups + tile.group;
+    const auto [s, f, w] = group_shift(plan, tile, offset, weight);
     acc_t* partial = partials + block * (plan.frames + 1);  // block = (clip, group, tile) in order
     auto load_x = [&](int64_t t) {
       return tile.active ? frame_pack<scalar_t, V>(xs, t, q, plan) : zeros<scalar_t, V>();
@@ -351,17 +361,15 @@ interlace_grad_x_kernel(const scalar_t* __restrict__ grad_out, const at::opmath_
       copy_unit<scalar_t, V>(go, gx, q, plan);
       continue;
     }
-    const acc_t o = offset[tile.clip * plan.groups + tile.group];
-    const int64_t s = whole_shift(o, plan.frames);
-    const acc_t f = o - floor(o);
-    const acc_t* w = weight + tile.clip * plan.frames * plan.groups + tile.group;
+    const auto [s, f, w] = group_shift(plan, tile, offset, weight);
     // The channel of each of the unit's elements (one channel in the contiguous layout).
     const int64_t channel = plan.channels_last ? q % plan.channels : q / plan.positions;
     const int64_t channel_step = plan.channels_last ? 1 : 0;
     const acc_t* extra = descriptor_grad == nullptr ? nullptr : descriptor_grad + tile.clip * plan.frames * plan.shifted;
-    auto scaled = [&](int64_t t, acc_t (&h)[V]) {
+    // w by an init-capture: C++17 (older PyTorch builds) cannot capture a structured binding
+    auto scaled = [&, frame_weights = w](int64_t t, acc_t (&h)[V]) {
       const bool inside = t >= 0 && t < plan.frames;
-      const acc_t wt = inside ? w[t * plan.groups] : acc_t(0);
+      const acc_t wt = inside ? frame_weights[t * plan.groups] : acc_t(0);
       const Pack<scalar_t, V> g = inside ? load<scalar_t, V>(go + t * plan.frame_size + q) : zeros<scalar_t, V>();
 #pragma unroll
       for (int i = 0; i < V; ++i) h[i] = wt * static_cast<acc_t>(g.v[i]);
@@ -825,10 +833,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> temporal_interlace_backward_cuda
 namespace {
 
 at::Tensor shift_cuda(const at::Tensor& x, int64_t num_segments, int64_t fold, int64_t step) {
-  TORCH_CHECK(fold >= 0 && x.dim() == 4 && 2 * fold <= x.size(1),
-              "temporal_shift: 2 * shift_channels must lie in [0, C]; got shift_channels = ", fold, " for x of shape ",
-              x.sizes());
-  const FrameGeometry geo = frame_geometry(x, num_segments, 2 * fold, 1, "temporal_shift");
+  const FrameGeometry geo = shift_geometry(x, num_segments, fold);
   check_device(x, {}, "temporal_shift");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty_like(x, geo.memory_format());

@@ -23,6 +23,13 @@ FrameGeometry frame_geometry(const at::Tensor& x, int64_t num_segments, int64_t 
           channels_last};
 }
 
+FrameGeometry shift_geometry(const at::Tensor& x, int64_t num_segments, int64_t fold) {
+  TORCH_CHECK(fold >= 0 && x.dim() == 4 && 2 * fold <= x.size(1),
+              "temporal_shift: 2 * shift_channels must lie in [0, C]; got shift_channels = ", fold, " for x of shape ",
+              x.sizes());
+  return frame_geometry(x, num_segments, 2 * fold, 1, "temporal_shift");
+}
+
 FrameGeometry interlace_geometry(const at::Tensor& x, const at::Tensor& offset, const at::Tensor& weight,
                                  int64_t num_segments, int64_t shift_channels) {
   TORCH_CHECK(offset.dim() == 2, "interlace: offset must be (N, G)");

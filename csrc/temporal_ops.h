@@ -62,6 +62,9 @@ struct FrameGeometry {
 FrameGeometry frame_geometry(const at::Tensor& x, int64_t num_segments, int64_t shift_channels, int64_t groups,
                              const char* op);
 
+// frame_geometry of TSM's shift: `fold` channels move each way, so 2 * fold <= C.
+FrameGeometry shift_geometry(const at::Tensor& x, int64_t num_segments, int64_t fold);
+
 // frame_geometry, and offset (N, G) / weight (N, T, G) of a shape that fits x.
 FrameGeometry interlace_geometry(const at::Tensor& x, const at::Tensor& offset, const at::Tensor& weight,
                                  int64_t num_segments, int64_t shift_channels);
