@@ -86,7 +86,10 @@ def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_l
     assert [int(epoch) for epoch in re.findall(rf"epoch (\d+)/{EPOCHS}  train_loss", output)] == list(
         range(1, EPOCHS + 1)
     )
-    assert "Failed to query" not in output and "Traceback" not in output, output[-4000:]
+    assert "Traceback" not in output and "controller actor (" not in output, output[-4000:]
+    # A state-API call that times out on a loaded machine is logged and retried; asking the wrong Ray
+    # failed once a second (and then removed the run's workers).
+    assert output.count("Failed to query") <= 2, output[-4000:]
     others = [
         line
         for line in output.splitlines()
