@@ -25,14 +25,7 @@ from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
 from tin.data.reader import storage_options_from_env
 from tin.train.config import TrainConfig
-from tin.train.setup import (
-    CHECKPOINTS_KEPT,
-    check_config,
-    dataset_facts,
-    decode_options,
-    resolved_config,
-    split_shards,
-)
+from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards
 
 RAY_TRAIN_CONSOLE_LEVEL = "WARNING"  # Ray Train's INFO lines go to its log files; the loop prints the epochs
 VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size stay in the object store
@@ -153,8 +146,7 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         TrainingSetupError: naming the flag or file that makes the run impossible.
     """
     info = info or check_config(config)
-    config = resolved_config(config, info)
-    facts = dataset_facts(config, info)
+    config, facts = resolved_run(config, info)
     storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
     datasets = {"train": training_clips(config, info)}
     if config.val_split is not None:

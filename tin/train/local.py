@@ -29,14 +29,7 @@ from tin.data.batches import decode_shards
 from tin.train.checkpoint import CHECKPOINT_FILE
 from tin.train.config import TrainConfig, TrainingSetupError, check_local
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
-from tin.train.setup import (
-    CHECKPOINTS_KEPT,
-    check_config,
-    dataset_facts,
-    decode_options,
-    resolved_config,
-    split_shards,
-)
+from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards
 
 
 def train_locally(config: TrainConfig) -> dict[str, Any]:
@@ -50,9 +43,9 @@ def train_locally(config: TrainConfig) -> dict[str, Any]:
     """
     check_local(config)
     info = check_config(config)
-    config = resolved_config(config, info)
+    config, facts = resolved_run(config, info)
     session = LocalSession(config, info, local_device(config))
-    state = run_training(config, dataset_facts(config, info), session)
+    state = run_training(config, facts, session)
     latest = latest_checkpoint(session.run_dir)
     return {
         "metrics": {**(state.history[-1] if state.history else {}), "epoch": state.epoch},

@@ -93,8 +93,8 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
     last epoch.
 
     Args:
-        config: the run, as the driver resolved it (``tin.train.setup.resolved_config``).
-        facts: the dataset root's facts (``tin.train.setup.dataset_facts``).
+        config: the run, as the driver resolved it (``tin.train.setup.resolved_run``).
+        facts: the dataset root's facts (``tin.train.setup.resolved_run``).
         session: where this rank runs.
     """
     device = session.device

@@ -212,20 +212,21 @@ def with_resolved_locations(config: TrainConfig) -> TrainConfig:
     return replace(config, storage_path=storage_path, mlflow_uri=config.mlflow_uri or tracking.default_tracking_uri())
 
 
-def resolved_config(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
-    """The config a run trains with and records (MLflow, checkpoints): the family recipe, the flip
-    policy and the locations resolved (``TrainConfig.with_recipe``, ``with_flip_policy``,
-    ``with_resolved_locations``); the given config is not changed."""
-    return with_resolved_locations(with_flip_policy(config.with_recipe(), info))
+def resolved_run(config: TrainConfig, info: DatasetInfo) -> tuple[TrainConfig, DatasetFacts]:
+    """(the config a run trains with and records, the dataset's facts it records).
 
-
-def dataset_facts(config: TrainConfig, info: DatasetInfo) -> DatasetFacts:
-    """What the loop and the checkpoints need of the root: classes, label kind, the run's split sizes."""
-    return DatasetFacts(
+    The config has the family recipe, the flip policy and the locations resolved
+    (``TrainConfig.with_recipe``, ``with_flip_policy``, ``with_resolved_locations``), so MLflow and
+    the checkpoints say what training did; the given config is not changed. The facts are what the
+    loop and the checkpoints need of the root: classes, label kind, the run's split sizes.
+    """
+    resolved = with_resolved_locations(with_flip_policy(config.with_recipe(), info))
+    facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,
-        train_clips=info.written(config.train_split),
-        val_clips=info.written(config.val_split) if config.val_split is not None else 0,
+        train_clips=info.written(resolved.train_split),
+        val_clips=info.written(resolved.val_split) if resolved.val_split is not None else 0,
         frames_per_clip=info.frames_per_clip,
         short_side=info.short_side,
     )
+    return resolved, facts
