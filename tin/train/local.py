@@ -48,7 +48,7 @@ def train_locally(config: TrainConfig) -> dict[str, Any]:
     state = run_training(config, facts, session)
     latest = latest_checkpoint(session.run_dir)
     return {
-        "metrics": {**(state.history[-1] if state.history else {}), "epoch": state.epoch},
+        "metrics": {**state.history[-1], "epoch": state.epoch},
         "checkpoint": None if latest is None else str(latest.parent),
     }
 

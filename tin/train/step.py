@@ -2,8 +2,8 @@
 the step and the epoch's metrics.
 
 The training loop (``tin.train.loop``) runs these on every Ray Train worker and in a single process
-(``--local``); the benchmarks and tests run them on machines without Ray (a lent GPU has none). Collectives go through ``tin.train.distributed``, which
-also works in a single process.
+(``--local``); the benchmarks and tests run them on machines without Ray (a lent GPU has none).
+Collectives go through ``tin.train.distributed``, which also works in a single process.
 """
 
 from __future__ import annotations
