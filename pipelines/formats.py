@@ -33,6 +33,7 @@ from pipelines.manifests import (
     read_ucf101,
 )
 from pipelines.synthetic import SyntheticConfig, generate_split
+from tin.config import by_value
 from tin.data.flips import LABEL_PAIRS, PLAIN, FlipPolicy
 from tin.data.shards import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 from tin.errors import UsageError
@@ -256,9 +257,5 @@ def formats_help() -> str:
 
 
 def per_format(fact: Callable[[DatasetFormat], str | None], otherwise: str) -> str:
-    """A fact that each format decides, for --help: "X for a, b; Y for c; ``otherwise`` for d"
-    (formats grouped by their value of ``fact``, None being ``otherwise``)."""
-    groups: dict[str, list[str]] = {}
-    for name, record in FORMATS.items():
-        groups.setdefault(fact(record) or otherwise, []).append(name)
-    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+    """A fact that each format decides, for --help: "X for a, b; Y for c; ``otherwise`` for d"."""
+    return by_value((name, fact(record) or otherwise) for name, record in FORMATS.items())

@@ -283,7 +283,7 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "ucf101": ReleaseLayout(
         name="ucf101",
         format="ucf101",
-        help="""Prepare UCF101 from its release folder, fold 1 by default.
+        help="""Prepare UCF101 from its release folder, the first fold by default.
 
             python jobs/prepare_ucf101.py --root UCF101 --output ROOT [--fold 1] [--split train val] [...]
 
@@ -306,7 +306,7 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "hmdb51": ReleaseLayout(
         name="hmdb51",
         format="hmdb51",
-        help="""Prepare HMDB51 from its release folder, fold 1 by default.
+        help="""Prepare HMDB51 from its release folder, the first fold by default.
 
             python jobs/prepare_hmdb51.py --root hmdb51 --output ROOT [--fold 1] [--split train val] [...]
 

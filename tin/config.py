@@ -30,7 +30,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, Field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,6 +88,15 @@ def setting(
         "unset": unset,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def by_value(named_values: Iterable[tuple[str, Any]]) -> str:
+    """How an ``unset`` text states a default that something else decides (the model, the dataset
+    format): "X for a, b; Y for c", the names grouped by their value, in the order first seen."""
+    groups: dict[str, list[str]] = {}
+    for name, value in named_values:
+        groups.setdefault(_shown(value), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
 
 
 def flag_name(field: Field) -> str:

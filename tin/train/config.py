@@ -10,14 +10,16 @@ from typing import Any
 
 import yaml
 
-from tin.config import check_choices, setting
+from tin.config import by_value, check_choices, setting
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
 from tin.models.build import (
+    COMMON_OPTIONS,
     MODEL_NAMES,
     MODEL_OPTION_FIELDS,
     TEMPORAL_OPTIONS,
+    VIT_VARIANTS,
     model_family,
     model_option_defaults,
 )
@@ -88,9 +90,25 @@ RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if fiel
 
 
 def _model_default(option: str) -> str:
-    """How the help of a temporal option names the models' defaults: "default: the model's, tin 4, tsm 8"."""
-    defaults = [f"{family} {options[option]}" for family, options in TEMPORAL_OPTIONS.items() if option in options]
-    return f"default: the model's, {', '.join(defaults)}"
+    """What a model option left unset becomes, for --help: "the model's: 4 for tin; 8 for tsm" (a
+    ViT family's variants named one by one where they differ)."""
+    named: list[tuple[str, Any]] = []
+    for family, options in TEMPORAL_OPTIONS.items():
+        resnet_options = {**options, **COMMON_OPTIONS}
+        if option in resnet_options:
+            named.append((family, resnet_options[option]))
+    for family, variants in VIT_VARIANTS.items():
+        values = {variant: options[option] for variant, options in variants.items() if option in options}
+        if len(set(map(repr, values.values()))) == 1:
+            named.append((family, next(iter(values.values()))))
+        else:
+            named.extend(values.items())
+    return f"the model's: {by_value(named)}"
+
+
+def _recipe_default(field: str) -> str:
+    """What a recipe field left unset becomes, for --help: "sgd for resnet; adamw for stam, ila"."""
+    return by_value((family, getattr(recipe, field)) for family, recipe in FAMILY_RECIPES.items())
 
 
 @dataclass
@@ -116,7 +134,9 @@ class TrainConfig:
         "a minute or more; worth it on GPUs for long runs); validation stays eager",
     )
     cpus_per_worker: float | None = setting(
-        None, help="CPUs reserved per worker (default: 1 with a GPU, else leave a quarter of the CPUs to data loading)"
+        None,
+        help="CPUs reserved per worker",
+        unset="1 with a GPU, else what leaves a quarter of the CPUs to data loading",
     )
     placement_strategy: str = setting(
         "PACK",
@@ -127,25 +147,32 @@ class TrainConfig:
     optimizer: str | None = setting(
         None,
         choices=OPTIMIZERS,
-        help="sgd (momentum) or adamw (default: the family's: sgd for ResNets, adamw for ViTs)",
+        help="sgd (momentum) or adamw",
+        unset=f"the family's: {_recipe_default('optimizer')}",
     )
     lr: float | None = setting(
         None,
-        help="learning rate for the whole --batch-size, scale it linearly with the batch (default: the family's "
-        "recipe, e.g. 0.01 for ResNets; for ViTs one for --pretrained and a higher one from scratch)",
+        help="learning rate for the whole --batch-size, scale it linearly with the batch",
+        unset=f"the family's: {_recipe_default('lr')} with --pretrained; from scratch {_recipe_default('scratch_lr')}",
     )
     momentum: float = setting(0.9, help="SGD momentum")
     betas: tuple[float, ...] | None = setting(
-        None, metavar="BETA", help="AdamW's two betas (default: the family's, 0.9 0.98 for ILA, else 0.9 0.999)"
+        None, metavar="BETA", help="AdamW's two betas", unset=f"the family's: {_recipe_default('betas')}"
     )
     weight_decay: float | None = setting(
-        None, help="weight decay, not on norm parameters, biases and embeddings (default: the family's recipe)"
+        None,
+        help="weight decay, not on norm parameters, biases and embeddings",
+        unset=f"the family's: {_recipe_default('weight_decay')}",
     )
     head_lr_mult: float | None = setting(
-        None, help="the classifier's weights learn at this multiple of --lr (default: 5 for ResNets, 1 for ViTs)"
+        None,
+        help="the classifier's weights learn at this multiple of --lr",
+        unset=f"the family's: {_recipe_default('head_lr_mult')}",
     )
     head_bias_lr_mult: float | None = setting(
-        None, help="the classifier's biases learn at this multiple of --lr (default: 10 for ResNets, 1 for ViTs)"
+        None,
+        help="the classifier's biases learn at this multiple of --lr",
+        unset=f"the family's: {_recipe_default('head_bias_lr_mult')}",
     )
     temporal_lr_mult: float = setting(
         1.0, help="temporal modules (TIN's OffsetNet, STAM's encoder, ILA's modules) learn at this multiple of --lr"
@@ -158,7 +185,8 @@ class TrainConfig:
     ema_decay: float | None = setting(
         None,
         help="keep an exponential moving average of the weights with this decay (e.g. 0.9998); it is what is "
-        "validated, checkpointed for evaluation and exported (default: off)",
+        "validated, checkpointed for evaluation and exported",
+        unset="off",
     )
     align_loss_weight: float = setting(1.0, help="ILA: weight of the alignment loss added to the task loss")
     schedule: str = setting("cosine", choices=SCHEDULES, help="learning-rate decay after the warm-up")
@@ -167,11 +195,9 @@ class TrainConfig:
         (10, 20), metavar="EPOCH", help="epochs where the step schedule divides lr by 10"
     )
     clip_grad: float | None = setting(
-        None, help="clip the gradient norm to this, 0: off (default: 20 for ResNets, 5 for ViTs)"
+        None, help="clip the gradient norm to this, 0: off", unset=f"the family's: {_recipe_default('clip_grad')}"
     )
-    dropout: float | None = setting(
-        None, help="dropout before the classifier (default: the model's, 0.5 for ResNets and ILA, 0 for STAM)"
-    )
+    dropout: float | None = setting(None, help="dropout before the classifier", unset=_model_default("dropout"))
     crop_size: int = setting(224, help="training crop side; evaluation uses the centre crop of this side")
     scales: tuple[float, ...] = setting(
         MULTI_SCALES,
@@ -180,14 +206,15 @@ class TrainConfig:
     )
     flip: bool | None = setting(
         None,
-        help="random horizontal flips: --flip flips plainly, --no-flip never (default: the policy the dataset root "
-        "records: Something-Something and Jester swap their left/right label pairs, the others flip plainly)",
+        help="random horizontal flips: --flip flips plainly, --no-flip never",
+        unset="the flip policy the dataset root records (jobs/prepare_dataset.py --flip-policy)",
     )
     flip_label_pairs: tuple[tuple[int, int], ...] = setting(
         (),
         parse=label_pair,
         metavar="A:B",
-        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167 (default: the root's)",
+        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167",
+        unset="the root's",
     )
     pretrained: str | None = setting(
         None,
@@ -196,27 +223,37 @@ class TrainConfig:
     )
     partial_bn: bool = setting(False, help="ResNets: freeze every BatchNorm but the first")
     shift_div: int | None = setting(
-        None, help=f"TIN/TSM: 1/shift_div of the channels are shifted ({_model_default('shift_div')})"
+        None, help="TIN/TSM: 1/shift_div of the channels are shifted", unset=_model_default("shift_div")
     )
-    groups: int | None = setting(None, help=f"TIN: offset groups predicted by OffsetNet ({_model_default('groups')})")
+    groups: int | None = setting(None, help="TIN: offset groups predicted by OffsetNet", unset=_model_default("groups"))
     reverse: bool | None = setting(
-        None, help=f"TIN: mirror the offsets onto as many channel groups again ({_model_default('reverse')})"
+        None, help="TIN: mirror the offsets onto as many channel groups again", unset=_model_default("reverse")
     )
     offset_scale: float | None = setting(
-        None, help=f"TIN: offsets lie in (-offset_scale/2, offset_scale/2) ({_model_default('offset_scale')})"
+        None, help="TIN: offsets lie in (-offset_scale/2, offset_scale/2)", unset=_model_default("offset_scale")
     )
     aggregation: str | None = setting(
         None, help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)"
     )
-    temporal_depth: int | None = setting(None, help="STAM: layers of the temporal encoder (default: 6, tiny 2)")
-    drop_path: float | None = setting(None, help="ViTs: stochastic depth rate of the trunk's blocks (default 0)")
-    fusion: str | None = setting(None, help="ILA: add (the code's, default) or token (the paper's)")
-    jitter: float | None = setting(None, help="ILA: offset of the 9 jittered training masks (default 0.2; 0: off)")
-    mit_layers: int | None = setting(None, help="ILA: transformer layers of the video head over the frames (default 1)")
+    temporal_depth: int | None = setting(
+        None, help="STAM: layers of the temporal encoder", unset=_model_default("temporal_depth")
+    )
+    drop_path: float | None = setting(
+        None, help="ViTs: stochastic depth rate of the trunk's blocks", unset=_model_default("drop_path")
+    )
+    fusion: str | None = setting(
+        None, help="ILA: add (the code's) or token (the paper's)", unset=_model_default("fusion")
+    )
+    jitter: float | None = setting(
+        None, help="ILA: offset of the 9 jittered training masks (0: off)", unset=_model_default("jitter")
+    )
+    mit_layers: int | None = setting(
+        None, help="ILA: transformer layers of the video head over the frames", unset=_model_default("mit_layers")
+    )
     freeze_backbone: bool | None = setting(
         None,
-        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head "
-        "(ILA default: with a CLIP --pretrained; STAM default: no)",
+        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head",
+        unset="ila: with a CLIP --pretrained; stam: no",
     )
     model_option: tuple[tuple[str, Any], ...] = setting(
         (),
@@ -242,7 +279,7 @@ class TrainConfig:
         help="where Ray Train keeps checkpoints (local directory or s3:// URI)",
     )
     name: str = setting("tin", help="run name; re-running with the same name and storage path resumes the run")
-    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI", unset="sqlite:///<cwd>/mlflow.db")
     experiment: str = setting("tin", help="MLflow experiment")
     register_model: str | None = setting(
         None, help="also register the final model in the MLflow model registry under this name (a new version)"
@@ -251,7 +288,11 @@ class TrainConfig:
         None, help="MLflow run id to nest this run under (a tuning search sets it per trial)"
     )
     max_failures: int = setting(0, help="restarts from the latest checkpoint after a worker dies")
-    seed: int = setting(0, help="seed of the shard order, the sampling and the model's initialisation")
+    seed: int = setting(
+        0,
+        help="seed of the shard and row order, each clip's frame sampling and augmentation, and the model's "
+        "initialisation",
+    )
 
     def validate(self) -> None:
         """Check what the flags alone decide (the dataset's facts are checked against the root when
