@@ -13,7 +13,7 @@ records for it, the ``--split`` values it can read, its one-line help, and its r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
 
@@ -123,6 +123,7 @@ class DatasetFormat:
         return manifest
 
 
+MOMENTS = "moments_categories.txt"  # the class list of Moments in Time and Multi-Moments in Time
 HMDB51_SPLIT_TAGS = {TRAIN_SPLIT: 1, VAL_SPLIT: 2, TEST_SPLIT: 2}
 """--split -> the tag of HMDB51's split files: 1 train, 2 test (the split the papers report on,
 which the release job writes as val); 0 marks videos a fold does not use."""
@@ -160,9 +161,26 @@ def _annotations(request: FormatRequest) -> str:
     return request.annotations
 
 
-def _read_20bn(request: FormatRequest) -> Manifest:
-    annotations, classes = _files(request)
-    return read_20bn(annotations, classes, request.video_root, request.name)
+def _listed(
+    name: str, help: str, reader: Callable[[str, str, str, str], Manifest], class_list: str, flip_policy: str
+) -> DatasetFormat:
+    """A format whose reader takes (annotations, class list, video root, name) and whose release
+    ships the class list ``class_list``."""
+    return DatasetFormat(
+        name,
+        help,
+        lambda r: reader(*_files(r), r.video_root, r.name),
+        class_list=class_list,
+        flip_policy=flip_policy,
+    )
+
+
+def _20bn_frames(name: str, dataset: str, class_list: str) -> DatasetFormat:
+    """A 20BN frame release's format (Something-Something V1, Jester): ``id;label`` lines, a labels
+    CSV and frame folders whose mirror-image classes swap on flips."""
+    frames = f"frame folders <id>/{FRAMES_20BN.format(1)}"
+    listed = _listed(name, f"{dataset}: id;label lines, {class_list} and {frames}", read_20bn, class_list, LABEL_PAIRS)
+    return replace(listed, frame_template=FRAMES_20BN)
 
 
 _FORMATS = (
@@ -171,56 +189,24 @@ _FORMATS = (
         'JSON Lines {"path", "labels": [names or ids], "start"?, "end"?}; --classes optional, names one a line',
         lambda r: read_generic(_annotations(r), r.video_root, r.classes, r.name),
     ),
-    DatasetFormat(
-        "mmit",
-        "Multi-Moments in Time: path,label[,label...] CSV rows and moments_categories.txt",
-        lambda r: read_mmit(*_files(r), r.video_root, r.name),
-        class_list="moments_categories.txt",
-        flip_policy=PLAIN,
-    ),
-    DatasetFormat(
-        "mit",
-        "Moments in Time: path,label,... CSV rows and moments_categories.txt",
-        lambda r: read_mit(*_files(r), r.video_root, r.name),
-        class_list="moments_categories.txt",
-        flip_policy=PLAIN,
-    ),
+    _listed("mmit", f"Multi-Moments in Time: path,label[,label...] rows, {MOMENTS}", read_mmit, MOMENTS, PLAIN),
+    _listed("mit", f"Moments in Time: path,label,... rows, {MOMENTS}", read_mit, MOMENTS, PLAIN),
     DatasetFormat(
         "kinetics",
         "Kinetics-400, 600 and 700 CSVs (label,youtube_id,time_start,time_end,...); --kinetics-layout",
         lambda r: read_kinetics(_annotations(r), r.video_root, r.classes, r.kinetics_layout, r.name),
         flip_policy=PLAIN,
     ),
-    DatasetFormat(
-        "sthv1",
-        "Something-Something V1: id;label lines, the labels CSV and frame folders <id>/00001.jpg",
-        _read_20bn,
-        class_list="something-something-v1-labels.csv",
-        frame_template=FRAMES_20BN,
-        flip_policy=LABEL_PAIRS,
-    ),
-    DatasetFormat(
+    _20bn_frames("sthv1", "Something-Something V1", "something-something-v1-labels.csv"),
+    _listed(
         "sthv2",
         "Something-Something V2: train/validation/test.json, labels.json and <id>.webm videos",
-        lambda r: read_sthv2(*_files(r), r.video_root, r.name),
-        class_list="labels.json",
-        flip_policy=LABEL_PAIRS,
+        read_sthv2,
+        "labels.json",
+        LABEL_PAIRS,
     ),
-    DatasetFormat(
-        "jester",
-        "Jester: id;label lines, the labels CSV and frame folders <id>/00001.jpg",
-        _read_20bn,
-        class_list="jester-v1-labels.csv",
-        frame_template=FRAMES_20BN,
-        flip_policy=LABEL_PAIRS,
-    ),
-    DatasetFormat(
-        "ucf101",
-        "UCF101: trainlist0N.txt or testlist0N.txt and classInd.txt",
-        lambda r: read_ucf101(*_files(r), r.video_root, r.name),
-        class_list="classInd.txt",
-        flip_policy=PLAIN,
-    ),
+    _20bn_frames("jester", "Jester", "jester-v1-labels.csv"),
+    _listed("ucf101", "UCF101: trainlist0N.txt or testlist0N.txt and classInd.txt", read_ucf101, "classInd.txt", PLAIN),
     DatasetFormat(
         "hmdb51",
         "HMDB51: --annotations the folder of split files, tag 1 read as --split train, 2 as val or test, of --fold",
