@@ -113,10 +113,10 @@ def test_resolving_options_fills_defaults_and_names_the_model_and_option():
     assert resolve_options("m", options, {"eps": "1e-6", "depth": None}) == {"eps": 1e-6, "depth": 2}
     with pytest.raises(ValueError, match="m: option depth: expected an integer, got 'two'"):
         resolve_options("m", options, {"depth": "two"})
-    with pytest.raises(ValueError, match="m: unknown option.* width; valid options: depth, eps"):
+    with pytest.raises(ValueError, match=r"m: unknown option.* width; valid options: depth, eps"):
         resolve_options("m", options, {"width": 3})
     assert with_defaults(options, depth=4)["depth"] == Option(4, "int")
-    with pytest.raises(ValueError, match="no option.* width"):
+    with pytest.raises(ValueError, match=r"no option.* width"):
         with_defaults(options, width=3)
 
 

@@ -115,7 +115,7 @@ def test_unknown_names_and_options_list_the_valid_ones():
     with pytest.raises(ValueError, match="tin_r18, tin_r50, tin_r101, tsm_r18"):
         build_model("tin_r34", 10)
     with pytest.raises(
-        ValueError, match="tsn_r18: unknown option.* shift_div; valid options: dropout, partial_bn, pretrained"
+        ValueError, match=r"tsn_r18: unknown option.* shift_div; valid options: dropout, partial_bn, pretrained"
     ):
         build_model("tsn_r18", 10, shift_div=8)
     with pytest.raises(ValueError, match="offset_scale, partial_bn, pretrained, reverse, shift_div"):

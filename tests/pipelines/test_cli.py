@@ -89,6 +89,21 @@ def test_training_jobs_refuse_bad_settings_before_any_work(capsys, argv, message
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
+def test_a_model_option_of_the_wrong_type_stops_the_job_before_ray_starts(tmp_path):
+    # The README's STAM command with a value norm_eps cannot take; -X importtime lists every module imported.
+    command = [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), "--data", str(tmp_path)]
+    command += ["--model", "stam_tiny", "--pretrained", "trunk.pth", "--freeze-backbone"]
+    command += ["--model-option", "norm_eps=abc", "--storage-path", str(tmp_path / "runs")]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    environment.pop("RAY_ADDRESS", None)
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == USAGE_EXIT_STATUS, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --model-option norm_eps: option norm_eps of --model stam_tiny takes a number, got 'abc'"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "ray" not in imported and not (tmp_path / "runs").exists()
+
+
 # ---- tuning ------------------------------------------------------------------------------------
 
 
