@@ -81,7 +81,7 @@ FAMILY_RECIPES: dict[str, Recipe] = {
     "resnet": Recipe("sgd", 0.01, 0.01, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
     # STAM (its issue #9): AdamW 1e-5 for 64 clips, scaled; weight decay 1e-3.
     "stam": Recipe("adamw", 2.5e-6, 1e-3, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0),
-    # ILA: AdamW with CLIP's betas; its new modules learn on a frozen CLIP trunk.
+    # ILA: AdamW with CLIP's betas; the release trained its new modules on a frozen CLIP trunk (--freeze-backbone).
     "ila": Recipe("adamw", 1e-4, 1e-3, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0),
 }
 RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name != "scratch_lr")
