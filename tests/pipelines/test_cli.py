@@ -16,12 +16,13 @@ from pipelines import cli
 from pipelines.cli import KINETICS600_RECIPE, MMIT_RECIPE, SEARCH_DEFAULTS
 from pipelines.layouts import LAYOUTS
 from pipelines.prepare import PrepareConfig, ReleaseConfig
-from pipelines.search import SEARCHABLE, SearchConfig
+from pipelines.search import ILA_SPACE, PRESETS, SEARCHABLE, SearchConfig
 from pipelines.synthetic import SyntheticConfig
 from tin import evaluate, export, predict
 from tin.config import parse_config
 from tin.errors import USAGE_EXIT_STATUS, UsageError
 from tin.evaluate import EvaluationConfig
+from tin.models.build import option_spec
 from tin.predict import PredictConfig
 from tin.train.config import TrainConfig
 
@@ -340,3 +341,14 @@ def test_job_scripts_are_thin_and_import_the_installed_project(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert "--config FILE.yaml" in shown.stdout and "(default: tin_mmit)" in shown.stdout
+
+
+def test_the_searched_model_choices_are_the_model_tables():
+    for dimension in ("fusion", "aggregation"):
+        choices = option_spec(dimension).choices
+        assert [SEARCHABLE[dimension](choice, 8) for choice in choices] == list(choices)
+        with pytest.raises(ValueError, match=f"expected one of {', '.join(choices)}"):
+            SEARCHABLE[dimension]("other", 8)
+    assert ILA_SPACE["fusion"] == list(option_spec("fusion").choices)
+    assert PRESETS["stam-ablation"]["aggregation"] == {"grid": list(option_spec("aggregation").choices)}
+    assert cli.train(["--data", "d", "--model", "ila_tiny", "--fusion", "concat"]) == USAGE_EXIT_STATUS

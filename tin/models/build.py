@@ -120,7 +120,6 @@ before ``conv1`` of every residual block, averaged logits), STAM and ILA ViTs (`
 ``tin.models.ila``; timm is imported only when one is built)."""
 
 MODEL_NAMES = tuple(MODELS)
-MODEL_FAMILIES = tuple(dict.fromkeys(entry.family for entry in MODELS.values()))
 
 
 def model_entry(name: str) -> ModelEntry:
