@@ -1,8 +1,10 @@
-"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors."""
+"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors; and the
+training config's --model-option values, converted to the types of the model table."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from tin.config import check_choices, exits_on_usage_error, parse_config, setting
 from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.train.config import TrainConfig
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -164,3 +167,35 @@ def test_parents_add_flags_of_the_job():
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--quick", action="store_true")
     assert parse_config(Outer, ["--data", "d", "--quick"], parents=[extra]).data == "d"
+
+
+# ---- the training config's --model-option ------------------------------------------------------
+
+README_STAM = ["--data", "d", "--model", "stam_tiny", "--pretrained", "trunk.pth", "--freeze-backbone"]
+"""The README's STAM command (Models section) without its --model-option."""
+
+
+def test_the_readme_stam_commands_model_option_is_a_float():
+    config = parse_config(TrainConfig, [*README_STAM, "--model-option", "norm_eps=1e-6"])
+    options = config.model_options()
+    assert options == {"pretrained": "trunk.pth", "freeze_backbone": True, "norm_eps": 1e-6}
+    assert isinstance(options["norm_eps"], float)
+    ila = parse_config(
+        TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "interactive_path=off", "ila_layers=[1]"]
+    )
+    assert ila.model_options() == {"pretrained": None, "interactive_path": False, "ila_layers": [1]}
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("norm_eps=abc", "--model-option norm_eps: option norm_eps of --model stam_tiny takes a number, got 'abc'"),
+        ("temporal_depth=2.5", "--model-option temporal_depth: option temporal_depth of --model stam_tiny takes an"),
+        ("qkv_bias=2", "--model-option qkv_bias: option qkv_bias of --model stam_tiny takes true or false, got 2"),
+        ("aggregation=max", "option aggregation of --model stam_tiny takes one of transformer, mean, got 'max'"),
+        ("norm_epsilon=1e-6", "--model-option norm_epsilon: not an option of --model stam_tiny"),
+    ],
+)
+def test_a_model_option_of_another_name_or_type_is_a_usage_error(option, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_config(TrainConfig, [*README_STAM, "--model-option", option])

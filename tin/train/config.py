@@ -16,10 +16,11 @@ from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
 from tin.models.build import (
     MODEL_NAMES,
-    MODEL_OPTION_FIELDS,
-    TEMPORAL_OPTIONS,
+    MODEL_OPTION_NAMES,
     model_family,
-    model_option_defaults,
+    model_options,
+    option_defaults,
+    option_spec,
 )
 from tin.train.schedule import SCHEDULES
 
@@ -80,7 +81,7 @@ FAMILY_RECIPES: dict[str, Recipe] = {
     "resnet": Recipe("sgd", 0.01, 0.01, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
     # STAM (its issue #9): AdamW 1e-5 for 64 clips, scaled; weight decay 1e-3.
     "stam": Recipe("adamw", 2.5e-6, 1e-3, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0),
-    # ILA: AdamW with CLIP's betas; its new modules learn on a frozen CLIP trunk.
+    # ILA: AdamW with CLIP's betas; the release trained its new modules on a frozen CLIP trunk (--freeze-backbone).
     "ila": Recipe("adamw", 1e-4, 1e-3, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0),
 }
 RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name != "scratch_lr")
@@ -88,9 +89,22 @@ RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if fiel
 
 
 def _model_default(option: str) -> str:
-    """How the help of a temporal option names the models' defaults: "default: the model's, tin 4, tsm 8"."""
-    defaults = [f"{family} {options[option]}" for family, options in TEMPORAL_OPTIONS.items() if option in options]
-    return f"default: the model's, {', '.join(defaults)}"
+    """How the help of a model option's flag names the models' defaults, from the model table:
+    "default: the model's: 4 for tin_r18, tin_r50, tin_r101; 8 for tsm_r18, tsm_r50, tsm_r101"."""
+    defaults = option_defaults(option)
+    if len(defaults) == 1:
+        return f"default: {next(iter(defaults))}"
+    return "default: the model's: " + "; ".join(
+        f"{value} for {_model_list(names)}" for value, names in defaults.items()
+    )
+
+
+def _model_list(names: list[str]) -> str:
+    """Model names for a help text, a family all of whose models are among them by the family's name."""
+    families = {family: [name for name in MODEL_NAMES if model_family(name) == family] for family in FAMILY_RECIPES}
+    shown = [family for family, members in families.items() if set(members) <= set(names)]
+    shown += [name for name in names if model_family(name) not in shown]
+    return ", ".join(shown)
 
 
 @dataclass
@@ -169,9 +183,7 @@ class TrainConfig:
     clip_grad: float | None = setting(
         None, help="clip the gradient norm to this, 0: off (default: 20 for ResNets, 5 for ViTs)"
     )
-    dropout: float | None = setting(
-        None, help="dropout before the classifier (default: the model's, 0.5 for ResNets and ILA, 0 for STAM)"
-    )
+    dropout: float | None = setting(None, help=f"dropout before the classifier ({_model_default('dropout')})")
     crop_size: int = setting(224, help="training crop side; evaluation uses the centre crop of this side")
     scales: tuple[float, ...] = setting(
         MULTI_SCALES,
@@ -206,24 +218,40 @@ class TrainConfig:
         None, help=f"TIN: offsets lie in (-offset_scale/2, offset_scale/2) ({_model_default('offset_scale')})"
     )
     aggregation: str | None = setting(
-        None, help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)"
+        None,
+        choices=option_spec("aggregation").choices,
+        help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens) "
+        f"({_model_default('aggregation')})",
     )
-    temporal_depth: int | None = setting(None, help="STAM: layers of the temporal encoder (default: 6, tiny 2)")
-    drop_path: float | None = setting(None, help="ViTs: stochastic depth rate of the trunk's blocks (default 0)")
-    fusion: str | None = setting(None, help="ILA: add (the code's, default) or token (the paper's)")
-    jitter: float | None = setting(None, help="ILA: offset of the 9 jittered training masks (default 0.2; 0: off)")
-    mit_layers: int | None = setting(None, help="ILA: transformer layers of the video head over the frames (default 1)")
+    temporal_depth: int | None = setting(
+        None, help=f"STAM: layers of the temporal encoder ({_model_default('temporal_depth')})"
+    )
+    drop_path: float | None = setting(
+        None, help=f"ViTs: stochastic depth rate of the trunk's blocks ({_model_default('drop_path')})"
+    )
+    fusion: str | None = setting(
+        None,
+        choices=option_spec("fusion").choices,
+        help=f"ILA: add (the released code's) or token (the paper's) ({_model_default('fusion')})",
+    )
+    jitter: float | None = setting(
+        None, help=f"ILA: offset of the 9 jittered training masks, 0: off ({_model_default('jitter')})"
+    )
+    mit_layers: int | None = setting(
+        None, help=f"ILA: transformer layers of the video head over the frames ({_model_default('mit_layers')})"
+    )
     freeze_backbone: bool | None = setting(
         None,
-        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head "
-        "(ILA default: with a CLIP --pretrained; STAM default: no)",
+        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head; --pretrained alone never "
+        f"freezes it ({_model_default('freeze_backbone')})",
     )
     model_option: tuple[tuple[str, Any], ...] = setting(
         (),
         parse=model_option,
         metavar="NAME=VALUE",
-        help="any other option of the model, e.g. ila_hidden=32 ila_layers=[8,9,10,11] qkv_bias=false (python -m "
-        "tin.models.summary --options NAME lists a model's options)",
+        help="any other option of the model, e.g. ila_hidden=32 ila_layers=[8,9,10,11] qkv_bias=false norm_eps=1e-6, "
+        "converted to the option's type (python -m tin.models.summary --options NAME lists a model's options and "
+        "types)",
     )
     train_split: str = setting(TRAIN_SPLIT, help="split to train on")
     val_split: str | None = setting(
@@ -316,9 +344,9 @@ class TrainConfig:
             )
 
     def _check_model_options(self) -> None:
-        """Every model option set (as a field or ``--model-option``) is one of the model's, and
-        partial BN is a ResNet's."""
-        known = model_option_defaults(self.model)
+        """Every model option set (as a field or ``--model-option``) is one of the model's and its
+        value converts to the option's type, and partial BN is a ResNet's."""
+        known = model_options(self.model)
         flagged = [name for name in MODEL_OPTION_FIELDS if getattr(self, name) is not None and name not in known]
         if flagged:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in flagged)
@@ -329,19 +357,40 @@ class TrainConfig:
                 f"--model-option {', '.join(others)}: not an option of --model {self.model} (or one with a flag of its "
                 f"own); its options: {', '.join(sorted(set(known) - {'pretrained', 'dropout'}))}"
             )
+        self._typed_model_options()
         if self.partial_bn and model_family(self.model) != "resnet":
             raise TrainingSetupError(f"--partial-bn freezes BatchNorms of a ResNet; --model {self.model} has none")
 
+    def _typed_model_options(self) -> dict[str, Any]:
+        """The ``--model-option`` pairs with their values converted to the types of --model's options
+        (``norm_eps=1e-6``, which YAML reads as a string, becomes a float).
+
+        Raises:
+            TrainingSetupError: naming the flag, the option and the type it expects.
+        """
+        known = model_options(self.model)
+        typed = {}
+        for name, value in self.model_option:
+            try:
+                typed[name] = known[name].convert(value)
+            except ValueError:
+                raise TrainingSetupError(
+                    f"--model-option {name}: option {name} of --model {self.model} takes {known[name].expected()}, "
+                    f"got {value!r}"
+                ) from None
+        return typed
+
     def model_options(self) -> dict[str, Any]:
-        """Keyword options for ``build_model``: pretrained, and dropout, the model-option fields and
-        ``--model-option`` pairs that are set (the model's defaults stand for the rest)."""
+        """Keyword options for ``build_model``: pretrained, and the model-option fields (dropout
+        included) and ``--model-option`` pairs that are set, typed (the model's defaults stand for
+        the rest)."""
         options: dict[str, Any] = {"pretrained": self.pretrained}
         if self.partial_bn:
             options["partial_bn"] = True
-        for name in ("dropout", *MODEL_OPTION_FIELDS):
+        for name in MODEL_OPTION_FIELDS:
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
-        options.update(dict(self.model_option))
+        options.update(self._typed_model_options())
         return options
 
     def recipe(self) -> Recipe:
@@ -369,3 +418,14 @@ class TrainConfig:
             if name in config:
                 converted[name] = tuple(tuple(pair) for pair in config[name])
         return cls(**{**config, **converted})
+
+
+MODEL_OPTION_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(TrainConfig)
+    if field.name in MODEL_OPTION_NAMES and field.name not in ("pretrained", "partial_bn")
+)
+"""The model options that are ``TrainConfig`` fields of their own (a flag each; None: the model's default),
+passed to ``build_model`` when set: dropout, TIN's and TSM's temporal options and the ViT options training
+and the tuning spaces set directly. ``pretrained`` and ``partial_bn`` pass on their own terms; every
+other option reaches the model through ``--model-option NAME=VALUE``."""
