@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tin.config import check_choices, setting
+from tin.models.build import option_spec
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.schedule import SCHEDULES
 
@@ -40,7 +41,7 @@ STAM_SPACE: dict[str, Any] = {
 ILA_SPACE: dict[str, Any] = {
     "lr": {"loguniform": [1e-4, 1e-3]},
     "align_loss_weight": [0, 0.25, 1, 4],
-    "fusion": ["add", "token"],
+    "fusion": list(option_spec("fusion").choices),
     "jitter": [0, 0.2],
     "mit_layers": [0, 1, 2],
     "freeze_backbone": [True, False],
@@ -55,9 +56,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
     # STAM's: the temporal transformer's depth against order-blind mean pooling (which has no
     # encoder, so its four cells differ only by their seeds: they show the noise).
-    "stam-ablation": {"aggregation": {"grid": ["transformer", "mean"]}, "temporal_depth": {"grid": [1, 2, 4, 6]}},
+    "stam-ablation": {
+        "aggregation": {"grid": list(option_spec("aggregation").choices)},
+        "temporal_depth": {"grid": [1, 2, 4, 6]},
+    },
     # ILA's: the alignment loss on and off, under both fusions.
-    "ila-ablation": {"align_loss_weight": {"grid": [0, 1]}, "fusion": {"grid": ["add", "token"]}},
+    "ila-ablation": {"align_loss_weight": {"grid": [0, 1]}, "fusion": {"grid": list(option_spec("fusion").choices)}},
 }
 
 METRIC_MODES = {
@@ -155,10 +159,10 @@ SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
     "layer_decay": _fraction,
     "ema_decay": _decay_or_off,  # "off" or a decay
     "drop_path": _number(0.0, inclusive=True),
-    "aggregation": _choice("transformer", "mean"),
+    "aggregation": _choice(*option_spec("aggregation").choices),
     "temporal_depth": _positive_int,
     "align_loss_weight": _number(0.0, inclusive=True),
-    "fusion": _choice("add", "token"),
+    "fusion": _choice(*option_spec("fusion").choices),
     "jitter": _number(0.0, inclusive=True),
     "mit_layers": _non_negative_int,
     "freeze_backbone": _on_off,

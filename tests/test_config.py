@@ -1,9 +1,12 @@
-"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors."""
+"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors; every
+job's help stating the real defaults and no help text writing one; and the training config's
+--model-option values, converted to the types of the model table."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 
 from tin.config import check_choices, exits_on_usage_error, parse_config, setting
 from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.train.config import TrainConfig
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -192,7 +196,6 @@ def job_configs() -> list[type]:
     from tin.evaluate import EvaluationConfig
     from tin.export import ExportConfig
     from tin.predict import PredictConfig
-    from tin.train.config import TrainConfig
 
     return [
         TrainConfig,
@@ -243,7 +246,7 @@ def test_each_jobs_help_shows_the_real_defaults(capsys):
     from pipelines.search import PLAIN_SEARCH
     from tin import evaluate
     from tin.data.sampling import STORED_FRAMES
-    from tin.train.config import FAMILY_RECIPES, TrainConfig
+    from tin.train.config import FAMILY_RECIPES
 
     train = job_help(capsys, cli.train)
     assert f"--epochs EPOCHS epochs to train (default: {TrainConfig.epochs})" in train
@@ -259,3 +262,35 @@ def test_each_jobs_help_shows_the_real_defaults(capsys):
     tune = job_help(capsys, cli.tune_tin)
     assert f"repeated this many times (default: {PLAIN_SEARCH['num_samples']};" in tune
     assert f"(default: {evaluate.EvaluationConfig.batch_size})" in job_help(capsys, evaluate.main)
+
+
+# ---- the training config's --model-option ------------------------------------------------------
+
+README_STAM = ["--data", "d", "--model", "stam_tiny", "--pretrained", "trunk.pth", "--freeze-backbone"]
+"""The README's STAM command (Models section) without its --model-option."""
+
+
+def test_the_readme_stam_commands_model_option_is_a_float():
+    config = parse_config(TrainConfig, [*README_STAM, "--model-option", "norm_eps=1e-6"])
+    options = config.model_options()
+    assert options == {"pretrained": "trunk.pth", "freeze_backbone": True, "norm_eps": 1e-6}
+    assert isinstance(options["norm_eps"], float)
+    ila = parse_config(
+        TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "interactive_path=off", "ila_layers=[1]"]
+    )
+    assert ila.model_options() == {"pretrained": None, "interactive_path": False, "ila_layers": [1]}
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("norm_eps=abc", "--model-option norm_eps: option norm_eps of --model stam_tiny takes a number, got 'abc'"),
+        ("temporal_depth=2.5", "--model-option temporal_depth: option temporal_depth of --model stam_tiny takes an"),
+        ("qkv_bias=2", "--model-option qkv_bias: option qkv_bias of --model stam_tiny takes true or false, got 2"),
+        ("aggregation=max", "option aggregation of --model stam_tiny takes one of transformer, mean, got 'max'"),
+        ("norm_epsilon=1e-6", "--model-option norm_epsilon: not an option of --model stam_tiny"),
+    ],
+)
+def test_a_model_option_of_another_name_or_type_is_a_usage_error(option, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_config(TrainConfig, [*README_STAM, "--model-option", option])
