@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,38 @@ Ray session's log folder, which a process learns only once Ray runs there. Ray D
 handler is fixed at INFO, and every dataset that Ray Train's split coordinator executes (one per
 epoch and split) prints there. Upstream: https://github.com/ray-project/ray/issues/41279 (an
 option to silence Ray Data's logs)."""
+
+
+def data_execution_index() -> int:
+    """How many times the dataset that this Ray Data task belongs to was executed before: 0 during
+    its first pass, 1 during the second, ... Training executes its dataset once per epoch, so this
+    is the epoch the task decodes for (counted from the run's start: a run resumed from a
+    checkpoint counts again from 0).
+
+    Ray Data keeps the count in the private ``DataContext._execution_idx``, which it hands to the
+    tasks of every execution; its public seeded operations (``RandomSeedConfig(reseed_after_execution=
+    True)``) combine it with their seed, but a ``map_batches`` function has no public way to read it.
+    Upstream: https://github.com/ray-project/ray/pull/59528 (the count, for per-epoch file shuffles)
+    and https://github.com/ray-project/ray/pull/59662 (RandomSeedConfig, built on it).
+    """
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    if not hasattr(context, "_execution_idx"):
+        raise RuntimeError(
+            "ray.data.DataContext._execution_idx is gone in this Ray release, so a data task cannot tell which "
+            "epoch it decodes for; install a Ray release that pyproject.toml admits"
+        )
+    return int(context._execution_idx)
+
+
+def decode_shards_of_this_epoch(batch: dict[str, Any], **options: Any) -> Iterator[dict[str, Any]]:
+    """``tin.data.batches.decode_shards`` with the epoch of the execution running it
+    (``data_execution_index``): the ``map_batches`` function of training's clip datasets."""
+    from tin.data.batches import decode_shards
+
+    return decode_shards(batch, epoch=data_execution_index(), **options)
+
 
 RAY_DATA_USAGE_SWITCH = "RAY_DATA_USAGE_DISABLED"
 """``1``: Ray Data's usage collector stays off in the process (read at every dataset execution).

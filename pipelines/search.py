@@ -73,10 +73,14 @@ METRIC_MODES = {
     "train_loss": "min",
     "train_top1": "max",
 }
+# The metrics a search of multi-label or single-label data can optimise, its default first.
 MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
 SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
 SCHEDULERS = ("asha", "fifo")
+PLAIN_SEARCH = {"num_samples": 4, "scheduler": "asha"}
+PRESET_SEARCH = {"num_samples": 1, "scheduler": "fifo"}  # one trial per grid cell, all trained to the end
+"""What ``num_samples`` and ``scheduler`` left None become, without and with a ``preset``."""
 FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
 
 
@@ -171,32 +175,36 @@ class SearchConfig:
     """A search: the training settings (``train``: data, model, recipe, the search's name, storage
     path and MLflow experiment; the searched dimensions None) plus how to search.
 
-    ``num_samples`` and ``scheduler`` left None become the preset's (1, fifo: one trial per grid
-    cell, all trained to the end) with ``preset``, else 4 and asha.
+    ``num_samples`` and ``scheduler`` left None become ``PRESET_SEARCH``'s with ``preset``, else
+    ``PLAIN_SEARCH``'s.
     """
 
     train: TrainConfig = setting(help="training; a searched dimension given a value is fixed at it")
     num_samples: int | None = setting(
-        None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)"
+        None,
+        help="trials drawn from the space; a grid is repeated this many times",
+        unset=f"{PLAIN_SEARCH['num_samples']}; {PRESET_SEARCH['num_samples']} with --preset",
     )
     max_concurrent: int = setting(1, help="trials running at once")
     scheduler: str | None = setting(
         None,
         choices=SCHEDULERS,
-        help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)",
+        help="asha stops weak trials early; fifo runs all to the end",
+        unset=f"{PLAIN_SEARCH['scheduler']}; {PRESET_SEARCH['scheduler']} with --preset",
     )
     metric: str | None = setting(
         None,
         choices=tuple(METRIC_MODES),
         help="metric to optimise (val_loss and train_loss are minimised); train_loss or train_top1 with "
-        "--val-split none (default: val_top1, or val_sample_map for multi-label data)",
+        "--val-split none",
+        unset=f"{SINGLE_LABEL_METRICS[0]}, or {MULTI_LABEL_METRICS[0]} for multi-label data",
     )
     grace_period: int = setting(1, help="ASHA: epochs every trial trains before it can be stopped")
     reduction_factor: float = setting(2.0, help="ASHA: keep the best 1/this at each rung")
     trial_cpus: float | None = setting(
         None,
-        help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, "
-        "shared by the concurrent trials)",
+        help="CPUs one trial reserves, its Train workers included",
+        unset="the CPUs left after 1 for data, shared by the concurrent trials",
     )
     space_file: str | None = setting(
         None,
@@ -212,10 +220,11 @@ class SearchConfig:
     )
 
     def __post_init__(self) -> None:
+        defaults = PRESET_SEARCH if self.preset else PLAIN_SEARCH
         if self.num_samples is None:
-            self.num_samples = 1 if self.preset else 4
+            self.num_samples = int(defaults["num_samples"])
         if self.scheduler is None:
-            self.scheduler = "fifo" if self.preset else "asha"
+            self.scheduler = str(defaults["scheduler"])
 
     def validate(self) -> None:
         """Check what the flags alone decide (the space and the data are checked when the search

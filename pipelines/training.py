@@ -23,10 +23,10 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.prepare import storage_options_from_env
+from pipelines.ray_internals import decode_shards_of_this_epoch
 from pipelines.ray_runtime import init_ray
 from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
-from tin.data.batches import decode_shards
 from tin.data.facts import DatasetFacts
 from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.sampling import centres_exact
@@ -112,6 +112,7 @@ def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[
         "flip_label_pairs": flip_label_pairs,
         "num_classes": len(info.classes),
         "multi_label": info.multi_label,
+        "seed": config.seed,
     }
 
 
@@ -123,7 +124,9 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     epoch's first batch). Every epoch's ``iter_torch_batches`` executes the dataset again; in
     training each execution takes the shards in a new order (``randomize_block_order`` seeded by
     ``config.seed`` and Ray Data's count of executions: reproducible, and different every epoch)
-    and ``decode_shards`` reads the rows of every shard in a new order.
+    and ``decode_shards`` reads the rows of every shard in a new order, and samples and augments
+    every clip, from generators of (``config.seed``, the epoch, the shard or clip): the same seed
+    gives the same epochs whichever tasks decode them.
     """
     filesystem, files = shard_paths(config.data, split)
     if not files:
@@ -132,7 +135,9 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     if train:
         shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
     clips = shards.map_batches(
-        decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)}
+        decode_shards_of_this_epoch,
+        batch_size=1,
+        fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)},
     )
     return without_progress_output(clips)
 

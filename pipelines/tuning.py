@@ -230,7 +230,7 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
             f"--val-split none: the trials report no validation metrics, so the search needs a training metric; "
             f"give --metric {' or '.join(training)}" + (f" instead of {metric}" if metric else "")
         )
-    metric = metric or ("val_sample_map" if info.multi_label else "val_top1")
+    metric = metric or allowed[0]  # each list's first metric is the default
     if metric not in allowed:
         kind = "multi-label" if info.multi_label else "single-label"
         raise TrainingSetupError(

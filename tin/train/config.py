@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tin.config import check_choices, setting
+from tin.config import by_value, check_choices, setting
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
@@ -89,14 +89,17 @@ RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if fiel
 
 
 def _model_default(option: str) -> str:
-    """How the help of a model option's flag names the models' defaults, from the model table:
-    "default: the model's: 4 for tin_r18, tin_r50, tin_r101; 8 for tsm_r18, tsm_r50, tsm_r101"."""
+    """What a model option left unset becomes, for --help, from the model table: "the model's: 4
+    for tin; 8 for tsm", or the one value all models share."""
     defaults = option_defaults(option)
     if len(defaults) == 1:
-        return f"default: {next(iter(defaults))}"
-    return "default: the model's: " + "; ".join(
-        f"{value} for {_model_list(names)}" for value, names in defaults.items()
-    )
+        return str(next(iter(defaults)))
+    return f"the model's: {by_value((_model_list(names), value) for value, names in defaults.items())}"
+
+
+def _recipe_default(field: str) -> str:
+    """What a recipe field left unset becomes, for --help: "the family's: sgd for resnet; adamw for stam, ila"."""
+    return f"the family's: {by_value((family, getattr(recipe, field)) for family, recipe in FAMILY_RECIPES.items())}"
 
 
 def _model_list(names: list[str]) -> str:
@@ -130,7 +133,9 @@ class TrainConfig:
         "a minute or more; worth it on GPUs for long runs); validation stays eager",
     )
     cpus_per_worker: float | None = setting(
-        None, help="CPUs reserved per worker (default: 1 with a GPU, else leave a quarter of the CPUs to data loading)"
+        None,
+        help="CPUs reserved per worker",
+        unset="1 with a GPU, else what leaves a quarter of the CPUs to data loading",
     )
     placement_strategy: str = setting(
         "PACK",
@@ -141,25 +146,28 @@ class TrainConfig:
     optimizer: str | None = setting(
         None,
         choices=OPTIMIZERS,
-        help="sgd (momentum) or adamw (default: the family's: sgd for ResNets, adamw for ViTs)",
+        help="sgd (momentum) or adamw",
+        unset=_recipe_default("optimizer"),
     )
     lr: float | None = setting(
         None,
-        help="learning rate for the whole --batch-size, scale it linearly with the batch (default: the family's "
-        "recipe, e.g. 0.01 for ResNets; for ViTs one for --pretrained and a higher one from scratch)",
+        help="learning rate for the whole --batch-size, scale it linearly with the batch",
+        unset=f"{_recipe_default('lr')} with --pretrained; from scratch {_recipe_default('scratch_lr')}",
     )
     momentum: float = setting(0.9, help="SGD momentum")
     betas: tuple[float, ...] | None = setting(
-        None, metavar="BETA", help="AdamW's two betas (default: the family's, 0.9 0.98 for ILA, else 0.9 0.999)"
+        None, metavar="BETA", help="AdamW's two betas", unset=_recipe_default("betas")
     )
     weight_decay: float | None = setting(
-        None, help="weight decay, not on norm parameters, biases and embeddings (default: the family's recipe)"
+        None, help="weight decay, not on norm parameters, biases and embeddings", unset=_recipe_default("weight_decay")
     )
     head_lr_mult: float | None = setting(
-        None, help="the classifier's weights learn at this multiple of --lr (default: 5 for ResNets, 1 for ViTs)"
+        None, help="the classifier's weights learn at this multiple of --lr", unset=_recipe_default("head_lr_mult")
     )
     head_bias_lr_mult: float | None = setting(
-        None, help="the classifier's biases learn at this multiple of --lr (default: 10 for ResNets, 1 for ViTs)"
+        None,
+        help="the classifier's biases learn at this multiple of --lr",
+        unset=_recipe_default("head_bias_lr_mult"),
     )
     temporal_lr_mult: float = setting(
         1.0, help="temporal modules (TIN's OffsetNet, STAM's encoder, ILA's modules) learn at this multiple of --lr"
@@ -172,7 +180,8 @@ class TrainConfig:
     ema_decay: float | None = setting(
         None,
         help="keep an exponential moving average of the weights with this decay (e.g. 0.9998); it is what is "
-        "validated, checkpointed for evaluation and exported (default: off)",
+        "validated, checkpointed for evaluation and exported",
+        unset="off",
     )
     align_loss_weight: float = setting(1.0, help="ILA: weight of the alignment loss added to the task loss")
     schedule: str = setting("cosine", choices=SCHEDULES, help="learning-rate decay after the warm-up")
@@ -181,9 +190,9 @@ class TrainConfig:
         (10, 20), metavar="EPOCH", help="epochs where the step schedule divides lr by 10"
     )
     clip_grad: float | None = setting(
-        None, help="clip the gradient norm to this, 0: off (default: 20 for ResNets, 5 for ViTs)"
+        None, help="clip the gradient norm to this, 0: off", unset=_recipe_default("clip_grad")
     )
-    dropout: float | None = setting(None, help=f"dropout before the classifier ({_model_default('dropout')})")
+    dropout: float | None = setting(None, help="dropout before the classifier", unset=_model_default("dropout"))
     crop_size: int = setting(224, help="training crop side; evaluation uses the centre crop of this side")
     scales: tuple[float, ...] = setting(
         MULTI_SCALES,
@@ -192,14 +201,15 @@ class TrainConfig:
     )
     flip: bool | None = setting(
         None,
-        help="random horizontal flips: --flip flips plainly, --no-flip never (default: the policy the dataset root "
-        "records: Something-Something and Jester swap their left/right label pairs, the others flip plainly)",
+        help="random horizontal flips: --flip flips plainly, --no-flip never",
+        unset="the flip policy the dataset root records (jobs/prepare_dataset.py --flip-policy)",
     )
     flip_label_pairs: tuple[tuple[int, int], ...] = setting(
         (),
         parse=label_pair,
         metavar="A:B",
-        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167 (default: the root's)",
+        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167",
+        unset="the root's",
     )
     pretrained: str | None = setting(
         None,
@@ -208,42 +218,44 @@ class TrainConfig:
     )
     partial_bn: bool = setting(False, help="ResNets: freeze every BatchNorm but the first")
     shift_div: int | None = setting(
-        None, help=f"TIN/TSM: 1/shift_div of the channels are shifted ({_model_default('shift_div')})"
+        None, help="TIN/TSM: 1/shift_div of the channels are shifted", unset=_model_default("shift_div")
     )
-    groups: int | None = setting(None, help=f"TIN: offset groups predicted by OffsetNet ({_model_default('groups')})")
+    groups: int | None = setting(None, help="TIN: offset groups predicted by OffsetNet", unset=_model_default("groups"))
     reverse: bool | None = setting(
-        None, help=f"TIN: mirror the offsets onto as many channel groups again ({_model_default('reverse')})"
+        None, help="TIN: mirror the offsets onto as many channel groups again", unset=_model_default("reverse")
     )
     offset_scale: float | None = setting(
-        None, help=f"TIN: offsets lie in (-offset_scale/2, offset_scale/2) ({_model_default('offset_scale')})"
+        None, help="TIN: offsets lie in (-offset_scale/2, offset_scale/2)", unset=_model_default("offset_scale")
     )
     aggregation: str | None = setting(
         None,
         choices=option_spec("aggregation").choices,
-        help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens) "
-        f"({_model_default('aggregation')})",
+        help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)",
+        unset=_model_default("aggregation"),
     )
     temporal_depth: int | None = setting(
-        None, help=f"STAM: layers of the temporal encoder ({_model_default('temporal_depth')})"
+        None, help="STAM: layers of the temporal encoder", unset=_model_default("temporal_depth")
     )
     drop_path: float | None = setting(
-        None, help=f"ViTs: stochastic depth rate of the trunk's blocks ({_model_default('drop_path')})"
+        None, help="ViTs: stochastic depth rate of the trunk's blocks", unset=_model_default("drop_path")
     )
     fusion: str | None = setting(
         None,
         choices=option_spec("fusion").choices,
-        help=f"ILA: add (the released code's) or token (the paper's) ({_model_default('fusion')})",
+        help="ILA: add (the released code's) or token (the paper's)",
+        unset=_model_default("fusion"),
     )
     jitter: float | None = setting(
-        None, help=f"ILA: offset of the 9 jittered training masks, 0: off ({_model_default('jitter')})"
+        None, help="ILA: offset of the 9 jittered training masks, 0: off", unset=_model_default("jitter")
     )
     mit_layers: int | None = setting(
-        None, help=f"ILA: transformer layers of the video head over the frames ({_model_default('mit_layers')})"
+        None, help="ILA: transformer layers of the video head over the frames", unset=_model_default("mit_layers")
     )
     freeze_backbone: bool | None = setting(
         None,
         help="ViTs: freeze the per-frame trunk and train the temporal parts and the head; --pretrained alone never "
-        f"freezes it ({_model_default('freeze_backbone')})",
+        "freezes it",
+        unset=_model_default("freeze_backbone"),
     )
     model_option: tuple[tuple[str, Any], ...] = setting(
         (),
@@ -270,7 +282,7 @@ class TrainConfig:
         help="where Ray Train keeps checkpoints (local directory or s3:// URI)",
     )
     name: str = setting("tin", help="run name; re-running with the same name and storage path resumes the run")
-    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI", unset="sqlite:///<cwd>/mlflow.db")
     experiment: str = setting("tin", help="MLflow experiment")
     register_model: str | None = setting(
         None, help="also register the final model in the MLflow model registry under this name (a new version)"
@@ -279,7 +291,11 @@ class TrainConfig:
         None, help="MLflow run id to nest this run under (a tuning search sets it per trial)"
     )
     max_failures: int = setting(0, help="restarts from the latest checkpoint after a worker dies")
-    seed: int = setting(0, help="seed of the shard order, the sampling and the model's initialisation")
+    seed: int = setting(
+        0,
+        help="seed of the shard and row order, each clip's frame sampling and augmentation, and the model's "
+        "initialisation",
+    )
 
     def validate(self) -> None:
         """Check what the flags alone decide (the dataset's facts are checked against the root when
