@@ -123,15 +123,15 @@ class BatchPredictConfig:
     )
     features: bool = setting(False, help="also write each clip's pooled features (the input of the classifier)")
     batch_size: int = setting(8, help="videos per forward pass of an actor")
-    actors: int | None = setting(None, help="model replicas (default: one per GPU with GPUs, else one per CPU)")
+    actors: int | None = setting(None, help="model replicas", unset="one per GPU with GPUs, else one per CPU")
     cpus_per_actor: float | None = setting(
         None,
-        help="CPUs each actor reserves, rounded: its torch threads (default: 1 beside a GPU; on CPUs, what the "
-        "decoders leave, shared by the actors)",
+        help="CPUs each actor reserves, rounded: its torch threads",
+        unset="1 beside a GPU; on CPUs, what the decoders leave, shared by the actors",
     )
-    use_gpu: bool | None = setting(None, help="one GPU per actor (default: when the cluster has GPUs)")
+    use_gpu: bool | None = setting(None, help="one GPU per actor", unset="when the cluster has GPUs")
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="videos per output file, the unit of resuming")
-    num_cpus: int | None = setting(None, help="CPUs of the local Ray (default: all; ignored on a cluster)")
+    num_cpus: int | None = setting(None, help="CPUs of the local Ray (ignored on a cluster)", unset="all")
     storage_options: dict[str, Any] = setting(
         default_factory=dict, internal=True, help="fsspec options of remote paths (storage_options_from_env)"
     )

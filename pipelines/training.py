@@ -19,10 +19,10 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.ray_internals import decode_shards_of_this_epoch
 from pipelines.ray_runtime import init_ray
 from pipelines.train_worker import train_loop_per_worker
 from tin.data import DatasetInfo
-from tin.data.batches import decode_shards
 from tin.data.reader import storage_options_from_env
 from tin.train.config import TrainConfig
 from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards
@@ -45,14 +45,18 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     epoch's first batch). Every epoch's ``iter_torch_batches`` executes the dataset again; in
     training each execution takes the shards in a new order (``randomize_block_order`` seeded by
     ``config.seed`` and Ray Data's count of executions: reproducible, and different every epoch)
-    and ``decode_shards`` reads the rows of every shard in a new order.
+    and ``decode_shards`` reads the rows of every shard in a new order, and samples and augments
+    every clip, from generators of (``config.seed``, the epoch, the shard or clip): the same seed
+    gives the same epochs whichever tasks decode them.
     """
     filesystem, files = split_shards(config, split)
     shards = shard_list(files)
     if train:
         shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
     clips = shards.map_batches(
-        decode_shards, batch_size=1, fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)}
+        decode_shards_of_this_epoch,
+        batch_size=1,
+        fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)},
     )
     return without_progress_output(clips)
 

@@ -314,9 +314,9 @@ class EvaluationConfig:
     split: str = setting(VAL_SPLIT, help="split to evaluate")
     clips: int = setting(1, help="temporal views per video")
     crops: int = setting(1, choices=CROPS, help="spatial crops per view: 1 (the centre) or 3 (along the long side)")
-    output: str | None = setting(None, help="write the results as JSON here (default: evaluation-<split>-<views>.json)")
-    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: the checkpoint's)")
-    experiment: str | None = setting(None, help="MLflow experiment (default: the checkpoint's)")
+    output: str | None = setting(None, help="write the results as JSON here", unset="evaluation-<split>-<views>.json")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI", unset="the checkpoint's")
+    experiment: str | None = setting(None, help="MLflow experiment", unset="the checkpoint's")
     batch_size: int = setting(8, help="videos per forward pass")
     device: str = setting("cpu", help="torch device")
 

@@ -68,8 +68,9 @@ def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_e
 
     filesystem, files = shard_paths(ramp_root.path, "val")
     seen: list[set[int]] = [set() for _ in range(8)]
-    for _ in range(30):  # training's own decode function, on the same shards
-        for batch in decode_shards({"path": np.array(files)}, filesystem, **decode_options(config, info, train=True)):
+    options = decode_options(config, info, train=True)
+    for epoch in range(30):  # training's own decode function, on the same shards
+        for batch in decode_shards({"path": np.array(files)}, filesystem, epoch=epoch, **options):
             for k, frames in enumerate(ramp_root.source_frames(batch["clips"]).T):
                 seen[k] |= set(frames.tolist())
     assert seen == [{9 * k + 1, 9 * k + 4, 9 * k + 7} for k in range(8)]

@@ -3,7 +3,8 @@
 The loop is ``tin.train.loop.run_training``, as on a Ray Train worker; the data is the same too:
 the split's Parquet shards, read in a new seeded order every epoch, each shard's rows in a new
 order, decoded, sampled and augmented by ``tin.data.batches.decode_shards`` (Ray Data's
-function), here in the worker processes of a torch ``DataLoader``. Checkpoints go where Ray Train
+function, with the same draws for the same --seed and epoch), here in the worker processes of a
+torch ``DataLoader``. Checkpoints go where Ray Train
 puts them, ``<storage-path>/<name>/checkpoint_<time>/checkpoint.pt`` (the latest
 ``CHECKPOINTS_KEPT`` kept), and a re-run continues from the latest of them and the same MLflow run.
 """
@@ -88,10 +89,11 @@ class LocalSession:
         yield latest_checkpoint(self.run_dir)
 
     def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """The shards in the epoch's order (seeded by --seed and the epoch), full batches only,
-        through a local shuffle buffer with --shuffle-buffer."""
+        """The shards in the epoch's order and their clips drawn as Ray Data draws them (both
+        seeded by --seed and the epoch), full batches only, through a local shuffle buffer with
+        --shuffle-buffer."""
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_stream.files))
-        rows = clip_rows(decoded_chunks(self.train_stream.in_order(order)))
+        rows = clip_rows(decoded_chunks(self.train_stream.in_epoch(epoch, order)))
         if self.config.shuffle_buffer:
             rng = np.random.default_rng(shuffle_seed(self.config.seed, epoch, self.rank))
             rows = buffer_shuffled(rows, self.config.shuffle_buffer, rng)
@@ -112,20 +114,21 @@ class LocalSession:
 
 
 class ShardStream(IterableDataset):
-    """``decode_shards`` over a split's shard files (its options: ``tin.train.setup.decode_options``);
-    in a ``DataLoader`` worker, over every ``num_workers``-th file from the worker's index on."""
+    """``decode_shards`` over a split's shard files in one epoch (its options:
+    ``tin.train.setup.decode_options``; the epoch picks the training draws); in a ``DataLoader``
+    worker, over every ``num_workers``-th file from the worker's index on."""
 
-    def __init__(self, filesystem: Any, files: list[str], options: dict[str, Any]) -> None:
-        self.filesystem, self.files, self.options = filesystem, files, options
+    def __init__(self, filesystem: Any, files: list[str], options: dict[str, Any], epoch: int = 0) -> None:
+        self.filesystem, self.files, self.options, self.epoch = filesystem, files, options, epoch
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         worker = get_worker_info()
         files = self.files if worker is None else self.files[worker.id :: worker.num_workers]
-        yield from decode_shards({"path": np.array(files)}, self.filesystem, **self.options)
+        yield from decode_shards({"path": np.array(files)}, self.filesystem, epoch=self.epoch, **self.options)
 
-    def in_order(self, order: np.ndarray) -> ShardStream:
-        """The same stream over the files taken in ``order`` (indices into ``files``)."""
-        return ShardStream(self.filesystem, [self.files[index] for index in order], self.options)
+    def in_epoch(self, epoch: int, order: np.ndarray) -> ShardStream:
+        """The stream of ``epoch``, over the files taken in ``order`` (indices into ``files``)."""
+        return ShardStream(self.filesystem, [self.files[index] for index in order], self.options, epoch)
 
 
 def decoded_chunks(stream: ShardStream) -> Iterator[dict[str, torch.Tensor]]:

@@ -102,6 +102,7 @@ def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[
         "flip_label_pairs": flip_label_pairs,
         "num_classes": len(info.classes),
         "multi_label": info.multi_label,
+        "seed": config.seed,
     }
 
 
