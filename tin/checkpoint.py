@@ -56,8 +56,8 @@ DATASET_KEY = "dataset"
 SPEC_KEY = "model_spec"
 RUN_KEY = "run"
 REQUIRED_KEYS = {
-    1: (EPOCH_KEY, WEIGHTS_KEY, CONFIG_KEY, DATASET_KEY),
-    2: (EPOCH_KEY, WEIGHTS_KEY, CONFIG_KEY, DATASET_KEY, SPEC_KEY, RUN_KEY),
+    UNNUMBERED_FORMAT: (EPOCH_KEY, WEIGHTS_KEY, CONFIG_KEY, DATASET_KEY),
+    FORMAT_VERSION: (EPOCH_KEY, WEIGHTS_KEY, CONFIG_KEY, DATASET_KEY, SPEC_KEY, RUN_KEY),
 }
 """What a file of each format must hold for its model to be read (training's resume state aside)."""
 
@@ -207,7 +207,7 @@ def read_saved(path: str | Path, storage_options: dict[str, Any] | None = None) 
     """
     source, saved = _load(str(path), storage_options)
     version = saved.get(FORMAT_KEY, UNNUMBERED_FORMAT) if isinstance(saved, dict) else None
-    if version not in REQUIRED_KEYS:
+    if not isinstance(version, int) or version not in REQUIRED_KEYS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise CheckpointError(
             f"{source} is a checkpoint of format version {version}, newer than this tin reads (up to "
