@@ -71,13 +71,13 @@ from pipelines.ingest import (
     write_ledger,
     write_text,
 )
+from tin.checkpoint import Checkpoint, TrainedModel, read_checkpoint
 from tin.config import check_choices, setting
 from tin.data import frames_from_column
 from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import VAL_SPLIT
 from tin.inference import CROPS, classifier, clip_probabilities_and_features, clip_views, temporal_views
 from tin.predict import PredictionError, decode_settings, top_classes, video_views
-from tin.train.checkpoint import evaluated_weights, read_checkpoint, rebuild_model
 from tin.train.progress import format_duration
 
 if TYPE_CHECKING:
@@ -263,24 +263,24 @@ def split_inputs(data: str, split: str, storage_options: dict[str, Any]) -> Inpu
 # The model
 
 
-def model_state(checkpoint: str) -> dict[str, Any]:
-    """What the actors rebuild the model from: the checkpoint's config, dataset facts and
-    ``evaluated_weights`` (no optimiser state); built once here, so that weights that do not fit
-    are refused before Ray starts.
+def model_state(checkpoint: str) -> Checkpoint:
+    """What the actors rebuild the model from: the checkpoint read (its spec, dataset facts and
+    the weights inference uses; no optimiser state); built once here, so that weights that do not
+    fit are refused before Ray starts.
 
     Raises:
-        CheckpointError: see ``tin.train.checkpoint.load_model``.
+        CheckpointError: see ``tin.checkpoint.load_model``.
     """
-    saved = read_checkpoint(checkpoint)
-    state = {key: saved[key] for key in ("config", "dataset", "epoch")} | {"model": evaluated_weights(saved)}
-    rebuild_model(state, checkpoint)
+    state = read_checkpoint(checkpoint)
+    state.build()
     return state
 
 
-def weights_sha256(state: dict[str, Any]) -> str:
-    """sha256 of a ``model_state``'s config and weights: which model the predictions come from."""
-    digest = hashlib.sha256(json.dumps(state["config"], sort_keys=True, default=str).encode())
-    for name, tensor in sorted(state["model"].items()):
+def weights_sha256(state: Checkpoint) -> str:
+    """sha256 of a checkpoint's training config (as recorded) and weights: which model the
+    predictions come from."""
+    digest = hashlib.sha256(json.dumps(state.training_config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(state.weights.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -306,9 +306,9 @@ class ClipPredictor:
 
         torch.set_num_threads(threads)
         state = ray.get(state) if isinstance(state, ray.ObjectRef) else state
-        self.model = rebuild_model(state, "the job's checkpoint").to(device).eval()
-        self.multi_label = bool(state["dataset"]["multi_label"])
-        self.num_classes = len(state["dataset"]["classes"])
+        self.model = state.build().to(device)
+        self.multi_label = state.trained.dataset.multi_label
+        self.num_classes = len(state.trained.classes)
         self.top_k = min(top_k, self.num_classes)
         self.probabilities, self.features = probabilities, features
         self.feature_size = classifier(self.model).in_features
@@ -339,29 +339,29 @@ class ClipPredictor:
 # One chunk's clips (a Ray Data task)
 
 
-def _view_shape(meta: dict[str, Any], clips: int, crops: int) -> tuple[int, ...]:
-    config = meta["config"]
-    return (clips * crops, config["num_segments"], config["crop_size"], config["crop_size"], 3)
+def _view_shape(trained: TrainedModel, clips: int, crops: int) -> tuple[int, ...]:
+    spec = trained.spec
+    return (clips * crops, spec.num_segments, spec.crop_size, spec.crop_size, 3)
 
 
 def clip_rows(
-    item: dict[str, Any], meta: dict[str, Any], clips: int, crops: int, storage_options: dict[str, Any]
+    item: dict[str, Any], trained: TrainedModel, clips: int, crops: int, storage_options: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
     """The rows of one chunk (a task item of ``Inputs``): {"chunk", "chunk_rows" (its clips),
     "position" (in it), "clip_id", "source", ["labels"], "views" uint8 (V, T, S, S, 3), "error" (""
     when the clip was read)}. A clip that cannot be read gets zero views and the reason."""
     readers = _video_readers(item, storage_options) if "sources" in item else _stored_readers(item, storage_options)
-    empty = np.zeros(_view_shape(meta, clips, crops), np.uint8)
+    empty = np.zeros(_view_shape(trained, clips, crops), np.uint8)
     for row, read_views in readers:
         try:
-            views, error = read_views(meta, clips, crops).numpy(), ""
+            views, error = read_views(trained, clips, crops).numpy(), ""
         except Exception as failure:  # one bad clip costs one error row, nothing more
             views, error = empty, describe_error(failure)
         yield {"chunk": item["chunk"], **row, "views": views, "error": error}
 
 
-ViewReader = Callable[[dict[str, Any], int, int], torch.Tensor]
-"""(meta, clips, crops) -> one clip's views uint8 (V, T, S, S, 3)."""
+ViewReader = Callable[[TrainedModel, int, int], torch.Tensor]
+"""(trained model, clips, crops) -> one clip's views uint8 (V, T, S, S, 3)."""
 
 
 def _video_readers(
@@ -375,9 +375,9 @@ def _video_readers(
 
 
 def _video_file_views(
-    source: str, storage_options: dict[str, Any], meta: dict[str, Any], clips: int, crops: int
+    source: str, storage_options: dict[str, Any], trained: TrainedModel, clips: int, crops: int
 ) -> torch.Tensor:
-    return video_views(load_source(source, storage_options), meta, clips, crops)
+    return video_views(load_source(source, storage_options), trained, clips, crops)
 
 
 def _stored_readers(
@@ -397,11 +397,10 @@ def _stored_readers(
                 position += 1
 
 
-def _stored_clip_views(frames: pa.Array, meta: dict[str, Any], clips: int, crops: int) -> torch.Tensor:
+def _stored_clip_views(frames: pa.Array, trained: TrainedModel, clips: int, crops: int) -> torch.Tensor:
     """The views of a clip's stored frames (a one-row ``frames`` column), as evaluation takes them."""
-    config = meta["config"]
     stored = torch.from_numpy(frames_from_column(frames)[0])
-    return clip_views(stored, config["num_segments"], config["crop_size"], clips, crops)
+    return clip_views(stored, trained.spec.num_segments, trained.spec.crop_size, clips, crops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +534,7 @@ def run_pending(
     fs: Any,
     root: str,
     pending: list[dict[str, Any]],
-    state: dict[str, Any],
+    state: Checkpoint,
     config: BatchPredictConfig,
     log: Callable[[str], None],
 ) -> dict[int, dict[str, Any]]:
@@ -550,11 +549,10 @@ def run_pending(
     resources = ray.cluster_resources()
     placed = placement(config, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
     log(f"[predict] {placed.describe()}")
-    meta = {"config": state["config"], "dataset": state["dataset"]}
     views = ray.data.from_items(pending, override_num_blocks=len(pending)).flat_map(
         clip_rows,
         fn_kwargs={
-            "meta": meta,
+            "trained": state.trained,
             "clips": config.clips,
             "crops": config.crops,
             "storage_options": config.storage_options,
@@ -578,7 +576,7 @@ def run_pending(
         },
     )
     predicted.context.print_on_execution_start = False
-    classes = np.asarray(state["dataset"]["classes"], dtype=object)
+    classes = np.asarray(state.trained.classes, dtype=object)
     run_id, node, collector = uuid.uuid4().hex, get_node_ip_address(), ChunkCollector()
     started, clips = time.perf_counter(), 0
     markers: dict[int, dict[str, Any]] = {}
@@ -661,26 +659,26 @@ def check_plan(fs: Any, root: str, plan: dict[str, Any], output: str) -> bool:
     return False
 
 
-def check_inputs(config: BatchPredictConfig, meta: dict[str, Any]) -> Inputs:
+def check_inputs(config: BatchPredictConfig, trained: TrainedModel) -> Inputs:
     """List the inputs, refusing what cannot work before anything runs: a split the checkpoint
     cannot predict, more temporal views than the frames give.
 
     Raises:
         UsageError: naming the flag (--videos, --data, --split, --clips).
     """
-    num_segments = meta["config"]["num_segments"]
+    num_segments = trained.spec.num_segments
     if config.videos is not None:
-        temporal_views(decode_settings(meta)[0], num_segments, config.clips)
+        temporal_views(decode_settings(trained)[0], num_segments, config.clips)
         return video_inputs(config.videos, config.chunk_size, config.storage_options)
     from tin.evaluate import split_info
 
     assert config.data is not None
-    info = split_info(config.data, config.split, list(meta["dataset"]["classes"]), config.storage_options)
+    info = split_info(config.data, config.split, list(trained.classes), config.storage_options)
     temporal_views(info.frames_per_clip, num_segments, config.clips)
     return split_inputs(config.data, config.split, config.storage_options)
 
 
-def evaluate_written(fs: Any, root: str, config: BatchPredictConfig, meta: dict[str, Any]) -> Evaluation | None:
+def evaluate_written(fs: Any, root: str, config: BatchPredictConfig, trained: TrainedModel) -> Evaluation | None:
     """The metrics of a labelled split from the probabilities written under the output root
     (``tin.evaluate``'s); also written as ``evaluation.json`` there. None when nothing was written."""
     from tin.evaluate import scored_evaluation
@@ -698,8 +696,8 @@ def evaluate_written(fs: Any, root: str, config: BatchPredictConfig, meta: dict[
         config.split,
         config.clips,
         config.crops,
-        meta,
-        bool(meta["dataset"]["multi_label"]),
+        trained,
+        trained.dataset.multi_label,
         scores,
         table.column("labels").to_pylist(),
     )
@@ -718,8 +716,7 @@ def predict_at_scale(config: BatchPredictConfig, log: Callable[[str], None] = pr
     """
     config.validate()
     state = model_state(config.checkpoint)
-    meta = {"config": state["config"], "dataset": state["dataset"]}
-    inputs = check_inputs(config, meta)
+    inputs = check_inputs(config, state.trained)
     scored = labelled_split(config)
     if scored:  # the metrics are computed from the written probabilities
         config = dataclasses.replace(config, probabilities=True)
@@ -748,7 +745,7 @@ def predict_at_scale(config: BatchPredictConfig, log: Callable[[str], None] = pr
         summary = write_errors(fs, root, PREDICTIONS, [markers[chunk] for chunk in range(chunks)])
         write_text(fs, summary_path(root, PREDICTIONS), json.dumps(summary), root)
         chunks_run = len(pending)
-    evaluation = evaluate_written(fs, root, config, meta) if scored else None
+    evaluation = evaluate_written(fs, root, config, state.trained) if scored else None
     output = config.output.rstrip("/")
     return BatchPredictionResult(
         written=summary["written"],

@@ -15,8 +15,8 @@ import ray.util
 import torch
 from torch import nn
 
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data.facts import DatasetFacts
-from tin.train.checkpoint import CHECKPOINT_FILE
 from tin.train.config import TrainConfig
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
 from tin.train.progress import show_only_project_info

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.ray_env import clean_env
-from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+from tin.checkpoint import CHECKPOINT_FILE
+from tin.train.checkpoint import load_state
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 20  # tiny epochs of about a second: the run must outlast the other Ray's start and stop

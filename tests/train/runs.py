@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from tin.train.checkpoint import CHECKPOINT_FILE
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,10 @@ import torch
 
 from pipelines.cli import train as train_job
 from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tin.checkpoint import read_checkpoint
 from tin.data import iter_clips, load_dataset_info
 from tin.errors import USAGE_EXIT_STATUS
-from tin.train.checkpoint import load_model, load_state
+from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.local import LocalSession, batched, buffer_shuffled, checkpoint_folders, local_device, train_locally
 
@@ -75,8 +76,9 @@ def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_l
     assert len(checkpoint_folders(Path(config.storage_path) / config.name)) == 2  # the latest two kept
     client, run = mlflow_run(config)  # one run, one entry per epoch
     assert metric_steps(client, run, "val_top1") == [1, 2, 3]
-    _, meta = load_model(latest_checkpoint(config))
-    assert meta["epoch"] == 3 and meta["config"]["lr"] == 0.02
+    saved = read_checkpoint(latest_checkpoint(config))
+    assert saved.trained.epoch == 3 and saved.training_config["weight_decay"] == 5e-4  # resolved: the recipe's
+    saved.build()  # the weights fit the model the checkpoint describes
 
 
 def test_local_epochs_read_every_clip_once_in_a_new_shard_order(single_label_root, tmp_path):

@@ -15,10 +15,11 @@ from pipelines.train_worker import local_shuffle
 from pipelines.training import shard_list, train, training_clips, validation_clips
 from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
+from tin.checkpoint import load_model
 from tin.data import iter_clips, load_dataset_info
 from tin.data.batches import decode_shards
 from tin.export import example_clips
-from tin.train.checkpoint import load_model, load_state
+from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.loop import epoch_steps
 from tin.train.setup import (
@@ -120,8 +121,8 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     assert int(state.ema["n_averaged"]) == 2 * steps  # the average went on, not restarted
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2]  # one entry per epoch, not 3
-    model, meta = load_model(latest_checkpoint(config))
-    assert meta["epoch"] == 2 and meta["dataset"]["classes"][0] == "left"
+    model, trained = load_model(latest_checkpoint(config))
+    assert trained.epoch == 2 and trained.classes[0] == "left"
     average = {key.removeprefix("module."): value for key, value in state.ema.items() if key != "n_averaged"}
     assert torch.equal(model.state_dict()["head.fc.weight"], average["head.fc.weight"])  # evaluated: the average
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tin.checkpoint import training_model_options
 from tin.config import by_value, check_choices, setting
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
@@ -401,17 +402,10 @@ class TrainConfig:
         return typed
 
     def model_options(self) -> dict[str, Any]:
-        """Keyword options for ``build_model``: pretrained, and the model-option fields (dropout
-        included) and ``--model-option`` pairs that are set, typed (the model's defaults stand for
-        the rest)."""
-        options: dict[str, Any] = {"pretrained": self.pretrained}
-        if self.partial_bn:
-            options["partial_bn"] = True
-        for name in MODEL_OPTION_FIELDS:
-            if getattr(self, name) is not None:
-                options[name] = getattr(self, name)
-        options.update(self._typed_model_options())
-        return options
+        """Keyword options for ``build_model``: pretrained, and the options the other fields set
+        (``tin.checkpoint.training_model_options``), the ``--model-option`` values typed (the
+        model's defaults stand for the rest)."""
+        return {"pretrained": self.pretrained, **training_model_options(vars(self)), **self._typed_model_options()}
 
     def recipe(self) -> Recipe:
         """The optimisation settings this run uses: the fields set, the model family's recipe for

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
-from tin.train.checkpoint import CHECKPOINT_FILE
 from tin.train.config import TrainConfig, TrainingSetupError, check_local
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
 from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards

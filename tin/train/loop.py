@@ -27,15 +27,16 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
+from tin.metrics import class_map, sample_map, topk_correct
 from tin.models import build_model
 from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
+from tin.train.checkpoint import TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
 from tin.train.distributed import gather_objects, gather_rows
-from tin.train.metrics import class_map, sample_map, topk_correct
 from tin.train.progress import EpochLog, RunRecorder, logger
 from tin.train.schedule import build_scheduler
 from tin.train.step import (
