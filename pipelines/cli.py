@@ -78,7 +78,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     Every field of tin.train.TrainConfig is a flag and a key of --config. Runs on a machine
     without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
     submit``. Re-running with the same --name and --storage-path continues the run from its
-    latest checkpoint.
+    latest checkpoint. --local trains in this process on one device instead, without Ray.
     """
     return run_training(argv, {}, train.__doc__)
 
