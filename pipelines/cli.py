@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ from pipelines.formats import FORMATS, formats_help
 from pipelines.layouts import LAYOUTS, ReleaseLayout
 from pipelines.search import SEARCHABLE, SearchConfig
 from tin.config import exits_on_usage_error, parse_config
-from tin.train.config import TrainConfig
+from tin.data.reader import storage_options_from_env
+from tin.train.config import LOCAL_SETTINGS, TrainConfig
 
 if TYPE_CHECKING:
     from pipelines.demo import DemoConfig  # imports Ray
@@ -76,7 +78,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     Every field of tin.train.TrainConfig is a flag and a key of --config. Runs on a machine
     without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
     submit``. Re-running with the same --name and --storage-path continues the run from its
-    latest checkpoint.
+    latest checkpoint. --local trains in this process on one device instead, without Ray.
     """
     return run_training(argv, {}, train.__doc__)
 
@@ -108,18 +110,36 @@ def train_kinetics600(argv: Sequence[str] | None = None) -> int:
 @exits_on_usage_error
 def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], description: str | None) -> int:
     """A training job: ``recipe`` gives the defaults of the flags; prints the last epoch's metrics
-    and the checkpoint."""
-    config = parse_config(TrainConfig, argv, defaults=recipe, description=description)
-    from pipelines.training import run_summary, show_data_warnings_as_lines
-    from pipelines.training import train as run
+    and the checkpoint. With ``--local`` the run trains in this process and never imports Ray."""
+    local_flag = argparse.ArgumentParser(add_help=False)
+    local_flag.add_argument(
+        "--local",
+        action="store_true",
+        help="train in this process on one device (the CPU, or the GPU with --use-gpu), without Ray or a cluster: "
+        "the same data pipeline, checkpoints under --storage-path/--name and MLflow run; for debugging and GPU checks",
+    )
+    local = local_flag.parse_known_args(argv)[0].local
+    defaults = {**recipe, **LOCAL_SETTINGS} if local else recipe
+    config = parse_config(TrainConfig, argv, defaults=defaults, description=description, parents=[local_flag])
+    from tin.train.setup import show_data_warnings_as_lines
 
     show_data_warnings_as_lines()
+    if local:
+        from tin.train.local import train_locally
+        from tin.train.progress import show_only_project_info
 
-    result = run(config)
-    if result.error:
-        print(f"training failed: {result.error}", file=sys.stderr)
-        return 1
-    summary = run_summary(result)
+        logging.basicConfig(format="%(message)s")
+        show_only_project_info()
+        summary = train_locally(config)
+    else:
+        from pipelines.training import run_summary
+        from pipelines.training import train as run
+
+        result = run(config)
+        if result.error:
+            print(f"training failed: {result.error}", file=sys.stderr)
+            return 1
+        summary = run_summary(result)
     prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
     shown = "  ".join(
         f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float)
@@ -148,7 +168,7 @@ def prepare_dataset(argv: Sequence[str] | None = None) -> int:
     config = parse_config(
         prepare.PrepareConfig,
         argv,
-        defaults={"storage_options": prepare.storage_options_from_env()},
+        defaults={"storage_options": storage_options_from_env()},
         description=f"{inspect.cleandoc(prepare_dataset.__doc__ or '')}\n\n{formats_help()}",
     )
     _prepare_split(config)
@@ -187,7 +207,7 @@ def prepare_release(layout: ReleaseLayout, argv: Sequence[str] | None) -> int:
     several, and the settings of jobs/prepare_dataset.py but those the layout decides, defaulting
     to its format's (``DatasetFormat.prepare_defaults``); the splits' files are all found before
     the first split is prepared."""
-    defaults = {"storage_options": prepare.storage_options_from_env(), **FORMATS[layout.format].prepare_defaults}
+    defaults = {"storage_options": storage_options_from_env(), **FORMATS[layout.format].prepare_defaults}
     config = parse_config(
         prepare.ReleaseConfig,
         argv,
@@ -236,7 +256,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
     config = parse_config(
         BatchPredictConfig,
         argv,
-        defaults={"storage_options": prepare.storage_options_from_env()},
+        defaults={"storage_options": storage_options_from_env()},
         description=predict.__doc__,
     )
     result = predict_at_scale(config, log=lambda line: print(line, flush=True))
@@ -268,8 +288,8 @@ def tune_tin(argv: Sequence[str] | None = None) -> int:
     """
     description = f"{inspect.cleandoc(tune_tin.__doc__ or '')}\n\nsearched dimensions: {', '.join(SEARCHABLE)}"
     search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=description)
-    from pipelines.training import show_data_warnings_as_lines
     from pipelines.tuning import run_search
+    from tin.train.setup import show_data_warnings_as_lines
 
     show_data_warnings_as_lines()
     outcome = run_search(search)
@@ -305,7 +325,7 @@ def demo(argv: Sequence[str] | None = None) -> int:
     Starts a local Ray on 127.0.0.1, or attaches to RAY_ADDRESS.
     """
     from pipelines.demo import comparison_table, run_demo, where_to_look
-    from pipelines.training import show_data_warnings_as_lines
+    from tin.train.setup import show_data_warnings_as_lines
 
     config = demo_config(argv)
     show_data_warnings_as_lines()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -166,27 +165,6 @@ class ReleaseConfig:
                 )
             )
         return configs
-
-
-def storage_options_from_env() -> dict[str, Any]:
-    """s3fs options from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
-    AWS_DEFAULT_REGION of this process, handed to the Ray tasks explicitly so that workers on
-    other nodes (whose environment may differ) reach the same object store."""
-    options: dict[str, Any] = {}
-    client_kwargs = {
-        key: os.environ[name]
-        for key, name in (
-            ("endpoint_url", "AWS_ENDPOINT_URL"),
-            ("region_name", "AWS_DEFAULT_REGION"),
-        )
-        if os.environ.get(name)
-    }
-    if client_kwargs:
-        options["client_kwargs"] = client_kwargs
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        options["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-    return options
 
 
 def format_request(config: PrepareConfig) -> FormatRequest:

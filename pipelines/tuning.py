@@ -42,12 +42,13 @@ from pipelines.search import (
     SINGLE_LABEL_METRICS,
     SearchConfig,
 )
-from pipelines.training import build_trainer, check_config, with_resolved_locations
+from pipelines.training import build_trainer
 from tin import tracking, viz
 from tin.config import read_yaml_file
 from tin.data import DatasetInfo
 from tin.models.build import model_family, model_option_defaults
 from tin.train.config import MODEL_OPTION_FIELDS, TrainConfig, TrainingSetupError
+from tin.train.setup import check_config, with_resolved_locations
 
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
 SAMPLING_KINDS = ("choice", "grid", "uniform", "loguniform")

@@ -27,6 +27,10 @@ from tin.train.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's, for the workers' bundles
+LOCAL_SETTINGS: dict[str, Any] = {"num_workers": 1, "cpus_per_worker": None, "max_failures": 0}
+"""The cluster settings of a run in one process; ``--local`` makes them the defaults and refuses others."""
+CLUSTER_FIELDS = (*LOCAL_SETTINGS, "placement_strategy")
+"""The ``TrainConfig`` fields that only a Ray Train run uses."""
 
 
 class TrainingSetupError(UsageError):
@@ -412,6 +416,14 @@ class TrainConfig:
             chosen["lr"] = base.scratch_lr
         return dataclasses.replace(base, **chosen)
 
+    def with_recipe(self) -> TrainConfig:
+        """This config with every recipe field (``RECIPE_FIELDS``) set to the value ``recipe``
+        resolves it to. The driver resolves it once, before any worker starts, so the workers train
+        with and MLflow and the checkpoints record the values themselves (an lr, not None); flags
+        that were set keep their values."""
+        recipe = self.recipe()
+        return dataclasses.replace(self, **{name: getattr(recipe, name) for name in RECIPE_FIELDS})
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -439,3 +451,24 @@ MODEL_OPTION_FIELDS = tuple(
 passed to ``build_model`` when set: dropout, TIN's and TSM's temporal options and the ViT options training
 and the tuning spaces set directly. ``pretrained`` and ``partial_bn`` pass on their own terms; every
 other option reaches the model through ``--model-option NAME=VALUE``."""
+
+
+def check_local(config: TrainConfig) -> None:
+    """A run in one process takes no cluster settings and keeps its checkpoints in a local folder.
+
+    Raises:
+        TrainingSetupError: naming the flag.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    expected = {**{name: defaults[name] for name in CLUSTER_FIELDS}, **LOCAL_SETTINGS}
+    for name, value in expected.items():
+        if getattr(config, name) != value:
+            raise TrainingSetupError(
+                f"--{name.replace('_', '-')} {getattr(config, name)}: --local trains in one process without "
+                f"a cluster; drop --local to train with Ray Train, or drop --{name.replace('_', '-')}"
+            )
+    if "://" in config.storage_path:
+        raise TrainingSetupError(
+            f"--storage-path {config.storage_path}: --local keeps its checkpoints in a local folder; give one, "
+            f"or drop --local to train with Ray Train"
+        )
