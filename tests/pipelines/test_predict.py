@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipelines import cli
-from pipelines.ingest import marker_path, shard_path, summary_path
+from pipelines.chunked_output import ChunkedOutput
 from pipelines.predict import PREDICTIONS
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
@@ -111,14 +111,14 @@ def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path,
     assert all(len(row["top_classes"]) == 2 and "probabilities" not in row for row in first)
 
     # as if the run had stopped before chunk 1 was written: neither its file nor its marker, no summary
-    root = str(output)
-    kept = Path(shard_path(root, PREDICTIONS, 0)).stat().st_mtime_ns
-    for path in (shard_path(root, PREDICTIONS, 1), marker_path(root, PREDICTIONS, 1), summary_path(root, PREDICTIONS)):
+    written = ChunkedOutput.open(str(output), PREDICTIONS, {})
+    kept = Path(written.part_path(0)).stat().st_mtime_ns
+    for path in (written.part_path(1), written.marker_path(1), written.summary_path):
         Path(path).unlink()
     assert cli.predict(args) == 0
     assert f"{CLIPS} videos in 3 chunks; 1 to do" in capsys.readouterr().out
     assert predictions(output) == first
-    assert Path(shard_path(root, PREDICTIONS, 0)).stat().st_mtime_ns == kept  # only chunk 1 was written again
+    assert Path(written.part_path(0)).stat().st_mtime_ns == kept  # only chunk 1 was written again
 
     assert cli.predict(args) == 0  # complete: answered from the summary
     assert "complete already: 5 predicted, 0 failed in 3 chunks; nothing to do" in capsys.readouterr().out
