@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import fsspec
@@ -57,12 +57,13 @@ Marker = dict[str, Any]
 """A chunk's done-marker: {"chunk", "written", "failed", "errors": [error rows], "node"}."""
 
 
-@dataclass(kw_only=True)
+@dataclass
 class ChunkedOutputConfig:
-    """The settings every job that writes a chunked output has (keyword-only, so that a job's
-    config that extends it keeps its own positional fields first)."""
+    """The settings every job that writes a chunked output has. All but ``output`` are keyword-only,
+    so that a config extending it keeps its own positional fields right after ``output``."""
 
     output: str = setting("", help="output root: a local directory or s3://bucket/prefix (required)")
+    _: KW_ONLY
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="clips per output file and per task: the unit of resuming")
     num_cpus: int | None = setting(None, help="CPUs of the local Ray (default: all; ignored on a cluster)")
     storage_options: dict[str, Any] = setting(

@@ -5,7 +5,12 @@ and usage errors. Tiny inputs: 32 x 32 synthetic videos and an untrained tin_r18
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from pipelines.chunked_output import ChunkedOutput
 from pipelines.predict import PREDICTIONS
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
-from tests.pipelines.test_jobs import run_job
+from tests.pipelines.test_jobs import REPO, job_env, run_job
 from tin.data import read_errors
 from tin.errors import USAGE_EXIT_STATUS
 from tin.evaluate import evaluate_checkpoint
@@ -126,6 +131,47 @@ def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path,
     assert capsys.readouterr().err.startswith(
         f"error: --output {output} holds predictions of other inputs or settings (top_k differ"
     )
+
+
+def test_a_killed_prediction_resumes_and_writes_each_clip_once(ray_session, inputs, tmp_path):
+    """The actors commit the chunks: what they committed before the driver was killed (with no
+    ledger written) is kept by the rerun, and every clip lands once."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for copy in range(3):
+        for path in inputs.good:
+            shutil.copy(path, folder / f"{copy}-{path.name}")
+    shutil.copy(inputs.videos / "val" / "broken.mp4", folder / "broken.mp4")
+    videos = sorted(path.name for path in folder.iterdir())  # 16, the broken one last: one chunk each
+    output = tmp_path / "out"
+    args = ["--checkpoint", str(inputs.checkpoint), "--videos", str(folder), "--output", str(output)]
+    args += ["--chunk-size", "1", "--actors", "1"]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "predict.py"), *args],
+        env=job_env(ray_session),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    progress = output / "_ingest" / PREDICTIONS
+    deadline = time.monotonic() + 240
+    while len(list(progress.glob("done-*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    markers = sorted(progress.glob("done-*.json"))
+    assert 2 <= len(markers) < len(videos), "the job was not interrupted mid-way"
+    assert not list(progress.glob("ledger-*.json"))  # the driver kept no record: the actors' markers do
+    parts = [output / PREDICTIONS / f"part-{marker.stem[5:]}.parquet" for marker in markers]
+    kept = {part: part.stat().st_mtime_ns for part in parts}
+
+    done = run_job("predict.py", args, ray_session)
+    assert done.returncode == 0, done.stderr
+    to_do = int(re.search(r"16 videos in 16 chunks; (\d+) to do", done.stdout).group(1))
+    assert 0 < to_do <= len(videos) - len(markers)
+    assert {part: part.stat().st_mtime_ns for part in parts} == kept  # committed chunks were not redone
+    assert sorted(row["clip_id"] for row in predictions(output)) == videos[:-1]  # each clip once
+    assert [error["clip_id"] for error in read_errors(str(output), PREDICTIONS)] == ["broken.mp4"]
+    assert f"predicted {len(videos) - 1} clips, failed 1" in done.stdout
 
 
 def test_labelled_split_gets_the_metrics_of_evaluation(ray_session, inputs, tmp_path, capsys):
