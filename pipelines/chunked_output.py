@@ -259,7 +259,8 @@ def error_row(clip_id: str, source: str, reason: str) -> dict[str, str]:
 class Wording:
     """How a job's log lines name things: ``label`` heads every line ("[train]", "[predict]"),
     ``items`` are what chunks hold ("clips", "videos"), ``verb`` what became of the good ones
-    ("written", "predicted"), ``stopped`` what stops when Ray fails ("ingest of split 'train'")."""
+    ("written", "predicted"), ``stopped`` what stops when Ray fails ("ingest of split 'train'"),
+    ``error`` the job's UsageError that such a failure becomes."""
 
     label: str
     items: str
