@@ -237,18 +237,14 @@ def marker_text(chunk: int, written: int, errors: list[dict[str, str]], node: st
     return json.dumps({"chunk": chunk, "written": written, "failed": len(errors), "errors": errors, "node": node})
 
 
-def describe_error(error: BaseException) -> str:
-    """A readable one-line reason for an error row (a VideoError's message is one already)."""
+def error_row(clip_id: str, source: str, reason: str | BaseException) -> dict[str, str]:
+    """One row of ``errors/<name>.jsonl``: a clip that could not be used and why (an exception is
+    told as its message, with its type unless it is a VideoError, whose message says it all)."""
     from tin.data.video import VideoError
 
-    if isinstance(error, VideoError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
-
-
-def error_row(clip_id: str, source: str, reason: str) -> dict[str, str]:
-    """One row of ``errors/<name>.jsonl``: a clip that could not be used and why."""
-    return {"clip_id": clip_id, "source": source, "error": reason}
+    if isinstance(reason, BaseException) and not isinstance(reason, VideoError):
+        reason = f"{type(reason).__name__}: {reason}"
+    return {"clip_id": clip_id, "source": source, "error": str(reason)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +263,18 @@ class Wording:
     verb: str
     stopped: str
     error: type[UsageError]
+
+    def rows_of(self, dataset: Any) -> Iterator[dict[str, Any]]:
+        """The rows of a Ray dataset; a failure of Ray itself (not of a clip) becomes ``error``,
+        saying that the finished chunks are kept."""
+        try:
+            yield from dataset.iter_rows()
+        except Exception as failure:
+            reason = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
+            raise self.error(
+                f"{self.stopped} stopped: {reason}. Chunks finished so far are kept; run the same command again "
+                f"to resume"
+            ) from failure
 
 
 @dataclass(frozen=True)
@@ -301,19 +309,6 @@ class _Progress:
             f"{wording.items}/s, {1000 * self.cpu_seconds / max(self.clips, 1):.0f} CPU-ms/{per_item}, "
             f"eta {format_duration(eta)}"
         )
-
-
-def ray_rows(dataset: Any, wording: Wording) -> Iterator[dict[str, Any]]:
-    """The rows of a Ray dataset; a failure of Ray itself (not of a clip) becomes ``wording.error``
-    saying that the finished chunks are kept."""
-    try:
-        yield from dataset.iter_rows()
-    except Exception as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise wording.error(
-            f"{wording.stopped} stopped: {reason}. Chunks finished so far are kept; run the same command again "
-            f"to resume"
-        ) from error
 
 
 def gather_markers(

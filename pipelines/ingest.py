@@ -43,15 +43,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 import tin
-from pipelines.chunked_output import (
-    ChunkedOutput,
-    ChunkedOutputConfig,
-    Wording,
-    describe_error,
-    error_row,
-    ray_rows,
-    run_chunks,
-)
+from pipelines.chunked_output import ChunkedOutput, ChunkedOutputConfig, Wording, error_row, run_chunks
 from pipelines.manifests import Manifest, ManifestRow
 from tin.config import setting
 from tin.data.frames import frame_name_pattern, read_frame_folder
@@ -357,7 +349,7 @@ def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | 
                 try:
                     pending.append(clip_record(row, config, frame_template))
                 except Exception as error:  # one bad video costs one error row, nothing more
-                    errors.append(error_row(row.clip_id, row.path, describe_error(error)))
+                    errors.append(error_row(row.clip_id, row.path, error))
                 journal.end(position)
             if pending and (len(pending) == config.row_group_size or position == len(rows) - 1):
                 writer = writer or pq.ParquetWriter(temporary, schema, use_dictionary=False)
@@ -498,7 +490,7 @@ def _chunk_tasks(
                 max_retries=TASK_RETRIES,
             )
         dataset.context.print_on_execution_start = False  # the plan line says nothing a user needs
-        return ray_rows(dataset, _wording(config.split))
+        return _wording(config.split).rows_of(dataset)
 
     return execute
 

@@ -53,15 +53,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.chunked_output import (
-    ChunkedOutput,
-    ChunkedOutputConfig,
-    Wording,
-    describe_error,
-    error_row,
-    ray_rows,
-    run_chunks,
-)
+from pipelines.chunked_output import ChunkedOutput, ChunkedOutputConfig, Wording, error_row, run_chunks
 from pipelines.ingest import load_source
 from tin.config import check_choices, setting
 from tin.data import frames_from_column
@@ -313,13 +305,11 @@ class ChunkPredictor:
         Returns {"chunk", "marker": the marker's text, "cpu_seconds": of the decoding and of this call}."""
         started = time.process_time()
         chunk, clips = int(batch["chunk"][0]), json.loads(batch["clips"][0])
-        readable = [clip for clip in clips if not clip["error"]]
-        if readable:
+        if clips:
             probabilities, features = self.predict(np.asarray(batch["views"][0]))
             with self.output.staged_file(self.output.part_path(chunk)) as temporary:
-                pq.write_table(self.table(readable, probabilities, features), temporary)
-        errors = [error_row(clip["clip_id"], clip["source"], clip["error"]) for clip in clips if clip["error"]]
-        marker = self.output.mark_done(chunk, len(readable), errors)
+                pq.write_table(self.table(clips, probabilities, features), temporary)
+        marker = self.output.mark_done(chunk, len(clips), json.loads(batch["errors"][0]))
         cpu_seconds = float(batch["cpu_seconds"][0]) + time.process_time() - started
         return {"chunk": np.array([chunk]), "marker": np.array([marker]), "cpu_seconds": np.array([cpu_seconds])}
 
@@ -373,23 +363,23 @@ def chunk_views(
     item: dict[str, Any], meta: dict[str, Any], clips: int, crops: int, storage_options: dict[str, Any]
 ) -> dict[str, Any]:
     """One chunk (a task item of ``Inputs``) read and decoded, as one row: {"chunk", "clips": JSON
-    list of {"clip_id", "source", ["labels"], "error" ("" when the clip was read)} in input order,
-    "views": uint8 (R, V, T, S, S, 3) of the R readable clips in that order, "cpu_seconds": of this
-    task}. A clip that cannot be read costs its error text, nothing more."""
+    list of the readable clips' {"clip_id", "source", ["labels"]} in input order, "views": uint8
+    (R, V, T, S, S, 3) of those R clips, "errors": JSON list of the other clips' error rows,
+    "cpu_seconds": of this task}. A clip that cannot be read costs one error row, nothing more."""
     started = time.process_time()
     readers = _video_readers(item, storage_options) if "sources" in item else _stored_readers(item, storage_options)
-    rows, views = [], []
+    readable, views, errors = [], [], []
     for row, read_views in readers:
         try:
             views.append(read_views(meta, clips, crops).numpy())
-            rows.append({**row, "error": ""})
+            readable.append(row)
         except Exception as failure:  # one bad clip costs one error row, nothing more
-            rows.append({**row, "error": describe_error(failure)})
-    stacked = np.stack(views) if views else np.zeros((0, *_view_shape(meta, clips, crops)), np.uint8)
+            errors.append(error_row(row["clip_id"], row["source"], failure))
     return {
         "chunk": item["chunk"],
-        "clips": json.dumps(rows),
-        "views": stacked,
+        "clips": json.dumps(readable),
+        "views": np.stack(views) if views else np.zeros((0, *_view_shape(meta, clips, crops)), np.uint8),
+        "errors": json.dumps(errors),
         "cpu_seconds": time.process_time() - started,
     }
 
@@ -537,7 +527,7 @@ def _chunk_tasks(
             },
         )
         predicted.context.print_on_execution_start = False
-        return ray_rows(predicted, WORDING)
+        return WORDING.rows_of(predicted)
 
     return execute
 
