@@ -9,8 +9,8 @@ The stages::
         shards of a split; cut into chunks (--chunk-size videos; a split: one chunk per shard)
     --read + decode (Ray Data tasks, one per chunk)--> the test-time views of every clip (uint8
         (V, T, S, S, 3), ``tin.inference.clip_views``): a video decoded as the checkpoint's ingest
-        decoded its training data (``tin.predict.video_views``), a stored clip as evaluation reads it
-        of one chunk, handed on as one row
+        decoded its training data (``tin.predict.video_views``), a stored clip as evaluation reads
+        it; a chunk's views handed on as one row
     --model (``map_batches`` over an actor pool, a chunk a call: one model per actor, --batch-size
         videos a forward)--> top-k classes and scores, optionally every class's probability and the
         pooled features --the same actor--> the chunk's Parquet file, then its done-marker
