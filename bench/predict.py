@@ -33,10 +33,11 @@ import torch
 
 from pipelines.predict import BatchPredictConfig, predict_at_scale
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
+from tin.checkpoint import CHECKPOINT_FILE, load_model
 from tin.data.facts import DatasetFacts
 from tin.models import build_model
 from tin.predict import predict_videos
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_model, save_state
+from tin.train.checkpoint import TrainingState, save_state
 from tin.train.config import TrainConfig
 
 FRAMES = 8
@@ -71,10 +72,10 @@ def _pinned(cpus: int, function: Callable[..., T], *args: Any) -> T:
 def one_process(checkpoint: Path, paths: list[str], threads: int) -> float:
     """Videos/s of tin.predict in this process with ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    model, meta = load_model(checkpoint)
-    list(predict_videos(model, meta, paths[:1]))  # first forward: kernels loaded, allocator warm
+    model, trained = load_model(checkpoint)
+    list(predict_videos(model, trained, paths[:1]))  # first forward: kernels loaded, allocator warm
     started = time.perf_counter()
-    predicted = sum(prediction.error is None for prediction in predict_videos(model, meta, paths))
+    predicted = sum(prediction.error is None for prediction in predict_videos(model, trained, paths))
     return predicted / (time.perf_counter() - started)
 
 

@@ -30,10 +30,11 @@ import ray
 import ray.data
 
 from pipelines.ray_runtime import init_ray
-from pipelines.training import decode_options, shard_list, shard_paths, training_clips
+from pipelines.training import shard_list, training_clips
 from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
 from tin.train.config import TrainConfig
+from tin.train.setup import decode_options, shard_paths
 
 
 def fake_root(directory: Path, shards: int) -> DatasetInfo:

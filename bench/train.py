@@ -29,11 +29,12 @@ from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.ray_runtime import init_ray
 from pipelines.synthetic import SyntheticConfig
 from pipelines.training import train
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data import iter_clips
 from tin.data.sampling import segment_indices
 from tin.data.transforms import normalize, train_view
 from tin.models import build_model
-from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig
 from tin.train.step import build_optimizer, loss_function
 

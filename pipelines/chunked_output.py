@@ -64,7 +64,7 @@ class ChunkedOutputConfig:
     output: str = setting("", help="output root: a local directory or s3://bucket/prefix (required)")
     _: KW_ONLY
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="clips per output file and per task: the unit of resuming")
-    num_cpus: int | None = setting(None, help="CPUs of the local Ray (default: all; ignored on a cluster)")
+    num_cpus: int | None = setting(None, help="CPUs of the local Ray (ignored on a cluster)", unset="all")
     storage_options: dict[str, Any] = setting(
         default_factory=dict,
         internal=True,

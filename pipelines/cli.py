@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import prepare
+from pipelines.formats import FORMATS, formats_help
 from pipelines.layouts import LAYOUTS, ReleaseLayout
 from pipelines.search import SEARCHABLE, SearchConfig
 from tin.config import exits_on_usage_error, parse_config
-from tin.train.config import TrainConfig
+from tin.data.reader import storage_options_from_env
+from tin.train.config import LOCAL_SETTINGS, TrainConfig
 
 if TYPE_CHECKING:
     from pipelines.demo import DemoConfig  # imports Ray
@@ -75,7 +78,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     Every field of tin.train.TrainConfig is a flag and a key of --config. Runs on a machine
     without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
     submit``. Re-running with the same --name and --storage-path continues the run from its
-    latest checkpoint.
+    latest checkpoint. --local trains in this process on one device instead, without Ray.
     """
     return run_training(argv, {}, train.__doc__)
 
@@ -107,18 +110,36 @@ def train_kinetics600(argv: Sequence[str] | None = None) -> int:
 @exits_on_usage_error
 def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], description: str | None) -> int:
     """A training job: ``recipe`` gives the defaults of the flags; prints the last epoch's metrics
-    and the checkpoint."""
-    config = parse_config(TrainConfig, argv, defaults=recipe, description=description)
-    from pipelines.training import run_summary, show_data_warnings_as_lines
-    from pipelines.training import train as run
+    and the checkpoint. With ``--local`` the run trains in this process and never imports Ray."""
+    local_flag = argparse.ArgumentParser(add_help=False)
+    local_flag.add_argument(
+        "--local",
+        action="store_true",
+        help="train in this process on one device (the CPU, or the GPU with --use-gpu), without Ray or a cluster: "
+        "the same data pipeline, checkpoints under --storage-path/--name and MLflow run; for debugging and GPU checks",
+    )
+    local = local_flag.parse_known_args(argv)[0].local
+    defaults = {**recipe, **LOCAL_SETTINGS} if local else recipe
+    config = parse_config(TrainConfig, argv, defaults=defaults, description=description, parents=[local_flag])
+    from tin.train.setup import show_data_warnings_as_lines
 
     show_data_warnings_as_lines()
+    if local:
+        from tin.train.local import train_locally
+        from tin.train.progress import show_only_project_info
 
-    result = run(config)
-    if result.error:
-        print(f"training failed: {result.error}", file=sys.stderr)
-        return 1
-    summary = run_summary(result)
+        logging.basicConfig(format="%(message)s")
+        show_only_project_info()
+        summary = train_locally(config)
+    else:
+        from pipelines.training import run_summary
+        from pipelines.training import train as run
+
+        result = run(config)
+        if result.error:
+            print(f"training failed: {result.error}", file=sys.stderr)
+            return 1
+        summary = run_summary(result)
     prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
     shown = "  ".join(
         f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float)
@@ -134,15 +155,11 @@ def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], descript
 def prepare_dataset(argv: Sequence[str] | None = None) -> int:
     """Prepare one split of a video dataset as Parquet frame shards (see README "Preparing datasets").
 
-        python jobs/prepare_dataset.py --format {generic,mmit,mit,kinetics,sthv1,sthv2,jester,ucf101,hmdb51,
-                                                  rawframes,synthetic}
-            --annotations FILE [--classes FILE] --video-root DIR --split NAME --output ROOT
-            [--frames 24] [--short-side 256 | 0] [--encoding jpeg|raw] [--shuffle-seed 0]
+        python jobs/prepare_dataset.py --format FORMAT --annotations FILE [--classes FILE] --video-root DIR
+            --split NAME --output ROOT [--frames F] [--short-side S | 0] [--encoding jpeg|raw] [--shuffle-seed N]
 
-    sthv1, jester and rawframes read frame folders (--video-root the folder of the clips' frame
-    folders); hmdb51 takes the folder of split files as --annotations and --split train (tag 1) or
-    val/test (tag 2) of --fold 1, 2 or 3; kinetics reads the CSVs of Kinetics-400, 600 and 700.
-    --short-side 0 keeps each clip's own frame size (jpeg).
+    Frame-folder formats read the clips' frame folders under --video-root; --short-side 0 keeps
+    each clip's own frame size (jpeg).
 
     Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
     ``ray job submit``. Exits with 0 unless the job cannot run at all (bad flags, missing annotation
@@ -151,156 +168,51 @@ def prepare_dataset(argv: Sequence[str] | None = None) -> int:
     config = parse_config(
         prepare.PrepareConfig,
         argv,
-        defaults={"storage_options": prepare.storage_options_from_env()},
-        description=prepare_dataset.__doc__,
+        defaults={"storage_options": storage_options_from_env()},
+        description=f"{inspect.cleandoc(prepare_dataset.__doc__ or '')}\n\n{formats_help()}",
     )
     _prepare_split(config)
     return 0
 
 
-def prepare_mmit(argv: Sequence[str] | None = None) -> int:
-    """Prepare Multi-Moments in Time from its release folder, both splits by default.
+def release_job(name: str) -> Callable[[Sequence[str] | None], int]:
+    """``jobs/prepare_<name>.py``: the prepare job of the release ``name`` (pipelines.layouts), its
+    --help the release's text.
 
-        python jobs/prepare_mmit.py --root Multi_Moments_in_Time --output ROOT [--split train val] [...]
-
-    Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``),
-    ``moments_categories.txt`` and the videos under ``videos/`` (``videos/training`` and
-    ``videos/validation`` when the release has them), or the same files under ``annotations/`` as
-    MMAction2 arranges them. The other flags are jobs/prepare_dataset.py's.
+    Raises:
+        KeyError: no release of that name.
     """
-    return prepare_release(LAYOUTS["mmit"], argv, prepare_mmit.__doc__)
+    layout = LAYOUTS[name]
+
+    def job(argv: Sequence[str] | None = None) -> int:
+        return prepare_release(layout, argv)
+
+    job.__name__ = job.__qualname__ = f"prepare_{name}"
+    job.__doc__ = layout.help
+    return job
 
 
-def prepare_mit(argv: Sequence[str] | None = None) -> int:
-    """Prepare Moments in Time (single-label, 339 classes) from its release folder, both splits by default.
-
-        python jobs/prepare_mit.py --root Moments_in_Time_Raw --output ROOT [--split train val] [...]
-
-    Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``), rows
-    ``path,label,...``, ``moments_categories.txt`` and the videos ``training/<class>/...`` and
-    ``validation/<class>/...`` (or MMAction2's ``annotations/`` and ``videos/``). The other flags
-    are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["mit"], argv, prepare_mit.__doc__)
-
-
-def prepare_kinetics400(argv: Sequence[str] | None = None) -> int:
-    """Prepare Kinetics-400 from the CVDF downloader's folder, all three splits by default.
-
-        python jobs/prepare_kinetics400.py --root k400 --output ROOT [--split train val test] [...]
-
-    Reads ``annotations/<split>.csv`` (or ``<split>.csv`` beside the clip folders), columns
-    ``label,youtube_id,time_start,time_end,split,is_cc``, and the clips
-    ``<split>/[<label>/]<id>_<start>_<end>.mp4``. Kinetics-400's test CSV is labelled. The other
-    flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["kinetics400"], argv, prepare_kinetics400.__doc__)
-
-
-def prepare_kinetics600(argv: Sequence[str] | None = None) -> int:
-    """Prepare Kinetics-600 from the downloader's folder, all three splits by default.
-
-        python jobs/prepare_kinetics600.py --root k600 --output ROOT [--split train val test] [...]
-
-    Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``
-    (flat or one folder per label, detected). The test CSV has no labels: that split is ingested
-    as unlabelled (for prediction; training and evaluation refuse it). The other flags are
-    jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["kinetics600"], argv, prepare_kinetics600.__doc__)
-
-
-def prepare_kinetics700(argv: Sequence[str] | None = None) -> int:
-    """Prepare Kinetics-700 (2020) from the CVDF downloader's folder, all three splits by default.
-
-        python jobs/prepare_kinetics700.py --root k700-2020 --output ROOT [--split train val test] [...]
-
-    Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``.
-    The test CSV has no labels: that split is ingested as unlabelled. The other flags are
-    jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["kinetics700"], argv, prepare_kinetics700.__doc__)
-
-
-def prepare_sthv1(argv: Sequence[str] | None = None) -> int:
-    """Prepare Something-Something V1 from its download folder, all three splits by default.
-
-        python jobs/prepare_sthv1.py --root something-something-v1 --output ROOT [--short-side 0] [...]
-
-    Reads ``something-something-v1-{labels,train,validation,test}.csv`` (``id;label`` lines; the
-    test list holds ids only and is ingested as unlabelled) and the frame folders
-    ``20bn-something-something-v1/<id>/00001.jpg ...`` (or MMAction2's ``annotations/`` and
-    ``rawframes/``). The frames are about 100 px high: --short-side 0 stores them as they are.
-    dataset.json records the left/right label pairs, which training swaps on flips. The other
-    flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["sthv1"], argv, prepare_sthv1.__doc__)
-
-
-def prepare_jester(argv: Sequence[str] | None = None) -> int:
-    """Prepare Jester (27 hand gestures) from its download folder, all three splits by default.
-
-        python jobs/prepare_jester.py --root jester --output ROOT [--short-side 0] [...]
-
-    Reads ``jester-v1-{labels,train,validation,test}.csv`` (``id;label``; the test list holds
-    ids only) and the frame folders ``20bn-jester-v1/<id>/00001.jpg ...``; the frames are 100 px
-    high (--short-side 0 keeps them). dataset.json records the mirror label pairs (swiping and
-    sliding left/right, turning clockwise/counterclockwise), which training swaps on flips. The
-    other flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["jester"], argv, prepare_jester.__doc__)
-
-
-def prepare_sthv2(argv: Sequence[str] | None = None) -> int:
-    """Prepare Something-Something V2 from its download folder, all three splits by default.
-
-        python jobs/prepare_sthv2.py --root something-something-v2 --output ROOT [--split train val test] [...]
-
-    Reads ``labels/labels.json`` and ``labels/{train,validation,test}.json`` (or 20BN's
-    ``something-something-v2-*.json``) and the videos ``20bn-something-something-v2/<id>.webm``.
-    test.json has no labels: that split is ingested as unlabelled. dataset.json records the
-    left/right label pairs, which training swaps on flips (--no-flip: the TIN recipe's no flips).
-    The other flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["sthv2"], argv, prepare_sthv2.__doc__)
-
-
-def prepare_ucf101(argv: Sequence[str] | None = None) -> int:
-    """Prepare UCF101 from its release folder, fold 1 by default.
-
-        python jobs/prepare_ucf101.py --root UCF101 --output ROOT [--fold 1] [--split train val] [...]
-
-    Reads ``ucfTrainTestlist/classInd.txt``, ``trainlist0N.txt`` (split ``train``) and
-    ``testlist0N.txt`` (split ``val``: the split the papers report on) and the videos
-    ``UCF-101/<Class>/v_<Class>_gXX_cXX.avi``. The other flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["ucf101"], argv, prepare_ucf101.__doc__)
-
-
-def prepare_hmdb51(argv: Sequence[str] | None = None) -> int:
-    """Prepare HMDB51 from its release folder, fold 1 by default.
-
-        python jobs/prepare_hmdb51.py --root hmdb51 --output ROOT [--fold 1] [--split train val] [...]
-
-    Reads the split files ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` (lines
-    ``<video>.avi <tag>``: 1 train, 2 test, 0 unused) and the videos ``<class>/<video>.avi`` in
-    ``hmdb51_org/``, ``videos/`` or the release folder itself. Tag 1 is split ``train``, tag 2
-    split ``val`` (the split the papers report on). The other flags are jobs/prepare_dataset.py's.
-    """
-    return prepare_release(LAYOUTS["hmdb51"], argv, prepare_hmdb51.__doc__)
+def __getattr__(name: str) -> Callable[[Sequence[str] | None], int]:
+    """``prepare_<release>`` for every release (``pipelines.cli:prepare_mmit`` in a console script)."""
+    release = name.removeprefix("prepare_")
+    if name.startswith("prepare_") and release in LAYOUTS:
+        return release_job(release)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @exits_on_usage_error
-def prepare_release(layout: ReleaseLayout, argv: Sequence[str] | None, description: str | None) -> int:
+def prepare_release(layout: ReleaseLayout, argv: Sequence[str] | None) -> int:
     """A dataset's own prepare job: ``--root`` (the extracted release), ``--split`` (one or more of
     the project's split names, default all the release has), ``--fold`` where the release has
-    several, and the settings of jobs/prepare_dataset.py but those the layout decides; the splits'
-    files are all found before the first split is prepared."""
+    several, and the settings of jobs/prepare_dataset.py but those the layout decides, defaulting
+    to its format's (``DatasetFormat.prepare_defaults``); the splits' files are all found before
+    the first split is prepared."""
+    defaults = {"storage_options": storage_options_from_env(), **FORMATS[layout.format].prepare_defaults}
     config = parse_config(
         prepare.ReleaseConfig,
         argv,
-        defaults={"prepare": {"storage_options": prepare.storage_options_from_env()}},
-        description=f"{inspect.cleandoc(description or '')}\n\n{_release_splits(layout)}",
+        defaults={"prepare": defaults},
+        description=f"{inspect.cleandoc(layout.help)}\n\n{_release_splits(layout)}",
     )
     for split in config.split_configs(layout):
         _prepare_split(split)
@@ -344,7 +256,7 @@ def predict(argv: Sequence[str] | None = None) -> int:
     config = parse_config(
         BatchPredictConfig,
         argv,
-        defaults={"storage_options": prepare.storage_options_from_env()},
+        defaults={"storage_options": storage_options_from_env()},
         description=predict.__doc__,
     )
     result = predict_at_scale(config, log=lambda line: print(line, flush=True))
@@ -376,8 +288,8 @@ def tune_tin(argv: Sequence[str] | None = None) -> int:
     """
     description = f"{inspect.cleandoc(tune_tin.__doc__ or '')}\n\nsearched dimensions: {', '.join(SEARCHABLE)}"
     search = parse_config(SearchConfig, argv, defaults=SEARCH_DEFAULTS, description=description)
-    from pipelines.training import show_data_warnings_as_lines
     from pipelines.tuning import run_search
+    from tin.train.setup import show_data_warnings_as_lines
 
     show_data_warnings_as_lines()
     outcome = run_search(search)
@@ -413,7 +325,7 @@ def demo(argv: Sequence[str] | None = None) -> int:
     Starts a local Ray on 127.0.0.1, or attaches to RAY_ADDRESS.
     """
     from pipelines.demo import comparison_table, run_demo, where_to_look
-    from pipelines.training import show_data_warnings_as_lines
+    from tin.train.setup import show_data_warnings_as_lines
 
     config = demo_config(argv)
     show_data_warnings_as_lines()

@@ -23,12 +23,13 @@ from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import MOTIONS, SyntheticConfig
 from pipelines.training import train
 from tin import tracking, viz
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.config import check_choices, setting
 from tin.data import load_dataset_info
 from tin.evaluate import Evaluation, evaluate_checkpoint, log_to_mlflow
 from tin.models import MODEL_NAMES
 from tin.models.build import model_family
-from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig
 
 EXPERIMENT = "demo"

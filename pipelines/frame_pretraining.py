@@ -33,7 +33,7 @@ from torch import nn
 from pipelines.synthetic import MOTIONS, SyntheticConfig, render_clip
 from tin.config import add_config_flags, config_from_args, setting
 from tin.data.transforms import normalize
-from tin.models.build import VIT_VARIANTS, build_model, model_family
+from tin.models.build import MODEL_NAMES, build_model, model_family
 from tin.models.vit_weights import FORMAT_NORM_EPS
 from tin.train.schedule import build_scheduler
 
@@ -155,7 +155,7 @@ def frame_pretrained_options(model: str, path: str | Path) -> dict[str, Any]:
 
 
 def _family(model: str) -> str:
-    variants = [name for family in TRUNK_FORMAT_OPTIONS for name in VIT_VARIANTS[family]]
+    variants = [name for name in MODEL_NAMES if model_family(name) in TRUNK_FORMAT_OPTIONS]
     if model not in variants:
         raise ValueError(f"--model {model!r}: frame pretraining is for the ViT variants ({', '.join(variants)})")
     return model_family(model)

@@ -43,6 +43,7 @@ class ReleaseLayout:
     format: str  # jobs/prepare_dataset.py --format
     annotations: dict[str, tuple[str, ...]]  # split -> candidate annotation files
     videos: dict[str, tuple[str, ...]]  # split -> candidate video folders
+    help: str  # the --help of jobs/prepare_<name>.py above its flags (a docstring: inspect.cleandoc)
     classes: tuple[str, ...] = ()  # candidate class-list files; () when labels are names
     folds: tuple[int, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # split -> what the release calls it
@@ -101,7 +102,7 @@ _20BN_SPLITS = _SSV2_SPLITS  # <prefix>-train.csv, -validation.csv, -test.csv
 _KINETICS_SPLITS = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
 
 
-def _20bn_frames(name: str, prefix: str, frames: str) -> ReleaseLayout:
+def _20bn_frames(name: str, prefix: str, frames: str, help: str) -> ReleaseLayout:
     """A 20BN frame release (Something-Something V1, Jester): ``<prefix>-{labels,train,validation,
     test}.csv`` beside the frame folders ``<frames>/<id>/00001.jpg``; MMAction2 moves the CSVs
     into ``annotations/`` and the frames into ``rawframes/``. The test list holds ids only."""
@@ -113,11 +114,12 @@ def _20bn_frames(name: str, prefix: str, frames: str) -> ReleaseLayout:
         },
         classes=(f"{prefix}-labels.csv", f"annotations/{prefix}-labels.csv"),
         videos=_same_for_every_split(tuple(_20BN_SPLITS), (frames, "rawframes")),
+        help=help,
         notes={split: f"{prefix}-{file}.csv" for split, file in _20BN_SPLITS.items()},
     )
 
 
-def _kinetics(name: str, annotations: tuple[str, ...]) -> ReleaseLayout:
+def _kinetics(name: str, annotations: tuple[str, ...], help: str) -> ReleaseLayout:
     """A Kinetics release as the CVDF downloader arranges it: ``<split>.csv`` under one of
     ``annotations`` (``{split}`` in them) and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``."""
     return ReleaseLayout(
@@ -125,6 +127,7 @@ def _kinetics(name: str, annotations: tuple[str, ...]) -> ReleaseLayout:
         format="kinetics",
         annotations={split: tuple(path.format(split=split) for path in annotations) for split in _KINETICS_SPLITS},
         videos={split: (split,) for split in _KINETICS_SPLITS},
+        help=help,
     )
 
 
@@ -134,6 +137,14 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "mmit": ReleaseLayout(
         name="mmit",
         format="mmit",
+        help="""Prepare Multi-Moments in Time from its release folder, both splits by default.
+
+            python jobs/prepare_mmit.py --root Multi_Moments_in_Time --output ROOT [--split train val] [...]
+
+        Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``),
+        ``moments_categories.txt`` and the videos under ``videos/`` (``videos/training`` and
+        ``videos/validation`` when the release has them), or the same files under ``annotations/`` as
+        MMAction2 arranges them. The other flags are jobs/prepare_dataset.py's.""",
         annotations={
             TRAIN_SPLIT: ("trainingSet.csv", "annotations/trainingSet.csv"),
             VAL_SPLIT: ("validationSet.csv", "annotations/validationSet.csv"),
@@ -148,6 +159,14 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "mit": ReleaseLayout(
         name="mit",
         format="mit",
+        help="""Prepare Moments in Time (single-label, 339 classes) from its release folder, both splits by default.
+
+            python jobs/prepare_mit.py --root Moments_in_Time_Raw --output ROOT [--split train val] [...]
+
+        Reads ``trainingSet.csv`` (split ``train``) and ``validationSet.csv`` (split ``val``), rows
+        ``path,label,...``, ``moments_categories.txt`` and the videos ``training/<class>/...`` and
+        ``validation/<class>/...`` (or MMAction2's ``annotations/`` and ``videos/``). The other flags
+        are jobs/prepare_dataset.py's.""",
         annotations={
             TRAIN_SPLIT: ("trainingSet.csv", "annotations/trainingSet.csv"),
             VAL_SPLIT: ("validationSet.csv", "annotations/validationSet.csv"),
@@ -160,20 +179,88 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     # fetches them into the top folder) and clips <split>/[<label>/]<youtube_id>_<start>_<end>.mp4.
     # Kinetics-400's CSVs have an is_cc column and its test CSV labels; 600's and 700's test CSVs
     # have no label column.
-    "kinetics400": _kinetics("kinetics400", ("annotations/{split}.csv", "{split}.csv")),
-    "kinetics600": _kinetics("kinetics600", ("annotations/{split}.csv",)),
-    "kinetics700": _kinetics("kinetics700", ("annotations/{split}.csv",)),
+    "kinetics400": _kinetics(
+        "kinetics400",
+        ("annotations/{split}.csv", "{split}.csv"),
+        """Prepare Kinetics-400 from the CVDF downloader's folder, all three splits by default.
+
+            python jobs/prepare_kinetics400.py --root k400 --output ROOT [--split train val test] [...]
+
+        Reads ``annotations/<split>.csv`` (or ``<split>.csv`` beside the clip folders), columns
+        ``label,youtube_id,time_start,time_end,split,is_cc``, and the clips
+        ``<split>/[<label>/]<id>_<start>_<end>.mp4``. Kinetics-400's test CSV is labelled. The other
+        flags are jobs/prepare_dataset.py's.""",
+    ),
+    "kinetics600": _kinetics(
+        "kinetics600",
+        ("annotations/{split}.csv",),
+        """Prepare Kinetics-600 from the downloader's folder, all three splits by default.
+
+            python jobs/prepare_kinetics600.py --root k600 --output ROOT [--split train val test] [...]
+
+        Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``
+        (flat or one folder per label, detected). The test CSV has no labels: that split is ingested
+        as unlabelled (for prediction; training and evaluation refuse it). The other flags are
+        jobs/prepare_dataset.py's.""",
+    ),
+    "kinetics700": _kinetics(
+        "kinetics700",
+        ("annotations/{split}.csv",),
+        """Prepare Kinetics-700 (2020) from the CVDF downloader's folder, all three splits by default.
+
+            python jobs/prepare_kinetics700.py --root k700-2020 --output ROOT [--split train val test] [...]
+
+        Reads ``annotations/<split>.csv`` and the clips ``<split>/[<label>/]<id>_<start>_<end>.mp4``.
+        The test CSV has no labels: that split is ingested as unlabelled. The other flags are
+        jobs/prepare_dataset.py's.""",
+    ),
     # 20bn-something-something-v1-00 ... -19 (cat, then tar) extract to 20bn-something-something-v1/<id>/,
     # frames 00001.jpg ... about 100 px high; the label archive holds something-something-v1-*.csv.
-    "sthv1": _20bn_frames("sthv1", "something-something-v1", "20bn-something-something-v1"),
+    "sthv1": _20bn_frames(
+        "sthv1",
+        "something-something-v1",
+        "20bn-something-something-v1",
+        """Prepare Something-Something V1 from its download folder, all three splits by default.
+
+            python jobs/prepare_sthv1.py --root something-something-v1 --output ROOT [--short-side 0] [...]
+
+        Reads ``something-something-v1-{labels,train,validation,test}.csv`` (``id;label`` lines; the
+        test list holds ids only and is ingested as unlabelled) and the frame folders
+        ``20bn-something-something-v1/<id>/00001.jpg ...`` (or MMAction2's ``annotations/`` and
+        ``rawframes/``). The frames are about 100 px high: --short-side 0 stores them as they are.
+        dataset.json records the left/right label pairs, which training swaps on flips. The other
+        flags are jobs/prepare_dataset.py's.""",
+    ),
     # 20bn-jester-v1-00 ... -22 extract to 20bn-jester-v1/<id>/00001.jpg ...; jester-v1-*.csv.
-    "jester": _20bn_frames("jester", "jester-v1", "20bn-jester-v1"),
+    "jester": _20bn_frames(
+        "jester",
+        "jester-v1",
+        "20bn-jester-v1",
+        """Prepare Jester (27 hand gestures) from its download folder, all three splits by default.
+
+            python jobs/prepare_jester.py --root jester --output ROOT [--short-side 0] [...]
+
+        Reads ``jester-v1-{labels,train,validation,test}.csv`` (``id;label``; the test list holds
+        ids only) and the frame folders ``20bn-jester-v1/<id>/00001.jpg ...``; the frames are 100 px
+        high (--short-side 0 keeps them). dataset.json records the mirror label pairs (swiping and
+        sliding left/right, turning clockwise/counterclockwise), which training swaps on flips. The
+        other flags are jobs/prepare_dataset.py's.""",
+    ),
     # Something-Something V2: the label archive (labels/{labels,train,validation,test}.json; 20BN's
     # older download: something-something-v2-<name>.json) and the video parts, which extract to
     # 20bn-something-something-v2/<id>.webm. test.json has no labels.
     "sthv2": ReleaseLayout(
         name="sthv2",
         format="sthv2",
+        help="""Prepare Something-Something V2 from its download folder, all three splits by default.
+
+            python jobs/prepare_sthv2.py --root something-something-v2 --output ROOT [--split train val test] [...]
+
+        Reads ``labels/labels.json`` and ``labels/{train,validation,test}.json`` (or 20BN's
+        ``something-something-v2-*.json``) and the videos ``20bn-something-something-v2/<id>.webm``.
+        test.json has no labels: that split is ingested as unlabelled. dataset.json records the
+        left/right label pairs, which training swaps on flips (--no-flip: the TIN recipe's no flips).
+        The other flags are jobs/prepare_dataset.py's.""",
         annotations={
             split: (
                 f"labels/{name}.json",
@@ -196,6 +283,13 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "ucf101": ReleaseLayout(
         name="ucf101",
         format="ucf101",
+        help="""Prepare UCF101 from its release folder, the first fold by default.
+
+            python jobs/prepare_ucf101.py --root UCF101 --output ROOT [--fold 1] [--split train val] [...]
+
+        Reads ``ucfTrainTestlist/classInd.txt``, ``trainlist0N.txt`` (split ``train``) and
+        ``testlist0N.txt`` (split ``val``: the split the papers report on) and the videos
+        ``UCF-101/<Class>/v_<Class>_gXX_cXX.avi``. The other flags are jobs/prepare_dataset.py's.""",
         annotations={
             TRAIN_SPLIT: ("ucfTrainTestlist/trainlist0{fold}.txt",),
             VAL_SPLIT: ("ucfTrainTestlist/testlist0{fold}.txt",),
@@ -212,6 +306,14 @@ LAYOUTS: dict[str, ReleaseLayout] = {
     "hmdb51": ReleaseLayout(
         name="hmdb51",
         format="hmdb51",
+        help="""Prepare HMDB51 from its release folder, the first fold by default.
+
+            python jobs/prepare_hmdb51.py --root hmdb51 --output ROOT [--fold 1] [--split train val] [...]
+
+        Reads the split files ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` (lines
+        ``<video>.avi <tag>``: 1 train, 2 test, 0 unused) and the videos ``<class>/<video>.avi`` in
+        ``hmdb51_org/``, ``videos/`` or the release folder itself. Tag 1 is split ``train``, tag 2
+        split ``val`` (the split the papers report on). The other flags are jobs/prepare_dataset.py's.""",
         annotations=_same_for_every_split(
             (TRAIN_SPLIT, VAL_SPLIT),
             ("testTrainMulti_7030_splits", "annotations/testTrainMulti_7030_splits", "annotations"),

@@ -9,11 +9,9 @@ without labels (Kinetics test CSV, Something-Something test.json) give ``labelle
 with empty labels. Annotation lists run to a million lines, so rows are slotted objects and the
 large lists are read line by line.
 
-Each parser also records what only the format knows: whether its rows are frame folders (and how
-their frame files are named: ``Manifest.frame_template``) rather than video files, and the
-dataset's horizontal-flip policy (``Manifest.flip_policy``, tin.data.flips): Something-Something and
-Jester swap their left/right label pairs, the other datasets flip plainly, and generic lists
-record none.
+What a format decides beyond its rows (whether they are frame folders and how their frame files
+are named, the dataset's horizontal-flip policy) is in the format's record, pipelines.formats, which
+sets ``Manifest.frame_template`` and ``Manifest.flip_policy`` on what a parser returns.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any
 
 import fsspec
 
-from tin.data.flips import LABEL_PAIRS, PLAIN, FlipPolicy
+from tin.data.flips import FlipPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +192,11 @@ def read_mmit(annotations: str, categories: str, video_root: str, name: str = "m
         relative, names = fields[0], [value for value in fields[1:] if value.strip()]
         labels, error = resolve(names)
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, True, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+    return Manifest(name, classes, True, _checked(rows, labelled=True))
 
 
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")  # besides label, absent in test CSVs
+KINETICS_LAYOUTS = ("auto", "flat", "by_label")  # read_kinetics's ``layout``
 
 
 def kinetics_file_name(youtube_id: str, start: int, end: int) -> str:
@@ -237,8 +236,8 @@ def read_kinetics(
             if with_label and fs is not None and fs.isdir(join_path(root, with_label[0]["label"]))
             else "flat"
         )
-    if layout not in ("flat", "by_label"):
-        raise ValueError(f"unknown Kinetics layout {layout!r}; use flat, by_label or auto")
+    if layout not in KINETICS_LAYOUTS:
+        raise ValueError(f"unknown Kinetics layout {layout!r}; use {', '.join(KINETICS_LAYOUTS)}")
     rows = []
     for record in records:
         label = record.get("label")
@@ -258,14 +257,14 @@ def read_kinetics(
                 error=error,
             )
         )
-    return Manifest(name, classes, False, _checked(rows, labelled), labelled, flip_policy=FlipPolicy(PLAIN))
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
 def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = "sthv2") -> Manifest:
     """Something-Something V2: ``labels.json`` ({name: "index"}) and ``train.json`` /
     ``validation.json`` ([{"id", "template", ...}]); class = labels[template without brackets].
     ``test.json`` (no entry has a template) makes an unlabelled split. Videos are
-    ``<root>/<id>.webm``. Flips swap the left/right label pairs (tin.data.flips.mirror_pairs)."""
+    ``<root>/<id>.webm``."""
     label_map = json.loads(read_text(labels_json))
     classes = [label for label, _ in sorted(label_map.items(), key=lambda item: int(item[1]))]
     resolve = _LabelResolver(classes)
@@ -278,8 +277,7 @@ def read_sthv2(annotations: str, labels_json: str, video_root: str, name: str = 
         clip_id = str(entry["id"])
         rows.append(ManifestRow(clip_id, join_path(video_root, f"{clip_id}.webm"), labels, error=error))
     labelled = any(entry.get("template") for entry in entries)
-    flips = FlipPolicy.for_classes(LABEL_PAIRS, classes)
-    return Manifest(name, classes, False, _checked(rows, labelled), labelled, flip_policy=flips)
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
 def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "ucf101") -> Manifest:
@@ -300,22 +298,19 @@ def read_ucf101(split_list: str, class_ind: str, video_root: str, name: str = "u
         else:
             labels, error = resolve([relative.split("/")[0]])
         rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+    return Manifest(name, classes, False, _checked(rows, labelled=True))
 
 
 FRAMES_20BN = "{:05d}.jpg"  # 20BN's frame folders: <id>/00001.jpg, 00002.jpg, ...
 RAWFRAMES = "img_{:05d}.jpg"  # MMAction2's extracted frames: <frame_dir>/img_00001.jpg, ...
 
 
-def read_20bn(
-    annotations: str, labels_csv: str, frame_root: str, name: str, frame_template: str = FRAMES_20BN
-) -> Manifest:
+def read_20bn(annotations: str, labels_csv: str, frame_root: str, name: str) -> Manifest:
     """Something-Something V1 and Jester, as 20BN released them: ``id;label`` lines
     (``100218;Holding something``; the test list holds ids only and makes an unlabelled split),
     a label file of class names one a line, and a frame folder per clip, ``<root>/<id>/00001.jpg``.
 
-    Classes are the label file's names sorted, as TSM and TIN order them. Flips swap the left/right
-    (and clockwise/counterclockwise) label pairs found in the names (tin.data.flips.mirror_pairs).
+    Classes are the label file's names sorted, as TSM and TIN order them.
     """
     classes = sorted(read_class_list(labels_csv))
     resolve = _LabelResolver(classes)
@@ -327,26 +322,18 @@ def read_20bn(
         labelled = labelled or bool(label)
         labels, error = resolve([label] if label else [])
         rows.append(ManifestRow(clip_id, join_path(frame_root, clip_id), labels, error=error))
-    flips = FlipPolicy.for_classes(LABEL_PAIRS, classes)
-    return Manifest(
-        name, classes, False, _checked(rows, labelled), labelled, frame_template=frame_template, flip_policy=flips
-    )
+    return Manifest(name, classes, False, _checked(rows, labelled), labelled)
 
 
 def read_rawframes(
-    annotations: str,
-    frame_root: str,
-    classes_file: str | None = None,
-    name: str = "rawframes",
-    frame_template: str = RAWFRAMES,
+    annotations: str, frame_root: str, classes_file: str | None = None, name: str = "rawframes"
 ) -> Manifest:
     """MMAction2's rawframe lists: ``frame_dir total_frames label [label...]`` (whitespace
     separated, integer labels; several make a multi-label dataset), frames
     ``<root>/<frame_dir>/img_00001.jpg``. A folder holding fewer frames than ``total_frames`` is an
     error row at ingest.
 
-    Classes: ``classes_file`` (one name a line) or ``0..max`` of the labels. No flip policy is
-    recorded: the list does not say what its classes mean.
+    Classes: ``classes_file`` (one name a line) or ``0..max`` of the labels.
     """
     records: list[tuple[str, list[str], str | None, int | None]] = []  # (frame_dir, labels, error, frames)
     for line in read_lines(annotations):
@@ -372,7 +359,7 @@ def read_rawframes(
         )
     multi_label = any(len(labels) > 1 for _, labels, _, _ in records)
     labelled = any(labels for _, labels, _, _ in records)
-    return Manifest(name, classes, multi_label, _checked(rows, labelled), labelled, frame_template=frame_template)
+    return Manifest(name, classes, multi_label, _checked(rows, labelled), labelled)
 
 
 HMDB51_SPLIT_FILE = "{label}_test_split{fold}.txt"  # in testTrainMulti_7030_splits/
@@ -408,7 +395,7 @@ def read_hmdb51(split_folder: str, video_root: str, tag: int, fold: int = 1, nam
                     rows.append(ManifestRow(clip_id, join_path(video_root, clip_id), (), error=error))
                 elif int(fields[1]) == tag:
                     rows.append(ManifestRow(clip_id, join_path(video_root, clip_id), (classes.index(label),)))
-    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+    return Manifest(name, classes, False, _checked(rows, labelled=True))
 
 
 def read_mit(annotations: str, categories: str, video_root: str, name: str = "mit") -> Manifest:
@@ -424,4 +411,4 @@ def read_mit(annotations: str, categories: str, video_root: str, name: str = "mi
         label = fields[1].strip() if len(fields) > 1 else ""
         labels, error = resolve([label] if label else [])
         rows.append(ManifestRow(fields[0], join_path(video_root, fields[0]), labels, error=error))
-    return Manifest(name, classes, False, _checked(rows, labelled=True), flip_policy=FlipPolicy(PLAIN))
+    return Manifest(name, classes, False, _checked(rows, labelled=True))

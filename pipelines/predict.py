@@ -55,13 +55,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.chunked_output import ChunkedOutput, ChunkedOutputConfig, Wording, error_row, run_chunks
 from pipelines.ingest import load_source
+from tin.checkpoint import Checkpoint, TrainedModel, read_checkpoint
 from tin.config import check_choices, setting
 from tin.data import frames_from_column
 from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import VAL_SPLIT
 from tin.inference import CROPS, clip_probabilities_and_features, clip_views, temporal_views
 from tin.predict import PredictionError, decode_settings, top_classes, video_views
-from tin.train.checkpoint import evaluated_weights, read_checkpoint, rebuild_model
 
 if TYPE_CHECKING:
     from tin.evaluate import Evaluation
@@ -109,13 +109,13 @@ class BatchPredictConfig(ChunkedOutputConfig):
     )
     features: bool = setting(False, help="also write each clip's pooled features (the input of the classifier)")
     batch_size: int = setting(8, help="videos per forward pass of an actor")
-    actors: int | None = setting(None, help="model replicas (default: one per GPU with GPUs, else one per CPU)")
+    actors: int | None = setting(None, help="model replicas", unset="one per GPU with GPUs, else one per CPU")
     cpus_per_actor: float | None = setting(
         None,
-        help="CPUs each actor reserves, rounded: its torch threads (default: 1 beside a GPU; on CPUs, what the "
-        "decoders leave, shared by the actors)",
+        help="CPUs each actor reserves, rounded: its torch threads",
+        unset="1 beside a GPU; on CPUs, what the decoders leave, shared by the actors",
     )
-    use_gpu: bool | None = setting(None, help="one GPU per actor (default: when the cluster has GPUs)")
+    use_gpu: bool | None = setting(None, help="one GPU per actor", unset="when the cluster has GPUs")
 
     def validate(self) -> None:
         """Raise a PredictionError naming the flag of a setting that cannot work."""
@@ -246,24 +246,24 @@ def split_inputs(data: str, split: str, storage_options: dict[str, Any]) -> Inpu
 # The model
 
 
-def model_state(checkpoint: str) -> dict[str, Any]:
-    """What the actors rebuild the model from: the checkpoint's config, dataset facts and
-    ``evaluated_weights`` (no optimiser state); built once here, so that weights that do not fit
-    are refused before Ray starts.
+def model_state(checkpoint: str) -> Checkpoint:
+    """What the actors rebuild the model from: the checkpoint read (its spec, dataset facts and
+    the weights inference uses; no optimiser state); built once here, so that weights that do not
+    fit are refused before Ray starts.
 
     Raises:
-        CheckpointError: see ``tin.train.checkpoint.load_model``.
+        CheckpointError: see ``tin.checkpoint.load_model``.
     """
-    saved = read_checkpoint(checkpoint)
-    state = {key: saved[key] for key in ("config", "dataset", "epoch")} | {"model": evaluated_weights(saved)}
-    rebuild_model(state, checkpoint)
+    state = read_checkpoint(checkpoint)
+    state.build()
     return state
 
 
-def weights_sha256(state: dict[str, Any]) -> str:
-    """sha256 of a ``model_state``'s config and weights: which model the predictions come from."""
-    digest = hashlib.sha256(json.dumps(state["config"], sort_keys=True, default=str).encode())
-    for name, tensor in sorted(state["model"].items()):
+def weights_sha256(state: Checkpoint) -> str:
+    """sha256 of a checkpoint's training config (as recorded) and weights: which model the
+    predictions come from."""
+    digest = hashlib.sha256(json.dumps(state.training_config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(state.weights.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -292,10 +292,10 @@ class ChunkPredictor:
 
         torch.set_num_threads(threads)
         state = ray.get(state) if isinstance(state, ray.ObjectRef) else state
-        self.model = rebuild_model(state, "the job's checkpoint").to(device).eval()
+        self.model = state.build().to(device)
         self.output, self.batch_size = output, batch_size
-        self.multi_label = bool(state["dataset"]["multi_label"])
-        self.classes = np.asarray(state["dataset"]["classes"], dtype=object)
+        self.multi_label = state.trained.dataset.multi_label
+        self.classes = np.asarray(state.trained.classes, dtype=object)
         self.top_k = min(top_k, len(self.classes))
         self.probabilities, self.features = probabilities, features
 
@@ -354,13 +354,13 @@ def _lists(matrix: np.ndarray, kind: pa.DataType) -> pa.Array:
 # One chunk's clips (a Ray Data task)
 
 
-def _view_shape(meta: dict[str, Any], clips: int, crops: int) -> tuple[int, ...]:
-    config = meta["config"]
-    return (clips * crops, config["num_segments"], config["crop_size"], config["crop_size"], 3)
+def _view_shape(trained: TrainedModel, clips: int, crops: int) -> tuple[int, ...]:
+    spec = trained.spec
+    return (clips * crops, spec.num_segments, spec.crop_size, spec.crop_size, 3)
 
 
 def chunk_views(
-    item: dict[str, Any], meta: dict[str, Any], clips: int, crops: int, storage_options: dict[str, Any]
+    item: dict[str, Any], trained: TrainedModel, clips: int, crops: int, storage_options: dict[str, Any]
 ) -> dict[str, Any]:
     """One chunk (a task item of ``Inputs``) read and decoded, as one row: {"chunk", "clips": JSON
     list of the readable clips' {"clip_id", "source", ["labels"]} in input order, "views": uint8
@@ -371,21 +371,21 @@ def chunk_views(
     readable, views, errors = [], [], []
     for row, read_views in readers:
         try:
-            views.append(read_views(meta, clips, crops).numpy())
+            views.append(read_views(trained, clips, crops).numpy())
             readable.append(row)
         except Exception as failure:  # one bad clip costs one error row, nothing more
             errors.append(error_row(row["clip_id"], row["source"], failure))
     return {
         "chunk": item["chunk"],
         "clips": json.dumps(readable),
-        "views": np.stack(views) if views else np.zeros((0, *_view_shape(meta, clips, crops)), np.uint8),
+        "views": np.stack(views) if views else np.zeros((0, *_view_shape(trained, clips, crops)), np.uint8),
         "errors": json.dumps(errors),
         "cpu_seconds": time.process_time() - started,
     }
 
 
-ViewReader = Callable[[dict[str, Any], int, int], torch.Tensor]
-"""(meta, clips, crops) -> one clip's views uint8 (V, T, S, S, 3)."""
+ViewReader = Callable[[TrainedModel, int, int], torch.Tensor]
+"""(trained model, clips, crops) -> one clip's views uint8 (V, T, S, S, 3)."""
 
 
 def _video_readers(
@@ -398,9 +398,9 @@ def _video_readers(
 
 
 def _video_file_views(
-    source: str, storage_options: dict[str, Any], meta: dict[str, Any], clips: int, crops: int
+    source: str, storage_options: dict[str, Any], trained: TrainedModel, clips: int, crops: int
 ) -> torch.Tensor:
-    return video_views(load_source(source, storage_options), meta, clips, crops)
+    return video_views(load_source(source, storage_options), trained, clips, crops)
 
 
 def _stored_readers(
@@ -415,11 +415,10 @@ def _stored_readers(
                 yield row, functools.partial(_stored_clip_views, batch.column("frames").slice(index, 1))
 
 
-def _stored_clip_views(frames: pa.Array, meta: dict[str, Any], clips: int, crops: int) -> torch.Tensor:
+def _stored_clip_views(frames: pa.Array, trained: TrainedModel, clips: int, crops: int) -> torch.Tensor:
     """The views of a clip's stored frames (a one-row ``frames`` column), as evaluation takes them."""
-    config = meta["config"]
     stored = torch.from_numpy(frames_from_column(frames)[0])
-    return clip_views(stored, config["num_segments"], config["crop_size"], clips, crops)
+    return clip_views(stored, trained.spec.num_segments, trained.spec.crop_size, clips, crops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +486,7 @@ WORDING = Wording("[predict]", "videos", "predicted", "prediction", PredictionEr
 
 
 def _chunk_tasks(
-    output: ChunkedOutput, inputs: Inputs, state: dict[str, Any], config: BatchPredictConfig, log: Callable[[str], None]
+    output: ChunkedOutput, inputs: Inputs, state: Checkpoint, config: BatchPredictConfig, log: Callable[[str], None]
 ) -> Callable[[list[int], str], Iterator[dict[str, Any]]]:
     """``run_chunks``'s ``execute`` for prediction: the pending chunks decoded by Ray Data tasks and
     predicted and committed by an actor pool (see the module docstring)."""
@@ -501,11 +500,15 @@ def _chunk_tasks(
         resources = ray.cluster_resources()
         placed = placement(config, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         log(f"[predict] {placed.describe()}")
-        meta, options = {"config": state["config"], "dataset": state["dataset"]}, config.storage_options
         items = [inputs.chunks[chunk] for chunk in pending]
         views = ray.data.from_items(items, override_num_blocks=len(items)).map(
             chunk_views,
-            fn_kwargs={"meta": meta, "clips": config.clips, "crops": config.crops, "storage_options": options},
+            fn_kwargs={
+                "trained": state.trained,
+                "clips": config.clips,
+                "crops": config.crops,
+                "storage_options": config.storage_options,
+            },
             num_cpus=placed.decoder_cpus,
         )
         predicted = views.map_batches(
@@ -574,26 +577,26 @@ def _plan_refusal(output: str) -> Callable[[dict[str, Any], list[str], str], Pre
     return refusal
 
 
-def check_inputs(config: BatchPredictConfig, meta: dict[str, Any]) -> Inputs:
+def check_inputs(config: BatchPredictConfig, trained: TrainedModel) -> Inputs:
     """List the inputs, refusing what cannot work before anything runs: a split the checkpoint
     cannot predict, more temporal views than the frames give.
 
     Raises:
         UsageError: naming the flag (--videos, --data, --split, --clips).
     """
-    num_segments = meta["config"]["num_segments"]
+    num_segments = trained.spec.num_segments
     if config.videos is not None:
-        temporal_views(decode_settings(meta)[0], num_segments, config.clips)
+        temporal_views(decode_settings(trained)[0], num_segments, config.clips)
         return video_inputs(config.videos, config.chunk_size, config.storage_options)
     from tin.evaluate import split_info
 
     assert config.data is not None
-    info = split_info(config.data, config.split, list(meta["dataset"]["classes"]), config.storage_options)
+    info = split_info(config.data, config.split, list(trained.classes), config.storage_options)
     temporal_views(info.frames_per_clip, num_segments, config.clips)
     return split_inputs(config.data, config.split, config.storage_options)
 
 
-def evaluate_written(output: ChunkedOutput, config: BatchPredictConfig, meta: dict[str, Any]) -> Evaluation | None:
+def evaluate_written(output: ChunkedOutput, config: BatchPredictConfig, trained: TrainedModel) -> Evaluation | None:
     """The metrics of a labelled split from the probabilities written under the output root
     (``tin.evaluate``'s); also written as ``evaluation.json`` there. None when nothing was written."""
     from tin.evaluate import scored_evaluation
@@ -611,8 +614,8 @@ def evaluate_written(output: ChunkedOutput, config: BatchPredictConfig, meta: di
         config.split,
         config.clips,
         config.crops,
-        meta,
-        bool(meta["dataset"]["multi_label"]),
+        trained,
+        trained.dataset.multi_label,
         scores,
         table.column("labels").to_pylist(),
     )
@@ -631,8 +634,7 @@ def predict_at_scale(config: BatchPredictConfig, log: Callable[[str], None] = pr
     """
     config.validate()
     state = model_state(config.checkpoint)
-    meta = {"config": state["config"], "dataset": state["dataset"]}
-    inputs = check_inputs(config, meta)
+    inputs = check_inputs(config, state.trained)
     scored = labelled_split(config)
     if scored:  # the metrics are computed from the written probabilities
         config = dataclasses.replace(config, probabilities=True)
@@ -646,7 +648,7 @@ def predict_at_scale(config: BatchPredictConfig, log: Callable[[str], None] = pr
     scope = f"{inputs.videos} videos" if inputs.videos is not None else f"split {config.split!r}"
     execute = _chunk_tasks(output, inputs, state, config, log)
     totals = run_chunks(output, len(inputs.chunks), fresh, execute, WORDING, log, scope)
-    evaluation = evaluate_written(output, config, meta) if scored else None
+    evaluation = evaluate_written(output, config, state.trained) if scored else None
     written = config.output.rstrip("/")
     return BatchPredictionResult(
         written=totals.written,

@@ -7,7 +7,14 @@ the internal, when one of them moves.
 
 from __future__ import annotations
 
+import posixpath
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import fsspec
+from ray.tune.schedulers import ASHAScheduler
 
 SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Off (``0``), a Ray process addresses its node by 127.0.0.1 instead of the machine's routable
@@ -52,3 +59,104 @@ Ray session's log folder, which a process learns only once Ray runs there. Ray D
 handler is fixed at INFO, and every dataset that Ray Train's split coordinator executes (one per
 epoch and split) prints there. Upstream: https://github.com/ray-project/ray/issues/41279 (an
 option to silence Ray Data's logs)."""
+
+
+def data_execution_index() -> int:
+    """How many times the dataset that this Ray Data task belongs to was executed before: 0 during
+    its first pass, 1 during the second, ... Training executes its dataset once per epoch, so this
+    is the epoch the task decodes for (counted from the run's start: a run resumed from a
+    checkpoint counts again from 0).
+
+    Ray Data keeps the count in the private ``DataContext._execution_idx``, which it hands to the
+    tasks of every execution; its public seeded operations (``RandomSeedConfig(reseed_after_execution=
+    True)``) combine it with their seed, but a ``map_batches`` function has no public way to read it.
+    Upstream: https://github.com/ray-project/ray/pull/59528 (the count, for per-epoch file shuffles)
+    and https://github.com/ray-project/ray/pull/59662 (RandomSeedConfig, built on it).
+    """
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    if not hasattr(context, "_execution_idx"):
+        raise RuntimeError(
+            "ray.data.DataContext._execution_idx is gone in this Ray release, so a data task cannot tell which "
+            "epoch it decodes for; install a Ray release that pyproject.toml admits"
+        )
+    return int(context._execution_idx)
+
+
+def decode_shards_of_this_epoch(batch: dict[str, Any], **options: Any) -> Iterator[dict[str, Any]]:
+    """``tin.data.batches.decode_shards`` with the epoch of the execution running it
+    (``data_execution_index``): the ``map_batches`` function of training's clip datasets."""
+    from tin.data.batches import decode_shards
+
+    return decode_shards(batch, epoch=data_execution_index(), **options)
+
+
+RAY_DATA_USAGE_SWITCH = "RAY_DATA_USAGE_DISABLED"
+"""``1``: Ray Data's usage collector stays off in the process (read at every dataset execution).
+
+The collector starts a thread in each process that executes a dataset (a job's driver, Ray
+Train's split coordinator, a Tune trial) which asks a Prometheus server at ``RAY_PROMETHEUS_HOST``
+(default http://localhost:9090) for four cluster counters every 10 s, and logs each failed query
+with its traceback into ray-data.log. Nothing serves Prometheus there on a usual cluster; the job
+logs of the two-node test carried these tracebacks. (A Ray that ``ray.init`` starts has usage
+stats off in its processes; one started by ``ray start`` has them on.) The public opt-out,
+``RAY_USAGE_STATS_ENABLED=0``, would also stop Ray's own usage report, which is the user's choice,
+not this project's. Read in ``ray.data._internal.usage.collector.usage_collection_disabled`` (Ray
+2.60); usage collection: https://github.com/ray-project/ray/issues/20857 (no upstream issue on the
+queries yet)."""
+
+
+class ResumableASHAScheduler(ASHAScheduler):
+    """ASHA whose rungs survive ``Tuner.restore``.
+
+    Tune saves the searcher's state with the experiment but rebuilds the scheduler from the copy
+    pickled when the search started (https://github.com/ray-project/ray/issues/30838), so a
+    resumed ASHA search has empty rungs and stops no trial it would have stopped. This scheduler
+    writes ASHA's state with ASHA's own ``save`` to ``state_uri`` (local or s3://) after every
+    result, and reads it back with ``restore`` at its first call in a new driver, before the
+    restored trials are added again. It relies on Tune calling ``on_trial_add`` for every restored
+    trial, which is Tune's behaviour, not its promise.
+    """
+
+    def __init__(self, state_uri: str, **asha_options: Any):
+        super().__init__(**asha_options)
+        self._state_uri = state_uri
+        self._state_loaded = False
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load_saved_state()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load_saved_state()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save_state()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._load_saved_state()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_state()
+
+    def _load_saved_state(self) -> None:
+        if self._state_loaded:
+            return
+        self._state_loaded = True
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        if not fs.exists(path):
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            local = str(Path(scratch) / "asha_state.pkl")
+            fs.get_file(path, local)
+            state_uri = self._state_uri
+            self.restore(local)
+            self._state_uri, self._state_loaded = state_uri, True
+
+    def _save_state(self) -> None:
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            local = str(Path(scratch) / "asha_state.pkl")
+            self.save(local)
+            fs.put_file(local, path)

@@ -23,6 +23,7 @@ import ray
 from pipelines.ray_internals import (
     RAY_DATA_LOGGING,
     RAY_DATA_LOGGING_FILE,
+    RAY_DATA_USAGE_SWITCH,
     SINGLE_NODE_SWITCH,
     STATE_API_ADDRESS,
     address_this_process_by_loopback,
@@ -50,6 +51,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     check_ray_version()
+    os.environ[RAY_DATA_USAGE_SWITCH] = "1"
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(log_to_driver=True, logging_level=RAY_CONSOLE_LEVEL, runtime_env=WORKER_RUNTIME_ENV)
         print(
@@ -66,17 +68,20 @@ def init_ray(num_cpus: int | None = None) -> None:
     )
 
 
-def configure_worker_console() -> None:
+def configure_worker_ray_data() -> None:
     """Run by every Ray worker process of the job as it starts: Ray Data's INFO records go to the
     session's log files only, its warnings and errors also to the console, which Ray streams to
-    the job's output. Ray Data reads the configuration whenever it is imported or starts a
-    dataset, in a worker always after this hook. (Ray Train's console level is the run's
-    ``LoggingConfig``; the training loop quiets the rest of its worker's console.)
+    the job's output; and its usage collector, which queries a Prometheus server nobody runs,
+    stays off (``init_ray`` turns it off in the driver). Ray Data reads both settings whenever it
+    is imported or starts a dataset, in a worker always after this hook. (Ray Train's console
+    level is the run's ``LoggingConfig``; the training loop quiets the rest of its worker's
+    console.)
     """
     os.environ[RAY_DATA_LOGGING] = str(RAY_DATA_LOGGING_FILE)
+    os.environ[RAY_DATA_USAGE_SWITCH] = "1"
 
 
-WORKER_RUNTIME_ENV = {"worker_process_setup_hook": configure_worker_console}
+WORKER_RUNTIME_ENV = {"worker_process_setup_hook": configure_worker_ray_data}
 """Merged with a submitted job's runtime environment (its working directory) by ``ray.init``."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tin.config import check_choices, setting
+from tin.models.build import option_spec
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.schedule import SCHEDULES
 
@@ -40,7 +41,7 @@ STAM_SPACE: dict[str, Any] = {
 ILA_SPACE: dict[str, Any] = {
     "lr": {"loguniform": [1e-4, 1e-3]},
     "align_loss_weight": [0, 0.25, 1, 4],
-    "fusion": ["add", "token"],
+    "fusion": list(option_spec("fusion").choices),
     "jitter": [0, 0.2],
     "mit_layers": [0, 1, 2],
     "freeze_backbone": [True, False],
@@ -55,9 +56,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-ablation": {"groups": {"grid": [1, 2, 4]}, "reverse": {"grid": [False, True]}},
     # STAM's: the temporal transformer's depth against order-blind mean pooling (which has no
     # encoder, so its four cells differ only by their seeds: they show the noise).
-    "stam-ablation": {"aggregation": {"grid": ["transformer", "mean"]}, "temporal_depth": {"grid": [1, 2, 4, 6]}},
+    "stam-ablation": {
+        "aggregation": {"grid": list(option_spec("aggregation").choices)},
+        "temporal_depth": {"grid": [1, 2, 4, 6]},
+    },
     # ILA's: the alignment loss on and off, under both fusions.
-    "ila-ablation": {"align_loss_weight": {"grid": [0, 1]}, "fusion": {"grid": ["add", "token"]}},
+    "ila-ablation": {"align_loss_weight": {"grid": [0, 1]}, "fusion": {"grid": list(option_spec("fusion").choices)}},
 }
 
 METRIC_MODES = {
@@ -69,10 +73,14 @@ METRIC_MODES = {
     "train_loss": "min",
     "train_top1": "max",
 }
+# The metrics a search of multi-label or single-label data can optimise, its default first.
 MULTI_LABEL_METRICS = ("val_sample_map", "val_class_map", "val_loss", "train_loss")
 SINGLE_LABEL_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
 SCHEDULERS = ("asha", "fifo")
+PLAIN_SEARCH = {"num_samples": 4, "scheduler": "asha"}
+PRESET_SEARCH = {"num_samples": 1, "scheduler": "fifo"}  # one trial per grid cell, all trained to the end
+"""What ``num_samples`` and ``scheduler`` left None become, without and with a ``preset``."""
 FUNCTION_CPUS = 0.1  # a trial's function only builds its datasets and waits on its Train run
 
 
@@ -151,10 +159,10 @@ SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
     "layer_decay": _fraction,
     "ema_decay": _decay_or_off,  # "off" or a decay
     "drop_path": _number(0.0, inclusive=True),
-    "aggregation": _choice("transformer", "mean"),
+    "aggregation": _choice(*option_spec("aggregation").choices),
     "temporal_depth": _positive_int,
     "align_loss_weight": _number(0.0, inclusive=True),
-    "fusion": _choice("add", "token"),
+    "fusion": _choice(*option_spec("fusion").choices),
     "jitter": _number(0.0, inclusive=True),
     "mit_layers": _non_negative_int,
     "freeze_backbone": _on_off,
@@ -167,32 +175,36 @@ class SearchConfig:
     """A search: the training settings (``train``: data, model, recipe, the search's name, storage
     path and MLflow experiment; the searched dimensions None) plus how to search.
 
-    ``num_samples`` and ``scheduler`` left None become the preset's (1, fifo: one trial per grid
-    cell, all trained to the end) with ``preset``, else 4 and asha.
+    ``num_samples`` and ``scheduler`` left None become ``PRESET_SEARCH``'s with ``preset``, else
+    ``PLAIN_SEARCH``'s.
     """
 
     train: TrainConfig = setting(help="training; a searched dimension given a value is fixed at it")
     num_samples: int | None = setting(
-        None, help="trials drawn from the space; a grid is repeated this many times (default: 4; 1 with --preset)"
+        None,
+        help="trials drawn from the space; a grid is repeated this many times",
+        unset=f"{PLAIN_SEARCH['num_samples']}; {PRESET_SEARCH['num_samples']} with --preset",
     )
     max_concurrent: int = setting(1, help="trials running at once")
     scheduler: str | None = setting(
         None,
         choices=SCHEDULERS,
-        help="asha stops weak trials early; fifo runs all to the end (default: asha; fifo with --preset)",
+        help="asha stops weak trials early; fifo runs all to the end",
+        unset=f"{PLAIN_SEARCH['scheduler']}; {PRESET_SEARCH['scheduler']} with --preset",
     )
     metric: str | None = setting(
         None,
         choices=tuple(METRIC_MODES),
         help="metric to optimise (val_loss and train_loss are minimised); train_loss or train_top1 with "
-        "--val-split none (default: val_top1, or val_sample_map for multi-label data)",
+        "--val-split none",
+        unset=f"{SINGLE_LABEL_METRICS[0]}, or {MULTI_LABEL_METRICS[0]} for multi-label data",
     )
     grace_period: int = setting(1, help="ASHA: epochs every trial trains before it can be stopped")
     reduction_factor: float = setting(2.0, help="ASHA: keep the best 1/this at each rung")
     trial_cpus: float | None = setting(
         None,
-        help="CPUs one trial reserves, its Train workers included (default: the CPUs left after 1 for data, "
-        "shared by the concurrent trials)",
+        help="CPUs one trial reserves, its Train workers included",
+        unset="the CPUs left after 1 for data, shared by the concurrent trials",
     )
     space_file: str | None = setting(
         None,
@@ -208,10 +220,11 @@ class SearchConfig:
     )
 
     def __post_init__(self) -> None:
+        defaults = PRESET_SEARCH if self.preset else PLAIN_SEARCH
         if self.num_samples is None:
-            self.num_samples = 1 if self.preset else 4
+            self.num_samples = int(defaults["num_samples"])
         if self.scheduler is None:
-            self.scheduler = "fifo" if self.preset else "asha"
+            self.scheduler = str(defaults["scheduler"])
 
     def validate(self) -> None:
         """Check what the flags alone decide (the space and the data are checked when the search

@@ -19,19 +19,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pickle
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import mlflow
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
+from pipelines.ray_internals import ResumableASHAScheduler
 from pipelines.ray_runtime import init_ray
 from pipelines.search import (
     FAMILY_SPACES,
@@ -44,12 +42,13 @@ from pipelines.search import (
     SINGLE_LABEL_METRICS,
     SearchConfig,
 )
-from pipelines.training import build_trainer, check_config, with_resolved_locations
+from pipelines.training import build_trainer
 from tin import tracking, viz
 from tin.config import read_yaml_file
 from tin.data import DatasetInfo
-from tin.models.build import MODEL_OPTION_FIELDS, model_family, model_option_defaults
-from tin.train.config import TrainConfig, TrainingSetupError
+from tin.models.build import model_family, model_option_defaults
+from tin.train.config import MODEL_OPTION_FIELDS, TrainConfig, TrainingSetupError
+from tin.train.setup import check_config, with_resolved_locations
 
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
 SAMPLING_KINDS = ("choice", "grid", "uniform", "loguniform")
@@ -232,7 +231,7 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
             f"--val-split none: the trials report no validation metrics, so the search needs a training metric; "
             f"give --metric {' or '.join(training)}" + (f" instead of {metric}" if metric else "")
         )
-    metric = metric or ("val_sample_map" if info.multi_label else "val_top1")
+    metric = metric or allowed[0]  # each list's first metric is the default
     if metric not in allowed:
         kind = "multi-label" if info.multi_label else "single-label"
         raise TrainingSetupError(
@@ -297,53 +296,6 @@ def trial_base(plan: SearchPlan, parent_run_id: str) -> TrainConfig:
 
 def trainable(base: TrainConfig, function_cpus: float):
     return tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": function_cpus})
-
-
-class ResumableASHAScheduler(ASHAScheduler):
-    """ASHA whose rungs survive ``Tuner.restore``.
-
-    Tune saves the searcher's state with the experiment but rebuilds the scheduler from the copy
-    pickled when the search started (ray-project/ray#30838), so a resumed ASHA search has empty
-    rungs and stops no trial it would have stopped. This scheduler writes its state (what ASHA's
-    own ``save`` pickles: the rungs, the trial-to-bracket map, the stop count) to ``state_uri``
-    (local or s3://) after every result and loads it back at its first call in a new driver,
-    before the restored trials are added again.
-    """
-
-    def __init__(self, state_uri: str, **asha_options: Any):
-        super().__init__(**asha_options)
-        self._state_uri = state_uri
-        self._state_loaded = False
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        self._load_saved_state()
-        super().on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        self._load_saved_state()
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save_state()
-        return action
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._load_saved_state()
-        super().on_trial_complete(tune_controller, trial, result)
-        self._save_state()
-
-    def _load_saved_state(self) -> None:
-        if self._state_loaded:
-            return
-        self._state_loaded = True
-        fs, path = fsspec.core.url_to_fs(self._state_uri)
-        if fs.exists(path):
-            with fs.open(path, "rb") as handle:
-                self.__dict__.update(pickle.load(handle))
-
-    def _save_state(self) -> None:
-        fs, path = fsspec.core.url_to_fs(self._state_uri)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
 
 
 def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):

@@ -1,8 +1,13 @@
-"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors."""
+"""tin.config on small dataclasses: flags and config-file keys from fields, precedence, errors; every
+job's help stating the real defaults and no help text writing one; and the training config's
+--model-option values, converted to the types of the model table."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import pytest
 
 from tin.config import check_choices, exits_on_usage_error, parse_config, setting
 from tin.errors import USAGE_EXIT_STATUS, UsageError
+from tin.train.config import TrainConfig
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -164,3 +170,127 @@ def test_parents_add_flags_of_the_job():
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--quick", action="store_true")
     assert parse_config(Outer, ["--data", "d", "--quick"], parents=[extra]).data == "d"
+
+
+@dataclass
+class Unsettled:
+    workers: int | None = setting(None, help="worker processes", unset="one per CPU")
+    note: str | None = setting(None, help="a note")
+
+
+def test_an_unset_default_is_shown_as_its_unset_text_and_without_one_not_at_all(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Unsettled, ["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "worker processes (default: one per CPU)" in shown and "a note --" not in shown
+    assert shown.endswith("a note")
+
+
+def job_configs() -> list[type]:
+    """Every job's config class (imported here: some of their modules import Ray)."""
+    from pipelines.demo import DemoConfig
+    from pipelines.frame_pretraining import FramePretrainConfig
+    from pipelines.predict import BatchPredictConfig
+    from pipelines.prepare import PrepareConfig, ReleaseConfig
+    from pipelines.search import SearchConfig
+    from tin.evaluate import EvaluationConfig
+    from tin.export import ExportConfig
+    from tin.predict import PredictConfig
+
+    return [
+        TrainConfig,
+        SearchConfig,
+        PrepareConfig,
+        ReleaseConfig,
+        BatchPredictConfig,
+        DemoConfig,
+        FramePretrainConfig,
+        EvaluationConfig,
+        ExportConfig,
+        PredictConfig,
+    ]
+
+
+def help_texts(cls: type, path: str = "") -> dict[str, str]:
+    """{field path: help text} of every setting of ``cls``, nested configs' included."""
+    hints = typing.get_type_hints(cls)
+    texts = {}
+    for field in dataclasses.fields(cls):
+        texts[f"{path}{field.name}"] = field.metadata.get("help", "")
+        if dataclasses.is_dataclass(hints[field.name]):
+            texts |= help_texts(hints[field.name], f"{path}{field.name}.")
+    return texts
+
+
+def test_no_help_text_writes_a_default_the_flags_take_it_from_the_values():
+    written = {
+        f"{cls.__name__}.{name}": text
+        for cls in job_configs()
+        for name, text in help_texts(cls).items()
+        if "default" in text.lower()
+    }
+    assert written == {}
+
+
+def job_help(capsys, job, *args: str) -> str:
+    """A job's --help as printed, on one line."""
+    with pytest.raises(SystemExit):
+        job([*args, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_each_jobs_help_shows_the_real_defaults(capsys):
+    from pipelines import cli
+    from pipelines.chunked_output import DEFAULT_CHUNK_SIZE
+    from pipelines.formats import FORMATS
+    from pipelines.search import PLAIN_SEARCH
+    from tin import evaluate
+    from tin.data.sampling import STORED_FRAMES
+    from tin.train.config import FAMILY_RECIPES
+
+    train = job_help(capsys, cli.train)
+    assert f"--epochs EPOCHS epochs to train (default: {TrainConfig.epochs})" in train
+    assert f"(default: the family's: {FAMILY_RECIPES['resnet'].optimizer} for resnet;" in train
+    mmit = job_help(capsys, cli.train_mmit)
+    assert f"(default: {cli.MMIT_RECIPE['epochs']})" in mmit and f"(default: {cli.MMIT_RECIPE['lr']})" in mmit
+    prepare = job_help(capsys, cli.prepare_dataset)
+    assert f"frames stored per clip (F) (default: {STORED_FRAMES})" in prepare
+    assert f"clips per output file and per task: the unit of resuming (default: {DEFAULT_CHUNK_SIZE})" in prepare
+    assert f"{FORMATS['rawframes'].frame_template} for rawframes" in prepare
+    sthv1 = job_help(capsys, cli.prepare_sthv1)
+    assert f"the frame files' names (default: {FORMATS['sthv1'].frame_template})" in sthv1
+    tune = job_help(capsys, cli.tune_tin)
+    assert f"repeated this many times (default: {PLAIN_SEARCH['num_samples']};" in tune
+    assert f"(default: {evaluate.EvaluationConfig.batch_size})" in job_help(capsys, evaluate.main)
+
+
+# ---- the training config's --model-option ------------------------------------------------------
+
+README_STAM = ["--data", "d", "--model", "stam_tiny", "--pretrained", "trunk.pth", "--freeze-backbone"]
+"""The README's STAM command (Models section) without its --model-option."""
+
+
+def test_the_readme_stam_commands_model_option_is_a_float():
+    config = parse_config(TrainConfig, [*README_STAM, "--model-option", "norm_eps=1e-6"])
+    options = config.model_options()
+    assert options == {"pretrained": "trunk.pth", "freeze_backbone": True, "norm_eps": 1e-6}
+    assert isinstance(options["norm_eps"], float)
+    ila = parse_config(
+        TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "interactive_path=off", "ila_layers=[1]"]
+    )
+    assert ila.model_options() == {"pretrained": None, "interactive_path": False, "ila_layers": [1]}
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("norm_eps=abc", "--model-option norm_eps: option norm_eps of --model stam_tiny takes a number, got 'abc'"),
+        ("temporal_depth=2.5", "--model-option temporal_depth: option temporal_depth of --model stam_tiny takes an"),
+        ("qkv_bias=2", "--model-option qkv_bias: option qkv_bias of --model stam_tiny takes true or false, got 2"),
+        ("aggregation=max", "option aggregation of --model stam_tiny takes one of transformer, mean, got 'max'"),
+        ("norm_epsilon=1e-6", "--model-option norm_epsilon: not an option of --model stam_tiny"),
+    ],
+)
+def test_a_model_option_of_another_name_or_type_is_a_usage_error(option, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_config(TrainConfig, [*README_STAM, "--model-option", option])

@@ -30,7 +30,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, Field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,12 +55,14 @@ def setting(
     internal: bool = False,
     exclude: Sequence[str] = (),
     positional: bool = False,
+    unset: str | None = None,
 ) -> Any:
     """A dataclass field that carries what its flag and config-file key need.
 
     Args:
         default, default_factory: as for ``dataclasses.field``; a field with neither is required.
-        help: what the setting does, for ``--help`` (the default is appended there).
+        help: what the setting does, for ``--help``; the default is appended there from the field's
+            (or the job's) default value, so no help text states one.
         choices: the allowed values (of each item, for a tuple); ``check_choices`` enforces them.
         flag: the flag's name when it is not ``--`` + the field name with dashes.
         parse: turns a flag's text (or a string in the config file) into the value, e.g. "86:87"
@@ -71,6 +73,8 @@ def setting(
         exclude: for a nested dataclass, its fields that the outer config fills in itself (no flag,
             no key).
         positional: a positional argument (``VIDEO...`` for a tuple) instead of a flag.
+        unset: what the program does when the value is None or empty (the default of a setting that some
+            other fact decides, e.g. "all CPUs"); ``--help`` shows it as the default.
     """
     metadata = {
         "help": help,
@@ -81,8 +85,18 @@ def setting(
         "internal": internal,
         "exclude": tuple(exclude),
         "positional": positional,
+        "unset": unset,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def by_value(named_values: Iterable[tuple[str, Any]]) -> str:
+    """How an ``unset`` text states a default that something else decides (the model, the dataset
+    format): "X for a, b; Y for c", the names grouped by their value, in the order first seen."""
+    groups: dict[str, list[str]] = {}
+    for name, value in named_values:
+        groups.setdefault(_shown(value), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
 
 
 def flag_name(field: Field) -> str:
@@ -211,11 +225,21 @@ def _help(option: _Option, default: Any) -> str:
     text = option.field.metadata["help"]
     if option.field.metadata.get("flag"):  # a flag of another name than its field's
         text += f" (config-file key: {option.field.name})"
-    if default is MISSING:
-        text += " (required)"
-    elif default not in (None, "", ()):  # unset or empty: the help says what happens then
-        text += f" (default: {_shown(default)})"
+    stated = _stated_default(option.field, default)
+    if stated:
+        text += f" ({stated})"
     return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def _stated_default(field: Field, default: Any) -> str | None:
+    """How --help states a flag's default: "required", "default: <the value>", "default: <the
+    field's ``unset`` text>" for None or empty, else None (the help says what happens then)."""
+    if default is MISSING:
+        return "required"
+    if default not in (None, "", ()):
+        return f"default: {_shown(default)}"
+    unset = field.metadata.get("unset")
+    return f"default: {unset}" if unset else None
 
 
 def _argparse_options(option: _Option) -> dict[str, Any]:

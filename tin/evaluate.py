@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from tin import tracking, viz
+from tin.checkpoint import TrainedModel, load_model
 from tin.config import check_choices, exits_on_usage_error, parse_config, setting
 from tin.data import Clip, DatasetInfo, iter_clips, load_dataset_info
 from tin.data.shards import VAL_SPLIT
 from tin.inference import CROPS, EvaluationError, clip_probabilities, clip_views, temporal_views
+from tin.metrics import average_precision_along, class_map, sample_map, topk_correct
 from tin.safe_load import CheckpointError
-from tin.train.checkpoint import load_model
-from tin.train.metrics import average_precision_along, class_map, sample_map, topk_correct
 
 
 @dataclass
@@ -102,32 +102,31 @@ def evaluate_checkpoint(
             without labels, classes that differ, or more temporal views than the stored frames give.
     """
     try:
-        model, meta = load_model(checkpoint, device)
+        model, trained = load_model(checkpoint, device)
     except CheckpointError as error:
         raise EvaluationError(f"--checkpoint: {error}") from error
-    classes = list(meta["dataset"]["classes"])
-    info = split_info(data, split, classes)
+    info = split_info(data, split, list(trained.classes))
     if not info.labelled(split):
         raise EvaluationError(
             f"--split {split}: split {split!r} of {data} has no labels (dataset.json marks it unlabelled), "
             f"so there is nothing to score; predict on its videos instead (python -m tin.predict)"
         )
-    config = meta["config"]
-    temporal_views(info.frames_per_clip, config["num_segments"], clips)  # refuse before reading any clip
+    spec = trained.spec
+    temporal_views(info.frames_per_clip, spec.num_segments, clips)  # refuse before reading any clip
 
     batch_scores: list[torch.Tensor] = []
     labels: list[list[int]] = []
     for batch in _batches(iter_clips(data, split), batch_size):
         views = torch.stack(
             [
-                clip_views(torch.from_numpy(clip.frames), config["num_segments"], config["crop_size"], clips, crops)
+                clip_views(torch.from_numpy(clip.frames), spec.num_segments, spec.crop_size, clips, crops)
                 for clip in batch
             ]
         )
         batch_scores.append(clip_probabilities(model, views, info.multi_label))
         labels.extend(clip.labels.tolist() for clip in batch)
     scores = torch.cat(batch_scores)
-    return scored_evaluation(str(checkpoint), data, split, clips, crops, meta, info.multi_label, scores, labels)
+    return scored_evaluation(str(checkpoint), data, split, clips, crops, trained, info.multi_label, scores, labels)
 
 
 def split_info(data: str, split: str, classes: list[str], storage_options: dict[str, Any] | None = None) -> DatasetInfo:
@@ -159,17 +158,16 @@ def scored_evaluation(
     split: str,
     clips: int,
     crops: int,
-    meta: dict[str, Any],
+    trained: TrainedModel,
     multi_label: bool,
     scores: torch.Tensor,
     labels: list[list[int]],
 ) -> Evaluation:
     """The ``Evaluation`` of the class probabilities ``scores`` (N, K) of a split's clips, whose
-    labels are ``labels`` (one list per clip), under a checkpoint's ``meta`` (``load_model``'s);
+    labels are ``labels`` (one list per clip), by the model a checkpoint describes (``trained``);
     ``multi_label`` as the dataset root says."""
-    classes = list(meta["dataset"]["classes"])
+    classes = list(trained.classes)
     metrics, per_class = (multi_label_metrics if multi_label else single_label_metrics)(scores, labels, classes)
-    config = meta["config"]
     return Evaluation(
         checkpoint=checkpoint,
         data=data,
@@ -182,10 +180,10 @@ def scored_evaluation(
         per_class=per_class,
         confusion=confusion_matrix(scores, labels).tolist(),
         training={
-            "model": config["model"],
-            "experiment": config["experiment"],
-            "mlflow_uri": config["mlflow_uri"],
-            "run_key": tracking.training_run_key(config["storage_path"], config["name"]),
+            "model": trained.spec.name,
+            "experiment": trained.run.experiment,
+            "mlflow_uri": trained.run.mlflow_uri,
+            "run_key": tracking.training_run_key(trained.run.storage_path, trained.run.name),
         },
     )
 
@@ -314,9 +312,9 @@ class EvaluationConfig:
     split: str = setting(VAL_SPLIT, help="split to evaluate")
     clips: int = setting(1, help="temporal views per video")
     crops: int = setting(1, choices=CROPS, help="spatial crops per view: 1 (the centre) or 3 (along the long side)")
-    output: str | None = setting(None, help="write the results as JSON here (default: evaluation-<split>-<views>.json)")
-    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: the checkpoint's)")
-    experiment: str | None = setting(None, help="MLflow experiment (default: the checkpoint's)")
+    output: str | None = setting(None, help="write the results as JSON here", unset="evaluation-<split>-<views>.json")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI", unset="the checkpoint's")
+    experiment: str | None = setting(None, help="MLflow experiment", unset="the checkpoint's")
     batch_size: int = setting(8, help="videos per forward pass")
     device: str = setting("cpu", help="torch device")
 

@@ -42,11 +42,11 @@ from pathlib import Path
 
 import torch
 
+from tin.checkpoint import TrainedModel, load_model
 from tin.config import exits_on_usage_error, parse_config, setting
 from tin.errors import UsageError
 from tin.models.protocol import video_model
 from tin.ops import reference_only
-from tin.train.checkpoint import load_model
 
 METADATA_FILE = "tin.json"
 ONNX_DEPENDENCIES = ("onnx", "onnxscript")  # torch.onnx's dynamo exporter needs both
@@ -101,16 +101,15 @@ def export_onnx(model: torch.nn.Module, num_segments: int, crop_size: int) -> to
     return program
 
 
-def metadata(model: torch.nn.Module, meta: dict) -> dict:
+def metadata(model: torch.nn.Module, trained: TrainedModel) -> dict:
     """What a user of the exported program needs besides the graph (``tin.json``); the mean and
     std are the model's own (ImageNet's for the ResNets, CLIP's for ILA, none for STAM)."""
-    config = meta["config"]
     return {
-        "model": config["model"],
-        "classes": list(meta["dataset"]["classes"]),
-        "multi_label": meta["dataset"]["multi_label"],
-        "num_segments": config["num_segments"],
-        "crop_size": config["crop_size"],
+        "model": trained.spec.name,
+        "classes": list(trained.classes),
+        "multi_label": trained.dataset.multi_label,
+        "num_segments": trained.spec.num_segments,
+        "crop_size": trained.spec.crop_size,
         "input": "float32 (N, T, 3, S, S): RGB frames / 255, minus mean, divided by std",
         "mean": list(video_model(model).input_mean),
         "std": list(video_model(model).input_std),
@@ -147,9 +146,9 @@ def export_checkpoint(
     """
     output = Path(output)
     check_output(output)
-    model, meta = load_model(checkpoint)
-    num_segments, crop_size = meta["config"]["num_segments"], meta["config"]["crop_size"]
-    described = json.dumps(metadata(model, meta))
+    model, trained = load_model(checkpoint)
+    num_segments, crop_size = trained.spec.num_segments, trained.spec.crop_size
+    described = json.dumps(metadata(model, trained))
     if output.suffix == ".onnx":
         onnx_program = export_onnx(model, num_segments, crop_size)
         onnx_program.model.metadata_props[METADATA_FILE] = described

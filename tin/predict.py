@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
+from tin.checkpoint import TrainedModel, load_model
 from tin.config import exits_on_usage_error, parse_config, setting
 from tin.data import VideoError, read_video_clip
 from tin.data.transforms import eval_short_side
 from tin.data.video import VideoSource
 from tin.errors import UsageError
 from tin.inference import clip_probabilities, clip_views
-from tin.train.checkpoint import load_model
 
 
 class PredictionError(UsageError):
@@ -45,21 +45,21 @@ class Prediction:
     error: str | None = None
 
 
-def decode_settings(meta: dict) -> tuple[int, int]:
+def decode_settings(trained: TrainedModel) -> tuple[int, int]:
     """(frames per clip, short side) the checkpoint's training data was decoded with; checkpoints
     that do not record them get T frames and the short side validation resizes to."""
-    dataset, config = meta["dataset"], meta["config"]
-    frames = dataset.get("frames_per_clip") or config["num_segments"]
-    short_side = dataset.get("short_side") or eval_short_side(config["crop_size"])
+    spec, dataset = trained.spec, trained.dataset
+    frames = dataset.frames_per_clip or spec.num_segments
+    short_side = dataset.short_side or eval_short_side(spec.crop_size)
     return frames, short_side
 
 
-def video_views(source: VideoSource, meta: dict, clips: int = 1, crops: int = 1) -> torch.Tensor:
+def video_views(source: VideoSource, trained: TrainedModel, clips: int = 1, crops: int = 1) -> torch.Tensor:
     """The test-time views of one video, decoded as the checkpoint's training data was ingested.
 
     Args:
         source: a local path or the file's bytes (``tin.data.video``).
-        meta: what ``tin.train.checkpoint.load_model`` returns besides the model.
+        trained: what the checkpoint says about its model (``tin.checkpoint.load_model``).
         clips, crops: views per video, as in evaluation (``tin.inference.clip_views``).
 
     Returns:
@@ -68,10 +68,9 @@ def video_views(source: VideoSource, meta: dict, clips: int = 1, crops: int = 1)
     Raises:
         VideoError: the video cannot be decoded.
     """
-    frames, short_side = decode_settings(meta)
+    frames, short_side = decode_settings(trained)
     decoded, _ = read_video_clip(source, frames, short_side)
-    config = meta["config"]
-    return clip_views(torch.from_numpy(decoded), config["num_segments"], config["crop_size"], clips, crops)
+    return clip_views(torch.from_numpy(decoded), trained.spec.num_segments, trained.spec.crop_size, clips, crops)
 
 
 def top_classes(probabilities: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,31 +81,32 @@ def top_classes(probabilities: torch.Tensor, top_k: int) -> tuple[torch.Tensor, 
     return best.values, best.indices
 
 
-def predict_videos(model: torch.nn.Module, meta: dict, paths: Iterable[str], top_k: int = 5) -> Iterator[Prediction]:
+def predict_videos(
+    model: torch.nn.Module, trained: TrainedModel, paths: Iterable[str], top_k: int = 5
+) -> Iterator[Prediction]:
     """Predict each video in turn.
 
     Args:
-        model, meta: what ``tin.train.checkpoint.load_model`` returns.
+        model, trained: what ``tin.checkpoint.load_model`` returns.
         paths: video files.
         top_k: classes to keep per video (at least 1; at most K are kept).
 
     Yields:
         One ``Prediction`` per path, in order.
     """
-    classes = meta["dataset"]["classes"]
     for path in paths:
         if not os.path.isfile(path):
             yield Prediction(path, error="file not found")
             continue
         try:
-            views = video_views(path, meta)
+            views = video_views(path, trained)
         except VideoError as error:
             yield Prediction(path, error=str(error))
             continue
-        probabilities = clip_probabilities(model, views.unsqueeze(0), meta["dataset"]["multi_label"])
+        probabilities = clip_probabilities(model, views.unsqueeze(0), trained.dataset.multi_label)
         scores, indices = top_classes(probabilities, top_k)
         yield Prediction(
-            path, top=[(classes[i], p) for p, i in zip(scores[0].tolist(), indices[0].tolist(), strict=True)]
+            path, top=[(trained.classes[i], p) for p, i in zip(scores[0].tolist(), indices[0].tolist(), strict=True)]
         )
 
 
@@ -144,9 +144,9 @@ def print_predictions(config: PredictConfig) -> int:
         UsageError: settings ``PredictConfig.validate`` refuses, or a checkpoint ``load_model`` refuses.
     """
     config.validate()
-    model, meta = load_model(config.checkpoint, config.device)
+    model, trained = load_model(config.checkpoint, config.device)
     predicted = 0
-    for prediction in predict_videos(model, meta, config.videos, config.top_k):
+    for prediction in predict_videos(model, trained, config.videos, config.top_k):
         if prediction.error is not None:
             print(f"cannot predict {prediction.path}: {prediction.error}", file=sys.stderr)
             continue

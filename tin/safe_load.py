@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -22,19 +22,21 @@ class CheckpointError(UsageError):
     the message names the file."""
 
 
-def load_weights_only(path: Path, kind: str) -> Any:
+def load_weights_only(path: Path | str, kind: str, opened: IO[bytes] | None = None) -> Any:
     """``torch.load`` ``path`` onto the CPU, allowing tensors and plain values only.
 
     Args:
         path: an existing file.
         kind: what the file should be ("checkpoint", "pretrained checkpoint"), for messages.
+        opened: the file's bytes, read elsewhere (a URI's, through fsspec): loaded instead of
+            ``path``, which then only names the file.
 
     Raises:
         CheckpointError: the file holds other Python objects (refused: loading them could run
             code), or it is not a file ``torch.save`` wrote; the message names the file.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path if opened is None else opened, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{kind} {path} was refused: it is not a torch.save file of tensors and plain values (dicts, "

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
 import tin
+from tin.checkpoint import Checkpoint
 
 RUN_KEY_TAG = "tin.run_key"
 MODEL_NAME = "video_model"
@@ -114,7 +114,7 @@ def model_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
 
 
-def log_video_model(saved: dict[str, Any], registered_model_name: str | None = None):
+def log_video_model(checkpoint: Checkpoint, registered_model_name: str | None = None):
     """Log a checkpoint's model to the active run as an MLflow model (the pytorch flavour), so that
     ``mlflow.pyfunc.load_model(uri).predict(clips)`` gives its logits.
 
@@ -125,8 +125,8 @@ def log_video_model(saved: dict[str, Any], registered_model_name: str | None = N
     loads weights-only), and carries ``model_code_paths`` and ``model_requirements``.
 
     Args:
-        saved: a checkpoint's contents (``tin.train.checkpoint.read_checkpoint``): the model rebuilt
-            on the CPU from its config and ``evaluated_weights``.
+        checkpoint: a checkpoint read (``tin.checkpoint.read_checkpoint``): its model is rebuilt on
+            the CPU from its spec and the weights it is evaluated with.
         registered_model_name: also register the model under this name (a new version each time).
 
     Returns:
@@ -136,11 +136,10 @@ def log_video_model(saved: dict[str, Any], registered_model_name: str | None = N
     from mlflow.models import infer_signature
 
     from tin.export import example_clips
-    from tin.train.checkpoint import rebuild_model
 
-    model = rebuild_model(saved, "the run's final model").eval()
-    config = saved["config"]
-    example = example_clips(config["num_segments"], config["crop_size"], batch=1)
+    model = checkpoint.build()
+    spec = checkpoint.trained.spec
+    example = example_clips(spec.num_segments, spec.crop_size, batch=1)
     with torch.no_grad():
         logits = model(example)
     return mlflow.pytorch.log_model(

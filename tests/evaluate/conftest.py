@@ -21,10 +21,11 @@ import torch
 import tin
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split, write_video
 from tests.conftest import RAMP_CLIPS, RAMP_SOURCE_FRAMES, RAMP_STORED_FRAMES, RampRoot
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data import DatasetInfo, encode_jpeg, load_dataset_info, read_video_clip, shard_schema
 from tin.data.facts import DatasetFacts
 from tin.models import build_model
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, save_state
+from tin.train.checkpoint import TrainingState, save_state
 from tin.train.config import TrainConfig
 
 SIZE = 32

@@ -13,13 +13,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.evaluate.conftest import write_checkpoint
+from tin.checkpoint import load_model
 from tin.data import iter_clips, load_dataset_info
 from tin.data.sampling import segment_indices
 from tin.data.transforms import eval_view, normalize
 from tin.evaluate import confusion_matrix, evaluate_checkpoint, multi_label_metrics
 from tin.inference import clip_views
 from tin.models import build_model
-from tin.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import torch
 
 from pipelines.synthetic import SyntheticConfig, render_clip, write_video
 from tin import export, predict
+from tin.checkpoint import load_model
 from tin.export import METADATA_FILE, example_clips, export_checkpoint
-from tin.train.checkpoint import load_model
 
 
 def test_predict_prints_top_k_and_names_unreadable_files(tin_checkpoint, tmp_path, capsys):
@@ -112,10 +112,9 @@ def test_features_are_what_the_classifier_maps_to_the_probabilities(tin_checkpoi
     from tin.inference import classifier, clip_probabilities, clip_probabilities_and_features, clip_views
 
     for checkpoint in (tin_checkpoint, vit_checkpoint):
-        model, meta = load_model(checkpoint)
-        config = meta["config"]
+        model, trained = load_model(checkpoint)
         clips = list(itertools.islice(iter_clips(tiny_root, "val"), 2))
-        views = torch.stack([clip_views(torch.from_numpy(c.frames), 8, config["crop_size"]) for c in clips])
+        views = torch.stack([clip_views(torch.from_numpy(c.frames), 8, trained.spec.crop_size) for c in clips])
         probabilities, features = clip_probabilities_and_features(model, views, multi_label=False)
         assert features.shape == (2, classifier(model).in_features)
         torch.testing.assert_close(probabilities, clip_probabilities(model, views, multi_label=False))

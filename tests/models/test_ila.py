@@ -18,7 +18,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tin.models.ila import (
-    ILA_VARIANTS,
+    ILA_B16,
+    ILA_B32,
+    ILA_TINY,
     Alignment,
     ILABlock,
     InteractivePath,
@@ -208,9 +210,9 @@ def test_the_jittered_mask_is_the_average_of_the_nine_shifted_masks():
         (1, 32, {}, "num_segments >= 2"),
         (8, (32, 40), {}, "square"),
         (8, 36, {}, "multiple of patch_size"),
-        (8, 32, {"fusion": "concat"}, "fusion must be one of"),
-        (8, 32, {"head": "cls"}, "head must be one of"),
-        (8, 32, {"input_norm": "miil"}, "input_norm must be one of"),
+        (8, 32, {"fusion": "concat"}, "option fusion: expected one of add, token"),
+        (8, 32, {"head": "cls"}, "option head: expected one of mit, mean"),
+        (8, 32, {"input_norm": "miil"}, "option input_norm: expected one of clip, imagenet"),
         (8, 32, {"ila_layers": (0, 4)}, "ila_layers"),
         (8, 32, {"ila_point_hidden": 6}, "multiple of 4"),
         (8, 32, {"mask_size": 3}, "unknown option"),
@@ -330,11 +332,12 @@ def test_token_fusion_runs_and_learns_points():
 
 
 def test_variants_list_their_options():
-    for name, options in ILA_VARIANTS.items():
+    for variant in (ILA_B32, ILA_B16, ILA_TINY):
+        defaults = {name: option.default for name, option in variant.options.items()}
         assert {"fusion", "jitter_decay_start", "freeze_backbone", "pretrained", "dropout", "input_norm"} <= set(
-            options
+            defaults
         )
-        assert options["dropout"] == 0.5 and options["fusion"] == "add" and options["pretrained"] is None, name
+        assert defaults["dropout"] == 0.5 and defaults["fusion"] == "add" and defaults["pretrained"] is None
     model = ila_tiny(7, 8, dropout=None, input_norm="imagenet")
     assert model.head.dropout.p == 0.5
     assert model.input_mean == (0.485, 0.456, 0.406) and model.input_std == (0.229, 0.224, 0.225)
@@ -379,17 +382,15 @@ def test_an_open_clip_image_tower_loads_and_gives_its_features(tmp_path):
         expected = clip.encode_image(clips.flatten(0, 1)).view(2, 8, -1)
     torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
 
-    frozen = ila_tiny(7, 8, pretrained=str(path), **TINY_OPEN_CLIP)
+    frozen = ila_tiny(7, 8, pretrained=str(path), freeze_backbone=True, **TINY_OPEN_CLIP)
     roles = frozen.param_roles()
     assert all(
         parameter.requires_grad != roles[name][0].startswith("backbone")
         for name, parameter in frozen.named_parameters()
     )
-    assert all(
-        parameter.requires_grad
-        for parameter in ila_tiny(7, 8, pretrained=path, freeze_backbone=False, **TINY_OPEN_CLIP).parameters()
+    assert all(  # pretrained alone does not freeze (tests/models/test_vit_variant.py has the rule)
+        parameter.requires_grad for parameter in ila_tiny(7, 8, pretrained=path, **TINY_OPEN_CLIP).parameters()
     )
-    assert all(parameter.requires_grad for parameter in ila_tiny(7, 8).parameters())  # no pretrained: not frozen
 
     larger = ila_tiny(7, 8, image_size=48, pretrained=path, **TINY_OPEN_CLIP)  # grid 6: pos_embed resampled
     assert larger.backbone.pos_embed.shape == (1, 37, 64)

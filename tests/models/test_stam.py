@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tin.models.stam import STAM_VARIANTS, stam_b16, stam_tiny
+from tin.models.stam import STAM_B16, STAM_TINY, stam_b16, stam_tiny
 
 
 def count(model: torch.nn.Module) -> int:
@@ -57,9 +57,9 @@ def test_bad_inputs_and_settings_are_explained():
         model(torch.zeros(1, 8, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="image_size 36 is not a multiple of patch_size 8"):
         stam_tiny(7, 8, image_size=36)
-    with pytest.raises(ValueError, match="aggregation must be one of transformer, mean"):
+    with pytest.raises(ValueError, match="stam_tiny: option aggregation: expected one of transformer, mean"):
         stam_tiny(7, 8, aggregation="max")
-    with pytest.raises(ValueError, match="input_norm must be one of miil, imagenet"):
+    with pytest.raises(ValueError, match="stam_tiny: option input_norm: expected one of miil, imagenet"):
         stam_tiny(7, 8, input_norm="clip")
     with pytest.raises(ValueError, match=r"stam_tiny: unknown option.* shift_div; valid options: aggregation"):
         stam_tiny(7, 8, shift_div=4)
@@ -72,7 +72,7 @@ def test_protocol():
     model(torch.randn(1, 8, 3, 32, 32))
     assert model.auxiliary_loss() is None and model.temporal_stats() == {}
     model.set_epoch(3, 10)
-    assert stam_tiny(7, 8, dropout=None).dropout.p == STAM_VARIANTS["stam_tiny"]["dropout"] == 0.0
+    assert stam_tiny(7, 8, dropout=None).dropout.p == STAM_TINY.options["dropout"].default == 0.0
 
 
 def test_param_roles_cover_every_parameter_once():
@@ -118,4 +118,4 @@ def test_the_temporal_position_embedding_starts_at_the_variants_std():
     torch.manual_seed(0)
     assert stam_tiny(3, 8).temporal.pos_embed.std().item() == pytest.approx(0.3, rel=0.1)
     assert stam_tiny(3, 8, temporal_pos_std=0.02).temporal.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
-    assert STAM_VARIANTS["stam_b16"]["temporal_pos_std"] == 0.02  # STAM's
+    assert STAM_B16.options["temporal_pos_std"].default == 0.02  # STAM's

@@ -368,7 +368,7 @@ class Scenario:
         import torch
         from mlflow.tracking import MlflowClient
 
-        from tin.train.checkpoint import load_model
+        from tin.checkpoint import load_model
 
         client = MlflowClient(self.mlflow)
         experiment = client.get_experiment_by_name("cluster")
@@ -380,10 +380,10 @@ class Scenario:
         run = runs[0]
         artifacts = {a.path for folder in ("plots", "model") for a in client.list_artifacts(run.info.run_id, folder)}
         model_file = client.download_artifacts(run.info.run_id, "model/checkpoint.pt", str(self.workdir))
-        model, meta = load_model(model_file)
-        config = meta["config"]
+        model, trained = load_model(model_file)
+        spec = trained.spec
         with torch.no_grad():
-            logits = model(torch.zeros(1, config["num_segments"], 3, config["crop_size"], config["crop_size"]))
+            logits = model(torch.zeros(1, spec.num_segments, 3, spec.crop_size, spec.crop_size))
         return {
             "runs": 1,
             "params": {

@@ -16,12 +16,13 @@ from pipelines import cli
 from pipelines.cli import KINETICS600_RECIPE, MMIT_RECIPE, SEARCH_DEFAULTS
 from pipelines.layouts import LAYOUTS
 from pipelines.prepare import PrepareConfig, ReleaseConfig
-from pipelines.search import SEARCHABLE, SearchConfig
+from pipelines.search import ILA_SPACE, PRESETS, SEARCHABLE, SearchConfig
 from pipelines.synthetic import SyntheticConfig
 from tin import evaluate, export, predict
 from tin.config import parse_config
 from tin.errors import USAGE_EXIT_STATUS, UsageError
 from tin.evaluate import EvaluationConfig
+from tin.models.build import option_spec
 from tin.predict import PredictConfig
 from tin.train.config import TrainConfig
 
@@ -87,6 +88,21 @@ def test_training_config_file_errors_name_the_file_and_the_key(config_file, text
 def test_training_jobs_refuse_bad_settings_before_any_work(capsys, argv, message):
     assert cli.train(argv) == USAGE_EXIT_STATUS
     assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_a_model_option_of_the_wrong_type_stops_the_job_before_ray_starts(tmp_path):
+    # The README's STAM command with a value norm_eps cannot take; -X importtime lists every module imported.
+    command = [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), "--data", str(tmp_path)]
+    command += ["--model", "stam_tiny", "--pretrained", "trunk.pth", "--freeze-backbone"]
+    command += ["--model-option", "norm_eps=abc", "--storage-path", str(tmp_path / "runs")]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    environment.pop("RAY_ADDRESS", None)
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == USAGE_EXIT_STATUS, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --model-option norm_eps: option norm_eps of --model stam_tiny takes a number, got 'abc'"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "ray" not in imported and not (tmp_path / "runs").exists()
 
 
 # ---- tuning ------------------------------------------------------------------------------------
@@ -325,3 +341,14 @@ def test_job_scripts_are_thin_and_import_the_installed_project(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert "--config FILE.yaml" in shown.stdout and "(default: tin_mmit)" in shown.stdout
+
+
+def test_the_searched_model_choices_are_the_model_tables():
+    for dimension in ("fusion", "aggregation"):
+        choices = option_spec(dimension).choices
+        assert [SEARCHABLE[dimension](choice, 8) for choice in choices] == list(choices)
+        with pytest.raises(ValueError, match=f"expected one of {', '.join(choices)}"):
+            SEARCHABLE[dimension]("other", 8)
+    assert ILA_SPACE["fusion"] == list(option_spec("fusion").choices)
+    assert PRESETS["stam-ablation"]["aggregation"] == {"grid": list(option_spec("aggregation").choices)}
+    assert cli.train(["--data", "d", "--model", "ila_tiny", "--fusion", "concat"]) == USAGE_EXIT_STATUS

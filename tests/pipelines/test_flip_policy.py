@@ -13,17 +13,17 @@ import pytest
 from pipelines.ingest import IngestConfig, _dataset_info
 from pipelines.manifests import Manifest
 from pipelines.prepare import PrepareConfig, PrepareError, build_manifest
-from pipelines.training import (
+from tin.data import DatasetInfo
+from tin.data.flips import LABEL_PAIRS, NO_FLIP, PLAIN, FlipPolicy, direction_classes, mirror_pairs
+from tin.data.reader import open_root
+from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.setup import (
     TrainingDataWarning,
     check_flip_label_pairs,
     flip_settings,
     warn_about_flips,
     with_flip_policy,
 )
-from tin.data import DatasetInfo
-from tin.data.flips import LABEL_PAIRS, NO_FLIP, PLAIN, FlipPolicy, direction_classes, mirror_pairs
-from tin.data.reader import open_root
-from tin.train.config import TrainConfig, TrainingSetupError
 
 LISTS = Path(__file__).parent / "lists"
 MOTIONS = ["left", "right", "up", "down"]

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.formats import FORMATS, FormatRequest
 from pipelines.ingest import IngestConfig, IngestError, clip_record, ingest
-from pipelines.manifests import read_20bn, read_rawframes
 from pipelines.prepare import PrepareConfig, PrepareError
 from tin.data import decode_jpeg, load_dataset_info, read_clip, read_errors
 from tin.data.frames import frame_name_pattern, read_frame_folder
@@ -61,11 +61,15 @@ def release(tmp_path_factory) -> Path:
 
 
 def manifest_of(release: Path, frame_root: str | None = None):
-    return read_20bn(
-        str(release / "jester-v1-validation.csv"),
-        str(release / "jester-v1-labels.csv"),
-        frame_root or str(release / "20bn-jester-v1"),
-        "jester",
+    """The release's val list as --format jester reads it."""
+    return FORMATS["jester"].manifest(
+        FormatRequest(
+            str(release / "jester-v1-validation.csv"),
+            str(release / "jester-v1-labels.csv"),
+            frame_root or str(release / "20bn-jester-v1"),
+            "val",
+            "jester",
+        )
     )
 
 
@@ -121,7 +125,8 @@ def test_rawframe_lists_check_the_frame_count(tmp_path):
     ramp_folder(tmp_path / "rawframes" / "a", 10, name="img_{:05d}.jpg")
     ramp_folder(tmp_path / "rawframes" / "b", 5, name="img_{:05d}.jpg")
     (tmp_path / "list.txt").write_text("a 10 0\nb 12 1\n")
-    manifest = read_rawframes(str(tmp_path / "list.txt"), str(tmp_path / "rawframes"))
+    request = FormatRequest(str(tmp_path / "list.txt"), None, str(tmp_path / "rawframes"), "train", "rawframes")
+    manifest = FORMATS["rawframes"].manifest(request)
     config = IngestConfig("o", "train", frames=4, short_side=0)
     good = clip_record(manifest.rows[0], config, manifest.frame_template)
     assert shown_frames(decode_jpeg(good["frames"])) == sample_indices(0, 10, 4).tolist()

@@ -1,4 +1,5 @@
-"""Manifest parsers on literal sample annotation files of each dataset format."""
+"""Manifest parsers on literal sample annotation files of each dataset format, and the frame
+template and flip policy each format's record (pipelines.formats) gives their manifests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.formats import FORMATS, FormatRequest
 from pipelines.manifests import (
     FRAMES_20BN,
     NO_LABEL,
@@ -16,7 +18,6 @@ from pipelines.manifests import (
     read_generic,
     read_hmdb51,
     read_kinetics,
-    read_mit,
     read_mmit,
     read_rawframes,
     read_sthv2,
@@ -29,6 +30,11 @@ def write(path: Path, text: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path)
+
+
+def through_format(format: str, annotations: str, classes: str | None, root: str, name: str = "d"):
+    """The manifest of one split as ``--format format`` reads it: the reader's, with the record's facts."""
+    return FORMATS[format].manifest(FormatRequest(annotations, classes, root, "train", name))
 
 
 def test_generic_names_ids_times_and_unknown_classes(tmp_path):
@@ -236,7 +242,7 @@ def test_something_something_v1_and_jester_lists(tmp_path):
         tmp_path / "something-something-v1-train.csv",
         "100218;Holding something\n\n7;Pushing something from left to right\n8;Spinning something\n9\n",
     )
-    manifest = read_20bn(train, labels, "s3://bucket/20bn-something-something-v1", "sthv1")
+    manifest = through_format("sthv1", train, labels, "s3://bucket/20bn-something-something-v1", "sthv1")
     assert manifest.classes == sorted(["Holding something", *(f"Pushing something from {d}" for d in DIRECTIONS)])
     assert manifest.labelled and manifest.frame_template == FRAMES_20BN == "{:05d}.jpg"
     holding, pushing, unknown, bare = manifest.rows
@@ -254,7 +260,9 @@ def test_something_something_v1_and_jester_lists(tmp_path):
         ("12", (), None),
     ]
     jester_labels = write(tmp_path / "jester-v1-labels.csv", "Swiping Left\nSwiping Right\nRolling Hand Forward\n")
-    jester = read_20bn(write(tmp_path / "jester-v1-train.csv", "34870;Swiping Right\n"), jester_labels, "/j", "jester")
+    jester = through_format(
+        "jester", write(tmp_path / "jester-v1-train.csv", "34870;Swiping Right\n"), jester_labels, "/j"
+    )
     assert jester.classes == ["Rolling Hand Forward", "Swiping Left", "Swiping Right"]
     assert jester.rows[0].labels == (2,) and jester.flip_policy.pairs == ((1, 2),)
 
@@ -267,7 +275,7 @@ def test_mmaction2_rawframe_lists(tmp_path):
         tmp_path / "train_rawframes.txt",
         "some/clip_a 40 1\nsome/clip_b 12 0 2\nsome/clip_c x 1\nsome/clip_d 9 5\n",
     )
-    manifest = read_rawframes(annotations, "/data/rawframes")
+    manifest = through_format("rawframes", annotations, None, "/data/rawframes")
     assert manifest.classes == ["0", "1", "2", "3", "4", "5"] and manifest.multi_label and manifest.labelled
     a, b, c, d = manifest.rows
     assert (a.clip_id, a.path, a.labels, a.frame_count) == ("some/clip_a", "/data/rawframes/some/clip_a", (1,), 40)
@@ -325,7 +333,7 @@ def test_moments_in_time_single_label(tmp_path):
         "adult+female+singing/yt-x_1.mp4,0,2,1\n"
         "blocking/yt-y_2.mp4,yodeling,3,0\n",
     )
-    manifest = read_mit(annotations, categories, "/mit/training")
+    manifest = through_format("mit", annotations, categories, "/mit/training")
     assert manifest.classes == ["adult+female+singing", "blocking"] and not manifest.multi_label
     blocking, singing, unknown = manifest.rows
     assert (blocking.clip_id, blocking.path, blocking.labels) == (
@@ -339,7 +347,7 @@ def test_moments_in_time_single_label(tmp_path):
 
 def test_kinetics_400_test_csv_is_labelled_and_700_test_csv_is_not(tmp_path):
     k400 = write(tmp_path / "test.csv", KINETICS_400.replace(",val,", ",test,"))
-    manifest = read_kinetics(k400, str(tmp_path), layout="flat", name="kinetics400")
+    manifest = through_format("kinetics", k400, None, str(tmp_path), name="kinetics400")
     assert manifest.labelled and len(manifest.rows) == 3 and manifest.flip_policy == FlipPolicy(PLAIN)
     k700 = write(tmp_path / "k700.csv", "youtube_id,time_start,time_end,split\n---QUuC4vJs,84,94,test\n")
     assert not read_kinetics(k700, str(tmp_path), name="kinetics700").labelled

@@ -25,11 +25,11 @@ from pipelines.predict import PREDICTIONS
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
 from tests.pipelines.test_jobs import REPO, job_env, run_job
+from tin.checkpoint import load_model
 from tin.data import read_errors
 from tin.errors import USAGE_EXIT_STATUS
 from tin.evaluate import evaluate_checkpoint
 from tin.predict import predict_videos
-from tin.train.checkpoint import load_model
 
 CLIPS = 5
 
@@ -80,8 +80,8 @@ def test_folder_gives_top_k_probabilities_features_and_an_error_row(ray_session,
     ]
     assert "cannot open as a video" in errors[0]["error"]
 
-    model, meta = load_model(inputs.checkpoint)
-    alone = {prediction.path: prediction.top for prediction in predict_videos(model, meta, map(str, inputs.good), 3)}
+    model, trained = load_model(inputs.checkpoint)
+    alone = {prediction.path: prediction.top for prediction in predict_videos(model, trained, map(str, inputs.good), 3)}
     head = model.head
     for row in rows:
         scores, probabilities = np.array(row["top_scores"]), np.array(row["probabilities"])

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ray_internals import RAY_DATA_LOGGING, RAY_DATA_LOGGING_FILE, SINGLE_NODE_SWITCH, STATE_API_ADDRESS
+from pipelines.ray_internals import (
+    RAY_DATA_LOGGING,
+    RAY_DATA_LOGGING_FILE,
+    RAY_DATA_USAGE_SWITCH,
+    SINGLE_NODE_SWITCH,
+    STATE_API_ADDRESS,
+    ResumableASHAScheduler,
+)
 from pipelines.ray_runtime import ALLOW_UNTESTED_RAY, UnsupportedRayError, check_ray_version, ray_requirement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +85,49 @@ def test_ray_data_takes_the_project_logging_file_console_at_warning_file_at_debu
         **{RAY_DATA_LOGGING: str(RAY_DATA_LOGGING_FILE)},
     )
     assert found == {"level": 10, "console": [30], "files": [0]}
+
+
+def test_the_usage_switch_keeps_ray_data_from_polling_prometheus_and_only_the_switch_does():
+    """With the switch a dataset runs and no usage poller thread starts; the same process without
+    it starts one (so the check can fail). ``ray.init`` turns Ray's usage stats off in the Ray it
+    starts; a cluster started by ``ray start``, where the switch matters, has them on."""
+    found = fresh_python(
+        f"""
+        import json, os, threading
+        import ray, ray.data
+        from pipelines.ray_internals import address_this_process_by_loopback
+        address_this_process_by_loopback()
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "1"
+        def pollers():
+            return sum(thread.name == "data-usage-metrics-poller" for thread in threading.enumerate())
+        os.environ["{RAY_DATA_USAGE_SWITCH}"] = "1"
+        switched = (ray.data.range(10).sum("id"), pollers())
+        del os.environ["{RAY_DATA_USAGE_SWITCH}"]
+        unswitched = (ray.data.range(10).sum("id"), pollers())
+        ray.shutdown()
+        print(json.dumps({{"switched": switched, "unswitched": unswitched}}))
+    """
+    )
+    assert found == {"switched": [45, 0], "unswitched": [45, 1]}
+
+
+def test_asha_state_round_trips_through_asha_own_save_and_restore(tmp_path):
+    """What a resumed search's scheduler reads back is what the interrupted one held: rungs, the
+    trial-to-bracket map and the stop count, from a state file at another place."""
+    scheduler = ResumableASHAScheduler(str(tmp_path / "a" / "asha_state.pkl"), time_attr="epoch", max_t=4)
+    scheduler._trial_info["trial_1"] = scheduler._brackets[0]
+    scheduler._brackets[0]._rungs[0][1]["trial_1"] = 0.75
+    scheduler._num_stopped = 3
+    scheduler._save_state()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "asha_state.pkl").rename(tmp_path / "b" / "asha_state.pkl")
+    resumed = ResumableASHAScheduler(str(tmp_path / "b" / "asha_state.pkl"), time_attr="epoch", max_t=4)
+    resumed._load_saved_state()
+    assert resumed._num_stopped == 3
+    assert resumed._brackets[0]._rungs[0][1] == {"trial_1": 0.75}
+    assert resumed._trial_info["trial_1"] is resumed._brackets[0]
+    assert resumed._state_uri == str(tmp_path / "b" / "asha_state.pkl")
 
 
 def test_the_installed_ray_is_in_the_tested_range_and_others_are_refused(monkeypatch):

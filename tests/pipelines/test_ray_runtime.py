@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.ray_env import clean_env
-from tin.train.checkpoint import CHECKPOINT_FILE, load_state
+from tin.checkpoint import CHECKPOINT_FILE
+from tin.train.checkpoint import load_state
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 20  # tiny epochs of about a second: the run must outlast the other Ray's start and stop
@@ -96,3 +97,18 @@ def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_l
         if line.strip() and not JOB_LINES.match(re.sub(r"^\S*\(\w+ pid=\d+[^)]*\)\S* ", "", line))
     ]
     assert len(others) <= RAY_LINES_ALLOWED, "\n".join(others)  # was one per second and several per epoch
+
+
+def test_the_driver_and_every_worker_get_the_project_ray_data_settings(ray_session):
+    """``init_ray`` turns Ray Data's usage collector off in the driver, and the worker setup hook
+    turns it off and applies the project's Ray Data logging in every task and actor process."""
+    import ray
+
+    from pipelines.ray_internals import RAY_DATA_LOGGING, RAY_DATA_LOGGING_FILE, RAY_DATA_USAGE_SWITCH
+
+    @ray.remote
+    def worker_settings() -> tuple[str | None, str | None]:
+        return os.environ.get(RAY_DATA_USAGE_SWITCH), os.environ.get(RAY_DATA_LOGGING)
+
+    assert os.environ.get(RAY_DATA_USAGE_SWITCH) == "1"
+    assert ray.get(worker_settings.remote()) == ("1", str(RAY_DATA_LOGGING_FILE))

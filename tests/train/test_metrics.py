@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
-from tin.train.metrics import class_map, sample_map, topk_correct
+from tin.metrics import class_map, sample_map, topk_correct
 from tin.train.schedule import lr_factor
 
 

@@ -15,8 +15,8 @@ import torch
 
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint
 from tin import tracking
+from tin.checkpoint import load_model, read_checkpoint
 from tin.export import example_clips
-from tin.train.checkpoint import load_model, read_checkpoint
 
 LOADER = """
 import json, sys

@@ -55,3 +55,19 @@ def test_model_options_reach_build_model_and_foreign_ones_are_refused(capsys):
 def test_a_config_round_trips_through_its_dict():
     config = TrainConfig(data="d", model="ila_tiny", betas=(0.9, 0.98), model_option=(("ila_layers", [1]),))
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_the_driver_resolves_the_recipe_into_the_config_and_flags_win():
+    given = TrainConfig(data="d", model="ila_b32", lr=3e-4)
+    resolved = given.with_recipe()
+    assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.betas, resolved.clip_grad) == (
+        "adamw",
+        3e-4,
+        0.05,
+        (0.9, 0.98),
+        5.0,
+    )
+    assert (resolved.head_lr_mult, resolved.head_bias_lr_mult) == (1.0, 1.0)
+    assert resolved.recipe() == given.recipe() and resolved.with_recipe() == resolved  # nothing left to resolve
+    assert given.weight_decay is None  # the given config is not rewritten
+    assert TrainConfig(data="d", model="stam_b16").with_recipe().lr == FAMILY_RECIPES["stam"].scratch_lr

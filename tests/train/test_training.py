@@ -3,96 +3,34 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mlflow
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
-from pipelines.training import (
-    TrainingDataWarning,
-    TrainingSetupError,
-    check_config,
-    decode_options,
-    shard_list,
-    shard_paths,
-    show_data_warnings_as_lines,
-    train,
-    training_clips,
-    validation_clips,
-    warn_about,
-    with_resolved_locations,
-)
+from pipelines.train_worker import local_shuffle
+from pipelines.training import shard_list, train, training_clips, validation_clips
+from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
+from tin.checkpoint import load_model
 from tin.data import iter_clips, load_dataset_info
 from tin.data.batches import decode_shards
 from tin.export import example_clips
-from tin.train.checkpoint import CHECKPOINT_FILE, load_model, load_state
-from tin.train.config import TrainConfig
-from tin.train.loop import epoch_steps, local_shuffle
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:
-    """tin_r18 on 4 frames of 32 x 32: seconds per epoch on 2 CPUs."""
-    values = {
-        "data": data,
-        "model": "tin_r18",
-        "num_segments": 4,
-        "epochs": 2,
-        "batch_size": 8,
-        "num_workers": 2,
-        "crop_size": 32,
-        "lr": 0.02,
-        "warmup_epochs": 0,
-        "storage_path": str(tmp_path / "runs"),
-        "name": name,
-        "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "experiment": "tests",
-    }
-    return TrainConfig(**{**values, **overrides})
-
-
-def mlflow_run(config: TrainConfig):
-    mlflow.set_tracking_uri(config.mlflow_uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(config.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{config.name}'")
-    assert len(runs) == 1, f"expected one MLflow run named {config.name}, found {len(runs)}"
-    return client, runs[0]
-
-
-def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-
-
-def latest_checkpoint(config: TrainConfig) -> Path:
-    checkpoints = sorted(p for p in (Path(config.storage_path) / config.name).glob("checkpoint_*") if p.is_dir())
-    assert checkpoints, "no checkpoint written"
-    return checkpoints[-1] / CHECKPOINT_FILE
-
-
-def single_class_shards(root: str, tmp_path: Path) -> str:
-    """A copy of ``root`` whose training split holds one shard per class, in class order: the
-    shards ingest made of a sorted annotation list before it permuted the rows."""
-    copy = tmp_path / "single-class-shards"
-    shutil.copytree(root, copy)
-    shards = sorted((copy / "train").glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(shard) for shard in shards])
-    for shard in shards:
-        shard.unlink()
-    labels = np.array([labels[0] for labels in table.column("labels").to_pylist()])
-    for label in np.unique(labels):
-        pq.write_table(table.take(np.flatnonzero(labels == label)), copy / "train" / f"part-{label:05d}.parquet")
-    return str(copy)
+from tin.train.checkpoint import load_state
+from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.loop import epoch_steps
+from tin.train.setup import (
+    TrainingDataWarning,
+    check_config,
+    decode_options,
+    shard_paths,
+    show_data_warnings_as_lines,
+    warn_about,
+    with_resolved_locations,
+)
 
 
 def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_label_root, tmp_path):
@@ -131,8 +69,9 @@ def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_e
 
     filesystem, files = shard_paths(ramp_root.path, "val")
     seen: list[set[int]] = [set() for _ in range(8)]
-    for _ in range(30):  # training's own decode function, on the same shards
-        for batch in decode_shards({"path": np.array(files)}, filesystem, **decode_options(config, info, train=True)):
+    options = decode_options(config, info, train=True)
+    for epoch in range(30):  # training's own decode function, on the same shards
+        for batch in decode_shards({"path": np.array(files)}, filesystem, epoch=epoch, **options):
             for k, frames in enumerate(ramp_root.source_frames(batch["clips"]).T):
                 seen[k] |= set(frames.tolist())
     assert seen == [{9 * k + 1, 9 * k + 4, 9 * k + 7} for k in range(8)]
@@ -163,6 +102,9 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     assert metric_steps(client, run, "val_top1") == [1] and metric_steps(client, run, "train_aux_loss") == [1]
     assert run.data.params["config.model"] == "ila_tiny" and run.data.params["config.num_workers"] == "2"
     assert run.data.params["recipe.optimizer"] == "adamw"  # the family's, as the config left it None
+    # the driver resolved the recipe: the logged config is what trained, the flag's lr kept
+    assert run.data.params["config.optimizer"] == "adamw" and run.data.params["config.weight_decay"] == "0.05"
+    assert run.data.params["config.lr"] == "0.001"
     artifacts = {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/alignment_points.png"} <= artifacts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}")  # the MLflow model too
@@ -179,8 +121,8 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     assert int(state.ema["n_averaged"]) == 2 * steps  # the average went on, not restarted
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "val_top1") == [1, 2]  # one entry per epoch, not 3
-    model, meta = load_model(latest_checkpoint(config))
-    assert meta["epoch"] == 2 and meta["dataset"]["classes"][0] == "left"
+    model, trained = load_model(latest_checkpoint(config))
+    assert trained.epoch == 2 and trained.classes[0] == "left"
     average = {key.removeprefix("module."): value for key, value in state.ema.items() if key != "n_averaged"}
     assert torch.equal(model.state_dict()["head.fc.weight"], average["head.fc.weight"])  # evaluated: the average
 

@@ -17,9 +17,8 @@ from pipelines.cli import tune_tin
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
 from pipelines.synthetic import SyntheticConfig
-from pipelines.training import TrainingSetupError
 from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, results_table
-from tin.train.config import TrainConfig
+from tin.train.config import TrainConfig, TrainingSetupError
 
 REPO = Path(__file__).resolve().parents[2]
 LEARNING_RATES = [0.01, 0.5]  # the first learns; the second overshoots, so ASHA stops it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,27 @@ def filesystem_for(path: str, storage_options: dict[str, Any] | None = None):
     """(fsspec filesystem, path inside it); ``storage_options`` are ignored for local paths."""
     local = fsspec.utils.get_protocol(path) in ("file", "local")
     return fsspec.core.url_to_fs(path, **({} if local else storage_options or {}))
+
+
+def storage_options_from_env() -> dict[str, Any]:
+    """s3fs options from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    AWS_DEFAULT_REGION of this process, handed to remote workers explicitly (Ray tasks on
+    other nodes, whose environment may differ) so that they reach the same object store."""
+    options: dict[str, Any] = {}
+    client_kwargs = {
+        key: os.environ[name]
+        for key, name in (
+            ("endpoint_url", "AWS_ENDPOINT_URL"),
+            ("region_name", "AWS_DEFAULT_REGION"),
+        )
+        if os.environ.get(name)
+    }
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        options["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+    return options
 
 
 def load_dataset_info(root: str, storage_options: dict[str, Any] | None = None) -> DatasetInfo:

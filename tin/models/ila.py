@@ -33,8 +33,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tin.data.transforms import INPUT_NORMS
+from tin.models.options import Option
 from tin.models.pretrained import PretrainedReport
 from tin.models.protocol import check_clips, freeze_trunk
+from tin.models.vit_variant import FREEZE_BACKBONE, PRETRAINED, ViTVariant, is_new_on_trunk, vit_param_roles
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed
 
 if TYPE_CHECKING:
@@ -51,63 +53,10 @@ ILA_INPUT_NORMS = ("clip", "imagenet")
 MIN_GRID = 4
 """The point head's two max-pools need a patch grid of at least 4 x 4."""
 
-NO_DECAY_NAMES = ("cls_token", "pos_embed")
-"""Parameters kept out of weight decay besides those with fewer than 2 dimensions."""
-
 MASK_PLATEAU, MASK_SLOPE = 0.25, 1.5
 """The released mask weights: 1 within 0.25 of a point, then falling with slope 1.5 (0 from 0.917 on)."""
 JITTER, JITTER_DECAY_START = 0.2, 0.6
 """The released mask jitter of training, and the fraction of the epochs after which it halves every epoch."""
-
-_COMMON_OPTIONS: dict[str, Any] = {
-    "fusion": "add",
-    "interactive_path": True,
-    "ila_layers": None,
-    "point_scale": 0.75,
-    "mask_plateau": MASK_PLATEAU,
-    "mask_slope": MASK_SLOPE,
-    "jitter": JITTER,
-    "jitter_decay_start": JITTER_DECAY_START,
-    "head": "mit",
-    "mit_layers": 1,
-    "freeze_backbone": None,
-    "drop_path": 0.0,
-    "grad_checkpointing": False,
-    "input_norm": "clip",
-    "dropout": 0.5,
-    "pretrained": None,
-}
-
-_CLIP_B: dict[str, Any] = {
-    "embed_dim": 768,
-    "depth": 12,
-    "num_heads": 12,
-    "proj_dim": 512,
-    "ila_hidden": 256,
-    "ila_point_hidden": 128,
-    "mit_heads": 8,
-}
-
-ILA_VARIANTS: dict[str, dict[str, Any]] = {
-    "ila_b32": {"patch_size": 32, **_CLIP_B, **_COMMON_OPTIONS},
-    "ila_b16": {"patch_size": 16, **_CLIP_B, **_COMMON_OPTIONS},
-    "ila_tiny": {
-        "patch_size": 8,
-        "embed_dim": 128,
-        "depth": 4,
-        "num_heads": 4,
-        "proj_dim": 128,
-        "ila_hidden": 32,
-        "ila_point_hidden": 16,
-        "mit_heads": 2,
-        **_COMMON_OPTIONS,
-    },
-}
-"""Each variant's options (what ``ila_b32``/``ila_b16``/``ila_tiny`` and ``build_model`` accept) and their
-defaults. The first eight are the architecture: the CLIP image tower (patch size, width D, blocks,
-heads, ``proj_dim`` E of the CLIP projection), the ILA widths h and p, and the MIT's heads; the tiny one is
-for CPU tests and demos. ``ila_layers=None`` puts ILA in every block; ``freeze_backbone=None`` freezes the
-CLIP tower exactly when ``pretrained`` (a local CLIP file, ``tin.models.vit_weights``) is given."""
 
 
 def jitter_at(epoch: int, epochs: int, jitter: float = JITTER, decay_start: float = JITTER_DECAY_START) -> float:
@@ -787,11 +736,7 @@ class ILA(nn.Module):
             position embedding) or ``head`` (the final LayerNorm and linear layer); no_decay for
             parameters with fewer than 2 dimensions and for the class token and position embeddings.
         """
-        depth = len(self.backbone.blocks)
-        return {
-            name: (_role(name, depth), parameter.ndim < 2 or name.endswith(NO_DECAY_NAMES))
-            for name, parameter in self.named_parameters()
-        }
+        return vit_param_roles(self, len(self.backbone.blocks), _is_temporal)
 
     def freeze_backbone(self) -> None:
         """Stop training the CLIP tower (trunk and projection), as the ILA release did; the ILA modules,
@@ -812,7 +757,7 @@ class ILA(nn.Module):
         state = {f"backbone.{key}": tensor for key, tensor in weights.backbone.items()}
         if "backbone.pos_embed" in state:
             state["backbone.pos_embed"] = resize_pos_embed(state["backbone.pos_embed"], self.grid)
-        return load_into(self, state, weights.path, _is_new, weights.skipped)
+        return load_into(self, state, weights.path, partial(is_new_on_trunk, is_temporal=_is_temporal), weights.skipped)
 
     def _run(self, block: nn.Module, *inputs: Any) -> Any:
         """One ViT block, recomputed in the backward pass when gradient checkpointing is on."""
@@ -821,58 +766,82 @@ class ILA(nn.Module):
         return block(*inputs)
 
 
+ILA_B32: ViTVariant[ILA] = ViTVariant(
+    ILA,
+    options={
+        "patch_size": Option(32, "int"),
+        "embed_dim": Option(768, "int"),
+        "depth": Option(12, "int"),
+        "num_heads": Option(12, "int"),
+        "proj_dim": Option(512, "int"),
+        "ila_hidden": Option(256, "int"),
+        "ila_point_hidden": Option(128, "int"),
+        "mit_heads": Option(8, "int"),
+        "fusion": Option("add", "str", FUSIONS),
+        "interactive_path": Option(True, "bool"),
+        "ila_layers": Option(None, "int_list"),
+        "point_scale": Option(0.75, "float"),
+        "mask_plateau": Option(MASK_PLATEAU, "float"),
+        "mask_slope": Option(MASK_SLOPE, "float"),
+        "jitter": Option(JITTER, "float"),
+        "jitter_decay_start": Option(JITTER_DECAY_START, "float"),
+        "head": Option("mit", "str", HEADS),
+        "mit_layers": Option(1, "int"),
+        "freeze_backbone": FREEZE_BACKBONE,
+        "drop_path": Option(0.0, "float"),
+        "grad_checkpointing": Option(False, "bool"),
+        "input_norm": Option("clip", "str", ILA_INPUT_NORMS),
+        "dropout": Option(0.5, "float"),
+        "pretrained": PRETRAINED,
+    },
+)
+"""ILA on CLIP ViT-B/32 (grid 7 at 224); its options (the ``ILA`` arguments) and their defaults. The first
+eight are the architecture: the CLIP image tower (patch size, width D, blocks, heads, ``proj_dim`` E of the
+CLIP projection), the ILA widths h and p, and the MIT's heads. ``ila_layers=None`` puts ILA in every block.
+``pretrained`` is a local CLIP file (``ILA.load_pretrained``); ``freeze_backbone=True`` freezes the CLIP
+tower, as the ILA release trained (``tin.models.vit_variant`` has the rule for both families)."""
+
+ILA_B16: ViTVariant[ILA] = ILA_B32.changed(patch_size=16)
+"""ILA on CLIP ViT-B/16 (grid 14 at 224)."""
+
+ILA_TINY: ViTVariant[ILA] = ILA_B32.changed(
+    patch_size=8, embed_dim=128, depth=4, num_heads=4, proj_dim=128, ila_hidden=32, ila_point_hidden=16, mit_heads=2
+)
+"""ILA on a tiny CLIP-style ViT (patch 8, D=128, 4 blocks, 4 heads, projection 128) with h=32, p=16 and a
+2-head MIT, for CPU tests and demos."""
+
+
 def ila_b32(num_classes: int, num_segments: int = 8, image_size: int | tuple[int, int] = 224, **options: Any) -> ILA:
-    """ILA on CLIP ViT-B/32 (grid 7 at 224): 131,677,632 parameters at K=400, T=8.
+    """ILA on CLIP ViT-B/32 (``ILA_B32``).
 
     Args:
         num_classes: K.
         num_segments: T >= 2.
         image_size: S, a multiple of 32 with S / 32 >= 4.
-        **options: ``ILA_VARIANTS["ila_b32"]``; an option given as None (e.g. ``dropout=None``) takes its
-            default. ``pretrained``: a local CLIP file (``ILA.load_pretrained``); ``freeze_backbone``
-            (default: whether ``pretrained`` is given) then freezes the CLIP tower.
+        **options: ``ILA_B32.options``, converted to their types; an option given as None (e.g.
+            ``dropout=None``) takes its default. ``pretrained``: a local CLIP file (``ILA.load_pretrained``);
+            ``freeze_backbone=True`` freezes the CLIP tower.
 
     Raises:
         ValueError: unknown option or bad value; CheckpointError: see ``ILA.load_pretrained``.
     """
-    return _build("ila_b32", num_classes, num_segments, image_size, options)
+    return ILA_B32.build("ila_b32", num_classes, num_segments, image_size, options)
 
 
 def ila_b16(num_classes: int, num_segments: int = 8, image_size: int | tuple[int, int] = 224, **options: Any) -> ILA:
-    """ILA on CLIP ViT-B/16 (grid 14 at 224): 130,021,056 parameters at K=400, T=8.
+    """ILA on CLIP ViT-B/16 (``ILA_B16``).
 
-    Args: as ``ila_b32``, with ``ILA_VARIANTS["ila_b16"]``; image_size a multiple of 16, at least 64.
+    Args: as ``ila_b32``, with ``ILA_B16.options``; image_size a multiple of 16, at least 64.
     """
-    return _build("ila_b16", num_classes, num_segments, image_size, options)
+    return ILA_B16.build("ila_b16", num_classes, num_segments, image_size, options)
 
 
 def ila_tiny(num_classes: int, num_segments: int = 8, image_size: int | tuple[int, int] = 32, **options: Any) -> ILA:
-    """ILA on a tiny CLIP-style ViT (patch 8, D=128, 4 blocks, 4 heads, projection 128) with h=32, p=16 and a
-    2-head MIT, for CPU tests and demos: 1,359,543 parameters at K=7, 32², T=8 (1,160,247 with ``head="mean"``).
+    """The tiny ILA (``ILA_TINY``) for CPU tests and demos.
 
-    Args: as ``ila_b32``, with ``ILA_VARIANTS["ila_tiny"]``; image_size a multiple of 8, at least 32.
+    Args: as ``ila_b32``, with ``ILA_TINY.options``; image_size a multiple of 8, at least 32.
     """
-    return _build("ila_tiny", num_classes, num_segments, image_size, options)
-
-
-def _build(
-    variant: str, num_classes: int, num_segments: int, image_size: int | tuple[int, int], options: dict[str, Any]
-) -> ILA:
-    defaults = ILA_VARIANTS[variant]
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{variant}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(defaults))}"
-        )
-    settings = {**defaults, **{name: value for name, value in options.items() if value is not None}}
-    pretrained = settings.pop("pretrained")
-    freeze = settings.pop("freeze_backbone")
-    model = ILA(num_classes=num_classes, num_segments=num_segments, image_size=image_size, **settings)
-    if pretrained is not None:
-        model.load_pretrained(pretrained)
-    if pretrained is not None if freeze is None else freeze:
-        model.freeze_backbone()
-    return model
+    return ILA_TINY.build("ila_tiny", num_classes, num_segments, image_size, options)
 
 
 def _square_size(image_size: int | tuple[int, int]) -> int:
@@ -895,20 +864,6 @@ def _ila_layers(layers: tuple[int, ...] | list[int] | None, depth: int) -> tuple
     return chosen
 
 
-def _role(name: str, depth: int) -> str:
-    """A parameter's role by name: ``backbone:<layer>``, ``temporal`` or ``head``."""
-    if name.startswith("head."):
-        return "head"
-    if name.startswith("mit.") or ".ila." in name:
-        return "temporal"
-    inner = name.removeprefix("backbone.")
-    if inner.startswith("blocks."):
-        return f"backbone:{int(inner.split('.')[1]) + 1}"
-    if inner.startswith(("norm.", "head.")):
-        return f"backbone:{depth + 1}"
-    return "backbone:0"
-
-
-def _is_new(key: str) -> bool:
-    """Model keys no CLIP file provides: the ILA modules, the MIT and the video head."""
-    return key.startswith(("mit.", "head.")) or ".ila." in key
+def _is_temporal(name: str) -> bool:
+    """Whether a parameter or state key belongs to the temporal modules: the ILA modules and the MIT."""
+    return name.startswith("mit.") or ".ila." in name

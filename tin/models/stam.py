@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from tin.data.transforms import INPUT_NORMS
+from tin.models.options import Option
 from tin.models.pretrained import PretrainedReport
 from tin.models.protocol import check_clips, freeze_trunk
+from tin.models.vit_variant import FREEZE_BACKBONE, PRETRAINED, ViTVariant, is_new_on_trunk, vit_param_roles
 from tin.models.vit_weights import load_into, read_vit_weights, resize_pos_embed, resize_temporal_embed
 
 log = logging.getLogger(__name__)
@@ -29,53 +31,6 @@ STAM_INPUT_NORMS = ("miil", "imagenet")
 STAM take pixels / 255 with no mean or std."""
 
 AGGREGATIONS = ("transformer", "mean")
-
-STAM_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "stam_b16": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
-    "stam_tiny": {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4},
-}
-"""The per-frame ViT of each variant: ViT-B/16, and a tiny ViT for CPU tests and demos."""
-
-STAM_VARIANTS: dict[str, dict[str, Any]] = {
-    "stam_b16": {
-        "qkv_bias": True,  # STAM's checkpoints; build with False for the MIIL ImageNet-21K ViT
-        "temporal_depth": 6,
-        "temporal_heads": 8,
-        "temporal_ffn": 2048,
-        "temporal_dropout": 0.1,
-        "temporal_pos_std": 0.02,  # STAM's
-        "aggregation": "transformer",
-        "drop_path": 0.0,
-        "grad_checkpointing": False,
-        "dropout": 0.0,
-        "norm_eps": 1e-5,  # STAM's; 1e-6 for the MIIL ImageNet-21K ViT
-        "input_norm": "miil",
-        "freeze_backbone": False,
-        "pretrained": None,
-    },
-    "stam_tiny": {
-        "qkv_bias": True,
-        "temporal_depth": 2,
-        "temporal_heads": 4,
-        "temporal_ffn": 256,
-        "temporal_dropout": 0.0,
-        "temporal_pos_std": 0.3,  # order is learned from a few hundred clips (see TemporalEncoder)
-        "aggregation": "transformer",
-        "drop_path": 0.0,
-        "grad_checkpointing": False,
-        "dropout": 0.0,
-        "norm_eps": 1e-5,
-        "input_norm": "miil",
-        "freeze_backbone": False,
-        "pretrained": None,
-    },
-}
-"""Each variant's options (what ``stam_b16``/``stam_tiny`` and ``build_model`` accept) and their defaults;
-``pretrained`` is a local MIIL or STAM file (``tin.models.vit_weights``); ``freeze_backbone`` trains only
-the temporal encoder and the head on the (pretrained) per-frame ViT's features."""
-
-NO_DECAY_NAMES = ("cls_token", "pos_embed")
-"""Parameters kept out of weight decay besides those with fewer than 2 dimensions."""
 
 
 class TemporalEncoder(nn.Module):
@@ -286,11 +241,7 @@ class STAM(nn.Module):
             ``temporal`` (the temporal encoder with its class token and position embedding) or ``head``;
             no_decay for parameters with fewer than 2 dimensions and for the tokens/embeddings.
         """
-        depth = len(self.backbone.blocks)
-        return {
-            name: (_role(name, depth), parameter.ndim < 2 or name.endswith(NO_DECAY_NAMES))
-            for name, parameter in self.named_parameters()
-        }
+        return vit_param_roles(self, len(self.backbone.blocks), _is_temporal)
 
     def load_pretrained(self, path: str | Path) -> PretrainedReport:
         """Initialise from a MIIL ImageNet-21K ViT (backbone only) or a STAM checkpoint (backbone,
@@ -331,72 +282,71 @@ class STAM(nn.Module):
             state.update(weights.head)
         else:
             skipped += weights.head  # a classifier of other classes (STAM's is Kinetics-400)
-        return load_into(self, state, weights.path, _is_new, skipped)
+        return load_into(self, state, weights.path, partial(is_new_on_trunk, is_temporal=_is_temporal), skipped)
+
+
+STAM_B16: ViTVariant[STAM] = ViTVariant(
+    STAM,
+    options={
+        "qkv_bias": Option(True, "bool"),  # STAM's checkpoints; False for the MIIL ImageNet-21K ViT
+        "temporal_depth": Option(6, "int"),
+        "temporal_heads": Option(8, "int"),
+        "temporal_ffn": Option(2048, "int"),
+        "temporal_dropout": Option(0.1, "float"),
+        "temporal_pos_std": Option(0.02, "float"),  # STAM's
+        "aggregation": Option("transformer", "str", AGGREGATIONS),
+        "drop_path": Option(0.0, "float"),
+        "grad_checkpointing": Option(False, "bool"),
+        "dropout": Option(0.0, "float"),
+        "norm_eps": Option(1e-5, "float"),  # STAM's; 1e-6 for the MIIL ImageNet-21K ViT
+        "input_norm": Option("miil", "str", STAM_INPUT_NORMS),
+        "freeze_backbone": FREEZE_BACKBONE,
+        "pretrained": PRETRAINED,
+    },
+    architecture={"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+)
+"""STAM-B/16: ViT-B/16 per frame and STAM's 6-layer temporal encoder; its options (the ``STAM`` arguments
+besides the architecture) and their defaults. ``pretrained`` is a local MIIL or STAM file
+(``STAM.load_pretrained``); ``freeze_backbone`` trains only the temporal encoder and the head on the
+per-frame ViT's features (``tin.models.vit_variant`` has the rule for both)."""
+
+STAM_TINY: ViTVariant[STAM] = STAM_B16.changed(
+    architecture={"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4},
+    temporal_depth=2,
+    temporal_heads=4,
+    temporal_ffn=256,
+    temporal_dropout=0.0,
+    temporal_pos_std=0.3,  # order is learned from a few hundred clips (see TemporalEncoder)
+)
+"""A tiny ViT per frame (patch 8, D=128, 4 blocks, 4 heads) and a 2-layer, 4-head temporal encoder of FFN
+width 256 without dropout, for CPU tests and demos."""
 
 
 def stam_b16(num_classes: int, num_segments: int, image_size: int = 224, **options: Any) -> STAM:
-    """STAM with a ViT-B/16 per frame and a 6-layer temporal encoder (119,205,520 parameters at K=400, T=16).
+    """STAM-B/16 (``STAM_B16``).
 
     Args:
         num_classes: K.
         num_segments: T.
         image_size: S, a multiple of 16.
-        **options: ``STAM_VARIANTS["stam_b16"]``; an option given as None (e.g. ``dropout=None``) takes its
-            default. ``pretrained``: a local MIIL or STAM file (``STAM.load_pretrained``).
+        **options: ``STAM_B16.options``, converted to their types; an option given as None (e.g.
+            ``dropout=None``) takes its default. ``pretrained``: a local MIIL or STAM file
+            (``STAM.load_pretrained``); ``freeze_backbone=True`` freezes the per-frame ViT.
 
     Raises:
         ValueError: unknown option or bad value; CheckpointError: see ``STAM.load_pretrained``.
     """
-    return _build("stam_b16", num_classes, num_segments, image_size, options)
+    return STAM_B16.build("stam_b16", num_classes, num_segments, image_size, options)
 
 
 def stam_tiny(num_classes: int, num_segments: int, image_size: int = 32, **options: Any) -> STAM:
-    """STAM with a tiny ViT per frame (patch 8, D=128, 4 blocks, 4 heads) and a 2-layer, 4-head temporal
-    encoder of FFN width 256 without dropout, for CPU tests and demos (1,087,751 parameters at K=7, 32², T=8).
+    """The tiny STAM (``STAM_TINY``) for CPU tests and demos.
 
-    Args: as ``stam_b16``, with ``STAM_VARIANTS["stam_tiny"]``; image_size a multiple of 8.
+    Args: as ``stam_b16``, with ``STAM_TINY.options``; image_size a multiple of 8.
     """
-    return _build("stam_tiny", num_classes, num_segments, image_size, options)
+    return STAM_TINY.build("stam_tiny", num_classes, num_segments, image_size, options)
 
 
-def _build(variant: str, num_classes: int, num_segments: int, image_size: int, options: dict[str, Any]) -> STAM:
-    defaults = STAM_VARIANTS[variant]
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{variant}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(defaults))}"
-        )
-    settings = {**defaults, **{name: value for name, value in options.items() if value is not None}}
-    pretrained = settings.pop("pretrained")
-    freeze = settings.pop("freeze_backbone")
-    model = STAM(
-        num_classes=num_classes,
-        num_segments=num_segments,
-        image_size=image_size,
-        **STAM_ARCHITECTURES[variant],
-        **settings,
-    )
-    if pretrained is not None:
-        model.load_pretrained(pretrained)
-    if freeze:
-        model.freeze_backbone()
-    return model
-
-
-def _role(name: str, depth: int) -> str:
-    """A parameter's role by name: ``backbone:<layer>``, ``temporal`` or ``head``."""
-    if name.startswith("temporal."):
-        return "temporal"
-    if name.startswith("head."):
-        return "head"
-    inner = name.removeprefix("backbone.")
-    if inner.startswith("blocks."):
-        return f"backbone:{int(inner.split('.')[1]) + 1}"
-    if inner.startswith("norm."):
-        return f"backbone:{depth + 1}"
-    return "backbone:0"
-
-
-def _is_new(key: str) -> bool:
-    """Model keys no ViT-pretrained file need provide: the temporal encoder and the video head."""
-    return key.startswith(("temporal.", "head."))
+def _is_temporal(name: str) -> bool:
+    """Whether a parameter or state key belongs to the temporal encoder."""
+    return name.startswith("temporal.")

@@ -1,7 +1,7 @@
 """Parameters and multiply-accumulates (MACs) of the video models.
 
     python -m tin.models.summary tin_r50 tsm_r50 stam_b16 ila_b32 [--num-segments 8] [--size 224] [--num-classes 400]
-    python -m tin.models.summary ila_b16 --options          # the model's options and their defaults
+    python -m tin.models.summary ila_b16 --options          # the model's options, defaults and types
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one clip of T frames (MACs =
 FLOPs / 2): convolutions, linear layers and attention's two matrix products, plus TIN's compiled
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from tin.models.build import MODEL_NAMES, build_model, model_family, model_option_defaults
+from tin.models.build import MODEL_NAMES, build_model, model_family, model_options
 from tin.ops import compiled_devices
 
 
@@ -78,11 +78,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-segments", type=int, default=8, help="frames per clip (T)")
     parser.add_argument("--size", type=int, default=224, help="frame height and width")
     parser.add_argument("--num-classes", type=int, default=400)
-    parser.add_argument("--options", action="store_true", help="list each model's options and defaults instead")
+    parser.add_argument("--options", action="store_true", help="list each model's options, defaults and types instead")
     args = parser.parse_args(argv)
     if args.options:
         for name in args.names:
-            print(f"{name}: " + ", ".join(f"{key}={value!r}" for key, value in model_option_defaults(name).items()))
+            print(
+                f"{name}: "
+                + ", ".join(f"{key}={spec.default!r} ({spec.expected()})" for key, spec in model_options(name).items())
+            )
         return
     print(f"one clip of {args.num_segments}x{args.size}x{args.size}, {args.num_classes} classes")
     print(f"{'model':<10} {'params':>12} {'GMACs':>9}")

@@ -1,30 +1,22 @@
-"""Training checkpoints: one file with the model, optimiser and schedule state, the epoch, the
-metric history, and what is needed to rebuild the model for evaluation and prediction.
+"""The training side of checkpoints: the state training saves after an epoch and resumes from.
 
-A checkpoint holds plain values only (tensors, dicts, lists, strings, numbers): the config and the
-dataset facts are stored as dicts and read back into their dataclasses, so every checkpoint loads
-with ``torch.load(..., weights_only=True)`` and a file that holds anything else is refused
-(``tin.safe_load``). Nothing here imports Ray or MLflow: evaluation, prediction and export load
-checkpoints without them.
+The file's format (its name, version and keys, and reading the model back for evaluation,
+prediction and export) is ``tin.checkpoint``'s; this module writes the state into it and reads the
+state back for resuming. ``TrainingState``'s field names are the file's keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tin.checkpoint import format_entries, read_saved
 from tin.data.facts import DatasetFacts
-from tin.models import build_model
-from tin.safe_load import CheckpointError, load_weights_only
+from tin.safe_load import CheckpointError
 from tin.train.config import TrainConfig
-
-CHECKPOINT_FILE = "checkpoint.pt"
-META_KEYS = ("config", "dataset")
-"""What a checkpoint holds besides ``TrainingState``: ``TrainConfig.to_dict()`` and the
-``DatasetFacts`` fields."""
 
 
 @dataclass
@@ -43,86 +35,30 @@ class TrainingState:
 
 OPTIONAL_STATE = ("ema",)
 """``TrainingState`` fields a checkpoint may lack (runs without them)."""
-EMA_PREFIX = "module."
 
 
 def save_state(state: TrainingState, config: TrainConfig, facts: DatasetFacts, path: str | Path) -> None:
-    """Write ``state`` with the run's config and dataset facts (as dicts) to ``path``.
+    """Write ``state`` with the run's config, dataset facts and model spec to ``path`` in the
+    current format (``tin.checkpoint``).
 
     The state's fields are taken as they are (``asdict`` would deep-copy every tensor).
     """
     saved = {item.name: getattr(state, item.name) for item in fields(state)}
-    torch.save({**saved, "config": config.to_dict(), "dataset": asdict(facts)}, path)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The contents of a checkpoint file (or of ``checkpoint.pt`` in a folder), loaded weights-only.
-
-    Raises:
-        CheckpointError: there is no such file, it holds objects other than plain values, or it
-            is not a training checkpoint (e.g. a torchvision state dict); the message names the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: pass a {CHECKPOINT_FILE} file or its folder")
-    saved = load_weights_only(path, "checkpoint")
-    expected = [*(item.name for item in fields(TrainingState) if item.name not in OPTIONAL_STATE), *META_KEYS]
-    missing = [key for key in expected if key not in saved] if isinstance(saved, dict) else expected
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a training checkpoint of tin (it lacks {', '.join(missing)}); pass the "
-            f"{CHECKPOINT_FILE} that training wrote"
-        )
-    return saved
+    torch.save({**saved, **format_entries(config.to_dict(), facts)}, path)
 
 
 def load_state(path: str | Path) -> TrainingState:
-    """The ``TrainingState`` of a checkpoint, to resume training from."""
-    saved = read_checkpoint(path)
-    return TrainingState(**{item.name: saved[item.name] for item in fields(TrainingState) if item.name in saved})
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the trained model from a checkpoint file (or a folder holding ``checkpoint.pt``).
-
-    Returns:
-        (model in eval mode on ``device``, {"config": ``TrainConfig.to_dict()``, "dataset":
-        ``DatasetFacts`` fields, "epoch": epochs trained}).
+    """The ``TrainingState`` of a checkpoint file (or of the ``checkpoint.pt`` in a folder), to
+    resume training from.
 
     Raises:
-        CheckpointError: see ``read_checkpoint``; also when its weights do not fit the model its
-            config describes.
+        CheckpointError: see ``tin.checkpoint.read_saved``; also a checkpoint without the state
+            training resumes from; the message names the file.
     """
-    saved = read_checkpoint(path)
-    model = rebuild_model(saved, path)
-    return model.to(device).eval(), {"config": saved["config"], "dataset": saved["dataset"], "epoch": saved["epoch"]}
-
-
-def evaluated_weights(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint is evaluated, predicted and exported with: the moving average when
-    the run kept one (what its validation measured), else the trained weights."""
-    if saved.get("ema") is None:
-        return saved["model"]
-    return {key.removeprefix(EMA_PREFIX): value for key, value in saved["ema"].items() if key.startswith(EMA_PREFIX)}
-
-
-def rebuild_model(saved: dict[str, Any], path: str | Path) -> torch.nn.Module:
-    """The model a checkpoint's config describes, with its ``evaluated_weights`` (on the CPU).
-
-    The pretrained file training started from is not read again: the weights are the checkpoint's
-    (a ViT built with ``pretrained`` stores the options that file decided, ``model_option``).
-    """
-    config = TrainConfig.from_dict(saved["config"])
-    options = {**config.model_options(), "pretrained": None}
-    model = build_model(
-        config.model, len(saved["dataset"]["classes"]), config.num_segments, image_size=config.crop_size, **options
-    )
-    try:
-        model.load_state_dict(evaluated_weights(saved))
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"the weights in checkpoint {path} do not fit its model {config.model}: {error}"
-        ) from error
-    return model
+    source, saved = read_saved(path)
+    missing = [
+        item.name for item in fields(TrainingState) if item.name not in saved and item.name not in OPTIONAL_STATE
+    ]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} cannot resume training: it lacks {', '.join(missing)}")
+    return TrainingState(**{item.name: saved[item.name] for item in fields(TrainingState) if item.name in saved})

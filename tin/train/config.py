@@ -10,21 +10,27 @@ from typing import Any
 
 import yaml
 
-from tin.config import check_choices, setting
+from tin.checkpoint import training_model_options
+from tin.config import by_value, check_choices, setting
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
 from tin.models.build import (
     MODEL_NAMES,
-    MODEL_OPTION_FIELDS,
-    TEMPORAL_OPTIONS,
+    MODEL_OPTION_NAMES,
     model_family,
-    model_option_defaults,
+    model_options,
+    option_defaults,
+    option_spec,
 )
 from tin.train.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's, for the workers' bundles
+LOCAL_SETTINGS: dict[str, Any] = {"num_workers": 1, "cpus_per_worker": None, "max_failures": 0}
+"""The cluster settings of a run in one process; ``--local`` makes them the defaults and refuses others."""
+CLUSTER_FIELDS = (*LOCAL_SETTINGS, "placement_strategy")
+"""The ``TrainConfig`` fields that only a Ray Train run uses."""
 
 
 class TrainingSetupError(UsageError):
@@ -80,7 +86,7 @@ FAMILY_RECIPES: dict[str, Recipe] = {
     "resnet": Recipe("sgd", 0.01, 0.01, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
     # STAM (its issue #9): AdamW 1e-5 for 64 clips, scaled; weight decay 1e-3.
     "stam": Recipe("adamw", 2.5e-6, 1e-3, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0),
-    # ILA: AdamW with CLIP's betas; its new modules learn on a frozen CLIP trunk.
+    # ILA: AdamW with CLIP's betas; the release trained its new modules on a frozen CLIP trunk (--freeze-backbone).
     "ila": Recipe("adamw", 1e-4, 1e-3, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0),
 }
 RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name != "scratch_lr")
@@ -88,9 +94,25 @@ RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if fiel
 
 
 def _model_default(option: str) -> str:
-    """How the help of a temporal option names the models' defaults: "default: the model's, tin 4, tsm 8"."""
-    defaults = [f"{family} {options[option]}" for family, options in TEMPORAL_OPTIONS.items() if option in options]
-    return f"default: the model's, {', '.join(defaults)}"
+    """What a model option left unset becomes, for --help, from the model table: "the model's: 4
+    for tin; 8 for tsm", or the one value all models share."""
+    defaults = option_defaults(option)
+    if len(defaults) == 1:
+        return str(next(iter(defaults)))
+    return f"the model's: {by_value((_model_list(names), value) for value, names in defaults.items())}"
+
+
+def _recipe_default(field: str) -> str:
+    """What a recipe field left unset becomes, for --help: "the family's: sgd for resnet; adamw for stam, ila"."""
+    return f"the family's: {by_value((family, getattr(recipe, field)) for family, recipe in FAMILY_RECIPES.items())}"
+
+
+def _model_list(names: list[str]) -> str:
+    """Model names for a help text, a family all of whose models are among them by the family's name."""
+    families = {family: [name for name in MODEL_NAMES if model_family(name) == family] for family in FAMILY_RECIPES}
+    shown = [family for family, members in families.items() if set(members) <= set(names)]
+    shown += [name for name in names if model_family(name) not in shown]
+    return ", ".join(shown)
 
 
 @dataclass
@@ -116,7 +138,9 @@ class TrainConfig:
         "a minute or more; worth it on GPUs for long runs); validation stays eager",
     )
     cpus_per_worker: float | None = setting(
-        None, help="CPUs reserved per worker (default: 1 with a GPU, else leave a quarter of the CPUs to data loading)"
+        None,
+        help="CPUs reserved per worker",
+        unset="1 with a GPU, else what leaves a quarter of the CPUs to data loading",
     )
     placement_strategy: str = setting(
         "PACK",
@@ -127,25 +151,28 @@ class TrainConfig:
     optimizer: str | None = setting(
         None,
         choices=OPTIMIZERS,
-        help="sgd (momentum) or adamw (default: the family's: sgd for ResNets, adamw for ViTs)",
+        help="sgd (momentum) or adamw",
+        unset=_recipe_default("optimizer"),
     )
     lr: float | None = setting(
         None,
-        help="learning rate for the whole --batch-size, scale it linearly with the batch (default: the family's "
-        "recipe, e.g. 0.01 for ResNets; for ViTs one for --pretrained and a higher one from scratch)",
+        help="learning rate for the whole --batch-size, scale it linearly with the batch",
+        unset=f"{_recipe_default('lr')} with --pretrained; from scratch {_recipe_default('scratch_lr')}",
     )
     momentum: float = setting(0.9, help="SGD momentum")
     betas: tuple[float, ...] | None = setting(
-        None, metavar="BETA", help="AdamW's two betas (default: the family's, 0.9 0.98 for ILA, else 0.9 0.999)"
+        None, metavar="BETA", help="AdamW's two betas", unset=_recipe_default("betas")
     )
     weight_decay: float | None = setting(
-        None, help="weight decay, not on norm parameters, biases and embeddings (default: the family's recipe)"
+        None, help="weight decay, not on norm parameters, biases and embeddings", unset=_recipe_default("weight_decay")
     )
     head_lr_mult: float | None = setting(
-        None, help="the classifier's weights learn at this multiple of --lr (default: 5 for ResNets, 1 for ViTs)"
+        None, help="the classifier's weights learn at this multiple of --lr", unset=_recipe_default("head_lr_mult")
     )
     head_bias_lr_mult: float | None = setting(
-        None, help="the classifier's biases learn at this multiple of --lr (default: 10 for ResNets, 1 for ViTs)"
+        None,
+        help="the classifier's biases learn at this multiple of --lr",
+        unset=_recipe_default("head_bias_lr_mult"),
     )
     temporal_lr_mult: float = setting(
         1.0, help="temporal modules (TIN's OffsetNet, STAM's encoder, ILA's modules) learn at this multiple of --lr"
@@ -158,7 +185,8 @@ class TrainConfig:
     ema_decay: float | None = setting(
         None,
         help="keep an exponential moving average of the weights with this decay (e.g. 0.9998); it is what is "
-        "validated, checkpointed for evaluation and exported (default: off)",
+        "validated, checkpointed for evaluation and exported",
+        unset="off",
     )
     align_loss_weight: float = setting(1.0, help="ILA: weight of the alignment loss added to the task loss")
     schedule: str = setting("cosine", choices=SCHEDULES, help="learning-rate decay after the warm-up")
@@ -167,11 +195,9 @@ class TrainConfig:
         (10, 20), metavar="EPOCH", help="epochs where the step schedule divides lr by 10"
     )
     clip_grad: float | None = setting(
-        None, help="clip the gradient norm to this, 0: off (default: 20 for ResNets, 5 for ViTs)"
+        None, help="clip the gradient norm to this, 0: off", unset=_recipe_default("clip_grad")
     )
-    dropout: float | None = setting(
-        None, help="dropout before the classifier (default: the model's, 0.5 for ResNets and ILA, 0 for STAM)"
-    )
+    dropout: float | None = setting(None, help="dropout before the classifier", unset=_model_default("dropout"))
     crop_size: int = setting(224, help="training crop side; evaluation uses the centre crop of this side")
     scales: tuple[float, ...] = setting(
         MULTI_SCALES,
@@ -180,14 +206,15 @@ class TrainConfig:
     )
     flip: bool | None = setting(
         None,
-        help="random horizontal flips: --flip flips plainly, --no-flip never (default: the policy the dataset root "
-        "records: Something-Something and Jester swap their left/right label pairs, the others flip plainly)",
+        help="random horizontal flips: --flip flips plainly, --no-flip never",
+        unset="the flip policy the dataset root records (jobs/prepare_dataset.py --flip-policy)",
     )
     flip_label_pairs: tuple[tuple[int, int], ...] = setting(
         (),
         parse=label_pair,
         metavar="A:B",
-        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167 (default: the root's)",
+        help="flip and swap these label pairs instead of the root's, e.g. 86:87 93:94 166:167",
+        unset="the root's",
     )
     pretrained: str | None = setting(
         None,
@@ -196,34 +223,52 @@ class TrainConfig:
     )
     partial_bn: bool = setting(False, help="ResNets: freeze every BatchNorm but the first")
     shift_div: int | None = setting(
-        None, help=f"TIN/TSM: 1/shift_div of the channels are shifted ({_model_default('shift_div')})"
+        None, help="TIN/TSM: 1/shift_div of the channels are shifted", unset=_model_default("shift_div")
     )
-    groups: int | None = setting(None, help=f"TIN: offset groups predicted by OffsetNet ({_model_default('groups')})")
+    groups: int | None = setting(None, help="TIN: offset groups predicted by OffsetNet", unset=_model_default("groups"))
     reverse: bool | None = setting(
-        None, help=f"TIN: mirror the offsets onto as many channel groups again ({_model_default('reverse')})"
+        None, help="TIN: mirror the offsets onto as many channel groups again", unset=_model_default("reverse")
     )
     offset_scale: float | None = setting(
-        None, help=f"TIN: offsets lie in (-offset_scale/2, offset_scale/2) ({_model_default('offset_scale')})"
+        None, help="TIN: offsets lie in (-offset_scale/2, offset_scale/2)", unset=_model_default("offset_scale")
     )
     aggregation: str | None = setting(
-        None, help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)"
+        None,
+        choices=option_spec("aggregation").choices,
+        help="STAM: transformer (the temporal encoder) or mean (order-blind mean of the frames' CLS tokens)",
+        unset=_model_default("aggregation"),
     )
-    temporal_depth: int | None = setting(None, help="STAM: layers of the temporal encoder (default: 6, tiny 2)")
-    drop_path: float | None = setting(None, help="ViTs: stochastic depth rate of the trunk's blocks (default 0)")
-    fusion: str | None = setting(None, help="ILA: add (the code's, default) or token (the paper's)")
-    jitter: float | None = setting(None, help="ILA: offset of the 9 jittered training masks (default 0.2; 0: off)")
-    mit_layers: int | None = setting(None, help="ILA: transformer layers of the video head over the frames (default 1)")
+    temporal_depth: int | None = setting(
+        None, help="STAM: layers of the temporal encoder", unset=_model_default("temporal_depth")
+    )
+    drop_path: float | None = setting(
+        None, help="ViTs: stochastic depth rate of the trunk's blocks", unset=_model_default("drop_path")
+    )
+    fusion: str | None = setting(
+        None,
+        choices=option_spec("fusion").choices,
+        help="ILA: add (the released code's) or token (the paper's)",
+        unset=_model_default("fusion"),
+    )
+    jitter: float | None = setting(
+        None, help="ILA: offset of the 9 jittered training masks, 0: off", unset=_model_default("jitter")
+    )
+    mit_layers: int | None = setting(
+        None, help="ILA: transformer layers of the video head over the frames", unset=_model_default("mit_layers")
+    )
     freeze_backbone: bool | None = setting(
         None,
-        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head "
-        "(ILA default: with a CLIP --pretrained; STAM default: no)",
+        help="ViTs: freeze the per-frame trunk and train the temporal parts and the head; --pretrained alone never "
+        "freezes it",
+        unset=_model_default("freeze_backbone"),
     )
     model_option: tuple[tuple[str, Any], ...] = setting(
         (),
         parse=model_option,
         metavar="NAME=VALUE",
-        help="any other option of the model, e.g. ila_hidden=32 ila_layers=[8,9,10,11] qkv_bias=false (python -m "
-        "tin.models.summary --options NAME lists a model's options)",
+        help="any other option of the model, e.g. ila_hidden=32 ila_layers=[8,9,10,11] qkv_bias=false norm_eps=1e-6, "
+        "converted to the option's type (python -m tin.models.summary --options NAME lists a model's options and "
+        "types)",
     )
     train_split: str = setting(TRAIN_SPLIT, help="split to train on")
     val_split: str | None = setting(
@@ -242,7 +287,7 @@ class TrainConfig:
         help="where Ray Train keeps checkpoints (local directory or s3:// URI)",
     )
     name: str = setting("tin", help="run name; re-running with the same name and storage path resumes the run")
-    mlflow_uri: str | None = setting(None, help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    mlflow_uri: str | None = setting(None, help="MLflow tracking URI", unset="sqlite:///<cwd>/mlflow.db")
     experiment: str = setting("tin", help="MLflow experiment")
     register_model: str | None = setting(
         None, help="also register the final model in the MLflow model registry under this name (a new version)"
@@ -251,7 +296,11 @@ class TrainConfig:
         None, help="MLflow run id to nest this run under (a tuning search sets it per trial)"
     )
     max_failures: int = setting(0, help="restarts from the latest checkpoint after a worker dies")
-    seed: int = setting(0, help="seed of the shard order, the sampling and the model's initialisation")
+    seed: int = setting(
+        0,
+        help="seed of the shard and row order, each clip's frame sampling and augmentation, and the model's "
+        "initialisation",
+    )
 
     def validate(self) -> None:
         """Check what the flags alone decide (the dataset's facts are checked against the root when
@@ -316,9 +365,9 @@ class TrainConfig:
             )
 
     def _check_model_options(self) -> None:
-        """Every model option set (as a field or ``--model-option``) is one of the model's, and
-        partial BN is a ResNet's."""
-        known = model_option_defaults(self.model)
+        """Every model option set (as a field or ``--model-option``) is one of the model's and its
+        value converts to the option's type, and partial BN is a ResNet's."""
+        known = model_options(self.model)
         flagged = [name for name in MODEL_OPTION_FIELDS if getattr(self, name) is not None and name not in known]
         if flagged:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in flagged)
@@ -329,20 +378,34 @@ class TrainConfig:
                 f"--model-option {', '.join(others)}: not an option of --model {self.model} (or one with a flag of its "
                 f"own); its options: {', '.join(sorted(set(known) - {'pretrained', 'dropout'}))}"
             )
+        self._typed_model_options()
         if self.partial_bn and model_family(self.model) != "resnet":
             raise TrainingSetupError(f"--partial-bn freezes BatchNorms of a ResNet; --model {self.model} has none")
 
+    def _typed_model_options(self) -> dict[str, Any]:
+        """The ``--model-option`` pairs with their values converted to the types of --model's options
+        (``norm_eps=1e-6``, which YAML reads as a string, becomes a float).
+
+        Raises:
+            TrainingSetupError: naming the flag, the option and the type it expects.
+        """
+        known = model_options(self.model)
+        typed = {}
+        for name, value in self.model_option:
+            try:
+                typed[name] = known[name].convert(value)
+            except ValueError:
+                raise TrainingSetupError(
+                    f"--model-option {name}: option {name} of --model {self.model} takes {known[name].expected()}, "
+                    f"got {value!r}"
+                ) from None
+        return typed
+
     def model_options(self) -> dict[str, Any]:
-        """Keyword options for ``build_model``: pretrained, and dropout, the model-option fields and
-        ``--model-option`` pairs that are set (the model's defaults stand for the rest)."""
-        options: dict[str, Any] = {"pretrained": self.pretrained}
-        if self.partial_bn:
-            options["partial_bn"] = True
-        for name in ("dropout", *MODEL_OPTION_FIELDS):
-            if getattr(self, name) is not None:
-                options[name] = getattr(self, name)
-        options.update(dict(self.model_option))
-        return options
+        """Keyword options for ``build_model``: pretrained, and the options the other fields set
+        (``tin.checkpoint.training_model_options``), the ``--model-option`` values typed (the
+        model's defaults stand for the rest)."""
+        return {"pretrained": self.pretrained, **training_model_options(vars(self)), **self._typed_model_options()}
 
     def recipe(self) -> Recipe:
         """The optimisation settings this run uses: the fields set, the model family's recipe for
@@ -352,6 +415,14 @@ class TrainConfig:
         if self.lr is None and self.pretrained is None:
             chosen["lr"] = base.scratch_lr
         return dataclasses.replace(base, **chosen)
+
+    def with_recipe(self) -> TrainConfig:
+        """This config with every recipe field (``RECIPE_FIELDS``) set to the value ``recipe``
+        resolves it to. The driver resolves it once, before any worker starts, so the workers train
+        with and MLflow and the checkpoints record the values themselves (an lr, not None); flags
+        that were set keep their values."""
+        recipe = self.recipe()
+        return dataclasses.replace(self, **{name: getattr(recipe, name) for name in RECIPE_FIELDS})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -369,3 +440,35 @@ class TrainConfig:
             if name in config:
                 converted[name] = tuple(tuple(pair) for pair in config[name])
         return cls(**{**config, **converted})
+
+
+MODEL_OPTION_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(TrainConfig)
+    if field.name in MODEL_OPTION_NAMES and field.name not in ("pretrained", "partial_bn")
+)
+"""The model options that are ``TrainConfig`` fields of their own (a flag each; None: the model's default),
+passed to ``build_model`` when set: dropout, TIN's and TSM's temporal options and the ViT options training
+and the tuning spaces set directly. ``pretrained`` and ``partial_bn`` pass on their own terms; every
+other option reaches the model through ``--model-option NAME=VALUE``."""
+
+
+def check_local(config: TrainConfig) -> None:
+    """A run in one process takes no cluster settings and keeps its checkpoints in a local folder.
+
+    Raises:
+        TrainingSetupError: naming the flag.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    expected = {**{name: defaults[name] for name in CLUSTER_FIELDS}, **LOCAL_SETTINGS}
+    for name, value in expected.items():
+        if getattr(config, name) != value:
+            raise TrainingSetupError(
+                f"--{name.replace('_', '-')} {getattr(config, name)}: --local trains in one process without "
+                f"a cluster; drop --local to train with Ray Train, or drop --{name.replace('_', '-')}"
+            )
+    if "://" in config.storage_path:
+        raise TrainingSetupError(
+            f"--storage-path {config.storage_path}: --local keeps its checkpoints in a local folder; give one, "
+            f"or drop --local to train with Ray Train"
+        )

@@ -1,37 +1,43 @@
-"""The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every worker.
+"""The training loop, without Ray: one implementation for a Ray Train worker and a single process.
 
-Each worker builds the model, wraps it in DDP (gloo on CPU, nccl on GPU), trains on its shard of
-the training split (one pass per epoch) and evaluates its part of the validation split, when the
-run has one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and
-logs to MLflow. A restarted or re-run training continues from the latest checkpoint and the same
-MLflow run.
+Every rank builds the model, restores the run's latest checkpoint, trains one pass over its part
+of the training split per epoch and evaluates its part of the validation split, when the run has
+one; metrics are reduced over all ranks. Rank 0 writes the checkpoint of every epoch and logs to
+MLflow. A restarted or re-run training continues from the latest checkpoint and the same MLflow
+run.
+
+What differs between the ways a run executes is a ``Session``: the rank and world size, the
+device, how the model is placed (DDP under Ray Train), where the batches come from and where the
+checkpoints go. ``pipelines.train_worker`` has Ray Train's; ``tin.train.local`` has the
+single-process one.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import ray.train
-import ray.train.torch
-import ray.util
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from tin.checkpoint import CHECKPOINT_FILE
 from tin.data.facts import DatasetFacts
 from tin.data.transforms import normalize
+from tin.metrics import class_map, sample_map, topk_correct
 from tin.models import build_model
 from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, load_state, save_state
+from tin.train.checkpoint import TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
 from tin.train.distributed import gather_objects, gather_rows
-from tin.train.metrics import class_map, sample_map, topk_correct
-from tin.train.progress import EpochLog, RunRecorder, logger, show_only_project_info
+from tin.train.progress import EpochLog, RunRecorder, logger
 from tin.train.schedule import build_scheduler
 from tin.train.step import (
     TrainingStep,
@@ -43,36 +49,73 @@ from tin.train.step import (
     train_one_epoch,
 )
 
+Batch = dict[str, torch.Tensor]
+"""{"clips": uint8 (B, T, H, W, 3) on the device, "target": int64 (B,) or float32 multi-hot (B, K)}."""
+CheckpointWriter = Callable[[Path], None]
+"""Writes the epoch's ``CHECKPOINT_FILE`` into the given folder."""
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Entry point of every Ray Train worker.
+
+class Session(Protocol):
+    """Where the loop runs: one rank of ``world_size``, its device, its data and its checkpoints."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def node(self) -> str:
+        """The address of the machine this rank runs on (for the run's placement record)."""
+        ...
+
+    def place_model(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device, wrapped as the training steps run it (DDP when there are several
+        ranks); the result shares ``model``'s parameters."""
+        ...
+
+    def resumed_checkpoint(self) -> AbstractContextManager[Path | None]:
+        """The checkpoint file this run continues from (None: a fresh run), readable inside the context."""
+        ...
+
+    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        """One pass over this rank's part of the training split in the epoch's order, in full batches;
+        every rank gets ``epoch_steps`` of them."""
+        ...
+
+    def validation_batches(self, batch_size: int) -> Iterable[Batch]:
+        """This rank's part of the validation split, every clip of it once."""
+        ...
+
+    def report(self, metrics: dict[str, float], write_checkpoint: CheckpointWriter | None) -> None:
+        """End of an epoch, called on every rank; rank 0 passes the writer of the epoch's checkpoint."""
+        ...
+
+
+def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> TrainingState:
+    """Train (or continue) the run ``config`` describes, on ``session``'s rank; the state after the
+    last epoch.
 
     Args:
-        loop_config: {"config": TrainConfig.to_dict(), "dataset": DatasetFacts fields}.
+        config: the run, as the driver resolved it (``tin.train.setup.resolved_run``).
+        facts: the dataset root's facts (``tin.train.setup.resolved_run``).
+        session: where this rank runs.
     """
-    show_only_project_info()
-    config = TrainConfig.from_dict(loop_config["config"])
-    facts = DatasetFacts(**loop_config["dataset"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(config.seed + rank)
-
+    device = session.device
+    torch.manual_seed(config.seed + session.rank)
     model = build_model(
         config.model, len(facts.classes), config.num_segments, image_size=config.crop_size, **config.model_options()
     )
     ema = averaged_model(model, config.ema_decay)
-    state = restore_state(model, ema)
+    with session.resumed_checkpoint() as path:
+        state = TrainingState() if path is None else restore_state(path, model, ema)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    # To the device; DDP when world > 1, around the compiled module with --compile. ``model`` stays
-    # the plain module: checkpoints, validation and the average use it.
-    ddp_model = ray.train.torch.prepare_model(compiled_for_training(model) if config.compile else model)
+    # On the device; DDP over several ranks, around the compiled module with --compile. ``model``
+    # stays the plain module: checkpoints, validation and the average use it.
+    placed = session.place_model(compiled_for_training(model) if config.compile else model)
     if ema is not None:
         ema.to(device)
 
-    per_worker_batch = config.batch_size // world
-    steps_per_epoch = epoch_steps(facts.train_clips, world, per_worker_batch)
+    per_rank_batch = config.batch_size // session.world_size
+    steps_per_epoch = epoch_steps(facts.train_clips, session.world_size, per_rank_batch)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(
         optimizer,
@@ -85,34 +128,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state.optimizer is not None and state.scheduler is not None:
         load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
+    step = TrainingStep(
+        placed,
+        model,
+        ema,
+        optimizer,
+        scheduler,
+        facts.multi_label,
+        device,
+        clip_grad=config.recipe().clip_grad,
+        auxiliary_weight=config.align_loss_weight,
+    )
+    validated = model if ema is None else ema.module
 
-    recorder = RunRecorder(config, facts, enabled=rank == 0)
-    recorder.workers_placed([str(node) for node in gather_objects(ray.util.get_node_ip_address())], state.epoch)
-    train_shard = ray.train.get_dataset_shard("train")
+    recorder = RunRecorder(config, facts, enabled=session.rank == 0)
+    recorder.workers_placed([str(node) for node in gather_objects(session.node())], state.epoch)
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
         video_model(model).set_epoch(epoch, config.epochs)
-        batches = train_shard.iter_torch_batches(  # one pass over the split, in a new order
-            batch_size=per_worker_batch,
-            dtypes=batch_dtypes(facts.multi_label),
-            device=device,
-            drop_last=True,
-            prefetch_batches=2,
-            **local_shuffle(config, epoch, rank),
-        )
-        step = TrainingStep(
-            ddp_model,
-            model,
-            ema,
-            optimizer,
-            scheduler,
-            facts.multi_label,
-            device,
-            clip_grad=config.recipe().clip_grad,
-            auxiliary_weight=config.align_loss_weight,
-        )
-        train_stats = train_one_epoch(step, batches)
-        if train_stats["steps"] != steps_per_epoch and rank == 0:
+        train_stats = train_one_epoch(step, session.train_batches(epoch, per_rank_batch))
+        if train_stats["steps"] != steps_per_epoch and session.rank == 0:
             logger.warning(
                 "epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
                 "training clips differs from the shards",
@@ -122,8 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
         val_stats = {}
         if config.val_split is not None:
-            validated = model if ema is None else ema.module
-            val_stats = evaluate(validated, ray.train.get_dataset_shard("val"), facts, device, per_worker_batch)
+            val_stats = evaluate(validated, session.validation_batches(per_rank_batch), facts, device)
         log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
         state = TrainingState(
             epoch + 1,
@@ -133,36 +167,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
             [*state.history, log.metrics],
             ema=None if ema is None else ema.state_dict(),
         )
-        report_epoch(state, config, facts, log.metrics, rank)
+        report_epoch(session, state, config, facts)
         recorder.epoch_done(log, state.history)
-    recorder.finish(model if ema is None else ema.module, state)
+    recorder.finish(validated, state)
+    return state
 
 
 def epoch_steps(train_clips: int, world: int, per_worker_batch: int) -> int:
     """Optimiser steps per epoch: Ray Train splits the training set with ``streaming_split(equal=True)``,
-    which gives every rank floor(N / world) clips, and each rank drops its last partial batch, so
-    all ranks take this many steps (DDP needs them in lockstep) and the schedule counts them."""
+    which gives every rank floor(N / world) clips (a single process reads all N), and each rank
+    drops its last partial batch, so all ranks take this many steps (DDP needs them in lockstep)
+    and the schedule counts them."""
     return (train_clips // world) // per_worker_batch
 
 
-def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:
-    """``iter_torch_batches``' local shuffle arguments: none with ``shuffle_buffer`` 0, else a
-    buffer of that many clips whose seed comes from the run's seed, the epoch and the rank."""
-    if config.shuffle_buffer == 0:
-        return {}
-    seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
-    return {"local_shuffle_buffer_size": config.shuffle_buffer, "local_shuffle_seed": seed}
+def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a rank's local shuffle buffer in an epoch: from the run's seed, the epoch and the rank."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def restore_state(model: nn.Module, ema: AveragedModel | None = None) -> TrainingState:
-    """Load the latest checkpoint of this run into ``model`` (and its average, when the run keeps
-    one); a fresh state when there is none."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return TrainingState()
-    with checkpoint.as_directory() as directory:
-        path = Path(directory) / CHECKPOINT_FILE
-        state = load_state(path)
+def restore_state(path: Path, model: nn.Module, ema: AveragedModel | None = None) -> TrainingState:
+    """Load the checkpoint at ``path`` into ``model`` (and its average, when the run keeps one);
+    its state, to continue from."""
+    state = load_state(path)
     if state.model is None:
         raise CheckpointError(f"{path}: the checkpoint holds no model weights")
     model.load_state_dict(state.model)
@@ -173,14 +200,31 @@ def restore_state(model: nn.Module, ema: AveragedModel | None = None) -> Trainin
     return state
 
 
+def report_epoch(session: Session, state: TrainingState, config: TrainConfig, facts: DatasetFacts) -> None:
+    """Report the epoch's metrics to the session on every rank, with rank 0's checkpoint writer.
+
+    The 1-based ``epoch`` goes with the metrics: Tune's schedulers count time in epochs, which
+    stay right when a trial resumes from a checkpoint (Tune's own iteration count restarts).
+    """
+    writer = None
+    if session.rank == 0:
+        writer = partial(write_checkpoint, state, config, facts)
+    session.report({**state.history[-1], "epoch": state.epoch}, writer)
+
+
+def write_checkpoint(state: TrainingState, config: TrainConfig, facts: DatasetFacts, directory: Path) -> None:
+    """``CHECKPOINT_FILE`` of ``state`` in ``directory``."""
+    save_state(state, config, facts, directory / CHECKPOINT_FILE)
+
+
 @torch.no_grad()
-def predict_shard(
-    model: nn.Module, shard, device: torch.device, batch_size: int, multi_label: bool, num_classes: int
+def predict_batches(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, multi_label: bool, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (n, K) and targets of every clip of a shard, with the plain (non-DDP) model."""
+    """Scores (n, K) and targets of every clip of ``batches``, with the plain (non-DDP) model."""
     model.eval()
     scores, targets = [], []
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=batch_dtypes(multi_label), device=device):
+    for batch in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             expected = video_model(model)
             clips = normalize(
@@ -198,9 +242,9 @@ def predict_shard(
     return torch.cat(scores), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, shard, facts: DatasetFacts, device: torch.device, batch_size: int) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable[Batch], facts: DatasetFacts, device: torch.device) -> dict[str, float]:
     """Validation metrics over all ranks' parts of the validation split."""
-    scores, targets = predict_shard(model, shard, device, batch_size, facts.multi_label, len(facts.classes))
+    scores, targets = predict_batches(model, batches, device, facts.multi_label, len(facts.classes))
     scores, targets = gather_rows(scores), gather_rows(targets)
     loss = loss_function(scores, targets, facts.multi_label).item() if len(scores) else math.nan
     stats = {"val_loss": loss, "val_clips": float(len(scores))}
@@ -212,23 +256,3 @@ def evaluate(model: nn.Module, shard, facts: DatasetFacts, device: torch.device,
         stats["val_top1"] = correct[1] / max(len(scores), 1)
         stats["val_top5"] = correct[5] / max(len(scores), 1)
     return stats
-
-
-def batch_dtypes(multi_label: bool) -> dict[str, torch.dtype]:
-    return {"clips": torch.uint8, "target": torch.float32 if multi_label else torch.int64}
-
-
-def report_epoch(
-    state: TrainingState, config: TrainConfig, facts: DatasetFacts, metrics: dict[str, float], rank: int
-) -> None:
-    """Report the epoch to Ray Train on every rank (a barrier), with rank 0's checkpoint attached.
-
-    The 1-based ``epoch`` goes with the metrics: Tune's schedulers count time in epochs, which
-    stay right when a trial resumes from a checkpoint (Tune's own iteration count restarts).
-    """
-    with tempfile.TemporaryDirectory(prefix="tin-checkpoint-") as directory:
-        checkpoint = None
-        if rank == 0:
-            save_state(state, config, facts, Path(directory) / CHECKPOINT_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report({**metrics, "epoch": state.epoch}, checkpoint=checkpoint)

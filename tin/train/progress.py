@@ -10,7 +10,8 @@ from pathlib import Path
 import mlflow
 
 from tin import tracking, viz
-from tin.train.checkpoint import CHECKPOINT_FILE, TrainingState, read_checkpoint, save_state
+from tin.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from tin.train.checkpoint import TrainingState, save_state
 
 # Ray Train routes worker prints through its logger and echoes them again when something (MLflow)
 # wraps stdout; a logger prints each line once.

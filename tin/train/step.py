@@ -1,9 +1,9 @@
 """One training step and one epoch of them, without Ray: the optimiser, the weight average, the loss,
 the step and the epoch's metrics.
 
-The Ray Train loop (``tin.train.loop``) runs these on every worker; the benchmarks and tests run them
-on machines without Ray (a lent GPU has none). Collectives go through ``tin.train.distributed``, which
-also works in a single process.
+The training loop (``tin.train.loop``) runs these on every Ray Train worker and in a single process
+(``--local``); the benchmarks and tests run them on machines without Ray (a lent GPU has none).
+Collectives go through ``tin.train.distributed``, which also works in a single process.
 """
 
 from __future__ import annotations

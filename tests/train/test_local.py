@@ -1,0 +1,160 @@
+"""Training in one process without Ray (``tin.train.local``, ``jobs/train.py --local``): the same
+loop, data pipeline, checkpoints and MLflow run as a Ray Train run. The dataset roots come from the
+session's Ray ingest; the training itself starts no Ray."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import train as train_job
+from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tin.checkpoint import read_checkpoint
+from tin.data import iter_clips, load_dataset_info
+from tin.errors import USAGE_EXIT_STATUS
+from tin.train.checkpoint import load_state
+from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.local import LocalSession, batched, buffer_shuffled, checkpoint_folders, local_device, train_locally
+
+
+def local_config(root: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:
+    return tiny_config(root, tmp_path, name, **{"num_workers": 1, **overrides})
+
+
+def test_the_local_loop_learns_the_synthetic_task_in_process(single_label_root, tmp_path):
+    """The in-process twin of test_training's jobs/train.py learning check (AdamW, one learning
+    rate for head and trunk, no scale jitter, no validation split, a shuffle buffer)."""
+    config = local_config(
+        single_label_root,
+        tmp_path,
+        "local_no_val",
+        epochs=8,
+        batch_size=6,
+        optimizer="adamw",
+        lr=1e-3,
+        warmup_epochs=1,
+        head_lr_mult=1.0,
+        head_bias_lr_mult=1.0,
+        scales=(1.0,),
+        val_split=None,
+        shuffle_buffer=12,
+    )
+    summary = train_locally(config)
+    state = load_state(latest_checkpoint(config))
+    losses = [epoch["train_loss"] for epoch in state.history]
+    assert min(losses[-2:]) < 0.85 * losses[0], losses  # from about ln 9
+    assert state.epoch == 8 and {epoch["steps"] for epoch in state.history} == {36 // 6}
+    assert not [key for epoch in state.history for key in epoch if key.startswith("val_")]
+    moments = next(iter(state.optimizer["state"].values()))
+    assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 8 * (36 // 6)
+    assert summary["metrics"]["epoch"] == 8 and summary["checkpoint"] == str(latest_checkpoint(config).parent)
+    client, run = mlflow_run(config)
+    assert metric_steps(client, run, "train_loss") == list(range(1, 9))
+    assert run.data.params["config.num_workers"] == "1" and run.data.params["config.shuffle_buffer"] == "12"
+    assert run.data.params["config.weight_decay"] == "0.0005"  # the ResNet recipe's, resolved before training
+
+
+def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_label_root, tmp_path):
+    config = local_config(single_label_root, tmp_path, "local_resume", epochs=1, ema_decay=0.9)
+    train_locally(config)
+    steps = 36 // 8
+    first = load_state(latest_checkpoint(config))
+    assert first.epoch == 1 and first.scheduler["last_epoch"] == steps and int(first.ema["n_averaged"]) == steps
+
+    config.epochs = 3
+    train_locally(config)  # same name and storage path: epochs 2 and 3 only
+    state = load_state(latest_checkpoint(config))
+    assert state.epoch == 3 and len(state.history) == 3 and state.history[0] == first.history[0]
+    assert state.scheduler["last_epoch"] == 3 * steps and int(state.ema["n_averaged"]) == 3 * steps
+    assert len(checkpoint_folders(Path(config.storage_path) / config.name)) == 2  # the latest two kept
+    client, run = mlflow_run(config)  # one run, one entry per epoch
+    assert metric_steps(client, run, "val_top1") == [1, 2, 3]
+    saved = read_checkpoint(latest_checkpoint(config))
+    assert saved.trained.epoch == 3 and saved.training_config["weight_decay"] == 5e-4  # resolved: the recipe's
+    saved.build()  # the weights fit the model the checkpoint describes
+
+
+def test_local_epochs_read_every_clip_once_in_a_new_shard_order(single_label_root, tmp_path):
+    """The local stream reads what Ray Data's does: every training clip once per epoch, the shards
+    in an order that changes with the epoch, the same order again for the same epoch."""
+    root = single_class_shards(single_label_root, tmp_path)
+    config = local_config(root, tmp_path, "local_stream", num_segments=8, scales=(1.0,), flip=False)
+    label_of = {clip.frames.tobytes(): int(clip.labels[0]) for clip in iter_clips(root, "train")}
+    session = LocalSession(config, load_dataset_info(root), torch.device("cpu"))
+
+    def classes_in_order(epoch: int) -> list[int]:
+        clips = torch.cat([batch["clips"] for batch in session.train_batches(epoch, 4)]).numpy()
+        assert sorted(clip.tobytes() for clip in clips) == sorted(label_of)  # every clip exactly once
+        return [label_of[clip.tobytes()] for clip in clips[::4]]  # 4 clips per shard, one class each
+
+    orders = [classes_in_order(epoch) for epoch in range(3)]
+    assert all(sorted(order) == list(range(9)) for order in orders) and len({tuple(o) for o in orders}) == 3
+    assert classes_in_order(1) == orders[1]  # seeded by --seed and the epoch
+    validation = [batch["target"] for batch in session.validation_batches(5)]
+    assert [len(target) for target in validation] == [5, 5, 2]  # every validation clip, the last batch short
+
+
+def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_label_root, tmp_path):
+    config = local_config(single_label_root, tmp_path, "local_job", epochs=1)
+    flags = [
+        "--local",
+        *("--data", config.data, "--model", config.model, "--epochs", "1", "--batch-size", "8"),
+        *("--num-segments", "4", "--crop-size", "32", "--storage-path", config.storage_path, "--name", config.name),
+        *("--mlflow-uri", config.mlflow_uri, "--experiment", config.experiment),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    job = subprocess.run(
+        [sys.executable, "-X", "importtime", "jobs/train.py", *flags],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", job.stderr, re.MULTILINE)
+    assert "torch" in imported and not [name for name in imported if name == "ray" or name.startswith("ray.")]
+    assert "epoch 1/1" in job.stderr and f"finished {config.name}: val_" in job.stdout
+    assert load_state(latest_checkpoint(config)).epoch == 1
+    _, run = mlflow_run(config)
+    assert run.data.params["config.lr"] == "0.01" and run.data.params["config.optimizer"] == "sgd"  # resolved
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-workers", "2"], "--num-workers 2: --local trains in one process"),
+        (["--max-failures", "1"], "--max-failures 1: --local"),
+        (["--placement-strategy", "SPREAD"], "--placement-strategy SPREAD: --local"),
+        (["--storage-path", "s3://bucket/runs"], "--storage-path s3://bucket/runs: --local keeps its checkpoints"),
+    ],
+)
+def test_local_runs_refuse_cluster_flags(flags, message, capsys):
+    assert train_job(["--local", "--data", "/no/such/root", *flags]) == USAGE_EXIT_STATUS
+    assert message in capsys.readouterr().err
+
+
+def test_local_runs_without_a_gpu_refuse_use_gpu():
+    if torch.cuda.is_available():
+        assert local_device(TrainConfig(data="d", use_gpu=True)).type == "cuda"
+    else:
+        with pytest.raises(TrainingSetupError, match="--use-gpu: this machine has no CUDA device"):
+            local_device(TrainConfig(data="d", use_gpu=True))
+    assert local_device(TrainConfig(data="d")).type == "cpu"
+
+
+def test_the_shuffle_buffer_and_batches_keep_every_row():
+    rows = list(range(20))
+    shuffled = list(buffer_shuffled(rows, 5, np.random.default_rng(0)))
+    assert sorted(shuffled) == rows and shuffled != rows
+    pairs = [(torch.tensor([row]), torch.tensor(row)) for row in rows]
+    assert [len(batch["target"]) for batch in batched(pairs, 6, drop_last=True)] == [6, 6, 6]
+    last = list(batched(pairs, 6, drop_last=False))[-1]
+    assert last["clips"].shape == (2, 1) and last["target"].tolist() == [18, 19]
