@@ -45,27 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from pipelines.ingest import (
-    IngestConfig,
-    chunk_manifest_path,
-    ingest,
-    marker_path,
-    marker_text,
-    plan_of,
-    plan_path,
-    progress_dir,
-    shuffled_order,
-    summary_path,
-    write_chunk_manifest,
-    write_ledger,
-)
+from pipelines.chunked_output import ChunkedOutput, marker_text
+from pipelines.ingest import IngestConfig, chunk_manifest_path, ingest, plan_of, shuffled_order, write_chunk_manifest
 from pipelines.manifests import Manifest, read_mmit
-from tin.data.reader import open_root
 
 CLASSES = 313
 SPLIT = "train"
 ONE_BY_ONE_SAMPLE = 1000  # markers read one by one on S3 (the rest would take minutes)
 MIB = 2**20
+BENCH_NODE = "127.0.0.1"  # the node its markers name as their writer
 
 
 def write_mmit_list(folder: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
@@ -111,7 +99,7 @@ def planning(folder: Path, chunk_size: int) -> dict[str, Any]:
     """The planning of a first ingest of the list, step by step (run in a fresh interpreter)."""
     rss_after_imports = peak_rss()
     config = IngestConfig(str(folder / "ds"), SPLIT, chunk_size=chunk_size)
-    fs, root = open_root(config.output)
+    output = ChunkedOutput.open(config.output, SPLIT, config.storage_options)
     phases: dict[str, tuple[float, float]] = {}
     with timed(phases, "parse"):
         manifest = read_mmit(str(folder / "trainingSet.csv"), str(folder / "moments_categories.txt"), "")
@@ -120,12 +108,12 @@ def planning(folder: Path, chunk_size: int) -> dict[str, Any]:
     with timed(phases, "permute"):
         order = shuffled_order(len(manifest.rows), config.shuffle_seed)
     with timed(phases, "chunk file"):
-        write_chunk_manifest(fs, root, SPLIT, manifest.rows, order, chunk_size)
+        write_chunk_manifest(output, manifest.rows, order, chunk_size)
     return {
         "phases": phases,
         "rss_after_imports": rss_after_imports,
         "peak_rss": peak_rss(),
-        "chunk_file_bytes": fs.size(chunk_manifest_path(root, SPLIT)),
+        "chunk_file_bytes": output.fs.size(chunk_manifest_path(output)),
     }
 
 
@@ -142,17 +130,17 @@ def run_planning(folder: Path, chunk_size: int) -> dict[str, Any]:
 def write_finished_chunks(manifest: Manifest, config: IngestConfig) -> dict[int, dict[str, Any]]:
     """The plan and every chunk's done-marker, as tasks that wrote all clips leave them (in one
     concurrent call on an object store). Returns the markers by chunk."""
-    fs, root = open_root(config.output, config.storage_options)
-    fs.makedirs(progress_dir(root, SPLIT), exist_ok=True)
+    output = ChunkedOutput.open(config.output, SPLIT, config.storage_options)
+    output.fs.makedirs(output.progress_dir, exist_ok=True)
     rows = len(manifest.rows)
     chunks = -(-rows // config.chunk_size)
-    files = {plan_path(root, SPLIT): json.dumps(plan_of(manifest, config)).encode()}
+    files = {output.plan_path: json.dumps(plan_of(manifest, config)).encode()}
     markers = {}
     for chunk in range(chunks):
         written = min(config.chunk_size, rows - chunk * config.chunk_size)
-        files[marker_path(root, SPLIT, chunk)] = marker_text(chunk, written, []).encode()
-        markers[chunk] = json.loads(files[marker_path(root, SPLIT, chunk)])
-    fs.pipe(files)
+        files[output.marker_path(chunk)] = marker_text(chunk, written, [], BENCH_NODE).encode()
+        markers[chunk] = json.loads(files[output.marker_path(chunk)])
+    output.fs.pipe(files)
     return markers
 
 
@@ -183,15 +171,15 @@ def reruns(manifest: Manifest, config: IngestConfig, sample: int | None) -> Reru
     markers = write_finished_chunks(manifest, config)
     chunks = len(markers)
     no_summary = timed_ingest(manifest, config, complete=False)
-    fs, root = open_root(config.output, config.storage_options)
-    fs.rm_file(summary_path(root, SPLIT))  # interrupted again, this time after its run's ledger
-    write_ledger(fs, root, SPLIT, "bench", markers)
+    output = ChunkedOutput.open(config.output, SPLIT, config.storage_options)
+    output.fs.rm_file(output.summary_path)  # interrupted again, this time after its run's ledger
+    output.write_ledger("bench", markers)
     ledger = timed_ingest(manifest, config, complete=False)
     complete = timed_ingest(manifest, config, complete=True)
     sampled = chunks if sample is None else min(sample, chunks)
     started = time.perf_counter()
     for chunk in range(sampled):
-        json.loads(fs.cat_file(marker_path(root, SPLIT, chunk)))
+        json.loads(output.fs.cat_file(output.marker_path(chunk)))
     one_by_one = (time.perf_counter() - started) * chunks / sampled
     return Reruns(no_summary, ledger, complete, one_by_one, sampled)
 

@@ -1,4 +1,4 @@
-"""Ray Data ingest: manifest rows -> decoded, resized, encoded clips in Parquet shards.
+"""Ray Data ingest: manifest rows -> decoded, resized, encoded clips in Parquet shards of a dataset root.
 
 Per manifest row: fetch the file (local path or object-store bytes) -> probe (open, frame count,
 fps) -> decode F frames spread uniformly over [start, end], resized in the decoder (decord, PyAV
@@ -12,47 +12,28 @@ one class each and training batches of one class. The rows are therefore put in 
 permutation seeded by ``shuffle_seed`` before they are cut into chunks; the seed is recorded in
 the plan and in dataset.json.
 
-Exactly once and resumable: the permuted manifest is cut into deterministic chunks of
-``chunk_size`` rows, written once as ``_ingest/<split>/manifest.arrow`` (one record batch per
-chunk). One Ray task handles one chunk: it reads its batch, writes ``<split>/part-NNNNN.parquet``
-through a temporary file that is renamed (local) or uploaded in one piece (object store), then
-records the chunk as done in ``_ingest/<split>/done-NNNNN.json`` (counts and error rows). A rerun
-of the same plan (same rows, seed and settings) skips done chunks and rewrites the others under the
-same names, so nothing lands twice. When every chunk is done, the totals go to
-``_ingest/<split>/summary.json``; a rerun of a completed split answers from it without listing
-or reading markers and without starting Ray. Memory per task is one Parquet row group of clips,
-whatever the size of the dataset. (Ray's ``Dataset.write_parquet`` is not used: it names files by
-a per-run write id and writes them in place, so an interrupted run could not be resumed without
-duplicates or partial files.) A video that crashes the decoder process is found by the task's
-crash journal when Ray retries the task (see CrashJournal).
-
-Layout of the dataset root::
-
-    dataset.json                 tin.data.DatasetInfo (per split: written, failed, labelled,
-                                 shuffle_seed)
-    <split>/part-NNNNN.parquet   tin.data.shard_schema
-    errors/<split>.jsonl         {"clip_id", "source", "error"} a line
-    _ingest/<split>/plan.json    what the chunks were cut from: row count, manifest fingerprint,
-                                 labelled, frame settings, chunk_size, shuffle_seed
-    _ingest/<split>/manifest.arrow   the permuted rows, record batch i = chunk i (CHUNK_SCHEMA)
-    _ingest/<split>/done-NNNNN.json  {"chunk", "written", "failed", "errors", "node"} per finished
-                                 chunk (node: the address of the Ray node that wrote it)
-    _ingest/<split>/ledger-<run>.json  the done-markers one run received (see write_ledger)
-    _ingest/<split>/summary.json     {"written", "failed", "chunks"} once the split is complete
+A split is a chunked output (pipelines.chunked_output: plan, staged shards, done-markers, ledgers,
+error rows, summary; exactly once across interrupted runs) named after the split. The permuted
+manifest is cut into chunks of ``chunk_size`` rows, written once as
+``_ingest/<split>/manifest.arrow`` (one record batch per chunk). One Ray task handles one chunk:
+it reads its batch, writes ``<split>/part-NNNNN.parquet`` a row group at a time (memory per task
+is one row group of clips, whatever the size of the dataset) and then the chunk's done-marker.
+(Ray's ``Dataset.write_parquet`` is not used: it names files by a per-run write id and writes them
+in place, so an interrupted run could not be resumed without duplicates or partial files.) A video
+that crashes the decoder process is found by the task's crash journal when Ray retries the task
+(see CrashJournal). Beside the chunked output, ingest keeps ``dataset.json`` (tin.data.DatasetInfo:
+per split written, failed, labelled, shuffle_seed), written before the split's summary.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -62,9 +43,11 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 import tin
+from pipelines.chunked_output import ChunkedOutput, ChunkedOutputConfig, Wording, error_row, run_chunks
 from pipelines.manifests import Manifest, ManifestRow
+from tin.config import setting
 from tin.data.frames import frame_name_pattern, read_frame_folder
-from tin.data.reader import filesystem_for, open_root
+from tin.data.reader import filesystem_for
 from tin.data.sampling import STORED_FRAMES
 from tin.data.shards import ENCODINGS, NATIVE_SIZE, DatasetInfo, centre_crop, encode_jpeg, shard_schema
 from tin.data.video import VideoError, read_video_clip
@@ -72,38 +55,43 @@ from tin.errors import UsageError
 
 TASK_RETRIES = 8  # per chunk; each retry after a decoder crash skips the row that crashed
 DEFAULT_SHORT_SIDE = 256  # the references' stored frames, which their 224 crops are taken from
-DEFAULT_ENCODING = "jpeg"
-DEFAULT_CHUNK_SIZE = 64
 DEFAULT_SHUFFLE_SEED = 0
 FINGERPRINT_BLOCK = 65536  # rows hashed per update: bounded memory, few calls
-LEDGER_EVERY = 500  # chunks between two writes of a run's ledger (see write_ledger)
 
 
 class IngestError(UsageError):
     """The ingest cannot run at all (bad settings, unwritable or incompatible output root)."""
 
 
-@dataclass(frozen=True)
-class IngestConfig:
-    """Where and how one split is written. ``storage_options`` go to fsspec for the output root
-    and for remote video paths (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for s3)."""
+@dataclass
+class IngestConfig(ChunkedOutputConfig):
+    """Where and how one split is written (``output``, ``chunk_size``, ``num_cpus`` and
+    ``storage_options``: ChunkedOutputConfig's, keyword-only). ``storage_options`` go to fsspec for
+    the output root and for remote video paths (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``
+    for s3). The fields with help text are flags of jobs/prepare_dataset.py (PrepareConfig)."""
 
-    output: str
-    split: str
-    frames: int = STORED_FRAMES
-    short_side: int = DEFAULT_SHORT_SIDE
-    encoding: str = DEFAULT_ENCODING
-    jpeg_quality: int = 90
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    row_group_size: int = 8
-    num_cpus: int | None = None  # CPUs of the local Ray started when none is running
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    shuffle_seed: int = DEFAULT_SHUFFLE_SEED  # order of the rows before chunking (see the module)
+    split: str = setting("", help="split name, e.g. train or val (required)")
+    frames: int = setting(STORED_FRAMES, help="frames stored per clip (F)")
+    short_side: int = setting(
+        DEFAULT_SHORT_SIDE,
+        help=f"short side of stored frames in pixels; {NATIVE_SIZE}: keep each clip's own size (jpeg only; the "
+        f"frames of sthv1 and jester are about 100 px high)",
+    )
+    encoding: str = setting(ENCODINGS[0], choices=ENCODINGS, help="how the frames are stored")
+    jpeg_quality: int = setting(90, internal=True, help="JPEG quality of encoded frames")
+    row_group_size: int = setting(8, internal=True, help="clips per Parquet row group: a task's memory")
+    shuffle_seed: int = setting(
+        DEFAULT_SHUFFLE_SEED,
+        help="seed of the permutation of the annotation rows before they are cut into shards "
+        "(annotation lists are sorted by class; shards must mix classes)",
+    )
 
     def validate(self) -> None:
+        """Raise an IngestError naming the flag of a setting that cannot work."""
+        self.check_output(IngestError)
         if self.encoding not in ENCODINGS:
             raise IngestError(f"--encoding {self.encoding!r}: choose one of {', '.join(ENCODINGS)}")
-        for name in ("frames", "chunk_size", "row_group_size"):
+        for name in ("frames", "row_group_size"):
             if getattr(self, name) <= 0:
                 raise IngestError(f"{name} must be positive, got {getattr(self, name)}")
         if self.short_side < 0 or (self.short_side == NATIVE_SIZE and self.encoding == "raw"):
@@ -193,13 +181,6 @@ def clip_record(row: ManifestRow, config: IngestConfig, frame_template: str | No
     }
 
 
-def describe_error(error: BaseException) -> str:
-    """A readable one-line reason for an error row."""
-    if isinstance(error, VideoError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
-
-
 def _records_to_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     columns = {name: [record[name] for record in records] for name in schema.names}
     frames_type = schema.field("frames").type
@@ -213,75 +194,9 @@ def _records_to_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Ta
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-# ---------------------------------------------------------------------------------------------
-# Files of the dataset root (the layout in the module docstring)
-
-
-def shard_path(root: str, split: str, chunk: int) -> str:
-    return f"{root}/{split}/part-{chunk:05d}.parquet"
-
-
-def progress_dir(root: str, split: str) -> str:
-    return f"{root}/_ingest/{split}"
-
-
-def marker_path(root: str, split: str, chunk: int) -> str:
-    return f"{progress_dir(root, split)}/done-{chunk:05d}.json"
-
-
-def errors_path(root: str, split: str) -> str:
-    return f"{root}/errors/{split}.jsonl"
-
-
-def plan_path(root: str, split: str) -> str:
-    return f"{progress_dir(root, split)}/plan.json"
-
-
-def summary_path(root: str, split: str) -> str:
-    return f"{progress_dir(root, split)}/summary.json"
-
-
-def ledger_path(root: str, split: str, run_id: str) -> str:
-    """The done-markers one run received, gathered in one file (see write_ledger)."""
-    return f"{progress_dir(root, split)}/ledger-{run_id}.json"
-
-
-def chunk_manifest_path(root: str, split: str) -> str:
-    """The permuted manifest of ``split``, one Arrow record batch per chunk."""
-    return f"{progress_dir(root, split)}/manifest.arrow"
-
-
-@contextmanager
-def staged_file(fs: fsspec.AbstractFileSystem, final_path: str, root: str) -> Iterator[str]:
-    """Yield a local temporary path to write; on success it becomes ``final_path`` in one step
-    (rename on a local root, a single upload on an object store). An empty file is not kept."""
-    local = isinstance(fs, LocalFileSystem)
-    staging = f"{root}/_ingest/tmp" if local else None
-    if staging:
-        fs.makedirs(staging, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=staging)
-    os.close(handle)
-    try:
-        yield temporary
-        if os.path.getsize(temporary) > 0:
-            if local:
-                fs.makedirs(os.path.dirname(final_path), exist_ok=True)
-                os.replace(temporary, final_path)
-            else:
-                fs.put_file(temporary, final_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_text(fs: fsspec.AbstractFileSystem, path: str, text: str, root: str) -> None:
-    with staged_file(fs, path, root) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    with fs.open(path, "r") as handle:
-        return json.load(handle)
+def chunk_manifest_path(output: ChunkedOutput) -> str:
+    """The permuted manifest of the split ``output``, one Arrow record batch per chunk."""
+    return f"{output.progress_dir}/manifest.arrow"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,18 +237,6 @@ def manifest_sha256(rows: Sequence[ManifestRow]) -> str:
     return digest.hexdigest()
 
 
-def plan_of(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
-    """What makes chunk files of two runs interchangeable: the rows, their order (the seed) and
-    the frame settings (not num_cpus or storage options)."""
-    plan = {
-        "rows": len(manifest.rows),
-        "manifest_sha256": manifest_sha256(manifest.rows),
-        "labelled": manifest.labelled,
-        **{key: getattr(config, key) for key in PLAN_SETTINGS},
-    }
-    return plan if manifest.frame_template is None else {**plan, "frame_template": manifest.frame_template}
-
-
 def shuffled_order(rows: int, seed: int) -> np.ndarray:
     """Positions of the annotation rows in ingest order: a permutation seeded by ``seed``, so
     that the chunks of a list sorted by class hold many classes and a rerun cuts the same chunks."""
@@ -351,12 +254,7 @@ def _batch_rows(batch: pa.RecordBatch) -> list[ManifestRow]:
 
 
 def write_chunk_manifest(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    split: str,
-    rows: Sequence[ManifestRow],
-    order: np.ndarray,
-    chunk_size: int,
+    output: ChunkedOutput, rows: Sequence[ManifestRow], order: np.ndarray, chunk_size: int
 ) -> None:
     """Write ``rows`` in ``order`` as ``chunk_manifest_path``, record batch i = chunk i.
 
@@ -367,7 +265,7 @@ def write_chunk_manifest(
     """
     permuted = _rows_batch(rows).take(pa.array(order))
     with (
-        staged_file(fs, chunk_manifest_path(root, split), root) as temporary,
+        output.staged_file(chunk_manifest_path(output)) as temporary,
         pa.OSFile(temporary, "wb") as sink,
         pa.ipc.new_file(sink, CHUNK_SCHEMA) as writer,
     ):
@@ -375,10 +273,10 @@ def write_chunk_manifest(
             writer.write_batch(permuted.slice(start, chunk_size))
 
 
-def _chunk_rows(fs: fsspec.AbstractFileSystem, root: str, split: str, chunk: int) -> list[ManifestRow]:
+def _chunk_rows(output: ChunkedOutput, chunk: int) -> list[ManifestRow]:
     """The rows of chunk ``chunk``: its record batch of the chunk manifest, read without the rest
     (no read-ahead cache: on an object store that would fetch megabytes past the batch)."""
-    with fs.open(chunk_manifest_path(root, split), "rb", cache_type="none") as handle:
+    with output.fs.open(chunk_manifest_path(output), "rb", cache_type="none") as handle:
         return _batch_rows(pa.ipc.open_file(handle).get_batch(chunk))
 
 
@@ -423,10 +321,6 @@ class CrashJournal:
         os.remove(self.path)
 
 
-def _error_row(row: ManifestRow, reason: str) -> dict[str, str]:
-    return {"clip_id": row.clip_id, "source": row.path, "error": reason}
-
-
 def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | None = None) -> dict[str, Any]:
     """Ingest one chunk ``{"run": run id, "chunk": index}`` of the chunk manifest and commit it
     (rows are frame folders when ``frame_template`` names their frame files).
@@ -436,28 +330,26 @@ def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | 
     "cpu_seconds": CPU time of this task's process, for throughput accounting on a shared
     machine}; the driver sums this run's markers without reading them back.
     """
-    from ray.util import get_node_ip_address
-
     started_cpu = time.process_time()
     index = int(item["chunk"])
-    fs, root = open_root(config.output, config.storage_options)
-    rows = _chunk_rows(fs, root, config.split, index)
+    output = ChunkedOutput.open(config.output, config.split, config.storage_options)
+    rows = _chunk_rows(output, index)
     schema = shard_schema(config.encoding, config.frames, config.short_side)
     errors: list[dict[str, str]] = []
     written = 0
     journal = CrashJournal(item["run"], config.split, index)
-    with staged_file(fs, shard_path(root, config.split, index), root) as temporary:
+    with output.staged_file(output.part_path(index)) as temporary:
         writer: pq.ParquetWriter | None = None
         pending: list[dict[str, Any]] = []
         for position, row in enumerate(rows):
             if position in journal.crashed:
-                errors.append(_error_row(row, "decoding crashed the worker process"))
+                errors.append(error_row(row.clip_id, row.path, "decoding crashed the worker process"))
             else:
                 journal.start(position)
                 try:
                     pending.append(clip_record(row, config, frame_template))
                 except Exception as error:  # one bad video costs one error row, nothing more
-                    errors.append(_error_row(row, describe_error(error)))
+                    errors.append(error_row(row.clip_id, row.path, error))
                 journal.end(position)
             if pending and (len(pending) == config.row_group_size or position == len(rows) - 1):
                 writer = writer or pq.ParquetWriter(temporary, schema, use_dictionary=False)
@@ -466,44 +358,13 @@ def run_chunk(item: dict[str, Any], config: IngestConfig, frame_template: str | 
                 pending = []
         if writer is not None:
             writer.close()
-    marker = marker_text(index, written, errors, get_node_ip_address())
-    write_text(fs, marker_path(root, config.split, index), marker, root)
+    marker = output.mark_done(index, written, errors)
     journal.close()
     return {"chunk": index, "marker": marker, "cpu_seconds": time.process_time() - started_cpu}
 
 
-def marker_text(chunk: int, written: int, errors: list[dict[str, str]], node: str) -> str:
-    """The done-marker of a chunk: its counts, error rows and the node that wrote it."""
-    return json.dumps({"chunk": chunk, "written": written, "failed": len(errors), "errors": errors, "node": node})
-
-
 # ---------------------------------------------------------------------------------------------
 # The split
-
-
-def _check_plan(fs: fsspec.AbstractFileSystem, root: str, plan: dict[str, Any], config: IngestConfig) -> bool:
-    """Record the plan of a new split (True), or check that it is the plan the split was started
-    with (False); refuse to mix chunks of another plan or of a split ingested without permuting."""
-    path = plan_path(root, config.split)
-    if not fs.exists(path):
-        write_text(fs, path, json.dumps(plan, indent=2), root)
-        return True
-    recorded = read_json(fs, path)
-    if "shuffle_seed" not in recorded:
-        raise IngestError(
-            f"{config.output}/{config.split} was ingested before ingest permuted annotation rows: "
-            f"its shards follow the annotation order (one class each on a sorted list). Re-ingest "
-            f"it into a new --output, or delete {config.split}/ and _ingest/{config.split}/ there "
-            f"and run again"
-        )
-    if recorded != plan:
-        differing = ", ".join(key for key in plan if recorded.get(key) != plan[key])
-        raise IngestError(
-            f"{config.output}/{config.split} was started from other annotations or settings "
-            f"({differing} differ; see {path}); use another --output or --split, or delete "
-            f"{config.split}/ and _ingest/{config.split}/ there"
-        )
-    return False
 
 
 def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, config: IngestConfig) -> DatasetInfo:
@@ -545,134 +406,17 @@ def _dataset_info(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest, 
         )
     if existing.flip is None and info.flip is not None:  # recorded now, even if no split changes
         existing.record_flip_policy(manifest.flip_policy)
-        write_text(fs, path, existing.to_json(), root)
+        ChunkedOutput(fs, root, config.split).write_text(path, existing.to_json())
     return existing
 
 
-def _record_split(
-    fs: fsspec.AbstractFileSystem, root: str, info: DatasetInfo, split: str, facts: dict[str, Any]
-) -> None:
-    """Write ``facts`` as ``info.splits[split]`` to dataset.json, unless they are there already."""
-    if info.splits.get(split) == facts:
+def _record_split(output: ChunkedOutput, info: DatasetInfo, facts: dict[str, Any]) -> None:
+    """Write ``facts`` as the split's entry of dataset.json, unless they are there already."""
+    if info.splits.get(output.name) == facts:
         return
-    info.splits[split] = facts
+    info.splits[output.name] = facts
     info.software_version = tin.__version__
-    write_text(fs, f"{root}/dataset.json", info.to_json(), root)
-
-
-def progress_files(fs: fsspec.AbstractFileSystem, root: str, split: str) -> tuple[set[int], list[str]]:
-    """(chunks with a done-marker, paths of run ledgers): one listing of the progress directory."""
-    directory = progress_dir(root, split)
-    paths = fs.ls(directory, detail=False) if fs.exists(directory) else []
-    names = [os.path.basename(path) for path in paths]
-    done = {int(name[5:10]) for name in names if name.startswith("done-") and name.endswith(".json")}
-    ledgers = [f"{directory}/{name}" for name in names if name.startswith("ledger-")]
-    return done, ledgers
-
-
-def read_markers(fs: fsspec.AbstractFileSystem, root: str, split: str, chunks: list[int]) -> dict[int, dict[str, Any]]:
-    """The done-markers of ``chunks``, fetched in one call: concurrent requests on an object store.
-    (``cat_ranges`` rather than ``cat``: ``cat`` would glob paths with ``[`` or ``*`` in them.)"""
-    if not chunks:
-        return {}
-    paths = [marker_path(root, split, chunk) for chunk in chunks]
-    contents = fs.cat_ranges(paths, None, None, on_error="raise")
-    return {chunk: json.loads(content) for chunk, content in zip(chunks, contents, strict=True)}
-
-
-def write_ledger(
-    fs: fsspec.AbstractFileSystem, root: str, split: str, run_id: str, markers: dict[int, dict[str, Any]]
-) -> None:
-    """Write the done-markers a run has received so far as one file, replacing the run's previous
-    one. A later run of an interrupted split reads its earlier runs' ledgers (a few files) instead
-    of every chunk's marker: on an object store that is thousands of requests fewer. Markers stay
-    the record of what is done; a ledger only saves reading them."""
-    write_text(fs, ledger_path(root, split, run_id), json.dumps(list(markers.values())), root)
-
-
-def earlier_markers(
-    fs: fsspec.AbstractFileSystem, root: str, split: str, done: set[int], ledgers: list[str]
-) -> dict[int, dict[str, Any]]:
-    """The markers of the chunks ``done`` by earlier runs: from their ledgers, and for the chunks
-    finished after a run's last ledger (it was interrupted), from the markers themselves."""
-    known: dict[int, dict[str, Any]] = {}
-    if ledgers:
-        for content in fs.cat_ranges(ledgers, None, None, on_error="raise"):
-            known.update((marker["chunk"], marker) for marker in json.loads(content))
-    known = {chunk: marker for chunk, marker in known.items() if chunk in done}
-    return known | read_markers(fs, root, split, sorted(done - known.keys()))
-
-
-def _iterate(dataset: Any, config: IngestConfig) -> Iterator[dict[str, Any]]:
-    """The dataset's rows; a failure of Ray itself (not of a video) becomes an IngestError."""
-    try:
-        yield from dataset.iter_rows()
-    except Exception as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise IngestError(
-            f"ingest of split {config.split!r} stopped: {reason}. Chunks finished so far are kept; "
-            f"run the same command again to resume"
-        ) from error
-
-
-def _run_pending(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    pending: list[int],
-    config: IngestConfig,
-    log: Callable[[str], None],
-    frame_template: str | None = None,
-) -> tuple[dict[int, dict[str, Any]], float]:
-    """Run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per chunk;
-    the run's ledger goes to the output root ``fs``/``root``. Returns the chunks' done-markers by
-    chunk and the CPU seconds the tasks used."""
-    import ray
-
-    from pipelines.ray_runtime import init_ray
-
-    init_ray(config.num_cpus)
-    run_id = uuid.uuid4().hex
-    items = [{"run": run_id, "chunk": chunk} for chunk in pending]
-    # Finite retries: a task that dies on every attempt although the crash journal skips the row
-    # that crashed (e.g. it dies outside any row, or retries land on other nodes) stops the job
-    # with a message instead of being retried forever (Ray Data's default). Ray 2.60 deprecates
-    # passing remote args this way but offers no other way to bound retries of a map task.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            run_chunk,
-            fn_kwargs={"config": config, "frame_template": frame_template},
-            num_cpus=1,
-            max_retries=TASK_RETRIES,
-        )
-    dataset.context.print_on_execution_start = False  # the plan line says nothing a user needs; progress stays
-    started, clips, cpu_seconds = time.perf_counter(), 0, 0.0
-    markers: dict[int, dict[str, Any]] = {}
-    try:
-        for result in _iterate(dataset, config):
-            marker = markers[result["chunk"]] = json.loads(result["marker"])
-            clips += marker["written"] + marker["failed"]
-            cpu_seconds += result["cpu_seconds"]
-            rate = clips / max(time.perf_counter() - started, 1e-9)
-            log(
-                f"[{config.split}] chunk {marker['chunk']} done ({len(markers)}/{len(pending)}) on {marker['node']}: "
-                f"{marker['written']} written, {marker['failed']} failed; {rate:.1f} clips/s, "
-                f"{1000 * cpu_seconds / max(clips, 1):.0f} CPU-ms/clip"
-            )
-            if len(markers) % LEDGER_EVERY == 0:
-                write_ledger(fs, root, config.split, run_id, markers)
-    finally:  # also when Ray fails or the job is interrupted: the next run reads this ledger
-        if markers:
-            write_ledger(fs, root, config.split, run_id, markers)
-    return markers, cpu_seconds
-
-
-def read_summary(fs: fsspec.AbstractFileSystem, root: str, split: str) -> dict[str, int] | None:
-    """The totals of a completed split (written, failed, chunks); None while it is not complete."""
-    try:
-        return read_json(fs, summary_path(root, split))
-    except FileNotFoundError:
-        return None
+    output.write_text(output.path("dataset.json"), info.to_json())
 
 
 def _split_facts(summary: dict[str, int], manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
@@ -685,54 +429,74 @@ def _split_facts(summary: dict[str, int], manifest: Manifest, config: IngestConf
     }
 
 
-def _commit_split(
-    fs: fsspec.AbstractFileSystem,
-    root: str,
-    info: DatasetInfo,
-    manifest: Manifest,
-    config: IngestConfig,
-    markers: list[dict[str, Any]],
-) -> dict[str, int]:
-    """Write the split's error rows, its dataset.json entry and, last, its summary (so a summary
-    means all the rest is written). ``markers``: every chunk's, in chunk order."""
-    summary = write_errors(fs, root, config.split, markers)
-    _record_split(fs, root, info, config.split, _split_facts(summary, manifest, config))
-    write_text(fs, summary_path(root, config.split), json.dumps(summary), root)
-    return summary
-
-
-def write_errors(fs: fsspec.AbstractFileSystem, root: str, split: str, markers: list[dict[str, Any]]) -> dict[str, int]:
-    """Write the error rows of every chunk's done-marker (``markers``, in chunk order) to
-    ``errors_path`` (no file when there are none); returns the totals {"written", "failed", "chunks"}."""
-    errors_file = errors_path(root, split)
-    error_lines = [json.dumps(error) + "\n" for marker in markers for error in marker["errors"]]
-    write_text(fs, errors_file, "".join(error_lines), root)
-    if not error_lines and fs.exists(errors_file):
-        fs.rm(errors_file)
-    return {
-        "written": sum(marker["written"] for marker in markers),
-        "failed": sum(marker["failed"] for marker in markers),
-        "chunks": len(markers),
+def plan_of(manifest: Manifest, config: IngestConfig) -> dict[str, Any]:
+    """What makes chunk files of two runs interchangeable: the rows, their order (the seed) and
+    the frame settings (not num_cpus or storage options)."""
+    plan = {
+        "rows": len(manifest.rows),
+        "manifest_sha256": manifest_sha256(manifest.rows),
+        "labelled": manifest.labelled,
+        **{key: getattr(config, key) for key in PLAN_SETTINGS},
     }
+    return plan if manifest.frame_template is None else {**plan, "frame_template": manifest.frame_template}
 
 
-def _result(
-    summary: dict[str, int],
-    root: str,
-    split: str,
-    chunks_run: int,
-    cpu_seconds: float = 0.0,
-    already_complete: bool = False,
-) -> IngestResult:
-    return IngestResult(
-        written=summary["written"],
-        failed=summary["failed"],
-        chunks_run=chunks_run,
-        chunks_skipped=summary["chunks"] - chunks_run,
-        errors_path=errors_path(root, split),
-        cpu_seconds=cpu_seconds,
-        already_complete=already_complete,
-    )
+def _plan_refusal(config: IngestConfig) -> Callable[[dict[str, Any], list[str], str], IngestError]:
+    """The error for a split started with another plan, or ingested before rows were permuted."""
+
+    def refusal(recorded: dict[str, Any], differing: list[str], path: str) -> IngestError:
+        where, split = f"{config.output}/{config.split}", config.split
+        if "shuffle_seed" not in recorded:
+            return IngestError(
+                f"{where} was ingested before ingest permuted annotation rows: its shards follow the annotation "
+                f"order (one class each on a sorted list). Re-ingest it into a new --output, or delete {split}/ "
+                f"and _ingest/{split}/ there and run again"
+            )
+        return IngestError(
+            f"{where} was started from other annotations or settings ({', '.join(differing)} differ; see {path}); "
+            f"use another --output or --split, or delete {split}/ and _ingest/{split}/ there"
+        )
+
+    return refusal
+
+
+def _chunk_tasks(
+    output: ChunkedOutput, manifest: Manifest, config: IngestConfig, fresh: bool
+) -> Callable[[list[int], str], Iterator[dict[str, Any]]]:
+    """``run_chunks``'s ``execute`` for ingest: write the chunk manifest (a new plan's, or one
+    lost), then run the pending chunks as a Ray Data job, one task (1 CPU, 1 decoder thread) per
+    chunk, yielding each task's result row as it finishes."""
+
+    def execute(pending: list[int], run_id: str) -> Iterator[dict[str, Any]]:
+        import ray
+
+        from pipelines.ray_runtime import init_ray
+
+        if fresh or not output.fs.exists(chunk_manifest_path(output)):
+            order = shuffled_order(len(manifest.rows), config.shuffle_seed)
+            write_chunk_manifest(output, manifest.rows, order, config.chunk_size)
+        init_ray(config.num_cpus)
+        items = [{"run": run_id, "chunk": chunk} for chunk in pending]
+        # Finite retries: a task that dies on every attempt although the crash journal skips the
+        # row that crashed (e.g. it dies outside any row, or retries land on other nodes) stops the
+        # job with a message instead of being retried forever (Ray Data's default). Ray 2.60
+        # deprecates passing remote args this way but offers no other way to bound retries of a map task.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+                run_chunk,
+                fn_kwargs={"config": config, "frame_template": manifest.frame_template},
+                num_cpus=1,
+                max_retries=TASK_RETRIES,
+            )
+        dataset.context.print_on_execution_start = False  # the plan line says nothing a user needs
+        return _wording(config.split).rows_of(dataset)
+
+    return execute
+
+
+def _wording(split: str) -> Wording:
+    return Wording(f"[{split}]", "clips", "written", f"ingest of split {split!r}", IngestError)
 
 
 def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] = print) -> IngestResult:
@@ -749,39 +513,30 @@ def ingest(manifest: Manifest, config: IngestConfig, log: Callable[[str], None] 
             frame_name_pattern(manifest.frame_template)
         except ValueError as error:
             raise IngestError(f"--frame-template: {error}") from error
-    split = config.split
     try:
-        fs, root = open_root(config.output, config.storage_options)
-        fs.makedirs(root, exist_ok=True)
-        fs.invalidate_cache()  # object-store listings are cached; other processes wrote since
-        info = _dataset_info(fs, root, manifest, config)
-        fresh = _check_plan(fs, root, plan_of(manifest, config), config)
+        output = ChunkedOutput.open(config.output, config.split, config.storage_options)
+        output.fs.makedirs(output.root, exist_ok=True)
+        output.fs.invalidate_cache()  # object-store listings are cached; other processes wrote since
+        info = _dataset_info(output.fs, output.root, manifest, config)
+        fresh = output.check_plan(plan_of(manifest, config), _plan_refusal(config))
     except (OSError, PermissionError) as error:
         raise IngestError(f"cannot write to the output root {config.output}: {error}") from error
-
-    summary = None if fresh else read_summary(fs, root, split)
-    if summary is not None:
-        _record_split(fs, root, info, split, _split_facts(summary, manifest, config))
-        log(
-            f"[{split}] complete already: {summary['written']} written, {summary['failed']} "
-            f"failed in {summary['chunks']} chunks; nothing to do"
-        )
-        return _result(summary, root, split, chunks_run=0, already_complete=True)
-
-    chunks = -(-len(manifest.rows) // config.chunk_size)
-    done, ledgers = (set(), []) if fresh else progress_files(fs, root, split)  # a new plan: none
-    pending = [chunk for chunk in range(chunks) if chunk not in done]
-    log(
-        f"[{split}] {len(manifest.rows)} clips in {chunks} chunks; {len(pending)} to do (rows in "
-        f"the order of shuffle seed {config.shuffle_seed})"
+    totals = run_chunks(
+        output,
+        -(-len(manifest.rows) // config.chunk_size),
+        fresh,
+        _chunk_tasks(output, manifest, config, fresh),
+        _wording(config.split),
+        log,
+        scope=f"{len(manifest.rows)} clips (in the order of shuffle seed {config.shuffle_seed})",
+        record=lambda summary: _record_split(output, info, _split_facts(summary, manifest, config)),
     )
-    markers: dict[int, dict[str, Any]] = {}
-    cpu_seconds = 0.0
-    if pending:
-        if fresh or not fs.exists(chunk_manifest_path(root, split)):
-            order = shuffled_order(len(manifest.rows), config.shuffle_seed)
-            write_chunk_manifest(fs, root, split, manifest.rows, order, config.chunk_size)
-        markers, cpu_seconds = _run_pending(fs, root, pending, config, log, manifest.frame_template)
-    markers.update(earlier_markers(fs, root, split, done & set(range(chunks)), ledgers))
-    summary = _commit_split(fs, root, info, manifest, config, [markers[chunk] for chunk in range(chunks)])
-    return _result(summary, root, split, chunks_run=len(pending), cpu_seconds=cpu_seconds)
+    return IngestResult(
+        written=totals.written,
+        failed=totals.failed,
+        chunks_run=totals.chunks_run,
+        chunks_skipped=totals.chunks - totals.chunks_run,
+        errors_path=output.errors_path,
+        cpu_seconds=totals.cpu_seconds,
+        already_complete=totals.already_complete,
+    )

@@ -9,13 +9,15 @@ The stages::
         shards of a split; cut into chunks (--chunk-size videos; a split: one chunk per shard)
     --read + decode (Ray Data tasks, one per chunk)--> the test-time views of every clip (uint8
         (V, T, S, S, 3), ``tin.inference.clip_views``): a video decoded as the checkpoint's ingest
-        decoded its training data (``tin.predict.video_views``), a stored clip as evaluation reads it
-    --model (``map_batches`` over an actor pool: one model per actor, --batch-size videos a forward)-->
-        top-k classes and scores, optionally every class's probability and the pooled features
-    --the driver--> once every clip of a chunk is back: its Parquet file, then its done-marker
+        decoded its training data (``tin.predict.video_views``), a stored clip as evaluation reads
+        it; a chunk's views handed on as one row
+    --model (``map_batches`` over an actor pool, a chunk a call: one model per actor, --batch-size
+        videos a forward)--> top-k classes and scores, optionally every class's probability and the
+        pooled features --the same actor--> the chunk's Parquet file, then its done-marker
+    --the driver--> the markers only (progress, ledgers), and at the end the error rows and summary
 
-The output root has the layout of a dataset root whose one split is called ``predictions``, and the
-same bookkeeping (``pipelines.ingest``'s staged writes, done-markers, ledgers and summary)::
+The output root is a chunked output named ``predictions`` (``pipelines.chunked_output``: the layout
+of a dataset root whose one split is called ``predictions``, and the same bookkeeping)::
 
     predictions/part-NNNNN.parquet   PREDICTION_COLUMNS, one file per chunk, rows in input order
     errors/predictions.jsonl         {"clip_id", "source", "error"}: one line per clip that failed
@@ -24,10 +26,12 @@ same bookkeeping (``pipelines.ingest``'s staged writes, done-markers, ledgers an
     _ingest/predictions/plan.json    what the chunks were cut from (inputs, weights, settings)
     _ingest/predictions/done-NNNNN.json, ledger-<run>.json, summary.json
 
-Exactly once: a chunk's file is written (renamed or uploaded in one piece) before its marker. A rerun
-with the same plan skips the chunks that have a marker; a plan that differs (other inputs, another
-checkpoint, other views or columns) is refused. Nothing here imports Ray at module level: a usage
-error answers without starting it.
+Exactly once: a chunk's file is written (renamed or uploaded in one piece) before its marker, both by
+the actor that predicted it. A rerun with the same plan skips the chunks that have a marker; a plan
+that differs (other inputs, another checkpoint, other views or columns) is refused. Memory: a chunk's
+views travel as one row, chunk size x views x T x S x S x 3 bytes (1.2 MB a video at one 8 x 224 view);
+lower --chunk-size for many views. Nothing here imports Ray at module level: a usage error answers
+without starting it.
 """
 
 from __future__ import annotations
@@ -38,47 +42,26 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.ingest import (
-    DEFAULT_CHUNK_SIZE,
-    LEDGER_EVERY,
-    describe_error,
-    earlier_markers,
-    errors_path,
-    load_source,
-    marker_path,
-    marker_text,
-    plan_path,
-    progress_files,
-    read_json,
-    read_summary,
-    shard_path,
-    staged_file,
-    summary_path,
-    write_errors,
-    write_ledger,
-    write_text,
-)
+from pipelines.chunked_output import ChunkedOutput, ChunkedOutputConfig, Wording, error_row, run_chunks
+from pipelines.ingest import load_source
 from tin.checkpoint import Checkpoint, TrainedModel, read_checkpoint
 from tin.config import check_choices, setting
 from tin.data import frames_from_column
 from tin.data.reader import filesystem_for, open_root
 from tin.data.shards import VAL_SPLIT
-from tin.inference import CROPS, classifier, clip_probabilities_and_features, clip_views, temporal_views
+from tin.inference import CROPS, clip_probabilities_and_features, clip_views, temporal_views
 from tin.predict import PredictionError, decode_settings, top_classes, video_views
-from tin.train.progress import format_duration
 
 if TYPE_CHECKING:
     from tin.evaluate import Evaluation
@@ -103,11 +86,14 @@ PREDICTION_COLUMNS = (
 
 
 @dataclass
-class BatchPredictConfig:
-    """A prediction job at scale (jobs/predict.py); ``tin.predict.PredictConfig`` is the one-process tool's."""
+class BatchPredictConfig(ChunkedOutputConfig):
+    """A prediction job at scale (jobs/predict.py); ``tin.predict.PredictConfig`` is the one-process
+    tool's. ``output``, ``chunk_size`` (videos per output file; a split's chunks are its shards),
+    ``num_cpus`` and ``storage_options`` are ChunkedOutputConfig's."""
 
-    checkpoint: str = setting(help="the training checkpoint to predict with (checkpoint.pt or its folder)")
-    output: str = setting(help="output root: a local directory or s3://bucket/prefix")
+    checkpoint: str = setting(
+        "", help="the training checkpoint to predict with (checkpoint.pt or its folder) (required)"
+    )
     videos: str | None = setting(
         None,
         help="a folder of videos (searched recursively) or a text file of video paths or URIs, one a line "
@@ -130,14 +116,12 @@ class BatchPredictConfig:
         unset="1 beside a GPU; on CPUs, what the decoders leave, shared by the actors",
     )
     use_gpu: bool | None = setting(None, help="one GPU per actor", unset="when the cluster has GPUs")
-    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="videos per output file, the unit of resuming")
-    num_cpus: int | None = setting(None, help="CPUs of the local Ray (ignored on a cluster)", unset="all")
-    storage_options: dict[str, Any] = setting(
-        default_factory=dict, internal=True, help="fsspec options of remote paths (storage_options_from_env)"
-    )
 
     def validate(self) -> None:
         """Raise a PredictionError naming the flag of a setting that cannot work."""
+        if not self.checkpoint:
+            raise PredictionError("--checkpoint is required")
+        self.check_output(PredictionError)
         check_choices(self, PredictionError)
         if (self.videos is None) == (self.data is None):
             raise PredictionError("give --videos DIR_OR_LIST or --data ROOT (with --split), one of the two")
@@ -145,7 +129,6 @@ class BatchPredictConfig:
             ("--top-k", self.top_k),
             ("--clips", self.clips),
             ("--batch-size", self.batch_size),
-            ("--chunk-size", self.chunk_size),
             ("--actors", self.actors),
         ):
             if value is not None and value < 1:
@@ -286,18 +269,21 @@ def weights_sha256(state: Checkpoint) -> str:
     return digest.hexdigest()
 
 
-class ClipPredictor:
-    """One model replica in a Ray Data actor: batches of decoded views in, predictions out.
+class ChunkPredictor:
+    """One model replica in a Ray Data actor: a chunk of decoded views in (``chunk_views``), its
+    predictions written and committed here, its done-marker out.
 
     ``state``: a ``model_state`` or an object ref of one (one copy in the object store for every
-    actor). Rows with an ``error`` (a clip that could not be read) pass through with zero scores.
+    actor). ``output``: the chunked output the chunks are committed to.
     """
 
     def __init__(
         self,
         state: Any,
+        output: ChunkedOutput,
         device: str,
         threads: int,
+        batch_size: int,
         top_k: int,
         probabilities: bool,
         features: bool,
@@ -307,32 +293,61 @@ class ClipPredictor:
         torch.set_num_threads(threads)
         state = ray.get(state) if isinstance(state, ray.ObjectRef) else state
         self.model = state.build().to(device)
+        self.output, self.batch_size = output, batch_size
         self.multi_label = state.trained.dataset.multi_label
-        self.num_classes = len(state.trained.classes)
-        self.top_k = min(top_k, self.num_classes)
+        self.classes = np.asarray(state.trained.classes, dtype=object)
+        self.top_k = min(top_k, len(self.classes))
         self.probabilities, self.features = probabilities, features
-        self.feature_size = classifier(self.model).in_features
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``batch``: ``clip_rows`` columns, views uint8 (B, V, T, S, S, 3). Returns the columns but
-        the views, with top_scores float32 (B, k), top_indices int64 (B, k) and, where asked for,
-        probabilities float32 (B, K) and features float32 (B, D)."""
-        readable = batch["error"] == ""
-        count = len(readable)
-        probabilities = np.zeros((count, self.num_classes), np.float32)
-        features = np.zeros((count, self.feature_size), np.float32)
-        if readable.any():
-            views = torch.from_numpy(np.ascontiguousarray(batch["views"][readable]))
-            scores, pooled = clip_probabilities_and_features(self.model, views, self.multi_label)
-            probabilities[readable], features[readable] = scores.numpy(), pooled.numpy()
+        """``batch``: one ``chunk_views`` row. Writes the chunk's Parquet file (its readable clips,
+        in input order; none when no clip was readable), then its done-marker with the error rows.
+        Returns {"chunk", "marker": the marker's text, "cpu_seconds": of the decoding and of this call}."""
+        started = time.process_time()
+        chunk, clips = int(batch["chunk"][0]), json.loads(batch["clips"][0])
+        if clips:
+            probabilities, features = self.predict(np.asarray(batch["views"][0]))
+            with self.output.staged_file(self.output.part_path(chunk)) as temporary:
+                pq.write_table(self.table(clips, probabilities, features), temporary)
+        marker = self.output.mark_done(chunk, len(clips), json.loads(batch["errors"][0]))
+        cpu_seconds = float(batch["cpu_seconds"][0]) + time.process_time() - started
+        return {"chunk": np.array([chunk]), "marker": np.array([marker]), "cpu_seconds": np.array([cpu_seconds])}
+
+    def predict(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Views uint8 (N, V, T, S, S, 3) -> probabilities float32 (N, K) and features float32 (N, D),
+        ``batch_size`` clips a forward pass."""
+        batches = (
+            np.ascontiguousarray(views[start : start + self.batch_size])
+            for start in range(0, len(views), self.batch_size)
+        )
+        parts = [
+            clip_probabilities_and_features(self.model, torch.from_numpy(batch), self.multi_label) for batch in batches
+        ]
+        return torch.cat([scores for scores, _ in parts]).numpy(), torch.cat([pooled for _, pooled in parts]).numpy()
+
+    def table(self, clips: list[dict[str, Any]], probabilities: np.ndarray, features: np.ndarray) -> pa.Table:
+        """The ``PREDICTION_COLUMNS`` of ``clips`` (those this job writes) from their probabilities
+        (N, K) and features (N, D)."""
         best_scores, best_indices = top_classes(torch.from_numpy(probabilities), self.top_k)
-        out = {key: value for key, value in batch.items() if key != "views"}
-        out |= {"top_scores": best_scores.numpy(), "top_indices": best_indices.numpy()}
+        columns = {
+            "clip_id": pa.array([clip["clip_id"] for clip in clips], pa.string()),
+            "source": pa.array([clip["source"] for clip in clips], pa.string()),
+            "top_classes": _lists(self.classes[best_indices.numpy()], pa.string()),
+            "top_scores": _lists(best_scores.numpy(), pa.float32()),
+        }
+        if "labels" in clips[0]:
+            columns["labels"] = pa.array([clip["labels"] for clip in clips], pa.list_(pa.int32()))
         if self.probabilities:
-            out["probabilities"] = probabilities
+            columns["probabilities"] = _lists(probabilities, pa.float32())
         if self.features:
-            out["features"] = features
-        return out
+            columns["features"] = _lists(features, pa.float32())
+        return pa.table({name: columns[name] for name in PREDICTION_COLUMNS if name in columns})
+
+
+def _lists(matrix: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """(N, M) -> N lists of M values of ``kind``."""
+    offsets = pa.array(np.arange(len(matrix) + 1, dtype=np.int32) * matrix.shape[1])
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=kind))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,20 +359,29 @@ def _view_shape(trained: TrainedModel, clips: int, crops: int) -> tuple[int, ...
     return (clips * crops, spec.num_segments, spec.crop_size, spec.crop_size, 3)
 
 
-def clip_rows(
+def chunk_views(
     item: dict[str, Any], trained: TrainedModel, clips: int, crops: int, storage_options: dict[str, Any]
-) -> Iterator[dict[str, Any]]:
-    """The rows of one chunk (a task item of ``Inputs``): {"chunk", "chunk_rows" (its clips),
-    "position" (in it), "clip_id", "source", ["labels"], "views" uint8 (V, T, S, S, 3), "error" (""
-    when the clip was read)}. A clip that cannot be read gets zero views and the reason."""
+) -> dict[str, Any]:
+    """One chunk (a task item of ``Inputs``) read and decoded, as one row: {"chunk", "clips": JSON
+    list of the readable clips' {"clip_id", "source", ["labels"]} in input order, "views": uint8
+    (R, V, T, S, S, 3) of those R clips, "errors": JSON list of the other clips' error rows,
+    "cpu_seconds": of this task}. A clip that cannot be read costs one error row, nothing more."""
+    started = time.process_time()
     readers = _video_readers(item, storage_options) if "sources" in item else _stored_readers(item, storage_options)
-    empty = np.zeros(_view_shape(trained, clips, crops), np.uint8)
+    readable, views, errors = [], [], []
     for row, read_views in readers:
         try:
-            views, error = read_views(trained, clips, crops).numpy(), ""
+            views.append(read_views(trained, clips, crops).numpy())
+            readable.append(row)
         except Exception as failure:  # one bad clip costs one error row, nothing more
-            views, error = empty, describe_error(failure)
-        yield {"chunk": item["chunk"], **row, "views": views, "error": error}
+            errors.append(error_row(row["clip_id"], row["source"], failure))
+    return {
+        "chunk": item["chunk"],
+        "clips": json.dumps(readable),
+        "views": np.stack(views) if views else np.zeros((0, *_view_shape(trained, clips, crops)), np.uint8),
+        "errors": json.dumps(errors),
+        "cpu_seconds": time.process_time() - started,
+    }
 
 
 ViewReader = Callable[[TrainedModel, int, int], torch.Tensor]
@@ -368,9 +392,8 @@ def _video_readers(
     item: dict[str, Any], storage_options: dict[str, Any]
 ) -> Iterator[tuple[dict[str, Any], ViewReader]]:
     """(row, its view reader) per video of a chunk: the file decoded as the checkpoint's ingest did."""
-    count = len(item["sources"])
-    for position, (clip_id, source) in enumerate(zip(item["clip_ids"], item["sources"], strict=True)):
-        row = {"chunk_rows": count, "position": position, "clip_id": clip_id, "source": source}
+    for clip_id, source in zip(item["clip_ids"], item["sources"], strict=True):
+        row = {"clip_id": str(clip_id), "source": str(source)}
         yield row, functools.partial(_video_file_views, source, storage_options)
 
 
@@ -387,14 +410,9 @@ def _stored_readers(
     fs, inner = filesystem_for(item["shard"], storage_options)
     with fs.open(inner, "rb") as handle:
         shard = pq.ParquetFile(handle)
-        count, position = shard.metadata.num_rows, 0
         for batch in shard.iter_batches(columns=["clip_id", "labels", "frames", "source"]):
             for index, row in enumerate(batch.drop_columns(["frames"]).to_pylist()):
-                yield (
-                    {"chunk_rows": count, "position": position, **row},
-                    functools.partial(_stored_clip_views, batch.column("frames").slice(index, 1)),
-                )
-                position += 1
+                yield row, functools.partial(_stored_clip_views, batch.column("frames").slice(index, 1))
 
 
 def _stored_clip_views(frames: pa.Array, trained: TrainedModel, clips: int, crops: int) -> torch.Tensor:
@@ -461,151 +479,60 @@ def placement(config: BatchPredictConfig, cpus: float, gpus: float) -> Placement
 
 
 # ---------------------------------------------------------------------------------------------
-# The driver: chunks back -> files
+# The Ray Data job
 
 
-def _lists(matrix: np.ndarray, kind: pa.DataType) -> pa.Array:
-    """(N, M) -> N lists of M values of ``kind``."""
-    offsets = pa.array(np.arange(len(matrix) + 1, dtype=np.int32) * matrix.shape[1])
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=kind))
+WORDING = Wording("[predict]", "videos", "predicted", "prediction", PredictionError)
 
 
-def predictions_table(batch: dict[str, np.ndarray], classes: np.ndarray) -> pa.Table:
-    """A batch of ``ClipPredictor`` output as a table: ``PREDICTION_COLUMNS`` (those present)
-    and the bookkeeping columns chunk, chunk_rows, position, error."""
-    columns: dict[str, pa.Array] = {
-        name: pa.array(batch[name]) for name in ("chunk", "chunk_rows", "position", "clip_id", "source", "error")
-    }
-    columns["top_classes"] = _lists(classes[batch["top_indices"]], pa.string())
-    columns["top_scores"] = _lists(batch["top_scores"], pa.float32())
-    if "labels" in batch:
-        columns["labels"] = pa.array([list(labels) for labels in batch["labels"]], pa.list_(pa.int32()))
-    for name in ("probabilities", "features"):
-        if name in batch:
-            columns[name] = _lists(batch[name], pa.float32())
-    return pa.table(columns)
+def _chunk_tasks(
+    output: ChunkedOutput, inputs: Inputs, state: Checkpoint, config: BatchPredictConfig, log: Callable[[str], None]
+) -> Callable[[list[int], str], Iterator[dict[str, Any]]]:
+    """``run_chunks``'s ``execute`` for prediction: the pending chunks decoded by Ray Data tasks and
+    predicted and committed by an actor pool (see the module docstring)."""
 
+    def execute(pending: list[int], run_id: str) -> Iterator[dict[str, Any]]:
+        import ray
 
-class ChunkCollector:
-    """Gathers the predicted rows of every chunk until all of its clips are back."""
+        from pipelines.ray_runtime import init_ray
 
-    def __init__(self) -> None:
-        self.parts: dict[int, list[pa.Table]] = {}
-        self.rows: dict[int, int] = {}
+        init_ray(config.num_cpus)
+        resources = ray.cluster_resources()
+        placed = placement(config, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        log(f"[predict] {placed.describe()}")
+        items = [inputs.chunks[chunk] for chunk in pending]
+        views = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            chunk_views,
+            fn_kwargs={
+                "trained": state.trained,
+                "clips": config.clips,
+                "crops": config.crops,
+                "storage_options": config.storage_options,
+            },
+            num_cpus=placed.decoder_cpus,
+        )
+        predicted = views.map_batches(
+            ChunkPredictor,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=placed.actors),
+            num_cpus=placed.cpus_per_actor,
+            num_gpus=placed.gpus_per_actor,
+            fn_constructor_kwargs={
+                "state": ray.put(state),
+                "output": output,
+                "device": "cuda" if placed.gpus_per_actor else "cpu",
+                "threads": placed.threads,
+                "batch_size": config.batch_size,
+                "top_k": config.top_k,
+                "probabilities": config.probabilities,
+                "features": config.features,
+            },
+        )
+        predicted.context.print_on_execution_start = False
+        return WORDING.rows_of(predicted)
 
-    def add(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-        """Take a batch of rows; yield (chunk, its rows in input order) for each chunk now complete."""
-        for chunk in np.unique(table.column("chunk").to_numpy()):
-            part = table.filter(pc.equal(table.column("chunk"), chunk))
-            index = int(chunk)
-            self.parts.setdefault(index, []).append(part)
-            self.rows[index] = self.rows.get(index, 0) + part.num_rows
-            if self.rows[index] == part.column("chunk_rows")[0].as_py():
-                rows = pa.concat_tables(self.parts.pop(index))
-                yield index, rows.take(pc.sort_indices(rows, [("position", "ascending")]))
-
-
-def commit_chunk(fs: Any, root: str, chunk: int, rows: pa.Table, node: str) -> dict[str, Any]:
-    """Write a chunk's readable rows as its Parquet file (none when no clip was readable), then
-    its done-marker with the error rows; returns the marker."""
-    readable = pc.equal(rows.column("error"), "")
-    errors = rows.filter(pc.invert(readable)).select(["clip_id", "source", "error"]).to_pylist()
-    predictions = rows.filter(readable).select([name for name in PREDICTION_COLUMNS if name in rows.column_names])
-    if predictions.num_rows:
-        with staged_file(fs, shard_path(root, PREDICTIONS, chunk), root) as temporary:
-            pq.write_table(predictions, temporary)
-    marker = marker_text(chunk, predictions.num_rows, errors, node)
-    write_text(fs, marker_path(root, PREDICTIONS, chunk), marker, root)
-    return json.loads(marker)
-
-
-def _batches_of(dataset: Any) -> Iterator[dict[str, np.ndarray]]:
-    """The dataset's batches; a failure of Ray itself (not of a clip) becomes a PredictionError."""
-    try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise PredictionError(
-            f"prediction stopped: {reason}. Chunks finished so far are kept; run the same command again to resume"
-        ) from error
-
-
-def run_pending(
-    fs: Any,
-    root: str,
-    pending: list[dict[str, Any]],
-    state: Checkpoint,
-    config: BatchPredictConfig,
-    log: Callable[[str], None],
-) -> dict[int, dict[str, Any]]:
-    """Predict the ``pending`` chunks with Ray Data (see the module docstring); returns their
-    done-markers by chunk. The run's ledger goes to the output root as ingest's does."""
-    import ray
-    from ray.util import get_node_ip_address
-
-    from pipelines.ray_runtime import init_ray
-
-    init_ray(config.num_cpus)
-    resources = ray.cluster_resources()
-    placed = placement(config, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-    log(f"[predict] {placed.describe()}")
-    views = ray.data.from_items(pending, override_num_blocks=len(pending)).flat_map(
-        clip_rows,
-        fn_kwargs={
-            "trained": state.trained,
-            "clips": config.clips,
-            "crops": config.crops,
-            "storage_options": config.storage_options,
-        },
-        num_cpus=placed.decoder_cpus,
-    )
-    predicted = views.map_batches(
-        ClipPredictor,
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=placed.actors),
-        num_cpus=placed.cpus_per_actor,
-        num_gpus=placed.gpus_per_actor,
-        fn_constructor_kwargs={
-            "state": ray.put(state),
-            "device": "cuda" if placed.gpus_per_actor else "cpu",
-            "threads": placed.threads,
-            "top_k": config.top_k,
-            "probabilities": config.probabilities,
-            "features": config.features,
-        },
-    )
-    predicted.context.print_on_execution_start = False
-    classes = np.asarray(state.trained.classes, dtype=object)
-    run_id, node, collector = uuid.uuid4().hex, get_node_ip_address(), ChunkCollector()
-    started, clips = time.perf_counter(), 0
-    markers: dict[int, dict[str, Any]] = {}
-    try:
-        for batch in _batches_of(predicted):
-            for chunk, rows in collector.add(predictions_table(batch, classes)):
-                marker = markers[chunk] = commit_chunk(fs, root, chunk, rows, node)
-                clips += rows.num_rows
-                elapsed = time.perf_counter() - started
-                eta = elapsed / len(markers) * (len(pending) - len(markers))
-                log(
-                    f"[predict] chunk {chunk} done ({len(markers)}/{len(pending)}): {marker['written']} predicted, "
-                    f"{marker['failed']} failed; {clips / max(elapsed, 1e-9):.1f} videos/s, eta {format_duration(eta)}"
-                )
-                if len(markers) % LEDGER_EVERY == 0:
-                    write_ledger(fs, root, PREDICTIONS, run_id, markers)
-        for item in pending:  # a chunk with no rows at all (an empty shard) is done too
-            if item["chunk"] not in markers:
-                markers[item["chunk"]] = commit_chunk(fs, root, item["chunk"], _no_rows(), node)
-    finally:  # also when Ray fails or the job is interrupted: the next run reads this ledger
-        if markers:
-            write_ledger(fs, root, PREDICTIONS, run_id, markers)
-    return markers
-
-
-def _no_rows() -> pa.Table:
-    return pa.table(
-        {"clip_id": pa.array([], pa.string()), "source": pa.array([], pa.string()), "error": pa.array([], pa.string())}
-    )
+    return execute
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,25 +565,16 @@ def plan_of(config: BatchPredictConfig, inputs: Inputs, weights: str) -> dict[st
     }
 
 
-def check_plan(fs: Any, root: str, plan: dict[str, Any], output: str) -> bool:
-    """Record the plan of a new output root (True), or check that it is the one the root was
-    started with (False).
+def _plan_refusal(output: str) -> Callable[[dict[str, Any], list[str], str], PredictionError]:
+    """The error for the output root ``output`` started with another plan (``ChunkedOutput.check_plan``)."""
 
-    Raises:
-        PredictionError: naming --output and what differs.
-    """
-    path = plan_path(root, PREDICTIONS)
-    if not fs.exists(path):
-        write_text(fs, path, json.dumps(plan, indent=2), root)
-        return True
-    recorded = read_json(fs, path)
-    if recorded != plan:
-        differing = ", ".join(key for key in plan if recorded.get(key) != plan[key])
-        raise PredictionError(
-            f"--output {output} holds predictions of other inputs or settings ({differing} differ; see {path}); "
-            f"use another --output, or delete that one to start again"
+    def refusal(recorded: dict[str, Any], differing: list[str], path: str) -> PredictionError:
+        return PredictionError(
+            f"--output {output} holds predictions of other inputs or settings ({', '.join(differing)} differ; "
+            f"see {path}); use another --output, or delete that one to start again"
         )
-    return False
+
+    return refusal
 
 
 def check_inputs(config: BatchPredictConfig, trained: TrainedModel) -> Inputs:
@@ -678,14 +596,14 @@ def check_inputs(config: BatchPredictConfig, trained: TrainedModel) -> Inputs:
     return split_inputs(config.data, config.split, config.storage_options)
 
 
-def evaluate_written(fs: Any, root: str, config: BatchPredictConfig, trained: TrainedModel) -> Evaluation | None:
+def evaluate_written(output: ChunkedOutput, config: BatchPredictConfig, trained: TrainedModel) -> Evaluation | None:
     """The metrics of a labelled split from the probabilities written under the output root
     (``tin.evaluate``'s); also written as ``evaluation.json`` there. None when nothing was written."""
     from tin.evaluate import scored_evaluation
 
-    if not fs.exists(f"{root}/{PREDICTIONS}"):
+    if not output.fs.exists(output.path(PREDICTIONS)):
         return None
-    table = pads.dataset(f"{root}/{PREDICTIONS}", filesystem=fs, format="parquet").to_table(
+    table = pads.dataset(output.path(PREDICTIONS), filesystem=output.fs, format="parquet").to_table(
         columns=["labels", "probabilities"]
     )
     scores = torch.from_numpy(np.stack(table.column("probabilities").to_numpy(zero_copy_only=False)))
@@ -701,7 +619,7 @@ def evaluate_written(fs: Any, root: str, config: BatchPredictConfig, trained: Tr
         scores,
         table.column("labels").to_pylist(),
     )
-    write_text(fs, f"{root}/{EVALUATION_FILE}", evaluation.to_json(), root)
+    output.write_text(output.path(EVALUATION_FILE), evaluation.to_json())
     return evaluation
 
 
@@ -721,39 +639,24 @@ def predict_at_scale(config: BatchPredictConfig, log: Callable[[str], None] = pr
     if scored:  # the metrics are computed from the written probabilities
         config = dataclasses.replace(config, probabilities=True)
     try:
-        fs, root = open_root(config.output, config.storage_options)
-        fs.makedirs(root, exist_ok=True)
-        fs.invalidate_cache()  # object-store listings are cached; other processes wrote since
-        fresh = check_plan(fs, root, plan_of(config, inputs, weights_sha256(state)), config.output)
+        output = ChunkedOutput.open(config.output, PREDICTIONS, config.storage_options)
+        output.fs.makedirs(output.root, exist_ok=True)
+        output.fs.invalidate_cache()  # object-store listings are cached; other processes wrote since
+        fresh = output.check_plan(plan_of(config, inputs, weights_sha256(state)), _plan_refusal(config.output))
     except OSError as error:
         raise PredictionError(f"--output {config.output}: cannot write there: {error}") from error
-    chunks = len(inputs.chunks)
-    summary = None if fresh else read_summary(fs, root, PREDICTIONS)
-    chunks_run, already_complete = 0, summary is not None
-    if summary is not None:
-        log(
-            f"[predict] complete already: {summary['written']} predicted, {summary['failed']} failed in "
-            f"{summary['chunks']} chunks; nothing to do"
-        )
-    else:
-        done, ledgers = (set(), []) if fresh else progress_files(fs, root, PREDICTIONS)
-        pending = [item for item in inputs.chunks if item["chunk"] not in done]
-        videos = f"{inputs.videos} videos" if inputs.videos is not None else f"split {config.split!r}"
-        log(f"[predict] {videos} in {chunks} chunks; {len(pending)} to do -> {config.output}")
-        markers = run_pending(fs, root, pending, state, config, log) if pending else {}
-        markers.update(earlier_markers(fs, root, PREDICTIONS, done & set(range(chunks)), ledgers))
-        summary = write_errors(fs, root, PREDICTIONS, [markers[chunk] for chunk in range(chunks)])
-        write_text(fs, summary_path(root, PREDICTIONS), json.dumps(summary), root)
-        chunks_run = len(pending)
-    evaluation = evaluate_written(fs, root, config, state.trained) if scored else None
-    output = config.output.rstrip("/")
+    scope = f"{inputs.videos} videos" if inputs.videos is not None else f"split {config.split!r}"
+    execute = _chunk_tasks(output, inputs, state, config, log)
+    totals = run_chunks(output, len(inputs.chunks), fresh, execute, WORDING, log, scope)
+    evaluation = evaluate_written(output, config, state.trained) if scored else None
+    written = config.output.rstrip("/")
     return BatchPredictionResult(
-        written=summary["written"],
-        failed=summary["failed"],
-        chunks_run=chunks_run,
-        chunks_skipped=chunks - chunks_run,
-        predictions_path=f"{output}/{PREDICTIONS}",
-        errors_path=errors_path(output, PREDICTIONS),
+        written=totals.written,
+        failed=totals.failed,
+        chunks_run=totals.chunks_run,
+        chunks_skipped=totals.chunks - totals.chunks_run,
+        predictions_path=f"{written}/{PREDICTIONS}",
+        errors_path=f"{written}/errors/{PREDICTIONS}.jsonl",
         evaluation=evaluation,
-        already_complete=already_complete,
+        already_complete=totals.already_complete,
     )

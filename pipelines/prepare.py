@@ -4,27 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import fsspec
 
 from pipelines.formats import FORMATS, FormatRequest, PrepareError, per_format
-from pipelines.ingest import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_ENCODING,
-    DEFAULT_SHORT_SIDE,
-    DEFAULT_SHUFFLE_SEED,
-    IngestConfig,
-    IngestResult,
-    ingest,
-)
+from pipelines.ingest import IngestConfig, IngestResult, ingest
 from pipelines.layouts import LAYOUTS, ReleaseLayout
 from pipelines.manifests import KINETICS_LAYOUTS, Manifest
 from pipelines.synthetic import SyntheticConfig
 from tin.config import check_choices, setting
 from tin.data.flips import FLIP_POLICIES, LABEL_PAIRS, FlipPolicy
-from tin.data.sampling import STORED_FRAMES
-from tin.data.shards import ENCODINGS, NATIVE_SIZE
 
 FOLDS = tuple(sorted({fold for layout in LAYOUTS.values() for fold in layout.folds}))
 """The official train/test folds of the releases that have several (HMDB51's and UCF101's)."""
@@ -33,9 +22,11 @@ LAYOUT_FIELDS = ("format", "name", "annotations", "classes", "video_root", "spli
 
 
 @dataclass
-class PrepareConfig:
-    """Everything one prepare_dataset run needs (one split of one dataset); every field but
-    ``storage_options`` is a flag of jobs/prepare_dataset.py.
+class PrepareConfig(IngestConfig):
+    """Everything one prepare_dataset run needs (one split of one dataset): the ingest's settings
+    (IngestConfig: output, split, frames, short side, encoding, chunk size, shuffle seed, CPUs) and
+    how the manifest is read; every field but ``storage_options``, ``jpeg_quality`` and
+    ``row_group_size`` is a flag of jobs/prepare_dataset.py.
 
     ``format``, ``video_root``, ``split`` and ``output`` are required (``validate``); they default
     to empty so that a release job can hold the settings its splits share before its layout
@@ -46,8 +37,6 @@ class PrepareConfig:
     video_root: str = setting(
         "", help="directory or URI the annotation paths are relative to; synthetic clips are written there (required)"
     )
-    split: str = setting("", help="split name, e.g. train or val (required)")
-    output: str = setting("", help="dataset root: local directory or s3://bucket/prefix (required)")
     annotations: str | None = setting(
         None,
         help="annotation file; for hmdb51 the folder of split files, testTrainMulti_7030_splits (not for synthetic)",
@@ -60,15 +49,6 @@ class PrepareConfig:
     )
     name: str | None = setting(None, help="dataset name in dataset.json", unset="the format")
     fold: int = setting(1, choices=FOLDS, help="hmdb51: the official train/test fold whose split files are read")
-    frames: int = setting(STORED_FRAMES, help="frames stored per clip (F)")
-    short_side: int = setting(
-        DEFAULT_SHORT_SIDE,
-        help=f"short side of stored frames in pixels; {NATIVE_SIZE}: keep each clip's own size (jpeg only; the "
-        f"frames of sthv1 and jester are about 100 px high)",
-    )
-    encoding: str = setting(DEFAULT_ENCODING, choices=ENCODINGS, help="how the frames are stored")
-    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, help="clips per shard file and per task")
-    num_cpus: int | None = setting(None, help="CPUs of the local Ray (ignored on a cluster)", unset="all")
     frame_template: str | None = setting(
         None,
         help="frame folders: the frame files' names",
@@ -84,44 +64,23 @@ class PrepareConfig:
     kinetics_layout: str = setting(
         "auto", choices=KINETICS_LAYOUTS, help="Kinetics clips in one folder (flat) or one per label (by_label)"
     )
-    shuffle_seed: int = setting(
-        DEFAULT_SHUFFLE_SEED,
-        help="seed of the permutation of the annotation rows before they are cut into shards "
-        "(annotation lists are sorted by class; shards must mix classes)",
-    )
     synthetic: SyntheticConfig = setting(
         default_factory=SyntheticConfig, help="--format synthetic: the clips written to --video-root"
-    )
-    storage_options: dict[str, Any] = setting(
-        default_factory=dict, internal=True, help="fsspec options of remote paths (storage_options_from_env)"
     )
 
     def validate(self) -> None:
         """Check what the settings alone decide (the files are checked when they are read).
 
         Raises:
-            PrepareError, IngestError: naming the flag.
+            PrepareError, IngestError: naming the flag (IngestConfig.validate checks the ingest's settings).
         """
-        required = (("--format", self.format), ("--video-root", self.video_root), ("--split", self.split))
-        for flag, value in (*required, ("--output", self.output)):
+        for flag, value in (("--format", self.format), ("--video-root", self.video_root), ("--split", self.split)):
             if not value:
                 raise PrepareError(f"{flag} is required")
+        self.check_output(PrepareError)
         check_choices(self, PrepareError)
         FORMATS[self.format].check(format_request(self))
-        self.ingest_config().validate()
-
-    def ingest_config(self) -> IngestConfig:
-        return IngestConfig(
-            output=self.output,
-            split=self.split,
-            frames=self.frames,
-            short_side=self.short_side,
-            encoding=self.encoding,
-            chunk_size=self.chunk_size,
-            num_cpus=self.num_cpus,
-            storage_options=self.storage_options,
-            shuffle_seed=self.shuffle_seed,
-        )
+        super().validate()
 
 
 @dataclass
@@ -223,4 +182,4 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
     manifest = build_manifest(config)
     labels = "" if manifest.labelled else " (split without labels)"
     log(f"{manifest.name}: {len(manifest.rows)} clips{labels}, {len(manifest.classes)} classes -> {config.output}")
-    return ingest(manifest, config.ingest_config(), log)
+    return ingest(manifest, config, log)

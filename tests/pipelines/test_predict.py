@@ -5,7 +5,12 @@ and usage errors. Tiny inputs: 32 x 32 synthetic videos and an untrained tin_r18
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +20,11 @@ import pytest
 import torch
 
 from pipelines import cli
-from pipelines.ingest import marker_path, shard_path, summary_path
+from pipelines.chunked_output import ChunkedOutput
 from pipelines.predict import PREDICTIONS
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
 from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
-from tests.pipelines.test_jobs import run_job
+from tests.pipelines.test_jobs import REPO, job_env, run_job
 from tin.checkpoint import load_model
 from tin.data import read_errors
 from tin.errors import USAGE_EXIT_STATUS
@@ -111,14 +116,14 @@ def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path,
     assert all(len(row["top_classes"]) == 2 and "probabilities" not in row for row in first)
 
     # as if the run had stopped before chunk 1 was written: neither its file nor its marker, no summary
-    root = str(output)
-    kept = Path(shard_path(root, PREDICTIONS, 0)).stat().st_mtime_ns
-    for path in (shard_path(root, PREDICTIONS, 1), marker_path(root, PREDICTIONS, 1), summary_path(root, PREDICTIONS)):
+    written = ChunkedOutput.open(str(output), PREDICTIONS, {})
+    kept = Path(written.part_path(0)).stat().st_mtime_ns
+    for path in (written.part_path(1), written.marker_path(1), written.summary_path):
         Path(path).unlink()
     assert cli.predict(args) == 0
     assert f"{CLIPS} videos in 3 chunks; 1 to do" in capsys.readouterr().out
     assert predictions(output) == first
-    assert Path(shard_path(root, PREDICTIONS, 0)).stat().st_mtime_ns == kept  # only chunk 1 was written again
+    assert Path(written.part_path(0)).stat().st_mtime_ns == kept  # only chunk 1 was written again
 
     assert cli.predict(args) == 0  # complete: answered from the summary
     assert "complete already: 5 predicted, 0 failed in 3 chunks; nothing to do" in capsys.readouterr().out
@@ -126,6 +131,47 @@ def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path,
     assert capsys.readouterr().err.startswith(
         f"error: --output {output} holds predictions of other inputs or settings (top_k differ"
     )
+
+
+def test_a_killed_prediction_resumes_and_writes_each_clip_once(ray_session, inputs, tmp_path):
+    """The actors commit the chunks: what they committed before the driver was killed (with no
+    ledger written) is kept by the rerun, and every clip lands once."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for copy in range(3):
+        for path in inputs.good:
+            shutil.copy(path, folder / f"{copy}-{path.name}")
+    shutil.copy(inputs.videos / "val" / "broken.mp4", folder / "broken.mp4")
+    videos = sorted(path.name for path in folder.iterdir())  # 16, the broken one last: one chunk each
+    output = tmp_path / "out"
+    args = ["--checkpoint", str(inputs.checkpoint), "--videos", str(folder), "--output", str(output)]
+    args += ["--chunk-size", "1", "--actors", "1"]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "predict.py"), *args],
+        env=job_env(ray_session),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    progress = output / "_ingest" / PREDICTIONS
+    deadline = time.monotonic() + 240
+    while len(list(progress.glob("done-*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    markers = sorted(progress.glob("done-*.json"))
+    assert 2 <= len(markers) < len(videos), "the job was not interrupted mid-way"
+    assert not list(progress.glob("ledger-*.json"))  # the driver kept no record: the actors' markers do
+    parts = [output / PREDICTIONS / f"part-{marker.stem[5:]}.parquet" for marker in markers]
+    kept = {part: part.stat().st_mtime_ns for part in parts}
+
+    done = run_job("predict.py", args, ray_session)
+    assert done.returncode == 0, done.stderr
+    to_do = int(re.search(r"16 videos in 16 chunks; (\d+) to do", done.stdout).group(1))
+    assert 0 < to_do <= len(videos) - len(markers)
+    assert {part: part.stat().st_mtime_ns for part in parts} == kept  # committed chunks were not redone
+    assert sorted(row["clip_id"] for row in predictions(output)) == videos[:-1]  # each clip once
+    assert [error["clip_id"] for error in read_errors(str(output), PREDICTIONS)] == ["broken.mp4"]
+    assert f"predicted {len(videos) - 1} clips, failed 1" in done.stdout
 
 
 def test_labelled_split_gets_the_metrics_of_evaluation(ray_session, inputs, tmp_path, capsys):
