@@ -122,7 +122,10 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, 
             "--format must be one of generic, mmit, mit, kinetics, sthv1, sthv2, jester, ucf101, hmdb51, rawframes, "
             "synthetic, got 'avi'",
         ),
-        (["--format", "synthetic", "--video-root", "s3://b/v"], "--video-root s3://b/v: synthetic"),
+        (
+            ["--format", "synthetic", "--video-root", "s3://b/v"],
+            "--video-root s3://b/v: --format synthetic writes its clips to a local directory",
+        ),
         (
             ["--format", "generic", "--annotations", "{manifest}", "--frames", "0"],
             "frames must be positive",
