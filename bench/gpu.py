@@ -5,11 +5,11 @@ profile and the CUDA-graph test, then a summary of every figure beside its targe
     python bench/gpu.py --smoke    # anywhere: the same sections on CPU at tiny sizes (CUDA hidden)
 
 Sections, in order:
-    a  CUDA tests      pytest -m cuda over tests/ops, tests/models and any other file marking a test cuda
+    a  CUDA tests      pytest -m cuda over tests/tin/ops, tests/tin/models and any other file marking a test cuda
     b  operator        bench/op.py --device cuda --dtype float32 bfloat16
     c  step table      bench/step.py: TIN/TSM/TSN-R50 at batch 16 and 32, eager and compiled; STAM, ILA
     d  kernels         bench/kernels.py: TIN-R50's top kernels, kernel launches a step of TIN/TSM/TSN
-    e  CUDA graph      tests/models/test_cuda_graph.py: a whole TIN-R50 step captured and replayed
+    e  CUDA graph      tests/tin/models/test_cuda_graph.py: a whole TIN-R50 step captured and replayed
 
 Each runs in a subprocess with its own timeout, so a failure or an overrun costs that section only;
 its output streams through as it runs. Later sections keep a minimum of time when earlier ones run
@@ -38,7 +38,7 @@ from bench.figures import Figure, read_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 285.0  # all sections together; the machine's whole run must stay under 5 minutes
-GRAPH_TEST = "tests/models/test_cuda_graph.py"
+GRAPH_TEST = "tests/tin/models/test_cuda_graph.py"
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ class Section:
 
 
 def cuda_test_paths() -> list[str]:
-    """tests/ops and tests/models, and every other test file that marks a test ``cuda``."""
+    """tests/tin/ops and tests/tin/models, and every other test file that marks a test ``cuda``."""
     others = [
         str(path.relative_to(ROOT))
         for path in sorted((ROOT / "tests").rglob("test_*.py"))
         if path.relative_to(ROOT / "tests").parts[0] not in ("ops", "models") and "mark.cuda" in path.read_text()
     ]
-    return ["tests/ops", "tests/models", *others]
+    return ["tests/tin/ops", "tests/tin/models", *others]
 
 
 def pytest_command(junit: str, *paths: str, output: bool = False) -> Callable[[Path], list[str]]:

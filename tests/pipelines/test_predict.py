@@ -23,8 +23,8 @@ from pipelines import cli
 from pipelines.chunked_output import ChunkedOutput
 from pipelines.predict import PREDICTIONS
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
-from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
 from tests.pipelines.test_jobs import REPO, job_env, run_job
+from tests.tin.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
 from tin.checkpoint import load_model
 from tin.data import read_errors
 from tin.errors import USAGE_EXIT_STATUS

@@ -13,7 +13,7 @@ import torch
 
 from pipelines.train_worker import local_shuffle
 from pipelines.training import shard_list, train, training_clips, validation_clips
-from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
 from tin.checkpoint import load_model
 from tin.data import iter_clips, load_dataset_info

@@ -388,7 +388,7 @@ def test_an_open_clip_image_tower_loads_and_gives_its_features(tmp_path):
         parameter.requires_grad != roles[name][0].startswith("backbone")
         for name, parameter in frozen.named_parameters()
     )
-    assert all(  # pretrained alone does not freeze (tests/models/test_vit_variant.py has the rule)
+    assert all(  # pretrained alone does not freeze (tests/tin/models/test_vit_variant.py has the rule)
         parameter.requires_grad for parameter in ila_tiny(7, 8, pretrained=path, **TINY_OPEN_CLIP).parameters()
     )
 

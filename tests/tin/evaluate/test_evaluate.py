@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.evaluate.conftest import write_checkpoint
+from tests.tin.evaluate.conftest import write_checkpoint
 from tin.checkpoint import load_model
 from tin.data import iter_clips, load_dataset_info
 from tin.data.sampling import segment_indices
@@ -21,7 +21,7 @@ from tin.evaluate import confusion_matrix, evaluate_checkpoint, multi_label_metr
 from tin.inference import clip_views
 from tin.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def load_job(name: str):

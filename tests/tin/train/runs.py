@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from tin.checkpoint import CHECKPOINT_FILE
 from tin.train.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfig:

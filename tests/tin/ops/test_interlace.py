@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from tests.ops.cases import assert_near_float64, float64_reference, gradients, make_inputs
+from tests.tin.ops.cases import assert_near_float64, float64_reference, gradients, make_inputs
 from tin.ops import interlace, interlace_reference, temporal_shift
 
 

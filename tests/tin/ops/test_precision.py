@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.ops.cases import assert_near_float64, float64_reference, gradients, make_inputs
+from tests.tin.ops.cases import assert_near_float64, float64_reference, gradients, make_inputs
 from tin.ops import compiled_devices, interlace
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.ops.cases import gradients
+from tests.tin.ops.cases import gradients
 from tin.ops import reference_only, temporal_shift, temporal_shift_reference
 
 

@@ -1,9 +1,9 @@
 """A two-node Ray cluster with S3 and an MLflow tracking server, and the README's cluster path on it.
 
     ip netns exec HEAD_NS unshare --pid --fork --mount-proc \\
-        python tests/multinode/cluster_scenario.py WORKDIR HEAD_IP HEAD_IF WORKER_NS WORKER_IP WORKER_IF
+        python tests/e2e/multinode/cluster_scenario.py WORKDIR HEAD_IP HEAD_IF WORKER_NS WORKER_IP WORKER_IF
 
-Run in the head's network namespace (made by tests/multinode/test_cluster.py; the worker node's
+Run in the head's network namespace (made by tests/e2e/multinode/test_cluster.py; the worker node's
 namespace is reached with ``ip netns exec WORKER_NS``) and in a PID namespace of its own, so
 that nothing it starts outlives it. On the head: a moto S3 server, ``mlflow server`` with the
 artifacts served through it, ``ray start --head``; on the worker: ``ray start --address``. Then,
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 from tests.ray_env import clean_env  # noqa: E402
@@ -273,7 +273,7 @@ class Scenario:
     def run(self) -> dict:
         import s3fs
 
-        from tests.datasets.miniature_releases import build_mmit
+        from tests.e2e.datasets.miniature_releases import build_mmit
 
         release = build_mmit(self.workdir / "release")
         self.start_s3()

@@ -37,7 +37,7 @@ from tin.train.checkpoint import TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
 from tin.train.schedule import build_scheduler
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FORMAT_1 = Path(__file__).resolve().parent / "data" / "format1"
 """A checkpoint of format 1 and the logits it gave, written by tin at 59adbdc (before the format had
 a number) with ``save_state`` and ``load_model`` of its ``tin.train.checkpoint``: ila_tiny shrunk by

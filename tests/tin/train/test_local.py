@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipelines.cli import train as train_job
-from tests.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin.checkpoint import read_checkpoint
 from tin.data import iter_clips, load_dataset_info
 from tin.errors import USAGE_EXIT_STATUS

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from tests.ops.cases import (
+from tests.tin.ops.cases import (
     ACCUMULATED_TOLERANCE,
     STORED_TOLERANCE,
     float64_block_reference,

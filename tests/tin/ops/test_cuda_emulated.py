@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from tests.ops.cases import (
+from tests.tin.ops.cases import (
     ACCUMULATED_TOLERANCE,
     assert_near_float64,
     float64_reference,
@@ -20,9 +20,9 @@ from tests.ops.cases import (
     make_inputs,
     relative_error,
 )
-from tests.ops.emulated_cuda import load
-from tests.ops.test_interlace import offsets_of_kind, random_case
-from tests.ops.test_interlace_block import BLOCK_STORED_TOLERANCE, random_block_case
+from tests.tin.ops.emulated_cuda import load
+from tests.tin.ops.test_interlace import offsets_of_kind, random_case
+from tests.tin.ops.test_interlace_block import BLOCK_STORED_TOLERANCE, random_block_case
 from tin.ops import compiled_devices, temporal_interlace_reference
 
 pytestmark = pytest.mark.skipif("cpu" not in compiled_devices(), reason="the CPU kernels were not built")

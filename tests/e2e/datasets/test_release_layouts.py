@@ -6,7 +6,7 @@ labels, error rows, flip policy) and sampled through the training data pipeline.
 trains one epoch and is evaluated: in this process with ``jobs/train.py --local`` (the same loop
 and decoding as a Ray run, without a Ray Train start-up), and the two dataset jobs with recipes of
 their own, ``train_mmit.py`` (multi-label) and ``train_kinetics600.py``, on the session's Ray as a
-user runs them on one node. tests/multinode runs the MMiT commands through `ray job submit` on a
+user runs them on one node. tests/e2e/multinode runs the MMiT commands through `ray job submit` on a
 two-node cluster."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tin.data.flips import LABEL_PAIRS, PLAIN
 from tin.evaluate import EvaluationError, evaluate_checkpoint
 from tin.train.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Only size flags differ from the README's commands (and where runs and MLflow go).
 SIZE_FLAGS = [
     "--model",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.evaluate.conftest import FRAMES, SIZE, write_checkpoint
+from tests.tin.evaluate.conftest import FRAMES, SIZE, write_checkpoint
 from tin import tracking
 from tin.checkpoint import load_model, read_checkpoint
 from tin.export import example_clips

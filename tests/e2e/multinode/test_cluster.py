@@ -1,6 +1,6 @@
 """A real two-node cluster: each Ray node in a network namespace the test creates (Ray swaps
 127.0.0.1 for the machine's own address once several nodes take part, and nothing may address
-that), joined by a veth pair. The scenario itself is tests/multinode/cluster_scenario.py."""
+that), joined by a veth pair. The scenario itself is tests/e2e/multinode/cluster_scenario.py."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.multinode.cluster_scenario import EPOCHS
+from tests.e2e.multinode.cluster_scenario import EPOCHS
 from tests.ray_env import clean_env
 
-REPO = Path(__file__).resolve().parents[2]
-SCENARIO = REPO / "tests" / "multinode" / "cluster_scenario.py"
+REPO = Path(__file__).resolve().parents[3]
+SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"  # exist only inside the test's namespaces
 CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("unshare") is not None
 
