@@ -20,6 +20,7 @@ from tin.data.facts import DatasetFacts
 from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.reader import storage_options_from_env
 from tin.data.sampling import centres_exact
+from tin.models.build import model_family
 from tin.train.config import TrainConfig, TrainingSetupError
 
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
@@ -124,7 +125,22 @@ def check_config(config: TrainConfig) -> DatasetInfo:
             f"{config.data} has {info.written(config.train_split)}"
         )
     warn_about_data(config, info)
+    warn_about_trainable_trunk(config)
     return info
+
+
+def warn_about_trainable_trunk(config: TrainConfig) -> None:
+    """Say that a ViT started from ``--pretrained`` trains its whole per-frame trunk unless
+    ``--freeze-backbone`` is given, so that a run meant to train only the temporal parts and the
+    head (the ILA release's recipe, where the CLIP tower stays frozen) does not fine-tune the
+    tower unnoticed. Either freeze flag, given explicitly, silences it."""
+    if model_family(config.model) == "resnet" or config.pretrained is None or config.freeze_backbone is not None:
+        return
+    warn_about(
+        f"--pretrained {config.pretrained} with --model {config.model}: the whole per-frame trunk trains; add "
+        f"--freeze-backbone to train only the temporal parts and the head (the ILA release's recipe), or "
+        f"--no-freeze-backbone to train the trunk without this warning"
+    )
 
 
 def check_splits(config: TrainConfig, info: DatasetInfo) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from tin.config import parse_config
@@ -71,3 +73,20 @@ def test_the_driver_resolves_the_recipe_into_the_config_and_flags_win():
     assert resolved.recipe() == given.recipe() and resolved.with_recipe() == resolved  # nothing left to resolve
     assert given.weight_decay is None  # the given config is not rewritten
     assert TrainConfig(data="d", model="stam_b16").with_recipe().lr == FAMILY_RECIPES["stam"].scratch_lr
+
+
+def test_a_pretrained_vit_whose_trunk_trains_is_told_so_unless_a_freeze_flag_says_it():
+    from tin.train.setup import TrainingDataWarning, warn_about_trainable_trunk
+
+    with pytest.warns(TrainingDataWarning, match=r"--pretrained trunk.pth with --model ila_tiny: .* --freeze-backbone"):
+        warn_about_trainable_trunk(TrainConfig(data="root", model="ila_tiny", pretrained="trunk.pth"))
+    quiet = [
+        TrainConfig(data="root", model="ila_tiny", pretrained="trunk.pth", freeze_backbone=True),
+        TrainConfig(data="root", model="stam_tiny", pretrained="trunk.pth", freeze_backbone=False),
+        TrainConfig(data="root", model="stam_tiny"),
+        TrainConfig(data="root", model="tin_r18", pretrained="resnet18.pth"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingDataWarning)
+        for config in quiet:
+            warn_about_trainable_trunk(config)
