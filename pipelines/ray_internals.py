@@ -7,14 +7,9 @@ the internal, when one of them moves.
 
 from __future__ import annotations
 
-import posixpath
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import fsspec
-from ray.tune.schedulers import ASHAScheduler
 
 SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Off (``0``), a Ray process addresses its node by 127.0.0.1 instead of the machine's routable
@@ -105,58 +100,3 @@ stats off in its processes; one started by ``ray start`` has them on.) The publi
 not this project's. Read in ``ray.data._internal.usage.collector.usage_collection_disabled`` (Ray
 2.60); usage collection: https://github.com/ray-project/ray/issues/20857 (no upstream issue on the
 queries yet)."""
-
-
-class ResumableASHAScheduler(ASHAScheduler):
-    """ASHA whose rungs survive ``Tuner.restore``.
-
-    Tune saves the searcher's state with the experiment but rebuilds the scheduler from the copy
-    pickled when the search started (https://github.com/ray-project/ray/issues/30838), so a
-    resumed ASHA search has empty rungs and stops no trial it would have stopped. This scheduler
-    writes ASHA's state with ASHA's own ``save`` to ``state_uri`` (local or s3://) after every
-    result, and reads it back with ``restore`` at its first call in a new driver, before the
-    restored trials are added again. It relies on Tune calling ``on_trial_add`` for every restored
-    trial, which is Tune's behaviour, not its promise.
-    """
-
-    def __init__(self, state_uri: str, **asha_options: Any):
-        super().__init__(**asha_options)
-        self._state_uri = state_uri
-        self._state_loaded = False
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        self._load_saved_state()
-        super().on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        self._load_saved_state()
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save_state()
-        return action
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._load_saved_state()
-        super().on_trial_complete(tune_controller, trial, result)
-        self._save_state()
-
-    def _load_saved_state(self) -> None:
-        if self._state_loaded:
-            return
-        self._state_loaded = True
-        fs, path = fsspec.core.url_to_fs(self._state_uri)
-        if not fs.exists(path):
-            return
-        with tempfile.TemporaryDirectory() as scratch:
-            local = str(Path(scratch) / "asha_state.pkl")
-            fs.get_file(path, local)
-            state_uri = self._state_uri
-            self.restore(local)
-            self._state_uri, self._state_loaded = state_uri, True
-
-    def _save_state(self) -> None:
-        fs, path = fsspec.core.url_to_fs(self._state_uri)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with tempfile.TemporaryDirectory() as scratch:
-            local = str(Path(scratch) / "asha_state.pkl")
-            self.save(local)
-            fs.put_file(local, path)

@@ -19,17 +19,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import mlflow
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from pipelines.ray_internals import ResumableASHAScheduler
 from pipelines.ray_runtime import init_ray
 from pipelines.search import (
     FAMILY_SPACES,
@@ -296,6 +298,64 @@ def trial_base(plan: SearchPlan, parent_run_id: str) -> TrainConfig:
 
 def trainable(base: TrainConfig, function_cpus: float):
     return tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": function_cpus})
+
+
+class ResumableASHAScheduler(ASHAScheduler):
+    """ASHA whose rungs survive ``Tuner.restore``.
+
+    Tune saves the searcher's state with the experiment but rebuilds the scheduler from the copy
+    pickled when the search started (https://github.com/ray-project/ray/issues/30838), so a
+    resumed ASHA search has empty rungs and stops no trial it would have stopped. This scheduler
+    writes ASHA's state with ASHA's own ``save`` to ``state_uri`` (local or s3://) after every
+    result, and reads it back with ``restore`` at its first call in a new driver, before the
+    restored trials are added again. It relies on Tune calling ``on_trial_add`` for every restored
+    trial, which is Tune's behaviour, not its promise. It uses ASHA's public API only, so it lives
+    here rather than in ``pipelines.ray_internals``, which must stay free of Ray Tune: every Ray
+    worker imports that module (through the worker setup hook) before Ray Data configures its
+    logging, and importing Ray Tune there configures Ray Data's logging first.
+    """
+
+    def __init__(self, state_uri: str, **asha_options: Any):
+        super().__init__(**asha_options)
+        self._state_uri = state_uri
+        self._state_loaded = False
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load_saved_state()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load_saved_state()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save_state()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._load_saved_state()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_state()
+
+    def _load_saved_state(self) -> None:
+        if self._state_loaded:
+            return
+        self._state_loaded = True
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        if not fs.exists(path):
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            local = str(Path(scratch) / "asha_state.pkl")
+            fs.get_file(path, local)
+            state_uri = self._state_uri
+            self.restore(local)
+            self._state_uri, self._state_loaded = state_uri, True
+
+    def _save_state(self) -> None:
+        fs, path = fsspec.core.url_to_fs(self._state_uri)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            local = str(Path(scratch) / "asha_state.pkl")
+            self.save(local)
+            fs.put_file(local, path)
 
 
 def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):

@@ -20,7 +20,6 @@ from pipelines.ray_internals import (
     RAY_DATA_USAGE_SWITCH,
     SINGLE_NODE_SWITCH,
     STATE_API_ADDRESS,
-    ResumableASHAScheduler,
 )
 from pipelines.ray_runtime import ALLOW_UNTESTED_RAY, UnsupportedRayError, check_ray_version, ray_requirement
 
@@ -110,24 +109,6 @@ def test_the_usage_switch_keeps_ray_data_from_polling_prometheus_and_only_the_sw
     """
     )
     assert found == {"switched": [45, 0], "unswitched": [45, 1]}
-
-
-def test_asha_state_round_trips_through_asha_own_save_and_restore(tmp_path):
-    """What a resumed search's scheduler reads back is what the interrupted one held: rungs, the
-    trial-to-bracket map and the stop count, from a state file at another place."""
-    scheduler = ResumableASHAScheduler(str(tmp_path / "a" / "asha_state.pkl"), time_attr="epoch", max_t=4)
-    scheduler._trial_info["trial_1"] = scheduler._brackets[0]
-    scheduler._brackets[0]._rungs[0][1]["trial_1"] = 0.75
-    scheduler._num_stopped = 3
-    scheduler._save_state()
-    (tmp_path / "b").mkdir()
-    (tmp_path / "a" / "asha_state.pkl").rename(tmp_path / "b" / "asha_state.pkl")
-    resumed = ResumableASHAScheduler(str(tmp_path / "b" / "asha_state.pkl"), time_attr="epoch", max_t=4)
-    resumed._load_saved_state()
-    assert resumed._num_stopped == 3
-    assert resumed._brackets[0]._rungs[0][1] == {"trial_1": 0.75}
-    assert resumed._trial_info["trial_1"] is resumed._brackets[0]
-    assert resumed._state_uri == str(tmp_path / "b" / "asha_state.pkl")
 
 
 def test_the_installed_ray_is_in_the_tested_range_and_others_are_refused(monkeypatch):

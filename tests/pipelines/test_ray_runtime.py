@@ -4,6 +4,7 @@ the job's own lines."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -107,8 +108,13 @@ def test_the_driver_and_every_worker_get_the_project_ray_data_settings(ray_sessi
     from pipelines.ray_internals import RAY_DATA_LOGGING, RAY_DATA_LOGGING_FILE, RAY_DATA_USAGE_SWITCH
 
     @ray.remote
-    def worker_settings() -> tuple[str | None, str | None]:
-        return os.environ.get(RAY_DATA_USAGE_SWITCH), os.environ.get(RAY_DATA_LOGGING)
+    def worker_settings() -> tuple[str | None, str | None, list[int]]:
+        import logging
+
+        import ray.data  # noqa: F401  (configures the ray.data logger)
+
+        console = [h.level for h in logging.getLogger("ray.data").handlers if type(h) is logging.StreamHandler]
+        return os.environ.get(RAY_DATA_USAGE_SWITCH), os.environ.get(RAY_DATA_LOGGING), console
 
     assert os.environ.get(RAY_DATA_USAGE_SWITCH) == "1"
-    assert ray.get(worker_settings.remote()) == ("1", str(RAY_DATA_LOGGING_FILE))
+    assert ray.get(worker_settings.remote()) == ("1", str(RAY_DATA_LOGGING_FILE), [logging.WARNING])

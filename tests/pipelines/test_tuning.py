@@ -17,7 +17,7 @@ from pipelines.cli import tune_tin
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
 from pipelines.synthetic import SyntheticConfig
-from pipelines.tuning import SearchConfig, TrialRow, parse_space, plan_search, results_table
+from pipelines.tuning import ResumableASHAScheduler, SearchConfig, TrialRow, parse_space, plan_search, results_table
 from tin.train.config import TrainConfig, TrainingSetupError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -362,3 +362,21 @@ def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra
     ]
     assert tune_tin(flags) == 2
     assert message in capsys.readouterr().err
+
+
+def test_asha_state_round_trips_through_asha_own_save_and_restore(tmp_path):
+    """What a resumed search's scheduler reads back is what the interrupted one held: rungs, the
+    trial-to-bracket map and the stop count, from a state file at another place."""
+    scheduler = ResumableASHAScheduler(str(tmp_path / "a" / "asha_state.pkl"), time_attr="epoch", max_t=4)
+    scheduler._trial_info["trial_1"] = scheduler._brackets[0]
+    scheduler._brackets[0]._rungs[0][1]["trial_1"] = 0.75
+    scheduler._num_stopped = 3
+    scheduler._save_state()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "asha_state.pkl").rename(tmp_path / "b" / "asha_state.pkl")
+    resumed = ResumableASHAScheduler(str(tmp_path / "b" / "asha_state.pkl"), time_attr="epoch", max_t=4)
+    resumed._load_saved_state()
+    assert resumed._num_stopped == 3
+    assert resumed._brackets[0]._rungs[0][1] == {"trial_1": 0.75}
+    assert resumed._trial_info["trial_1"] is resumed._brackets[0]
+    assert resumed._state_uri == str(tmp_path / "b" / "asha_state.pkl")
