@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -183,16 +183,25 @@ def read_generic(annotations: str, video_root: str, classes_file: str | None = N
 def read_mmit(annotations: str, categories: str, video_root: str, name: str = "mmit") -> Manifest:
     """Multi-Moments in Time: ``path,label[,label...]`` (no header; integer ids) and
     ``moments_categories.txt`` (``name,index`` a line). Always multi-label."""
+    classes, rows = _moments_rows(
+        annotations, categories, video_root, lambda fields: [value for value in fields[1:] if value.strip()]
+    )
+    return Manifest(name, classes, True, _checked(rows, labelled=True))
+
+
+def _moments_rows(
+    annotations: str, categories: str, video_root: str, label_names: Callable[[list[str]], list[str]]
+) -> tuple[list[str], list[ManifestRow]]:
+    """(classes, rows) of a Moments in Time list: CSV rows ``path,...`` without a header, blank lines
+    skipped, ``label_names(fields)`` the row's class names or ids, resolved against ``categories``."""
     classes = read_class_list(categories)
     resolve = _LabelResolver(classes)
     rows = []
     for fields in csv.reader(read_lines(annotations)):
-        if not fields:
-            continue
-        relative, names = fields[0], [value for value in fields[1:] if value.strip()]
-        labels, error = resolve(names)
-        rows.append(ManifestRow(relative, join_path(video_root, relative), labels, error=error))
-    return Manifest(name, classes, True, _checked(rows, labelled=True))
+        if fields:
+            labels, error = resolve(label_names(fields))
+            rows.append(ManifestRow(fields[0], join_path(video_root, fields[0]), labels, error=error))
+    return classes, rows
 
 
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")  # besides label, absent in test CSVs
@@ -402,13 +411,10 @@ def read_mit(annotations: str, categories: str, video_root: str, name: str = "mi
     """Moments in Time (single-label): ``path,label,...`` rows (``blocking/getty-..._4.mp4,blocking,3,0``:
     the class by name, then the annotators' counts; no header) and ``moments_categories.txt``
     (``name,id`` a line); videos ``<root>/<path>``."""
-    classes = read_class_list(categories)
-    resolve = _LabelResolver(classes)
-    rows = []
-    for fields in csv.reader(read_lines(annotations)):
-        if not fields:
-            continue
-        label = fields[1].strip() if len(fields) > 1 else ""
-        labels, error = resolve([label] if label else [])
-        rows.append(ManifestRow(fields[0], join_path(video_root, fields[0]), labels, error=error))
+    classes, rows = _moments_rows(
+        annotations,
+        categories,
+        video_root,
+        lambda fields: [fields[1].strip()] if len(fields) > 1 and fields[1].strip() else [],
+    )
     return Manifest(name, classes, False, _checked(rows, labelled=True))
