@@ -8,7 +8,7 @@ on a lock in it: of several Ray workers starting together one builds, the others
 A failed build is recorded in its folder (``FAILURE_RECORD``: the key and the error), and processes
 that find the record skip the build after one warning naming it, instead of each compiling for
 minutes to fail the same way. A change of source, PyTorch or toolchain means another folder, hence a
-new try; ``TIN_REBUILD_EXTENSION=1`` or deleting the record retries the same one.
+new try; ``TIN_REBUILD_EXTENSION=1`` or deleting the record retries the same one. A build stopped by a signal (its ninja killed) is not recorded.
 
 CUDA kernels are built when PyTorch sees a GPU, with the toolkit ``find_cuda_toolkit`` picks. Any
 failure costs one warning; the callers then use the pure-PyTorch reference.
@@ -55,6 +55,8 @@ HEADERS = ("temporal_ops.h",)
 CXX_FLAGS = ("-O3", "-fopenmp")
 NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")
 FAILURE_RECORD = "build-failure.json"
+NINJA_INTERRUPTED = b"ninja: build stopped: interrupted"
+"""What ninja prints when a signal stops a build (it then exits with status 2, not by the signal)."""
 REBUILD_VARIABLE = "TIN_REBUILD_EXTENSION"
 CUDA_HOME_VARIABLES = ("CUDA_HOME", "CUDA_PATH")
 CUDA_INSTALL_PREFIX = Path("/usr/local")
@@ -288,10 +290,23 @@ def _build(with_cuda: bool) -> None:
         try:
             _compile_and_load(folder, with_cuda)
         except Exception as error:
-            with suppress(OSError):  # an unwritable cache costs retries, not the build's error message
-                record.write_text(json.dumps({"key": key, "error": str(error)}, indent=2) + "\n")
+            if not _stopped_by_a_signal(error):
+                with suppress(OSError):  # an unwritable cache costs retries, not the build's error message
+                    record.write_text(json.dumps({"key": key, "error": str(error)}, indent=2) + "\n")
             raise
     from tin.ops import _registration  # noqa: F401  (fake and autograd need the schemas loaded)
+
+
+def _stopped_by_a_signal(error: Exception) -> bool:
+    """Whether a build failed because a signal stopped the build tool (a killed job, a Ctrl-C): that
+    says nothing about the sources or the compiler, so it is not recorded and the next process
+    builds again. PyTorch raises the ninja run's ``CalledProcessError`` as the cause: a negative
+    return code is the signal that killed ninja; ninja itself says when a signal interrupted it."""
+    cause = error.__cause__
+    if not isinstance(cause, subprocess.CalledProcessError):
+        return False
+    output = cause.output if isinstance(cause.output, bytes) else b""
+    return cause.returncode < 0 or NINJA_INTERRUPTED in output
 
 
 def _compile_and_load(folder: Path, with_cuda: bool) -> None:

@@ -228,3 +228,39 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "temporal_cuda.o").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_build_whose_ninja_is_killed_is_not_recorded_and_the_next_process_builds(tmp_path):
+    """A build cut short by a signal (here the compiler kills the ninja that runs it, as a killed
+    job would) says nothing about the sources: one warning, no record, and the next process
+    compiles again instead of using the reference for good."""
+    calls = tmp_path / "compiler-calls"
+    compiler_dir = tmp_path / "bin"
+    compiler_dir.mkdir()
+    compiler = compiler_dir / "c++"
+    real_compiler = shutil.which("c++")
+    assert real_compiler, "needs a C++ compiler"
+    compiler.write_text(  # answers the version checks; kills ninja at the first compile
+        "#!/bin/sh\n"
+        f'case " $* " in *" -c "*) ;; *) exec {real_compiler} "$@" ;; esac\n'
+        f'echo "$@" >> {calls}\n'
+        "pid=$$\n"
+        'while [ "$pid" -gt 1 ]; do\n'
+        '  pid=$(ps -o ppid= -p "$pid" | tr -d " ")\n'
+        '  if [ "$(ps -o comm= -p "$pid")" = ninja ]; then kill -TERM "$pid"; sleep 2; exit 1; fi\n'
+        "done\n"
+        "exit 1\n"
+    )
+    compiler.chmod(0o755)
+    env = {"PATH": f"{compiler_dir}{os.pathsep}{os.environ['PATH']}", "TIN_EXTENSION_DIR": str(tmp_path / "cache")}
+
+    first = run_fallback_script(**env)
+    assert_reference_after_failed_builds(first)
+    assert not list((tmp_path / "cache").glob(f"*/{_extension.FAILURE_RECORD}"))
+    calls_after_first = calls.read_text()
+
+    second = run_fallback_script(**env)
+    assert_reference_after_failed_builds(second)
+    assert len(calls.read_text()) > len(calls_after_first), "the second process did not build again"
+    assert not any("not tried again" in warning for warning in second["warnings"])
