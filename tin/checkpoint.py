@@ -205,7 +205,13 @@ def read_saved(path: str | Path, storage_options: dict[str, Any] | None = None) 
             that is not a training checkpoint of tin (e.g. a torchvision state dict); or one of a
             format this tin does not read. The message names the file and the format version.
     """
-    source, saved = _load(str(path), storage_options)
+    source, saved = read_file(path, "checkpoint", storage_options)
+    return source, checked_contents(source, saved)
+
+
+def checked_contents(source: str, saved: Any) -> dict[str, Any]:
+    """``saved``, the contents of the file ``source``, once they are known to be a training
+    checkpoint of a format this tin reads (see ``read_saved``)."""
     version = saved.get(FORMAT_KEY, UNNUMBERED_FORMAT) if isinstance(saved, dict) else None
     if not isinstance(version, int) or version not in REQUIRED_KEYS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
@@ -222,21 +228,26 @@ def read_saved(path: str | Path, storage_options: dict[str, Any] | None = None) 
             f"{source} is not a training checkpoint of tin (it lacks {', '.join(missing)} of format version "
             f"{version}); pass the {CHECKPOINT_FILE} that training wrote"
         )
-    return source, saved
+    return saved
 
 
-def _load(path: str, storage_options: dict[str, Any] | None) -> tuple[str, Any]:
-    """(the file read, its contents loaded weights-only) of a checkpoint file or its folder."""
+def read_file(path: str | Path, kind: str, storage_options: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """(the file read, its contents loaded weights-only) of a checkpoint file, or of the
+    ``checkpoint.pt`` in a folder; local or a URI. ``kind`` names the file in messages.
+
+    Raises:
+        CheckpointError: no such file, or one holding more than tensors and plain values.
+    """
+    path = str(path)
     fs, inner = filesystem_for(path, storage_options)
-    local = isinstance(fs, LocalFileSystem)
     if fs.isdir(inner):
         path, inner = f"{path.rstrip('/')}/{CHECKPOINT_FILE}", f"{inner.rstrip('/')}/{CHECKPOINT_FILE}"
     if not fs.isfile(inner):
-        raise CheckpointError(f"no checkpoint at {path}: pass a {CHECKPOINT_FILE} file or its folder")
-    if local:
-        return path, load_weights_only(Path(inner), "checkpoint")
+        raise CheckpointError(f"no {kind} at {path}: pass a {CHECKPOINT_FILE} file or its folder")
+    if isinstance(fs, LocalFileSystem):
+        return path, load_weights_only(Path(inner), kind)
     with fs.open(inner, "rb") as handle:
-        return path, load_weights_only(path, "checkpoint", opened=io.BytesIO(handle.read()))
+        return path, load_weights_only(path, kind, opened=io.BytesIO(handle.read()))
 
 
 def evaluated_weights(saved: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -256,7 +267,11 @@ def read_checkpoint(path: str | Path, storage_options: dict[str, Any] | None = N
         CheckpointError: see ``read_saved``; also a file whose spec, run or dataset facts cannot
             be read (naming the file, its format version and what is wrong).
     """
-    source, saved = read_saved(path, storage_options)
+    return checkpoint_of(*read_saved(path, storage_options))
+
+
+def checkpoint_of(source: str, saved: Mapping[str, Any]) -> Checkpoint:
+    """The typed parts of ``saved``, the checked contents (``checked_contents``) of the file ``source``."""
     version = saved.get(FORMAT_KEY, UNNUMBERED_FORMAT)
     config = saved[CONFIG_KEY]
     try:
