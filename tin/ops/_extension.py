@@ -8,7 +8,8 @@ on a lock in it: of several Ray workers starting together one builds, the others
 A failed build is recorded in its folder (``FAILURE_RECORD``: the key and the error), and processes
 that find the record skip the build after one warning naming it, instead of each compiling for
 minutes to fail the same way. A change of source, PyTorch or toolchain means another folder, hence a
-new try; ``TIN_REBUILD_EXTENSION=1`` or deleting the record retries the same one. A build stopped by a signal (its ninja killed) is not recorded.
+new try; ``TIN_REBUILD_EXTENSION=1`` or deleting the record retries the same one. A build stopped
+by a signal (its ninja killed or interrupted) is not recorded.
 
 CUDA kernels are built when PyTorch sees a GPU, with the toolkit ``find_cuda_toolkit`` picks. Any
 failure costs one warning; the callers then use the pure-PyTorch reference.
