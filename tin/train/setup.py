@@ -211,8 +211,8 @@ def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
         warn_about(
             f"--data {config.data.root}: dataset.json records no shuffle seed for split "
             f"{config.data.train_split!r}: it was written before ingest permuted the annotation rows, so its "
-            f"shards follow the annotation order, and as annotation lists ship sorted by class each shard may hold a single class, which makes "
-            f"batches of few classes. "
+            f"shards follow the annotation order, and as annotation lists ship sorted by class each shard may "
+            f"hold a single class, which makes batches of few classes. "
             f"Re-ingest it (jobs/prepare_dataset.py); until then --shuffle-buffer mixes a little"
         )
     frames, segments = info.frames_per_clip, config.data.num_segments
