@@ -75,9 +75,9 @@ def train(argv: Sequence[str] | None = None) -> int:
         python jobs/train.py --data ROOT --model tin_r50 --epochs 25 --batch-size 16 --num-workers 2
             [--use-gpu] --storage-path DIR --name RUN [--mlflow-uri URI] [--experiment NAME] ...
 
-    Every field of tin.train.TrainConfig is a flag and a key of its group's section in --config. Runs on a machine
-    without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
-    submit``. Re-running with the same --name and --storage-path continues the run from its
+    Every field of tin.train.TrainConfig is a flag and a key of its group's section in --config.
+    Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
+    ``ray job submit``. Re-running with the same --name and --storage-path continues the run from its
     latest checkpoint. --local trains in this process on one device instead, without Ray.
     """
     return run_training(argv, {}, train.__doc__)

@@ -187,7 +187,7 @@ class ModelSettings:
     """The network and its ``build_model`` options. The options left None keep the model's defaults;
     ``model_option`` sets any other option by name."""
 
-    name: str = setting("tin_r50", flag="--model", help=f"the network: {', '.join(MODEL_NAMES)}")
+    name: str = setting("tin_r50", flag="--model", metavar="MODEL", help=f"the network: {', '.join(MODEL_NAMES)}")
     pretrained: str | None = setting(
         None,
         help="local weights to start from: a torchvision ImageNet ResNet state dict (tin/tsm/tsn), the MIIL "
