@@ -19,7 +19,7 @@ from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
 from pipelines.synthetic import SyntheticConfig
 from pipelines.tuning import ResumableASHAScheduler, SearchConfig, TrialRow, parse_space, plan_search, results_table
 from tin.config import from_flat
-from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.config import OptimizationSettings, TrainConfig, TrainingSetupError
 
 REPO = Path(__file__).resolve().parents[2]
 LEARNING_RATES = [0.01, 0.5]  # the first learns; the second overshoots, so ASHA stops it
@@ -235,10 +235,8 @@ def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path
         ("groups", "grid", (1, 2, 4)),
         ("reverse", "grid", (False, True)),
     ]
-    assert (plan.base.optimization.lr, plan.base.optimization.schedule) == (
-        from_flat(TrainConfig, {"data": ""}).lr,
-        from_flat(TrainConfig, {"data": ""}).schedule,
-    )
+    defaults = OptimizationSettings()
+    assert (plan.base.optimization.lr, plan.base.optimization.schedule) == (defaults.lr, defaults.schedule)
     rows = [
         TrialRow("a_00000", {"groups": 1, "reverse": False}, 2, 0.5, "finished"),
         TrialRow("a_00001", {"groups": 1, "reverse": True}, 2, 0.625, "finished"),
