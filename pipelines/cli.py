@@ -30,36 +30,26 @@ from tin.train.config import LOCAL_SETTINGS, TrainConfig
 if TYPE_CHECKING:
     from pipelines.demo import DemoConfig  # imports Ray
 
-MMIT_RECIPE: dict[str, Any] = {
-    # The references' MMiT recipe: SGD at lr 0.02 for a batch of 64, cosine after one warm-up epoch.
+REFERENCE_RECIPE: dict[str, Any] = {
+    # What the references' MMiT and Kinetics recipes share: tin_r50 on 8 segments, SGD at lr 0.02 for
+    # a batch of 64 after one warm-up epoch.
     "data": {"num_segments": 8},
     "model": {"name": "tin_r50", "dropout": 0.5},
-    "optimization": {
-        "epochs": 25,
-        "batch_size": 64,
-        "lr": 0.02,
-        "weight_decay": 1e-4,
-        "schedule": "cosine",
-        "warmup_epochs": 1,
-    },
-    "tracking": {"name": "tin_mmit", "experiment": "mmit"},
+    "optimization": {"batch_size": 64, "lr": 0.02, "weight_decay": 1e-4, "warmup_epochs": 1},
 }
 
-KINETICS600_RECIPE: dict[str, Any] = {
-    # The references' Kinetics recipe: SGD at lr 0.02 for a batch of 64, lr / 10 at epochs 20 and 40.
-    "data": {"num_segments": 8},
-    "model": {"name": "tin_r50", "dropout": 0.5},
-    "optimization": {
-        "epochs": 50,
-        "batch_size": 64,
-        "lr": 0.02,
-        "weight_decay": 1e-4,
-        "schedule": "step",
-        "lr_steps": (20, 40),
-        "warmup_epochs": 1,
+MMIT_RECIPE = merged(
+    REFERENCE_RECIPE,  # cosine decay
+    {"optimization": {"epochs": 25, "schedule": "cosine"}, "tracking": {"name": "tin_mmit", "experiment": "mmit"}},
+)
+
+KINETICS600_RECIPE = merged(
+    REFERENCE_RECIPE,  # lr / 10 at epochs 20 and 40
+    {
+        "optimization": {"epochs": 50, "schedule": "step", "lr_steps": (20, 40)},
+        "tracking": {"name": "tin_kinetics600", "experiment": "kinetics600"},
     },
-    "tracking": {"name": "tin_kinetics600", "experiment": "kinetics600"},
-}
+)
 
 SEARCH_DEFAULTS: dict[str, Any] = {"train": sectioned(TrainConfig, {"name": "tune", **dict.fromkeys(SEARCHABLE)})}
 """jobs/tune_tin.py's defaults: every searchable dimension unset, so only a flag or a config-file

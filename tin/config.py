@@ -391,12 +391,13 @@ def _file_values(
     fields = {field.name: field for field in dataclasses.fields(cls) if _settable(field, exclude)}
     checked = {}
     for key, value in values.items():
+        misplaced = key not in fields or (_nested(hints[key]) and not isinstance(value, dict))
+        moved = _moved(cls, exclude, key, section) if misplaced else None
+        if moved:  # a flat key of a file written before its setting had a section
+            raise UsageError(f"{source}: {moved}")
         if key not in fields:
-            valid = f"unknown key {key!r}{where}; valid keys: {', '.join(fields)}"
-            raise UsageError(f"{source}: {_moved(cls, exclude, key, section) or valid}")
+            raise UsageError(f"{source}: unknown key {key!r}{where}; valid keys: {', '.join(fields)}")
         field, kind = fields[key], hints[key]
-        if _nested(kind) and not isinstance(value, dict) and _moved(cls, exclude, key, section):
-            raise UsageError(f"{source}: {_moved(cls, exclude, key, section)}")
         if _nested(kind):
             checked[key] = _file_values(kind, value, source, field.metadata.get("exclude", ()), (*section, key))
             continue
