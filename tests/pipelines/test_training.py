@@ -180,9 +180,8 @@ def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_stor
     resolved = with_resolved_locations(given)
     assert resolved.tracking.storage_path == str(tmp_path / "runs")
     assert resolved.tracking.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert (
-        given.tracking.storage_path == "runs" and given.tracking.mlflow_uri is None
-    )  # the given config is not rewritten
+    given_run = given.tracking  # the given config is not rewritten
+    assert (given_run.storage_path, given_run.mlflow_uri) == ("runs", None)
 
 
 @pytest.mark.parametrize(
@@ -204,9 +203,8 @@ def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_stor
     ],
 )
 def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, overrides, message):
-    config = tiny_config(single_label_root, tmp_path, "bad")
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    settings = {"data": single_label_root, **overrides}
+    config = tiny_config(settings.pop("data"), tmp_path, "bad", **settings)
     with pytest.raises(TrainingSetupError, match=message):
         train(config)
 
