@@ -34,6 +34,7 @@ import torch
 from pipelines.predict import BatchPredictConfig, predict_at_scale
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
 from tin.checkpoint import CHECKPOINT_FILE, load_model
+from tin.config import from_flat
 from tin.data.facts import DatasetFacts
 from tin.models import build_model
 from tin.predict import predict_videos
@@ -49,7 +50,10 @@ def untrained_checkpoint(directory: Path, size: int, crop: int) -> Path:
     whose dataset was ingested as FRAMES frames of short side ``size``."""
     torch.manual_seed(0)
     model = build_model("tin_r18", len(MOTIONS), FRAMES, image_size=crop, dropout=0.0)
-    config = TrainConfig(data=str(directory), model="tin_r18", num_segments=FRAMES, crop_size=crop, dropout=0.0)
+    config = from_flat(
+        TrainConfig,
+        {"data": str(directory), "model": "tin_r18", "num_segments": FRAMES, "crop_size": crop, "dropout": 0.0},
+    )
     facts = DatasetFacts(tuple(MOTIONS), False, 0, 0, frames_per_clip=FRAMES, short_side=size)
     path = directory / CHECKPOINT_FILE
     save_state(TrainingState(epoch=1, model=model.state_dict()), config, facts, path)

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import Figure, write_figures
+from tin.config import from_flat
 from tin.models import build_model
 from tin.models.build import model_family
 from tin.ops import compiled_devices
@@ -100,12 +101,20 @@ def training_step(
     model = build_model(name, NUM_CLASSES, frames, image_size=size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    config = TrainConfig(data="", model=name)
+    config = from_flat(TrainConfig, {"data": "", "model": name})
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, steps_per_epoch=SCHEDULED_STEPS, epochs=1)
     runs = model if compile_backend is None else compiled_for_training(model, compile_backend)
     return TrainingStep(
-        runs, model, None, optimizer, scheduler, False, device, config.recipe().clip_grad, config.align_loss_weight
+        runs,
+        model,
+        None,
+        optimizer,
+        scheduler,
+        False,
+        device,
+        config.recipe().clip_grad,
+        config.optimization.align_loss_weight,
     )
 
 

@@ -31,6 +31,7 @@ import ray.data
 
 from pipelines.ray_runtime import init_ray
 from pipelines.training import shard_list, training_clips
+from tin.config import from_flat
 from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
 from tin.train.config import TrainConfig
@@ -55,10 +56,10 @@ def fake_root(directory: Path, shards: int) -> DatasetInfo:
 
 def former_stream(config: TrainConfig, info: DatasetInfo) -> tuple[ray.data.Dataset, int]:
     """The training stream as it was built before one pass per epoch (the baseline), and its input blocks."""
-    filesystem, files = shard_paths(config.data, config.train_split)
+    filesystem, files = shard_paths(config.data.root, config.data.train_split)
     order = [
         files[i]
-        for epoch in range(config.epochs)
+        for epoch in range(config.optimization.epochs)
         for i in np.random.default_rng([config.seed, epoch]).permutation(len(files))
     ]
     paths = ray.data.from_items([{"path": path} for path in order], override_num_blocks=len(order))
@@ -79,7 +80,7 @@ def measure(shards: int, epochs: int, former: bool) -> None:
     init_ray(num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as directory:
         info = fake_root(Path(directory), shards)
-        config = TrainConfig(data=directory, epochs=epochs)
+        config = from_flat(TrainConfig, {"data": directory, "epochs": epochs})
         print(f"training dataset over {shards:,} shard files x {epochs} epochs, built in the driver:")
         seconds, _ = timed(lambda: training_clips(config, info))
         blocks = shard_list(shard_paths(directory, "train")[1]).num_blocks()

@@ -30,6 +30,7 @@ from pipelines.ray_runtime import init_ray
 from pipelines.synthetic import SyntheticConfig
 from pipelines.training import train
 from tin.checkpoint import CHECKPOINT_FILE
+from tin.config import from_flat
 from tin.data import iter_clips
 from tin.data.sampling import segment_indices
 from tin.data.transforms import normalize, train_view
@@ -74,7 +75,7 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
     model = build_model(args.model, 9, args.frames, image_size=args.size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    recipe = TrainConfig(data=data, model=args.model)  # the defaults ray_path trains with
+    recipe = from_flat(TrainConfig, {"data": data, "model": args.model})  # the defaults ray_path trains with
     optimizer = build_optimizer(model, recipe)
     model.train()
 
@@ -104,20 +105,23 @@ def plain_loop(data: str, args: argparse.Namespace, device: torch.device) -> flo
 
 def ray_path(data: str, args: argparse.Namespace, storage: Path) -> tuple[float, float]:
     """(median warm clips/s, median data-wait fraction) of the Ray Data + Ray Train path."""
-    config = TrainConfig(
-        data=data,
-        model=args.model,
-        num_segments=args.frames,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        num_workers=1,
-        use_gpu=args.use_gpu,
-        cpus_per_worker=args.worker_cpus,
-        crop_size=args.size,
-        storage_path=str(storage),
-        name="bench",
-        mlflow_uri=f"sqlite:///{storage / 'mlflow.db'}",
-        experiment="bench",
+    config = from_flat(
+        TrainConfig,
+        {
+            "data": data,
+            "model": args.model,
+            "num_segments": args.frames,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "num_workers": 1,
+            "use_gpu": args.use_gpu,
+            "cpus_per_worker": args.worker_cpus,
+            "crop_size": args.size,
+            "storage_path": str(storage),
+            "name": "bench",
+            "mlflow_uri": f"sqlite:///{storage / 'mlflow.db'}",
+            "experiment": "bench",
+        },
     )
     result = train(config)
     if result.error:

@@ -23,45 +23,35 @@ from pipelines import prepare
 from pipelines.formats import FORMATS, formats_help
 from pipelines.layouts import LAYOUTS, ReleaseLayout
 from pipelines.search import SEARCHABLE, SearchConfig
-from tin.config import exits_on_usage_error, parse_config
+from tin.config import exits_on_usage_error, merged, parse_config, sectioned
 from tin.data.reader import storage_options_from_env
 from tin.train.config import LOCAL_SETTINGS, TrainConfig
 
 if TYPE_CHECKING:
     from pipelines.demo import DemoConfig  # imports Ray
 
-MMIT_RECIPE: dict[str, Any] = {
-    # The references' MMiT recipe: SGD at lr 0.02 for a batch of 64, cosine after one warm-up epoch.
-    "model": "tin_r50",
-    "num_segments": 8,
-    "epochs": 25,
-    "batch_size": 64,
-    "lr": 0.02,
-    "weight_decay": 1e-4,
-    "schedule": "cosine",
-    "warmup_epochs": 1,
-    "dropout": 0.5,
-    "name": "tin_mmit",
-    "experiment": "mmit",
+REFERENCE_RECIPE: dict[str, Any] = {
+    # What the references' MMiT and Kinetics recipes share: tin_r50 on 8 segments, SGD at lr 0.02 for
+    # a batch of 64 after one warm-up epoch.
+    "data": {"num_segments": 8},
+    "model": {"name": "tin_r50", "dropout": 0.5},
+    "optimization": {"batch_size": 64, "lr": 0.02, "weight_decay": 1e-4, "warmup_epochs": 1},
 }
 
-KINETICS600_RECIPE: dict[str, Any] = {
-    # The references' Kinetics recipe: SGD at lr 0.02 for a batch of 64, lr / 10 at epochs 20 and 40.
-    "model": "tin_r50",
-    "num_segments": 8,
-    "epochs": 50,
-    "batch_size": 64,
-    "lr": 0.02,
-    "weight_decay": 1e-4,
-    "schedule": "step",
-    "lr_steps": (20, 40),
-    "warmup_epochs": 1,
-    "dropout": 0.5,
-    "name": "tin_kinetics600",
-    "experiment": "kinetics600",
-}
+MMIT_RECIPE = merged(
+    REFERENCE_RECIPE,  # cosine decay
+    {"optimization": {"epochs": 25, "schedule": "cosine"}, "tracking": {"name": "tin_mmit", "experiment": "mmit"}},
+)
 
-SEARCH_DEFAULTS: dict[str, Any] = {"train": {"name": "tune", **dict.fromkeys(SEARCHABLE)}}
+KINETICS600_RECIPE = merged(
+    REFERENCE_RECIPE,  # lr / 10 at epochs 20 and 40
+    {
+        "optimization": {"epochs": 50, "schedule": "step", "lr_steps": (20, 40)},
+        "tracking": {"name": "tin_kinetics600", "experiment": "kinetics600"},
+    },
+)
+
+SEARCH_DEFAULTS: dict[str, Any] = {"train": sectioned(TrainConfig, {"name": "tune", **dict.fromkeys(SEARCHABLE)})}
 """jobs/tune_tin.py's defaults: every searchable dimension unset, so only a flag or a config-file
 key fixes one."""
 
@@ -75,9 +65,9 @@ def train(argv: Sequence[str] | None = None) -> int:
         python jobs/train.py --data ROOT --model tin_r50 --epochs 25 --batch-size 16 --num-workers 2
             [--use-gpu] --storage-path DIR --name RUN [--mlflow-uri URI] [--experiment NAME] ...
 
-    Every field of tin.train.TrainConfig is a flag and a key of --config. Runs on a machine
-    without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under ``ray job
-    submit``. Re-running with the same --name and --storage-path continues the run from its
+    Every field of tin.train.TrainConfig is a flag and a key of its group's section in --config.
+    Runs on a machine without Ray (starts a local Ray on 127.0.0.1), against RAY_ADDRESS, and under
+    ``ray job submit``. Re-running with the same --name and --storage-path continues the run from its
     latest checkpoint. --local trains in this process on one device instead, without Ray.
     """
     return run_training(argv, {}, train.__doc__)
@@ -119,7 +109,7 @@ def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], descript
         "the same data pipeline, checkpoints under --storage-path/--name and MLflow run; for debugging and GPU checks",
     )
     local = local_flag.parse_known_args(argv)[0].local
-    defaults = {**recipe, **LOCAL_SETTINGS} if local else recipe
+    defaults = merged(recipe, LOCAL_SETTINGS) if local else recipe
     config = parse_config(TrainConfig, argv, defaults=defaults, description=description, parents=[local_flag])
     from tin.train.setup import show_data_warnings_as_lines
 
@@ -140,11 +130,11 @@ def run_training(argv: Sequence[str] | None, recipe: Mapping[str, Any], descript
             print(f"training failed: {result.error}", file=sys.stderr)
             return 1
         summary = run_summary(result)
-    prefix = "train_" if config.val_split is None else "val_"  # --val-split none: training metrics only
+    prefix = "train_" if config.data.val_split is None else "val_"  # --val-split none: training metrics only
     shown = "  ".join(
         f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.startswith(prefix) and isinstance(v, float)
     )
-    print(f"finished {config.name}: {shown}\ncheckpoint: {summary['checkpoint']}")
+    print(f"finished {config.tracking.name}: {shown}\ncheckpoint: {summary['checkpoint']}")
     return 0
 
 

@@ -30,7 +30,14 @@ from tin.evaluate import Evaluation, evaluate_checkpoint, log_to_mlflow
 from tin.models import MODEL_NAMES
 from tin.models.build import model_family
 from tin.train.checkpoint import load_state
-from tin.train.config import TrainConfig
+from tin.train.config import (
+    DataSettings,
+    ModelSettings,
+    OptimizationSettings,
+    ScalingSettings,
+    TrackingSettings,
+    TrainConfig,
+)
 
 EXPERIMENT = "demo"
 STATIC = "static"
@@ -175,32 +182,40 @@ def train_config(config: DemoConfig, entry: str) -> TrainConfig:
     trunk = frame_pretrained_options(model, trunk_path(config, model)) if vit else {}
     pretrained, freeze = trunk.pop("pretrained", None), trunk.pop("freeze_backbone", None)
     return TrainConfig(
-        data=config.data,
-        model=model,
-        model_option=tuple({**trunk, **options}.items()),
-        pretrained=pretrained,
-        freeze_backbone=freeze,
-        ema_decay=VIT_RECIPE["ema_decay"] if vit else None,
-        num_segments=config.clip_frames,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        num_workers=1,
-        optimizer="adamw",
-        lr=VIT_RECIPE["lr"] if vit else config.lr,
-        weight_decay=VIT_RECIPE["weight_decay"] if vit else config.weight_decay,
-        head_lr_mult=1.0,
-        head_bias_lr_mult=1.0,
-        warmup_epochs=config.warmup_epochs,
-        clip_grad=config.clip_grad,
-        dropout=0.0,
-        crop_size=config.size,
-        scales=config.scales,
-        flip=True,
-        flip_label_pairs=pairs,
-        storage_path=str(config.root / "ray_results"),
-        name=f"demo-{entry}",
-        mlflow_uri=config.mlflow_uri,
-        experiment=EXPERIMENT,
+        data=DataSettings(
+            root=config.data,
+            num_segments=config.clip_frames,
+            crop_size=config.size,
+            scales=config.scales,
+            flip=True,
+            flip_label_pairs=pairs,
+        ),
+        model=ModelSettings(
+            name=model,
+            model_option=tuple({**trunk, **options}.items()),
+            pretrained=pretrained,
+            freeze_backbone=freeze,
+            dropout=0.0,
+        ),
+        optimization=OptimizationSettings(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            optimizer="adamw",
+            lr=VIT_RECIPE["lr"] if vit else config.lr,
+            weight_decay=VIT_RECIPE["weight_decay"] if vit else config.weight_decay,
+            head_lr_mult=1.0,
+            head_bias_lr_mult=1.0,
+            warmup_epochs=config.warmup_epochs,
+            clip_grad=config.clip_grad,
+            ema_decay=VIT_RECIPE["ema_decay"] if vit else None,
+        ),
+        scaling=ScalingSettings(num_workers=1),
+        tracking=TrackingSettings(
+            storage_path=str(config.root / "ray_results"),
+            name=f"demo-{entry}",
+            mlflow_uri=config.mlflow_uri,
+            experiment=EXPERIMENT,
+        ),
         seed=config.seed,
     )
 
@@ -222,8 +237,8 @@ def pretrained_trunk(config: DemoConfig, model: str, log: Callable[[str], None])
 
 def finished_checkpoint(run: TrainConfig) -> Path | None:
     """The latest checkpoint of a run that has trained all its epochs; None otherwise."""
-    checkpoints = sorted((Path(run.storage_path) / run.name).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
-    if checkpoints and load_state(checkpoints[-1]).epoch >= run.epochs:
+    checkpoints = sorted((Path(run.tracking.storage_path) / run.tracking.name).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+    if checkpoints and load_state(checkpoints[-1]).epoch >= run.optimization.epochs:
         return checkpoints[-1]
     return None
 
@@ -235,9 +250,12 @@ def train_model(config: DemoConfig, model: str, log: Callable[[str], None]) -> P
     if done:
         log(f"{model}: already trained ({done})")
         return done
-    if run.pretrained is not None:
-        pretrained_trunk(config, run.model, log)
-    log(f"{model}: training {run.epochs} epochs on {config.train_clips} clips of {config.size}x{config.size}")
+    if run.model.pretrained is not None:
+        pretrained_trunk(config, run.model.name, log)
+    log(
+        f"{model}: training {run.optimization.epochs} epochs on {config.train_clips} clips of "
+        f"{config.size}x{config.size}"
+    )
     result = train(run)
     if result.error:
         raise RuntimeError(f"training {model} failed: {result.error}")

@@ -167,7 +167,9 @@ SEARCHABLE: dict[str, Callable[[Any, int], Any]] = {
     "mit_layers": _non_negative_int,
     "freeze_backbone": _on_off,
 }
-"""Each searchable dimension (a ``TrainConfig`` field and its flag) and how to read its values."""
+"""Each searchable dimension and how to read its values. A dimension is named by its flag (with
+underscores): a trial's value reaches its ``TrainConfig`` field in whichever group through
+``tin.config.from_flat``."""
 
 
 @dataclass
@@ -235,12 +237,13 @@ class SearchConfig:
         """
         check_choices(self, TrainingSetupError)
         self.train.validate()
+        epochs = self.train.optimization.epochs
         checks = [
             (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
             (self.max_concurrent >= 1, f"--max-concurrent must be at least 1, got {self.max_concurrent}"),
             (
-                1 <= self.grace_period <= self.train.epochs,
-                f"--grace-period must be between 1 and --epochs {self.train.epochs}, got {self.grace_period}",
+                1 <= self.grace_period <= epochs,
+                f"--grace-period must be between 1 and --epochs {epochs}, got {self.grace_period}",
             ),
             (self.reduction_factor > 1, f"--reduction-factor must be greater than 1, got {self.reduction_factor}"),
             (

@@ -47,7 +47,7 @@ class RayTrainSession:
         self.device = ray.train.torch.get_device()
         self.config, self.dtypes = config, batch_dtypes(multi_label)
         self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val") if config.val_split is not None else None
+        self.val_shard = ray.train.get_dataset_shard("val") if config.data.val_split is not None else None
 
     def node(self) -> str:
         return ray.util.get_node_ip_address()
@@ -93,10 +93,10 @@ class RayTrainSession:
 def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:
     """``iter_torch_batches``' local shuffle arguments: none with ``shuffle_buffer`` 0, else a
     buffer of that many clips whose seed comes from the run's seed, the epoch and the rank."""
-    if config.shuffle_buffer == 0:
+    if config.data.shuffle_buffer == 0:
         return {}
     return {
-        "local_shuffle_buffer_size": config.shuffle_buffer,
+        "local_shuffle_buffer_size": config.data.shuffle_buffer,
         "local_shuffle_seed": shuffle_seed(config.seed, epoch, rank),
     }
 

@@ -49,7 +49,7 @@ def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool
     every clip, from generators of (``config.seed``, the epoch, the shard or clip): the same seed
     gives the same epochs whichever tasks decode them.
     """
-    filesystem, files = split_shards(config, split)
+    filesystem, files = split_shards(config.data, split)
     shards = shard_list(files)
     if train:
         shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
@@ -72,14 +72,14 @@ def without_progress_output(dataset: ray.data.Dataset) -> ray.data.Dataset:
 
 def training_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
     """The training split: every epoch one pass, freshly ordered, sampled and augmented."""
-    return clip_dataset(config, info, config.train_split, train=True)
+    return clip_dataset(config, info, config.data.train_split, train=True)
 
 
 def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
     """The validation split, decoded once and kept in the object store when it fits in
     ``VALIDATION_CACHE_BYTES`` (its sampling and crop are deterministic), streamed otherwise."""
-    clips = clip_dataset(config, info, config.val_split, train=False)
-    decoded_bytes = info.written(config.val_split) * config.num_segments * config.crop_size**2 * 3
+    clips = clip_dataset(config, info, config.data.val_split, train=False)
+    decoded_bytes = info.written(config.data.val_split) * config.data.num_segments * config.data.crop_size**2 * 3
     return clips.materialize() if decoded_bytes <= VALIDATION_CACHE_BYTES else clips
 
 
@@ -112,13 +112,13 @@ class TrainAndValidationSplit(DataConfig):
 def worker_cpus(config: TrainConfig) -> float:
     """CPUs per training worker: as asked, 1 with a GPU, otherwise what leaves a quarter of the
     cluster's CPUs (at least one) to the data pipeline, so the two never starve each other."""
-    if config.cpus_per_worker is not None:
-        return config.cpus_per_worker
-    if config.use_gpu:
+    if config.scaling.cpus_per_worker is not None:
+        return config.scaling.cpus_per_worker
+    if config.scaling.use_gpu:
         return 1.0
     total = ray.cluster_resources().get("CPU", 1.0)
     for_data = max(1.0, total // 4)
-    return max(0.25, (total - for_data) / config.num_workers)
+    return max(0.25, (total - for_data) / config.scaling.num_workers)
 
 
 def checkpoint_storage(storage_path: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -151,24 +151,24 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
     """
     info = info or check_config(config)
     config, facts = resolved_run(config, info)
-    storage_path, storage_filesystem = checkpoint_storage(config.storage_path)
+    storage_path, storage_filesystem = checkpoint_storage(config.tracking.storage_path)
     datasets = {"train": training_clips(config, info)}
-    if config.val_split is not None:
+    if config.data.val_split is not None:
         datasets["val"] = validation_clips(config, info)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
             resources_per_worker={"CPU": worker_cpus(config)},
-            placement_strategy=config.placement_strategy,
+            placement_strategy=config.scaling.placement_strategy,
         ),
         run_config=RunConfig(
-            name=config.name,
+            name=config.tracking.name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            failure_config=FailureConfig(max_failures=config.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             logging_config=LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
             callbacks=callbacks,

@@ -46,7 +46,7 @@ from pipelines.search import (
 )
 from pipelines.training import build_trainer
 from tin import tracking, viz
-from tin.config import read_yaml_file
+from tin.config import from_flat, read_yaml_file
 from tin.data import DatasetInfo
 from tin.models.build import model_family, model_option_defaults
 from tin.train.config import MODEL_OPTION_FIELDS, TrainConfig, TrainingSetupError
@@ -182,12 +182,12 @@ def chosen_space(search: SearchConfig) -> tuple[dict[str, Any], str]:
         return load_space_file(search.space_file), f"--space {search.space_file}"
     if search.preset:
         return PRESETS[search.preset], f"--preset {search.preset}"
-    family = model_family(search.train.model)
-    options = model_option_defaults(search.train.model)
+    family = model_family(search.train.model.name)
+    options = model_option_defaults(search.train.model.name)
     space = {
         name: spec for name, spec in FAMILY_SPACES[family].items() if name not in MODEL_OPTION_FIELDS or name in options
     }
-    if search.train.pretrained is None and family in FROM_SCRATCH_LR:
+    if search.train.model.pretrained is None and family in FROM_SCRATCH_LR:
         space["lr"] = FROM_SCRATCH_LR[family]
     return space, f"the default space of {family} models"
 
@@ -203,18 +203,20 @@ def plan_search(search: SearchConfig) -> SearchPlan:
     """
     search.validate()
     space, source = chosen_space(search)
-    flagged = {name: getattr(search.train, name) for name in SEARCHABLE if getattr(search.train, name) is not None}
+    given = search.train.params()
+    flagged = {name: given[name] for name in SEARCHABLE if given[name] is not None}
     dimensions, fixed = parse_space(
-        {k: v for k, v in space.items() if k not in flagged}, source, search.train.num_segments
+        {k: v for k, v in space.items() if k not in flagged}, source, search.train.data.num_segments
     )
-    recipe = TrainConfig(data="")
-    unset = {name: getattr(recipe, name) for name in SEARCHABLE if name not in flagged and name not in fixed}
-    base = dataclasses.replace(search.train, **{**unset, **fixed})
-    options = model_option_defaults(base.model)
+    recipe = from_flat(TrainConfig, {"data": ""}).params()
+    unset = {name: recipe[name] for name in SEARCHABLE if name not in flagged and name not in fixed}
+    base = from_flat(TrainConfig, {**given, **unset, **fixed})
+    options = model_option_defaults(base.model.name)
     foreign = [d.name for d in dimensions if d.name in MODEL_OPTION_FIELDS and d.name not in options]
     if foreign:
         raise TrainingSetupError(
-            f"{source}: --model {base.model} has no option {', '.join(foreign)}; search a model that has or drop them"
+            f"{source}: --model {base.model.name} has no option {', '.join(foreign)}; search a model that has or "
+            "drop them"
         )
     if not dimensions:
         raise TrainingSetupError(f"{source}: nothing left to search (every dimension is fixed by a flag)")
@@ -227,7 +229,7 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
     """The metric the search optimises: --metric, or by default the data's headline validation
     metric; it must be one the trials report (no validation metrics with --val-split none)."""
     allowed = MULTI_LABEL_METRICS if info.multi_label else SINGLE_LABEL_METRICS
-    if base.val_split is None and (metric is None or metric.startswith("val_")):
+    if base.data.val_split is None and (metric is None or metric.startswith("val_")):
         training = [name for name in allowed if name.startswith("train_")]
         raise TrainingSetupError(
             f"--val-split none: the trials report no validation metrics, so the search needs a training metric; "
@@ -237,7 +239,8 @@ def search_metric(metric: str | None, base: TrainConfig, info: DatasetInfo) -> s
     if metric not in allowed:
         kind = "multi-label" if info.multi_label else "single-label"
         raise TrainingSetupError(
-            f"--metric {metric!r} is not reported for {kind} data ({base.data}); choose one of {', '.join(allowed)}"
+            f"--metric {metric!r} is not reported for {kind} data ({base.data.root}); choose one of "
+            f"{', '.join(allowed)}"
         )
     return metric
 
@@ -256,34 +259,37 @@ def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: flo
     so with less, trials wait for data forever. Without --trial-cpus or --cpus-per-worker the
     rest is shared equally by the concurrent trials.
     """
-    cpus_per_worker = base.cpus_per_worker
-    if cpus_per_worker is None and base.use_gpu:
+    workers, cpus_per_worker = base.scaling.num_workers, base.scaling.cpus_per_worker
+    if cpus_per_worker is None and base.scaling.use_gpu:
         cpus_per_worker = 1.0
     if cpus_per_worker is None:
         budget = search.trial_cpus or cluster_cpus / search.max_concurrent - DATA_CPUS
-        cpus_per_worker = round((budget - FUNCTION_CPUS) / base.num_workers, 3)
-    per_trial = FUNCTION_CPUS + base.num_workers * cpus_per_worker
+        cpus_per_worker = round((budget - FUNCTION_CPUS) / workers, 3)
+    per_trial = FUNCTION_CPUS + workers * cpus_per_worker
     if cpus_per_worker <= 0 or search.max_concurrent * (per_trial + DATA_CPUS) > cluster_cpus + 1e-6:
         raise TrainingSetupError(
             f"{cluster_cpus:g} CPUs cannot run --max-concurrent {search.max_concurrent} trials of --num-workers "
-            f"{base.num_workers} ({max(per_trial, FUNCTION_CPUS):g} CPUs each by --trial-cpus / --cpus-per-worker) "
+            f"{workers} ({max(per_trial, FUNCTION_CPUS):g} CPUs each by --trial-cpus / --cpus-per-worker) "
             f"and leave each trial's data loading {DATA_CPUS:g} whole CPU; trials would wait for data forever. "
             "Lower --max-concurrent, --num-workers, --trial-cpus or --cpus-per-worker"
         )
-    return dataclasses.replace(base, cpus_per_worker=cpus_per_worker), per_trial
+    return dataclasses.replace(
+        base, scaling=dataclasses.replace(base.scaling, cpus_per_worker=cpus_per_worker)
+    ), per_trial
 
 
 # ---- the trial -----------------------------------------------------------------------------------
 
 
 def run_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
-    """Tune function trainable: one Ray Train run with the trial's parameters.
+    """Tune function trainable: one Ray Train run with the trial's parameters (searched dimensions
+    by flag name, as ``base``, the trials' config flat: ``TrainConfig.params()``).
 
     The run is named after the search and the trial id and lives in the search's folder, so a
     restored trial continues its own run; its MLflow run is a child of the search's run.
     """
     trial_id = tune.get_context().get_trial_id()
-    config = TrainConfig.from_dict({**base, **params, "name": f"{base['name']}_{trial_id}"})
+    config = from_flat(TrainConfig, {**base, **params, "name": f"{base['name']}_{trial_id}"})
     result = build_trainer(config, callbacks=[TuneReportCallback()]).fit()
     if result.error:
         raise result.error
@@ -292,12 +298,13 @@ def run_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
 def trial_base(plan: SearchPlan, parent_run_id: str) -> TrainConfig:
     """The training config every trial starts from: runs stored in the search's folder, MLflow
     runs nested under the search's parent run."""
-    search_dir = f"{plan.base.storage_path.rstrip('/')}/{plan.base.name}"
-    return dataclasses.replace(plan.base, storage_path=search_dir, mlflow_parent_run_id=parent_run_id)
+    search_dir = f"{plan.base.tracking.storage_path.rstrip('/')}/{plan.base.tracking.name}"
+    run = dataclasses.replace(plan.base.tracking, storage_path=search_dir, mlflow_parent_run_id=parent_run_id)
+    return dataclasses.replace(plan.base, tracking=run)
 
 
 def trainable(base: TrainConfig, function_cpus: float):
-    return tune.with_resources(tune.with_parameters(run_trial, base=base.to_dict()), {"CPU": function_cpus})
+    return tune.with_resources(tune.with_parameters(run_trial, base=base.params()), {"CPU": function_cpus})
 
 
 class ResumableASHAScheduler(ASHAScheduler):
@@ -364,7 +371,7 @@ def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):
     return ResumableASHAScheduler(
         f"{search_dir}/asha_state.pkl",
         time_attr="epoch",
-        max_t=plan.base.epochs,
+        max_t=plan.base.optimization.epochs,
         grace_period=search.grace_period,
         reduction_factor=search.reduction_factor,
     )
@@ -372,7 +379,7 @@ def make_scheduler(search: SearchConfig, plan: SearchPlan, search_dir: str):
 
 def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tune.Tuner:
     """A new Tuner, or the interrupted search restored when its folder holds one."""
-    search_dir = base.storage_path
+    search_dir = base.tracking.storage_path
     fn = trainable(base, FUNCTION_CPUS)
     if tune.Tuner.can_restore(search_dir):
         print(f"resuming the search in {search_dir}: finished trials are kept, interrupted ones continue")
@@ -389,7 +396,7 @@ def make_tuner(search: SearchConfig, plan: SearchPlan, base: TrainConfig) -> tun
             max_concurrent_trials=search.max_concurrent,
             scheduler=make_scheduler(search, plan, search_dir),
         ),
-        run_config=tune.RunConfig(name=plan.base.name, storage_path=plan.base.storage_path),
+        run_config=tune.RunConfig(name=plan.base.tracking.name, storage_path=plan.base.tracking.storage_path),
     )
 
 
@@ -420,14 +427,17 @@ def start_parent_run(search: SearchConfig, plan: SearchPlan) -> str:
     """The search's MLflow run (continued when the search is resumed), with the search's settings."""
     config = plan.base
     run_id = tracking.start_run(
-        config.mlflow_uri, config.experiment, tracking.training_run_key(config.storage_path, config.name), config.name
+        config.tracking.mlflow_uri,
+        config.tracking.experiment,
+        tracking.training_run_key(config.tracking.storage_path, config.tracking.name),
+        config.tracking.name,
     )
     space = {d.name: {d.kind: list(d.values)} for d in plan.dimensions}
     tracking.log_params_once(
         {
             "search": {k: v for k, v in search.to_dict().items() if k != "train"},
             "space": space,
-            "config": config.to_dict(),
+            "config": config.params(),
         }
     )
     mlflow.end_run()
@@ -439,7 +449,7 @@ def trial_rows(results: tune.ResultGrid, plan: SearchPlan) -> list[TrialRow]:
     for result in results:
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
-        status = "error" if result.error else "finished" if epochs >= plan.base.epochs else "stopped early"
+        status = "error" if result.error else "finished" if epochs >= plan.base.optimization.epochs else "stopped early"
         trial_id = metrics.get("trial_id") or Path(result.path).name
         params = {d.name: result.config.get(d.name) for d in plan.dimensions}
         rows.append(
@@ -504,7 +514,7 @@ def summarise(rows: list[TrialRow], plan: SearchPlan, search: SearchConfig, pare
 
 def record_outcome(outcome: SearchOutcome, plan: SearchPlan) -> None:
     """Log the best trial, the table and the metric-against-parameter plot to the parent run."""
-    mlflow.set_tracking_uri(plan.base.mlflow_uri)
+    mlflow.set_tracking_uri(plan.base.tracking.mlflow_uri)
     with mlflow.start_run(run_id=outcome.parent_run_id):
         mlflow.log_text(outcome.table + "\n", "search/results.txt")
         mlflow.set_tag("search.stopped_early", str(outcome.stopped_early))

@@ -11,7 +11,8 @@ of plain values (tensors, dicts, lists, strings, numbers), so that every file lo
     ema              the weights' moving average (``AveragedModel.state_dict()``), or absent/None
     epoch            epochs completed
     optimizer, scheduler, history   what training resumes from (``tin.train.checkpoint``)
-    config           the run's ``TrainConfig.to_dict()``, as recorded (provenance)
+    config           the run's ``TrainConfig.to_dict()``, as recorded (provenance): a dict per group;
+                     files written before the config had groups hold it flat, by flag name
     dataset          the ``DatasetFacts`` fields
     model_spec       ``ModelSpec`` fields (format 2)
     run              ``TrainingRun`` fields (format 2)
@@ -102,8 +103,9 @@ def training_model_options(settings: Mapping[str, Any]) -> dict[str, Any]:
     the temporal and ViT options with flags of their own), and the ``model_option`` pairs.
 
     Args:
-        settings: ``TrainConfig`` fields by name (its ``vars``, or the ``config`` a checkpoint
-            recorded; fields that a file predates count as unset).
+        settings: the model settings by name (``TrainConfig.params()``, ``vars`` of its ``model``
+            group, or the flat ``config`` a format-1 checkpoint recorded; fields that a file
+            predates count as unset).
     """
     options: dict[str, Any] = {"partial_bn": True} if settings.get("partial_bn") else {}
     for name in MODEL_OPTION_NAMES:
@@ -114,7 +116,8 @@ def training_model_options(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def spec_of_training(settings: Mapping[str, Any]) -> ModelSpec:
-    """The ``ModelSpec`` of a training config's fields (see ``training_model_options``)."""
+    """The ``ModelSpec`` of a training config's settings by flag name (``TrainConfig.params()``,
+    or a format-1 checkpoint's config; see ``training_model_options``)."""
     return ModelSpec(
         name=settings["model"],
         num_segments=settings["num_segments"],
@@ -124,7 +127,7 @@ def spec_of_training(settings: Mapping[str, Any]) -> ModelSpec:
 
 
 def run_of_training(settings: Mapping[str, Any]) -> TrainingRun:
-    """The ``TrainingRun`` of a training config's fields."""
+    """The ``TrainingRun`` of a training config's settings by flag name (as ``spec_of_training``)."""
     return TrainingRun(
         experiment=settings["experiment"],
         mlflow_uri=settings["mlflow_uri"],
@@ -133,12 +136,13 @@ def run_of_training(settings: Mapping[str, Any]) -> TrainingRun:
     )
 
 
-def format_entries(settings: Mapping[str, Any], facts: DatasetFacts) -> dict[str, Any]:
+def format_entries(config: Mapping[str, Any], settings: Mapping[str, Any], facts: DatasetFacts) -> dict[str, Any]:
     """What a checkpoint holds besides the training state: the format version, the config as
-    recorded, the dataset facts, the model spec and the training run, as plain values."""
+    recorded (``config``: ``TrainConfig.to_dict()``), the dataset facts, and the model spec and
+    training run of its ``settings`` by flag name (``TrainConfig.params()``), as plain values."""
     return {
         FORMAT_KEY: FORMAT_VERSION,
-        CONFIG_KEY: dict(settings),
+        CONFIG_KEY: dict(config),
         DATASET_KEY: asdict(facts),
         SPEC_KEY: asdict(spec_of_training(settings)),
         RUN_KEY: asdict(run_of_training(settings)),
@@ -170,7 +174,7 @@ class Checkpoint:
 
     trained: TrainedModel
     weights: dict[str, torch.Tensor]
-    training_config: dict[str, Any]  # TrainConfig.to_dict() of the run: provenance, fingerprints
+    training_config: dict[str, Any]  # the run's TrainConfig as recorded (CONFIG_KEY): provenance, fingerprints
     format_version: int
 
     def build(self) -> nn.Module:

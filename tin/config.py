@@ -8,14 +8,21 @@ sets it. From that one declaration:
     add_config_flags(parser, TrainConfig, RECIPE)      one flag per field (--batch-size for batch_size)
     config_from_args(TrainConfig, args, RECIPE)        the config back from the parsed flags
     check_choices(config)                              each field with choices holds one of them
+    to_flat(config) / from_flat(TrainConfig, values)   the config as {flag name: value} and back
+    from_record(TrainConfig, values)                   a config from a recorded dict, nested or flat
 
 Precedence: the dataclass's defaults < ``defaults`` (a job's recipe: a mapping shaped like a config
 file) < the ``--config`` file < the flags given on the command line. A field whose type is a
-dataclass (``SearchConfig.train``, ``PrepareConfig.synthetic``) nests: its fields are flags of
-their own names, and a section of their own in the file (``train: {lr: 0.01}``). The file's keys
-are field names; an unknown key, or a value of the wrong type, is a ``UsageError`` naming the file
-and the key. After building, the config's ``validate()`` (where it has one) checks the values, so
-a bad value reads the same whether it came from a flag, the file or a recipe.
+dataclass (``TrainConfig.optimization``, ``SearchConfig.train``) nests: its fields are flags of
+their own names, and a section of their own in the file (``optimization: {lr: 0.01}``). The file's
+keys are field names; an unknown key, or a value of the wrong type, is a ``UsageError`` naming the
+file and the key, and a key that belongs in a section (``lr`` at the top of a training config file)
+names the section. After building, the config's ``validate()`` (where it has one) checks the
+values, so a bad value reads the same whether it came from a flag, the file or a recipe.
+
+Flag names are unique over all sections, so a config is also a flat mapping of flag names with
+underscores to values (``{"data": ROOT, "lr": 0.01}``: ``--data`` sets ``data.root``): MLflow
+params, search trials' dimensions and records written before a config had sections use it.
 
 ``exits_on_usage_error`` wraps a job's ``main``: a ``UsageError`` becomes ``error: <message>`` on
 stderr and the exit status ``USAGE_EXIT_STATUS``.
@@ -152,15 +159,25 @@ def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:
 
 @dataclasses.dataclass(frozen=True)
 class _Option:
-    """A settable leaf field of a config: its path from the top config and its type."""
+    """A settable leaf field of a config: its path from the top config, its type, and the nested
+    fields (sections) on the way to it."""
 
     path: tuple[str, ...]
     field: Field
     kind: Any
+    sections: tuple[Field, ...]
 
     @property
     def dest(self) -> str:
         return ".".join(self.path)
+
+    @property
+    def flat_key(self) -> str:
+        """Its name in a flat mapping: the flag's name with underscores (``data`` for ``--data``,
+        which sets ``data.root``), or the field's name for a positional argument."""
+        if self.field.metadata.get("positional"):
+            return self.field.name
+        return flag_name(self.field).removeprefix("--").replace("-", "_")
 
 
 def _nested(kind: Any) -> bool:
@@ -171,18 +188,19 @@ def _settable(field: Field, exclude: Sequence[str]) -> bool:
     return not field.metadata.get("internal") and field.name not in exclude
 
 
-def _options(cls: type, exclude: Sequence[str] = (), path: tuple[str, ...] = ()) -> Iterator[tuple[Field, _Option]]:
-    """(top-level field, option) for every settable leaf field, nested dataclasses expanded."""
+def _options(
+    cls: type, exclude: Sequence[str] = (), path: tuple[str, ...] = (), sections: tuple[Field, ...] = ()
+) -> Iterator[_Option]:
+    """Every settable leaf field of ``cls``, nested dataclasses expanded."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not _settable(field, exclude):
             continue
         kind = hints[field.name]
         if _nested(kind):
-            for _, option in _options(kind, field.metadata.get("exclude", ()), (*path, field.name)):
-                yield field, option
+            yield from _options(kind, field.metadata.get("exclude", ()), (*path, field.name), (*sections, field))
         else:
-            yield field, _Option((*path, field.name), field, kind)
+            yield _Option((*path, field.name), field, kind, sections)
 
 
 def _optional(kind: Any) -> tuple[Any, bool]:
@@ -224,11 +242,17 @@ def _shown(value: Any) -> str:
 def _help(option: _Option, default: Any) -> str:
     text = option.field.metadata["help"]
     if option.field.metadata.get("flag"):  # a flag of another name than its field's
-        text += f" (config-file key: {option.field.name})"
+        text += f" (config-file key: {_file_key(option.path)})"
     stated = _stated_default(option.field, default)
     if stated:
         text += f" ({stated})"
     return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def _file_key(path: tuple[str, ...]) -> str:
+    """How messages name a key of the config file: ``lr``, or ``lr in section optimization``."""
+    *section, key = path
+    return f"{key} in section {'.'.join(section)}" if section else key
 
 
 def _stated_default(field: Field, default: Any) -> str | None:
@@ -264,13 +288,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Mappi
         help="read settings from this YAML file: keys are the flags' names with underscores (or the key "
         "a flag's help names), a section per group of flags; flags given on the command line override it",
     )
-    groups: dict[str, Any] = {}
-    for top, option in _options(cls):
-        group: Any = parser
-        if len(option.path) > 1:
-            if top.name not in groups:
-                groups[top.name] = parser.add_argument_group(top.name, top.metadata["help"])
-            group = groups[top.name]
+    groups: dict[tuple[str, ...], Any] = {}
+    for option in _options(cls):
+        section = option.path[:-1]
+        if section and section not in groups:
+            groups[section] = parser.add_argument_group(".".join(section), option.sections[-1].metadata["help"])
+        group = groups[section] if section else parser
         default = _lookup(defaults or {}, option.path)
         if default is MISSING:
             default = _field_default(option.field)
@@ -298,11 +321,11 @@ def config_from_args(cls: type[T], args: argparse.Namespace, defaults: Mapping[s
     given = vars(args)
     values = dict(defaults or {})
     if "config" in given:
-        values = _merged(values, load_config_file(cls, given["config"]))
-    for _, option in _options(cls):
+        values = merged(values, load_config_file(cls, given["config"]))
+    for option in _options(cls):
         if option.dest in given:
             value = given[option.dest]
-            values = _merged(values, _nest(option.path, tuple(value) if isinstance(value, list) else value))
+            values = merged(values, _nest(option.path, tuple(value) if isinstance(value, list) else value))
     config = _build(cls, values, ())
     if hasattr(config, "validate"):
         config.validate()
@@ -368,6 +391,10 @@ def _file_values(
     fields = {field.name: field for field in dataclasses.fields(cls) if _settable(field, exclude)}
     checked = {}
     for key, value in values.items():
+        misplaced = key not in fields or (_nested(hints[key]) and not isinstance(value, dict))
+        moved = _moved(cls, exclude, key, section) if misplaced else None
+        if moved:  # a flat key of a file written before its setting had a section
+            raise UsageError(f"{source}: {moved}")
         if key not in fields:
             raise UsageError(f"{source}: unknown key {key!r}{where}; valid keys: {', '.join(fields)}")
         field, kind = fields[key], hints[key]
@@ -379,6 +406,23 @@ def _file_values(
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise UsageError(f"{source}: {'.'.join((*section, key))}: {error}") from None
     return checked
+
+
+def _moved(cls: type, exclude: Sequence[str], key: str, section: tuple[str, ...]) -> str | None:
+    """Where the setting that ``key`` names (its flag's name or its field's, as files written before
+    the config had sections give it) belongs now that it is in a section below ``section``, e.g.
+    ``lr`` -> ``lr in section optimization``, ``data`` -> ``root in section data``; None when
+    ``key`` names no setting of a section below."""
+    nested = [option for option in _options(cls, exclude) if len(option.path) > 1]
+    by_flag = [option for option in nested if option.flat_key == key]
+    option = next(iter(by_flag or [option for option in nested if option.field.name == key]), None)
+    if option is None:
+        return None
+    where = f" in section {'.'.join(section)!r}" if section else ""
+    return (
+        f"key {key!r}{where} is the setting {flag_name(option.field)}, which now belongs in its section: "
+        f"give it as {_file_key((*section, *option.path))}"
+    )
 
 
 def _converted(value: Any, kind: Any, parse: Callable[[str], Any] | None) -> Any:
@@ -454,18 +498,19 @@ def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return value
 
 
-def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override``'s values, sections merged key by key."""
-    merged = dict(base)
+def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values, sections merged key by key (a job's defaults under its
+    mode's, e.g. ``--local``'s cluster settings over a recipe)."""
+    result = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merged(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merged(result[key], value)
         else:
-            merged[key] = value
-    return merged
+            result[key] = value
+    return result
 
 
-def _build(cls: type, values: Mapping[str, Any], exclude: Sequence[str]) -> Any:
+def _build(cls: type, values: Mapping[str, Any], exclude: Sequence[str], section: tuple[str, ...] = ()) -> Any:
     """An instance of ``cls`` from nested ``values``: fields without a value keep their defaults, and
     a nested dataclass is built from its own fields' defaults and its section's values."""
     unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
@@ -476,12 +521,108 @@ def _build(cls: type, values: Mapping[str, Any], exclude: Sequence[str]) -> Any:
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         if _nested(kind):
-            arguments[field.name] = _build(kind, values.get(field.name, {}), field.metadata.get("exclude", ()))
+            arguments[field.name] = _build(
+                kind, values.get(field.name, {}), field.metadata.get("exclude", ()), (*section, field.name)
+            )
         elif field.name in values:
             arguments[field.name] = values[field.name]
         elif _field_default(field) is MISSING:
             if not _settable(field, exclude):
                 raise TypeError(f"{cls.__name__}.{field.name} is set by the program, and it was not")
             given = "it" if field.metadata.get("positional") else "the flag"
-            raise UsageError(f"{flag_name(field)} is required (give {given} or the key {field.name} in {CONFIG_FLAG})")
+            key = _file_key((*section, field.name))
+            raise UsageError(f"{flag_name(field)} is required (give {given} or the key {key} in {CONFIG_FLAG})")
     return cls(**arguments)
+
+
+# ---- flat mappings -----------------------------------------------------------------------------
+
+
+def flat_keys(cls: type) -> dict[str, tuple[str, ...]]:
+    """Each settable field of ``cls`` (nested ones included) by its flat key (its flag's name with
+    underscores): the path of field names that reaches it, e.g. ``{"data": ("data", "root"), "lr":
+    ("optimization", "lr"), ...}``.
+
+    Raises:
+        TypeError: two fields share a flat key (their flags would clash too).
+    """
+    return {key: option.path for key, option in _flat_options(cls).items()}
+
+
+def _flat_options(cls: type) -> dict[str, _Option]:
+    options: dict[str, _Option] = {}
+    for option in _options(cls):
+        if option.flat_key in options:
+            clash = options[option.flat_key].dest
+            raise TypeError(f"{cls.__name__}: {option.dest} and {clash} share the key {option.flat_key}")
+        options[option.flat_key] = option
+    return options
+
+
+def to_flat(config: Any) -> dict[str, Any]:
+    """The settable fields of ``config`` by flat key (``flat_keys``): what MLflow logs as params,
+    under the names the flags have."""
+    flat = {}
+    for key, path in flat_keys(type(config)).items():
+        value = config
+        for name in path:
+            value = getattr(value, name)
+        flat[key] = value
+    return flat
+
+
+def from_flat(cls: type[T], values: Mapping[str, Any]) -> T:
+    """The config of flat-keyed ``values`` (``flat_keys``: ``{"data": ROOT, "lr": 0.02}``), the
+    other fields at their defaults; lists become tuples where the field is a tuple. Not validated
+    (``validate()`` does that).
+
+    Raises:
+        TypeError: a key that is no flat key of ``cls``.
+        UsageError: a required setting missing.
+    """
+    return _build(cls, sectioned(cls, values), ())
+
+
+def sectioned(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat-keyed ``values`` (``flat_keys``) shaped like a config file of ``cls``, each in its
+    section: ``{"lr": 0.02}`` -> ``{"optimization": {"lr": 0.02}}``; lists become tuples where the
+    field is a tuple.
+
+    Raises:
+        TypeError: a key that is no flat key of ``cls``.
+    """
+    options = _flat_options(cls)
+    unknown = set(values) - set(options)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(sorted(unknown))}")
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        nested = merged(nested, _nest(options[key].path, _tupled(value, options[key].kind)))
+    return nested
+
+
+def from_record(cls: type[T], values: Mapping[str, Any]) -> T:
+    """A config from a recorded dict: nested as ``dataclasses.asdict`` gives it, or flat (keys as in
+    ``flat_keys``) as records written before the config had sections hold it. Keys of neither
+    (settings a later version dropped) are ignored; lists become tuples."""
+    flat = {}
+    for key, path in flat_keys(cls).items():
+        value = _lookup(values, path)
+        if value is MISSING and key in values and not isinstance(values[key], Mapping):
+            value = values[key]
+        if value is not MISSING:
+            flat[key] = value
+    return from_flat(cls, flat)
+
+
+def _tupled(value: Any, kind: Any) -> Any:
+    """``value`` with the lists that JSON, YAML and Ray hand back as tuples again where ``kind`` is a
+    tuple type (``tuple[int, ...]``, ``tuple[tuple[int, int], ...]``); other values as they are."""
+    kind, _ = _optional(kind)
+    if typing.get_origin(kind) is not tuple or not isinstance(value, (list, tuple)):
+        return value
+    item = _items(kind)
+    members = [item] * len(value) if item is not None else list(typing.get_args(kind))
+    if len(members) != len(value):
+        return tuple(value)
+    return tuple(_tupled(element, member) for element, member in zip(value, members, strict=True))

@@ -19,7 +19,7 @@ from pipelines.prepare import PrepareConfig, ReleaseConfig
 from pipelines.search import ILA_SPACE, PRESETS, SEARCHABLE, SearchConfig
 from pipelines.synthetic import SyntheticConfig
 from tin import evaluate, export, predict
-from tin.config import parse_config
+from tin.config import from_flat, parse_config
 from tin.errors import USAGE_EXIT_STATUS, UsageError
 from tin.evaluate import EvaluationConfig
 from tin.models.build import option_spec
@@ -49,26 +49,59 @@ def usage_error(cls: type, argv: list[str], defaults: dict | None = None) -> str
 
 
 def test_training_takes_the_recipe_then_the_file_then_the_flags(config_file):
-    path = config_file("data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip: false\nflip_label_pairs: ['86:87']\n")
+    path = config_file(
+        "data: {root: /data/mmit, flip: false, flip_label_pairs: ['86:87']}\nmodel: {name: tin_r18}\n"
+        "optimization: {lr: 0.05}\n"
+    )
     assert usage_error(TrainConfig, ["--config", path], MMIT_RECIPE).startswith("--no-flip with --flip-label-pairs")
     with_pairs = config_file(
-        "data: /data/mmit\nmodel: tin_r18\nlr: 0.05\nflip_label_pairs: ['86:87']\nval_split: none\n"
+        "data:\n  root: /data/mmit\n  flip_label_pairs: ['86:87']\n  val_split: none\n"
+        "model: {name: tin_r18}\noptimization: {lr: 0.05}\n"
     )
     config = parse_config(TrainConfig, ["--config", with_pairs, "--lr", "0.1", "--flip"], defaults=MMIT_RECIPE)
-    assert (config.data, config.model, config.lr, config.flip) == ("/data/mmit", "tin_r18", 0.1, True)
-    assert (config.epochs, config.batch_size, config.name) == (25, 64, "tin_mmit")  # the recipe's
-    assert (config.flip_label_pairs, config.val_split) == (((86, 87),), None)
+    assert (config.data.root, config.model.name, config.optimization.lr, config.data.flip) == (
+        "/data/mmit",
+        "tin_r18",
+        0.1,
+        True,
+    )
+    assert (config.optimization.epochs, config.optimization.batch_size, config.tracking.name) == (
+        25,
+        64,
+        "tin_mmit",
+    )  # the recipe's
+    assert (config.data.flip_label_pairs, config.data.val_split) == (((86, 87),), None)
     kinetics = parse_config(TrainConfig, ["--data", "d"], defaults=KINETICS600_RECIPE)
-    assert (kinetics.schedule, kinetics.lr_steps, kinetics.epochs) == ("step", (20, 40), 50)
+    assert (kinetics.optimization.schedule, kinetics.optimization.lr_steps, kinetics.optimization.epochs) == (
+        "step",
+        (20, 40),
+        50,
+    )
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("data: d\nepoch: 3\n", "unknown key 'epoch'; valid keys: data, model, num_segments, epochs, "),
-        ("data: d\nepochs: ten\n", "epochs: expected an integer, got 'ten'"),
-        ("data: d\nscales: 1.0\n", "scales: expected a list of numbers, got 1.0"),
-        ("data: d\nflip_label_pairs: ['86-87']\n", "flip_label_pairs: expected a label pair like 86:87, got '86-87'"),
+        ("optimization: {epoch: 3}\n", "unknown key 'epoch' in section 'optimization'; valid keys: epochs, "),
+        ("optimization: {epochs: ten}\n", "optimization.epochs: expected an integer, got 'ten'"),
+        ("data: {root: d, scales: 1.0}\n", "data.scales: expected a list of numbers, got 1.0"),
+        (
+            "data: {root: d, flip_label_pairs: ['86-87']}\n",
+            "data.flip_label_pairs: expected a label pair like 86:87, got '86-87'",
+        ),
+        # the flat keys of files written before the sections
+        (
+            "lr: 0.01\n",
+            "key 'lr' is the setting --lr, which now belongs in its section: give it as lr in section optimization",
+        ),
+        (
+            "data: d\n",
+            "key 'data' is the setting --data, which now belongs in its section: give it as root in section data",
+        ),
+        (
+            "name: run\n",
+            "key 'name' is the setting --name, which now belongs in its section: give it as name in section tracking",
+        ),
     ],
 )
 def test_training_config_file_errors_name_the_file_and_the_key(config_file, text, message):
@@ -109,20 +142,31 @@ def test_a_model_option_of_the_wrong_type_stops_the_job_before_ray_starts(tmp_pa
 
 
 def test_a_search_takes_its_training_settings_from_the_train_section(config_file):
-    path = config_file("num_samples: 3\nscheduler: fifo\ntrain:\n  data: /d\n  groups: 2\n  lr: 0.01\n")
+    path = config_file(
+        "num_samples: 3\nscheduler: fifo\n"
+        "train:\n  data: {root: /d}\n  model: {groups: 2}\n  optimization: {lr: 0.01}\n"
+    )
     search = parse_config(
         SearchConfig, ["--config", path, "--groups", "4", "--num-samples", "5"], defaults=SEARCH_DEFAULTS
     )
     assert (search.num_samples, search.scheduler) == (5, "fifo")
-    assert (search.train.data, search.train.groups, search.train.lr, search.train.name) == ("/d", 4, 0.01, "tune")
-    unset = [name for name in SEARCHABLE if getattr(search.train, name) is None]
+    assert (
+        search.train.data.root,
+        search.train.model.groups,
+        search.train.optimization.lr,
+        search.train.tracking.name,
+    ) == ("/d", 4, 0.01, "tune")
+    unset = [name for name in SEARCHABLE if search.train.params()[name] is None]
     assert unset == [name for name in SEARCHABLE if name not in ("groups", "lr")]  # only a flag or a key fixes one
 
 
 def test_a_preset_search_defaults_to_one_sample_of_each_cell_and_fifo():
     search = parse_config(SearchConfig, ["--data", "d", "--preset", "paper-ablation"], defaults=SEARCH_DEFAULTS)
     assert (search.num_samples, search.scheduler) == (1, "fifo")
-    assert (parse_config(SearchConfig, ["--data", "d"]).num_samples, SearchConfig(TrainConfig("d")).scheduler) == (
+    assert (
+        parse_config(SearchConfig, ["--data", "d"]).num_samples,
+        SearchConfig(from_flat(TrainConfig, {"data": "d"})).scheduler,
+    ) == (
         4,
         "asha",
     )
@@ -132,9 +176,19 @@ def test_a_preset_search_defaults_to_one_sample_of_each_cell_and_fifo():
     "text, message",
     [
         ("samples: 3\n", "unknown key 'samples'; valid keys: train, num_samples, max_concurrent, "),
-        ("train: {data: d, lrate: 0.1}\n", "unknown key 'lrate' in section 'train'; valid keys: data, model, "),
-        ("train: {data: d, epochs: many}\n", "train.epochs: expected an integer, got 'many'"),
-        ("train: {data: d}\nreduction_factor: half\n", "reduction_factor: expected a number, got 'half'"),
+        ("train: {lrate: 0.1}\n", "unknown key 'lrate' in section 'train'; valid keys: data, model, "),
+        ("train: {optimization: {epochs: many}}\n", "train.optimization.epochs: expected an integer, got 'many'"),
+        ("train: {data: {root: d}}\nreduction_factor: half\n", "reduction_factor: expected a number, got 'half'"),
+        (
+            "train: {lr: 0.1}\n",
+            "key 'lr' in section 'train' is the setting --lr, which now belongs in its section: "
+            "give it as lr in section train.optimization",
+        ),
+        (
+            "lr: 0.1\n",
+            "key 'lr' is the setting --lr, which now belongs in its section: give it as lr in section "
+            "train.optimization",
+        ),
     ],
 )
 def test_search_config_file_errors_name_the_file_and_the_key(config_file, text, message):

@@ -13,6 +13,7 @@ import pytest
 from pipelines.ingest import IngestConfig, _dataset_info
 from pipelines.manifests import Manifest
 from pipelines.prepare import PrepareConfig, PrepareError, build_manifest
+from tin.config import from_flat
 from tin.data import DatasetInfo
 from tin.data.flips import LABEL_PAIRS, NO_FLIP, PLAIN, FlipPolicy, direction_classes, mirror_pairs
 from tin.data.reader import open_root
@@ -80,36 +81,40 @@ PAIRS = FlipPolicy(LABEL_PAIRS, ((0, 1),))
     ],
 )
 def test_training_flips_as_the_flags_say_else_as_the_root_records(flags, policy, expected):
-    config, info = TrainConfig(data="d", **flags), info_with(policy)
-    assert flip_settings(config, info) == expected
+    config, info = from_flat(TrainConfig, {"data": "d", **flags}), info_with(policy)
+    assert flip_settings(config.data, info) == expected
     resolved = with_flip_policy(config, info)
-    assert (resolved.flip, resolved.flip_label_pairs) == expected and flip_settings(resolved, info) == expected
+    assert (resolved.data.flip, resolved.data.flip_label_pairs) == expected and flip_settings(
+        resolved.data, info
+    ) == expected
 
 
 def flip_warnings(config: TrainConfig, info: DatasetInfo) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warn_about_flips(config, info)
+        warn_about_flips(config.data, info)
     return [str(warning.message) for warning in caught if warning.category is TrainingDataWarning]
 
 
 def test_direction_words_without_a_recorded_policy_warn_naming_the_flags():
-    (message,) = flip_warnings(TrainConfig(data="/roots/mine"), info_with(None, ["left", "right", "wave"]))
+    (message,) = flip_warnings(
+        from_flat(TrainConfig, {"data": "/roots/mine"}), info_with(None, ["left", "right", "wave"])
+    )
     assert "classes 'left', 'right' name directions" in message and "records no flip policy" in message
     assert "--no-flip" in message and "--flip-label-pairs A:B (the names pair up as 0:1)" in message
     quiet = [
-        (TrainConfig(data="d"), info_with(None, ["wave", "run"])),  # nothing directional
-        (TrainConfig(data="d"), info_with(FlipPolicy(PLAIN), ["move up", "move down"])),  # recorded
-        (TrainConfig(data="d", flip=False), info_with(None)),
-        (TrainConfig(data="d", flip_label_pairs=((0, 1),)), info_with(None)),
-        (TrainConfig(data="d", flip=True), info_with(FlipPolicy(PLAIN))),
+        (from_flat(TrainConfig, {"data": "d"}), info_with(None, ["wave", "run"])),  # nothing directional
+        (from_flat(TrainConfig, {"data": "d"}), info_with(FlipPolicy(PLAIN), ["move up", "move down"])),  # recorded
+        (from_flat(TrainConfig, {"data": "d", "flip": False}), info_with(None)),
+        (from_flat(TrainConfig, {"data": "d", "flip_label_pairs": ((0, 1),)}), info_with(None)),
+        (from_flat(TrainConfig, {"data": "d", "flip": True}), info_with(FlipPolicy(PLAIN))),
     ]
     for config, info in quiet:
-        assert flip_warnings(config, info) == [], (config.flip, info.flip)
+        assert flip_warnings(config, info) == [], (config.data.flip, info.flip)
 
 
 def test_a_plain_flip_flag_on_a_root_that_swaps_pairs_is_warned_about():
-    (message,) = flip_warnings(TrainConfig(data="d", flip=True), info_with(PAIRS))
+    (message,) = flip_warnings(from_flat(TrainConfig, {"data": "d", "flip": True}), info_with(PAIRS))
     assert "--flip on d, whose dataset.json records label pairs 0:1 (left / right)" in message
 
 
@@ -120,9 +125,11 @@ def test_flip_flags_that_cannot_work_name_the_flag():
         ({"flip_label_pairs": ((1, 2), (2, 3))}, "a class can be in one pair only"),
     ):
         with pytest.raises(TrainingSetupError, match=text):
-            TrainConfig(data="d", **flags).validate()
+            from_flat(TrainConfig, {"data": "d", **flags}).validate()
     with pytest.raises(TrainingSetupError, match=r"--flip-label-pairs 3:4: d has 4 classes \(0 to 3\)"):
-        check_flip_label_pairs(TrainConfig(data="d", flip_label_pairs=((0, 1), (3, 4))), info_with(None))
+        check_flip_label_pairs(
+            from_flat(TrainConfig, {"data": "d", "flip_label_pairs": ((0, 1), (3, 4))}).data, info_with(None)
+        )
 
 
 def generic_config(tmp_path: Path, names: str, **settings) -> PrepareConfig:

@@ -16,6 +16,7 @@ from pipelines.training import shard_list, train, training_clips, validation_cli
 from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
 from tin.checkpoint import load_model
+from tin.config import from_flat
 from tin.data import iter_clips, load_dataset_info
 from tin.data.batches import decode_shards
 from tin.export import example_clips
@@ -108,12 +109,12 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     artifacts = {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/alignment_points.png"} <= artifacts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}")  # the MLflow model too
-    clips = example_clips(config.num_segments, config.crop_size)
+    clips = example_clips(config.data.num_segments, config.data.crop_size)
     model, _ = load_model(latest_checkpoint(config))  # the same weights: the average, as evaluated
     with torch.no_grad():
         np.testing.assert_allclose(logged.predict(clips.numpy()), model(clips).numpy(), rtol=1e-4, atol=1e-5)
 
-    config.epochs = 2
+    config.optimization.epochs = 2
     result = train(config)  # same name and storage path: continues after epoch 1
     assert result.error is None
     state = load_state(latest_checkpoint(config))
@@ -145,27 +146,27 @@ def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(single
 def job_command(script: str, config: TrainConfig) -> list[str]:
     flags = [
         "--data",
-        config.data,
+        config.data.root,
         "--model",
-        config.model,
+        config.model.name,
         "--epochs",
-        str(config.epochs),
+        str(config.optimization.epochs),
         "--batch-size",
-        str(config.batch_size),
+        str(config.optimization.batch_size),
         "--num-workers",
-        str(config.num_workers),
+        str(config.scaling.num_workers),
         "--num-segments",
-        str(config.num_segments),
+        str(config.data.num_segments),
         "--crop-size",
-        str(config.crop_size),
+        str(config.data.crop_size),
         "--storage-path",
-        config.storage_path,
+        config.tracking.storage_path,
         "--name",
-        config.name,
+        config.tracking.name,
         "--mlflow-uri",
-        config.mlflow_uri,
+        config.tracking.mlflow_uri,
         "--experiment",
-        config.experiment,
+        config.tracking.experiment,
     ]
     return ["python", f"jobs/{script}", *flags]
 
@@ -175,11 +176,12 @@ def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_stor
     directory. (A worker killed mid-run restarting from its checkpoint is the two-node test's
     node death.)"""
     monkeypatch.chdir(tmp_path)
-    given = TrainConfig(data="d", storage_path="runs", mlflow_uri=None)
+    given = from_flat(TrainConfig, {"data": "d", "storage_path": "runs", "mlflow_uri": None})
     resolved = with_resolved_locations(given)
-    assert resolved.storage_path == str(tmp_path / "runs")
-    assert resolved.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert given.storage_path == "runs" and given.mlflow_uri is None  # the given config is not rewritten
+    assert resolved.tracking.storage_path == str(tmp_path / "runs")
+    assert resolved.tracking.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    given_run = given.tracking  # the given config is not rewritten
+    assert (given_run.storage_path, given_run.mlflow_uri) == ("runs", None)
 
 
 @pytest.mark.parametrize(
@@ -201,9 +203,8 @@ def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_stor
     ],
 )
 def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, overrides, message):
-    config = tiny_config(single_label_root, tmp_path, "bad")
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    settings = {"data": single_label_root, **overrides}
+    config = tiny_config(settings.pop("data"), tmp_path, "bad", **settings)
     with pytest.raises(TrainingSetupError, match=message):
         train(config)
 

@@ -18,7 +18,8 @@ from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
 from pipelines.synthetic import SyntheticConfig
 from pipelines.tuning import ResumableASHAScheduler, SearchConfig, TrialRow, parse_space, plan_search, results_table
-from tin.train.config import TrainConfig, TrainingSetupError
+from tin.config import from_flat
+from tin.train.config import OptimizationSettings, TrainConfig, TrainingSetupError
 
 REPO = Path(__file__).resolve().parents[2]
 LEARNING_RATES = [0.01, 0.5]  # the first learns; the second overshoots, so ASHA stops it
@@ -169,28 +170,31 @@ def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_
 
 
 def tiny_search(data: str, tmp_path: Path, **options) -> SearchConfig:
-    train = TrainConfig(
-        data=data,
-        model="tin_r18",
-        num_segments=4,
-        crop_size=32,
-        epochs=2,
-        batch_size=6,
-        num_workers=1,
-        storage_path=str(tmp_path),
-        name="plan",
-        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        lr=None,
-        schedule=None,
-        warmup_epochs=None,
-        weight_decay=None,
+    train = from_flat(
+        TrainConfig,
+        {
+            "data": data,
+            "model": "tin_r18",
+            "num_segments": 4,
+            "crop_size": 32,
+            "epochs": 2,
+            "batch_size": 6,
+            "num_workers": 1,
+            "storage_path": str(tmp_path),
+            "name": "plan",
+            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "lr": None,
+            "schedule": None,
+            "warmup_epochs": None,
+            "weight_decay": None,
+        },
     )  # None: searched
     return SearchConfig(train=train, **options)
 
 
 def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
     search = tiny_search(tiny_root, tmp_path)
-    search.train.groups, search.train.lr = 4, 0.05
+    search.train.model.groups, search.train.optimization.lr = 4, 0.05
     plan = plan_search(search)
     assert {d.name for d in plan.dimensions} == {
         "reverse",
@@ -200,7 +204,7 @@ def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
         "warmup_epochs",
         "weight_decay",
     }
-    assert (plan.base.groups, plan.base.lr) == (4, 0.05)
+    assert (plan.base.model.groups, plan.base.optimization.lr) == (4, 0.05)
     assert plan.metric == "val_top1" and plan.mode == "max"
     offset_scale = next(d for d in plan.dimensions if d.name == "offset_scale")
     assert offset_scale.values == (2.0, 4.0)  # T/2 = 2 for 4 segments, counted once
@@ -209,7 +213,7 @@ def test_flags_fix_dimensions_and_the_rest_is_searched(tiny_root, tmp_path):
 @pytest.mark.parametrize("metric", [None, "val_loss"])
 def test_a_search_without_validation_refuses_validation_metrics(tiny_root, tmp_path, metric):
     search = tiny_search(tiny_root, tmp_path, metric=metric)
-    search.train.val_split = None
+    search.train.data.val_split = None
     with pytest.raises(
         TrainingSetupError,
         match=r"--val-split none: the trials report no validation metrics.*--metric train_loss or train_top1",
@@ -220,9 +224,9 @@ def test_a_search_without_validation_refuses_validation_metrics(tiny_root, tmp_p
 @pytest.mark.parametrize("metric, mode", [("train_loss", "min"), ("train_top1", "max")])
 def test_a_search_without_validation_optimises_a_training_metric(tiny_root, tmp_path, metric, mode):
     search = tiny_search(tiny_root, tmp_path, metric=metric)
-    search.train.val_split = None
+    search.train.data.val_split = None
     plan = plan_search(search)
-    assert (plan.metric, plan.mode, plan.base.val_split) == (metric, mode, None)
+    assert (plan.metric, plan.mode, plan.base.data.val_split) == (metric, mode, None)
 
 
 def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path):
@@ -231,7 +235,8 @@ def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path
         ("groups", "grid", (1, 2, 4)),
         ("reverse", "grid", (False, True)),
     ]
-    assert (plan.base.lr, plan.base.schedule) == (TrainConfig(data="").lr, TrainConfig(data="").schedule)
+    defaults = OptimizationSettings()
+    assert (plan.base.optimization.lr, plan.base.optimization.schedule) == (defaults.lr, defaults.schedule)
     rows = [
         TrialRow("a_00000", {"groups": 1, "reverse": False}, 2, 0.5, "finished"),
         TrialRow("a_00001", {"groups": 1, "reverse": True}, 2, 0.625, "finished"),
@@ -246,7 +251,9 @@ def test_paper_ablation_preset_is_the_groups_by_reverse_grid(tiny_root, tmp_path
 def vit_search(data: str, tmp_path: Path, model: str, **options) -> SearchConfig:
     """A search of a tiny ViT with every searchable dimension unset (as jobs/tune_tin.py leaves them)."""
     fixed = {"data": data, "model": model, "num_segments": 4, "crop_size": 32, "epochs": 2, "batch_size": 6}
-    train = TrainConfig(**{**dict.fromkeys(SEARCHABLE), **fixed, "storage_path": str(tmp_path), "num_workers": 1})
+    train = from_flat(
+        TrainConfig, {**dict.fromkeys(SEARCHABLE), **fixed, "storage_path": str(tmp_path), "num_workers": 1}
+    )
     return SearchConfig(train=train, **options)
 
 
@@ -258,7 +265,10 @@ def test_each_vit_family_searches_its_own_space(tiny_root, tmp_path, model, spac
     if model.startswith("stam"):  # no --pretrained: the from-scratch range, not the fine-tuning one
         assert list(lr.values) == FROM_SCRATCH_LR["stam"]["loguniform"]
     if model.startswith("ila"):
-        assert (plan.base.layer_decay, plan.base.align_loss_weight) == (1.0, 1.0)  # not searched: the defaults
+        assert (plan.base.optimization.layer_decay, plan.base.optimization.align_loss_weight) == (
+            1.0,
+            1.0,
+        )  # not searched: the defaults
 
 
 @pytest.mark.parametrize(

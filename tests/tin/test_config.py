@@ -73,7 +73,7 @@ def test_every_field_is_a_flag_with_its_default_and_nested_fields_keep_their_nam
         "--steps [STEPS ...] milestones (default: 10 20)",
         "inner: the inner settings",
         "--size SIZE frame side (default: 64)",
-        "--clip-frames FRAMES frames per clip (config-file key: frames) (default: 16)",
+        "--clip-frames FRAMES frames per clip (config-file key: frames in section inner) (default: 16)",
         "--config FILE.yaml",
     ):
         assert text in shown
@@ -246,13 +246,14 @@ def test_each_jobs_help_shows_the_real_defaults(capsys):
     from pipelines.search import PLAIN_SEARCH
     from tin import evaluate
     from tin.data.sampling import STORED_FRAMES
-    from tin.train.config import FAMILY_RECIPES
+    from tin.train.config import FAMILY_RECIPES, OptimizationSettings
 
     train = job_help(capsys, cli.train)
-    assert f"--epochs EPOCHS epochs to train (default: {TrainConfig.epochs})" in train
+    assert f"--epochs EPOCHS epochs to train (default: {OptimizationSettings.epochs})" in train
     assert f"(default: the family's: {FAMILY_RECIPES['resnet'].optimizer} for resnet;" in train
     mmit = job_help(capsys, cli.train_mmit)
-    assert f"(default: {cli.MMIT_RECIPE['epochs']})" in mmit and f"(default: {cli.MMIT_RECIPE['lr']})" in mmit
+    recipe = cli.MMIT_RECIPE["optimization"]
+    assert f"(default: {recipe['epochs']})" in mmit and f"(default: {recipe['lr']})" in mmit
     prepare = job_help(capsys, cli.prepare_dataset)
     assert f"frames stored per clip (F) (default: {STORED_FRAMES})" in prepare
     assert f"clips per output file and per task: the unit of resuming (default: {DEFAULT_CHUNK_SIZE})" in prepare
@@ -272,13 +273,13 @@ README_STAM = ["--data", "d", "--model", "stam_tiny", "--pretrained", "trunk.pth
 
 def test_the_readme_stam_commands_model_option_is_a_float():
     config = parse_config(TrainConfig, [*README_STAM, "--model-option", "norm_eps=1e-6"])
-    options = config.model_options()
+    options = config.model.build_options()
     assert options == {"pretrained": "trunk.pth", "freeze_backbone": True, "norm_eps": 1e-6}
     assert isinstance(options["norm_eps"], float)
     ila = parse_config(
         TrainConfig, ["--data", "d", "--model", "ila_tiny", "--model-option", "interactive_path=off", "ila_layers=[1]"]
     )
-    assert ila.model_options() == {"pretrained": None, "interactive_path": False, "ila_layers": [1]}
+    assert ila.model.build_options() == {"pretrained": None, "interactive_path": False, "ila_layers": [1]}
 
 
 @pytest.mark.parametrize(

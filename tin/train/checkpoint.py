@@ -44,7 +44,7 @@ def save_state(state: TrainingState, config: TrainConfig, facts: DatasetFacts, p
     The state's fields are taken as they are (``asdict`` would deep-copy every tensor).
     """
     saved = {item.name: getattr(state, item.name) for item in fields(state)}
-    torch.save({**saved, **format_entries(config.to_dict(), facts)}, path)
+    torch.save({**saved, **format_entries(config.to_dict(), config.params(), facts)}, path)
 
 
 def load_state(path: str | Path) -> TrainingState:

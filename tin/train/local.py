@@ -56,7 +56,7 @@ def train_locally(config: TrainConfig) -> dict[str, Any]:
 
 def local_device(config: TrainConfig) -> torch.device:
     """The GPU with ``--use-gpu`` (which must be there), else the CPU."""
-    if not config.use_gpu:
+    if not config.scaling.use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise TrainingSetupError("--use-gpu: this machine has no CUDA device; drop --use-gpu to train on the CPU")
@@ -72,11 +72,15 @@ class LocalSession:
 
     def __init__(self, config: TrainConfig, info: DatasetInfo, device: torch.device) -> None:
         self.config, self.device = config, device
-        self.run_dir = Path(config.storage_path) / config.name
-        self.train_stream = ShardStream(*split_shards(config, config.train_split), decode_options(config, info, True))
+        self.run_dir = Path(config.tracking.storage_path) / config.tracking.name
+        self.train_stream = ShardStream(
+            *split_shards(config.data, config.data.train_split), decode_options(config, info, True)
+        )
         self.val_stream = None
-        if config.val_split is not None:
-            self.val_stream = ShardStream(*split_shards(config, config.val_split), decode_options(config, info, False))
+        if config.data.val_split is not None:
+            self.val_stream = ShardStream(
+                *split_shards(config.data, config.data.val_split), decode_options(config, info, False)
+            )
 
     def node(self) -> str:
         return socket.gethostname()
@@ -94,9 +98,9 @@ class LocalSession:
         --shuffle-buffer."""
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_stream.files))
         rows = clip_rows(decoded_chunks(self.train_stream.in_epoch(epoch, order)))
-        if self.config.shuffle_buffer:
+        if self.config.data.shuffle_buffer:
             rng = np.random.default_rng(shuffle_seed(self.config.seed, epoch, self.rank))
-            rows = buffer_shuffled(rows, self.config.shuffle_buffer, rng)
+            rows = buffer_shuffled(rows, self.config.data.shuffle_buffer, rng)
         return self.on_device(batched(rows, batch_size, drop_last=True))
 
     def validation_batches(self, batch_size: int) -> Iterable[Batch]:

@@ -101,29 +101,33 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
     device = session.device
     torch.manual_seed(config.seed + session.rank)
     model = build_model(
-        config.model, len(facts.classes), config.num_segments, image_size=config.crop_size, **config.model_options()
+        config.model.name,
+        len(facts.classes),
+        config.data.num_segments,
+        image_size=config.data.crop_size,
+        **config.model.build_options(),
     )
-    ema = averaged_model(model, config.ema_decay)
+    ema = averaged_model(model, config.optimization.ema_decay)
     with session.resumed_checkpoint() as path:
         state = TrainingState() if path is None else restore_state(path, model, ema)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # On the device; DDP over several ranks, around the compiled module with --compile. ``model``
     # stays the plain module: checkpoints, validation and the average use it.
-    placed = session.place_model(compiled_for_training(model) if config.compile else model)
+    placed = session.place_model(compiled_for_training(model) if config.scaling.compile else model)
     if ema is not None:
         ema.to(device)
 
-    per_rank_batch = config.batch_size // session.world_size
+    per_rank_batch = config.optimization.batch_size // session.world_size
     steps_per_epoch = epoch_steps(facts.train_clips, session.world_size, per_rank_batch)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(
         optimizer,
         steps_per_epoch,
-        config.epochs,
-        schedule=config.schedule,
-        warmup_epochs=config.warmup_epochs,
-        milestones=config.lr_steps,
+        config.optimization.epochs,
+        schedule=config.optimization.schedule,
+        warmup_epochs=config.optimization.warmup_epochs,
+        milestones=config.optimization.lr_steps,
     )
     if state.optimizer is not None and state.scheduler is not None:
         load_optimizer_state(optimizer, state.optimizer)
@@ -137,15 +141,15 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
         facts.multi_label,
         device,
         clip_grad=config.recipe().clip_grad,
-        auxiliary_weight=config.align_loss_weight,
+        auxiliary_weight=config.optimization.align_loss_weight,
     )
     validated = model if ema is None else ema.module
 
     recorder = RunRecorder(config, facts, enabled=session.rank == 0)
     recorder.workers_placed([str(node) for node in gather_objects(session.node())], state.epoch)
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, config.optimization.epochs):
         started = time.perf_counter()
-        video_model(model).set_epoch(epoch, config.epochs)
+        video_model(model).set_epoch(epoch, config.optimization.epochs)
         train_stats = train_one_epoch(step, session.train_batches(epoch, per_rank_batch))
         if train_stats["steps"] != steps_per_epoch and session.rank == 0:
             logger.warning(
@@ -156,9 +160,11 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
                 steps_per_epoch,
             )
         val_stats = {}
-        if config.val_split is not None:
+        if config.data.val_split is not None:
             val_stats = evaluate(validated, session.validation_batches(per_rank_batch), facts, device)
-        log = EpochLog(epoch + 1, config.epochs, time.perf_counter() - started, {**train_stats, **val_stats})
+        log = EpochLog(
+            epoch + 1, config.optimization.epochs, time.perf_counter() - started, {**train_stats, **val_stats}
+        )
         state = TrainingState(
             epoch + 1,
             model.state_dict(),

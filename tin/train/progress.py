@@ -68,13 +68,17 @@ class RunRecorder:
         self.epoch_seconds: list[float] = []
         if not enabled:
             return
-        run_key = tracking.training_run_key(config.storage_path, config.name)
+        run_key = tracking.training_run_key(config.tracking.storage_path, config.tracking.name)
         tracking.start_run(
-            config.mlflow_uri, config.experiment, run_key, config.name, parent_run_id=config.mlflow_parent_run_id
+            config.tracking.mlflow_uri,
+            config.tracking.experiment,
+            run_key,
+            config.tracking.name,
+            parent_run_id=config.tracking.mlflow_parent_run_id,
         )
         tracking.log_params_once(
             {
-                "config": config.to_dict(),
+                "config": config.params(),  # flat, by flag name: comparable with runs before the groups
                 "recipe": asdict(config.recipe()),  # what the None fields resolved to
                 "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"},
             }
@@ -123,7 +127,7 @@ class RunRecorder:
                 TrainingState(state.epoch, model.state_dict(), history=state.history), self.config, self.facts, path
             )
             mlflow.log_artifact(str(path), "model")
-            tracking.log_video_model(read_checkpoint(path), self.config.register_model)
+            tracking.log_video_model(read_checkpoint(path), self.config.tracking.register_model)
         stats = model.temporal_stats()
         if stats:
             kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))

@@ -21,7 +21,7 @@ from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.reader import storage_options_from_env
 from tin.data.sampling import centres_exact
 from tin.models.build import model_family
-from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.config import DataSettings, TrainConfig, TrainingSetupError
 
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
 CHECKPOINTS_KEPT = 2  # a run's latest checkpoints kept in its folder, older ones are deleted
@@ -59,26 +59,26 @@ def shard_paths(root: str, split: str) -> tuple[Any, list[str]]:
     return filesystem, sorted(filesystem.glob(f"{path}/{split}/*.parquet"))
 
 
-def split_shards(config: TrainConfig, split: str) -> tuple[Any, list[str]]:
+def split_shards(data: DataSettings, split: str) -> tuple[Any, list[str]]:
     """``shard_paths`` of a split the run reads; a split without shards is an error naming --data."""
-    filesystem, files = shard_paths(config.data, split)
+    filesystem, files = shard_paths(data.root, split)
     if not files:
-        raise TrainingSetupError(f"--data {config.data}: split {split!r} has no Parquet shards")
+        raise TrainingSetupError(f"--data {data.root}: split {split!r} has no Parquet shards")
     return filesystem, files
 
 
-def flip_settings(config: TrainConfig, info: DatasetInfo) -> tuple[bool, tuple[tuple[int, int], ...]]:
+def flip_settings(data: DataSettings, info: DatasetInfo) -> tuple[bool, tuple[tuple[int, int], ...]]:
     """(flip, label pairs swapped on a flip) of a run: the flags where they say (``--no-flip``: no
     flips; ``--flip-label-pairs``: flips with those pairs; ``--flip`` alone: plain flips), else the
     flip policy the root's dataset.json records, else plain flips (generic roots, and roots
     written before ingest recorded policies: ``warn_about_data`` warns where their class names
     suggest that flips change meaning)."""
-    if config.flip is False:
+    if data.flip is False:
         return False, ()
-    if config.flip_label_pairs:
-        return True, config.flip_label_pairs
+    if data.flip_label_pairs:
+        return True, data.flip_label_pairs
     policy = info.flip_policy()
-    if config.flip or policy is None:
+    if data.flip or policy is None:
         return True, ()
     return policy.flips, policy.pairs
 
@@ -86,20 +86,20 @@ def flip_settings(config: TrainConfig, info: DatasetInfo) -> tuple[bool, tuple[t
 def with_flip_policy(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
     """``config`` with ``flip`` and ``flip_label_pairs`` as ``flip_settings`` resolves them, so that
     the run's logged config (MLflow, checkpoints) says what training did."""
-    flip, pairs = flip_settings(config, info)
-    return replace(config, flip=flip, flip_label_pairs=pairs)
+    flip, pairs = flip_settings(config.data, info)
+    return replace(config, data=replace(config.data, flip=flip, flip_label_pairs=pairs))
 
 
 def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[str, Any]:
     """``decode_shards``' keyword arguments, all but the filesystem, for a split of this run."""
-    flip, flip_label_pairs = flip_settings(config, info)
+    flip, flip_label_pairs = flip_settings(config.data, info)
     return {
         "decode_batch": DECODE_BATCH,
         "train": train,
-        "num_segments": config.num_segments,
-        "crop_size": config.crop_size,
+        "num_segments": config.data.num_segments,
+        "crop_size": config.data.crop_size,
         "flip": flip,
-        "scales": config.scales,
+        "scales": config.data.scales,
         "flip_label_pairs": flip_label_pairs,
         "num_classes": len(info.classes),
         "multi_label": info.multi_label,
@@ -112,17 +112,18 @@ def check_config(config: TrainConfig) -> DatasetInfo:
     dataset.json contents."""
     config.validate()
     try:
-        info = load_dataset_info(config.data, storage_options_from_env())
+        info = load_dataset_info(config.data.root, storage_options_from_env())
     except FileNotFoundError as error:
         raise TrainingSetupError(
-            f"--data {config.data}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
+            f"--data {config.data.root}: no dataset.json there; prepare the dataset first (jobs/prepare_dataset.py)"
         ) from error
-    check_splits(config, info)
-    check_flip_label_pairs(config, info)
-    if info.written(config.train_split) // config.num_workers < config.batch_size // config.num_workers:
+    check_splits(config.data, info)
+    check_flip_label_pairs(config.data, info)
+    batch, workers = config.optimization.batch_size, config.scaling.num_workers
+    if info.written(config.data.train_split) // workers < batch // workers:
         raise TrainingSetupError(
-            f"--batch-size {config.batch_size} needs at least {config.batch_size} training clips; "
-            f"{config.data} has {info.written(config.train_split)}"
+            f"--batch-size {batch} needs at least {batch} training clips; "
+            f"{config.data.root} has {info.written(config.data.train_split)}"
         )
     warn_about_data(config, info)
     warn_about_trainable_trunk(config)
@@ -134,50 +135,53 @@ def warn_about_trainable_trunk(config: TrainConfig) -> None:
     ``--freeze-backbone`` is given, so that a run meant to train only the temporal parts and the
     head (the ILA release's recipe, where the CLIP tower stays frozen) does not fine-tune the
     tower unnoticed. Either freeze flag, given explicitly, silences it."""
-    if model_family(config.model) == "resnet" or config.pretrained is None or config.freeze_backbone is not None:
+    if (
+        model_family(config.model.name) == "resnet"
+        or config.model.pretrained is None
+        or config.model.freeze_backbone is not None
+    ):
         return
     warn_about(
-        f"--pretrained {config.pretrained} with --model {config.model}: the whole per-frame trunk trains; add "
-        f"--freeze-backbone to train only the temporal parts and the head (the ILA release's recipe), or "
+        f"--pretrained {config.model.pretrained} with --model {config.model.name}: the whole per-frame trunk "
+        f"trains; add --freeze-backbone to train only the temporal parts and the head (the ILA release's recipe), or "
         f"--no-freeze-backbone to train the trunk without this warning"
     )
 
 
-def check_splits(config: TrainConfig, info: DatasetInfo) -> None:
+def check_splits(data: DataSettings, info: DatasetInfo) -> None:
     """The training and validation splits (``--val-split none``: no validation) must hold labelled clips."""
-    for flag, split in (("--train-split", config.train_split), ("--val-split", config.val_split)):
+    for flag, split in (("--train-split", data.train_split), ("--val-split", data.val_split)):
         if split is None:
             continue
         if info.written(split) == 0:
             raise TrainingSetupError(
-                f"--data {config.data}: split {split!r} ({flag}) has no clips "
-                f"(dataset.json lists {sorted(info.splits)})"
+                f"--data {data.root}: split {split!r} ({flag}) has no clips (dataset.json lists {sorted(info.splits)})"
             )
         if not info.labelled(split):
             instead = "; train without validation with --val-split none" if flag == "--val-split" else ""
             raise TrainingSetupError(
-                f"{flag} {split}: split {split!r} of {config.data} has no labels (dataset.json marks it "
+                f"{flag} {split}: split {split!r} of {data.root} has no labels (dataset.json marks it "
                 f"unlabelled), so it cannot be trained or validated on; predict on its videos instead "
                 f"(python -m tin.predict){instead}"
             )
 
 
-def check_flip_label_pairs(config: TrainConfig, info: DatasetInfo) -> None:
+def check_flip_label_pairs(data: DataSettings, info: DatasetInfo) -> None:
     """``--flip-label-pairs`` must name classes of the root."""
-    outside = [f"{a}:{b}" for a, b in config.flip_label_pairs if max(a, b) >= len(info.classes)]
+    outside = [f"{a}:{b}" for a, b in data.flip_label_pairs if max(a, b) >= len(info.classes)]
     if outside:
         raise TrainingSetupError(
-            f"--flip-label-pairs {' '.join(outside)}: {config.data} has {len(info.classes)} classes "
+            f"--flip-label-pairs {' '.join(outside)}: {data.root} has {len(info.classes)} classes "
             f"(0 to {len(info.classes) - 1})"
         )
 
 
-def warn_about_flips(config: TrainConfig, info: DatasetInfo) -> None:
+def warn_about_flips(data: DataSettings, info: DatasetInfo) -> None:
     """Warn where flips may turn clips into another class unseen: a root without a flip policy
     whose class names name directions, trained with the default plain flips; or ``--flip`` on a
     root whose policy swaps label pairs or forbids flips."""
     policy = info.flip_policy()
-    if config.flip is None and not config.flip_label_pairs and policy is None:
+    if data.flip is None and not data.flip_label_pairs and policy is None:
         named = direction_classes(info.classes)
         if named:
             pairs = mirror_pairs(info.classes)
@@ -186,16 +190,14 @@ def warn_about_flips(config: TrainConfig, info: DatasetInfo) -> None:
             )
             found = f" (the names pair up as {' '.join(f'{a}:{b}' for a, b in pairs)})" if pairs else ""
             warn_about(
-                f"--data {config.data}: classes {shown} name directions, and dataset.json records no flip policy, "
+                f"--data {data.root}: classes {shown} name directions, and dataset.json records no flip policy, "
                 f"so training flips clips without changing their labels. A horizontal flip turns left into right "
                 f"and clockwise into counterclockwise: train with --no-flip, or swap the mirrored classes with "
                 f"--flip-label-pairs A:B{found}; ingest with --flip-policy to record the policy in the root"
             )
-    elif (
-        config.flip and not config.flip_label_pairs and policy is not None and (policy.kind == NO_FLIP or policy.pairs)
-    ):
+    elif data.flip and not data.flip_label_pairs and policy is not None and (policy.kind == NO_FLIP or policy.pairs):
         warn_about(
-            f"--flip on {config.data}, whose dataset.json records {policy.describe(info.classes)}: clips flip "
+            f"--flip on {data.root}, whose dataset.json records {policy.describe(info.classes)}: clips flip "
             f"with their labels unchanged; leave --flip out to follow the root's policy"
         )
 
@@ -204,19 +206,19 @@ def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
     """Warn about a root that trains, but worse than it could: shards written in annotation order,
     stored frames that put the validation frames off the segment centres, or flips that may change
     a clip's class (``warn_about_flips``)."""
-    warn_about_flips(config, info)
-    if not info.permuted(config.train_split):
+    warn_about_flips(config.data, info)
+    if not info.permuted(config.data.train_split):
         warn_about(
-            f"--data {config.data}: dataset.json records no shuffle seed for split {config.train_split!r}: it "
-            f"was written before ingest permuted the annotation rows, so its shards follow the annotation order, "
-            f"and as annotation lists ship sorted by class each shard may hold a single class, which makes "
-            f"batches of few classes. "
+            f"--data {config.data.root}: dataset.json records no shuffle seed for split "
+            f"{config.data.train_split!r}: it was written before ingest permuted the annotation rows, so its "
+            f"shards follow the annotation order, and as annotation lists ship sorted by class each shard may "
+            f"hold a single class, which makes batches of few classes. "
             f"Re-ingest it (jobs/prepare_dataset.py); until then --shuffle-buffer mixes a little"
         )
-    frames, segments = info.frames_per_clip, config.num_segments
+    frames, segments = info.frames_per_clip, config.data.num_segments
     if not centres_exact(frames, segments):
         warn_about(
-            f"--num-segments {segments} with {frames} stored frames per clip ({config.data}): validation and "
+            f"--num-segments {segments} with {frames} stored frames per clip ({config.data.root}): validation and "
             f"evaluation frames are off the segment centres, which needs the stored frames to be an odd "
             f"multiple of the segments; ingest with --frames {3 * segments} or {5 * segments}"
         )
@@ -225,8 +227,10 @@ def warn_about_data(config: TrainConfig, info: DatasetInfo) -> None:
 def with_resolved_locations(config: TrainConfig) -> TrainConfig:
     """``config`` with a local storage path made absolute and the MLflow URI defaulted: resolved in
     the driver, because Ray Train workers run in a per-run folder, not this working directory."""
-    storage_path = config.storage_path if "://" in config.storage_path else os.path.abspath(config.storage_path)
-    return replace(config, storage_path=storage_path, mlflow_uri=config.mlflow_uri or tracking.default_tracking_uri())
+    run = config.tracking
+    storage_path = run.storage_path if "://" in run.storage_path else os.path.abspath(run.storage_path)
+    mlflow_uri = run.mlflow_uri or tracking.default_tracking_uri()
+    return replace(config, tracking=replace(run, storage_path=storage_path, mlflow_uri=mlflow_uri))
 
 
 def resolved_run(config: TrainConfig, info: DatasetInfo) -> tuple[TrainConfig, DatasetFacts]:
@@ -241,8 +245,8 @@ def resolved_run(config: TrainConfig, info: DatasetInfo) -> tuple[TrainConfig, D
     facts = DatasetFacts(
         classes=tuple(info.classes),
         multi_label=info.multi_label,
-        train_clips=info.written(resolved.train_split),
-        val_clips=info.written(resolved.val_split) if resolved.val_split is not None else 0,
+        train_clips=info.written(resolved.data.train_split),
+        val_clips=info.written(resolved.data.val_split) if resolved.data.val_split is not None else 0,
         frames_per_clip=info.frames_per_clip,
         short_side=info.short_side,
     )

@@ -50,15 +50,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         recipe.weight_decay,
         head_lr_mult=recipe.head_lr_mult,
         head_bias_lr_mult=recipe.head_bias_lr_mult,
-        temporal_lr_mult=config.temporal_lr_mult,
-        backbone_lr_mult=config.backbone_lr_mult,
-        layer_decay=config.layer_decay,
+        temporal_lr_mult=config.optimization.temporal_lr_mult,
+        backbone_lr_mult=config.optimization.backbone_lr_mult,
+        layer_decay=config.optimization.layer_decay,
     )
     # None, not False, when unfused: False would also turn off PyTorch's default multi-tensor path.
     fused = fused_optimizer(parameter.device for group in groups for parameter in group["params"]) or None
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas, fused=fused)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=config.momentum, fused=fused)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=config.optimization.momentum, fused=fused)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

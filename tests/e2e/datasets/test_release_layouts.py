@@ -24,6 +24,7 @@ from miniature_releases import BROKEN_20BN, CLIPS, HMDB51_MISSING, MOTIONS, RELE
 from mlflow.tracking import MlflowClient
 
 from pipelines.training import training_clips
+from tin.config import from_flat
 from tin.data import DatasetInfo, load_dataset_info, read_errors
 from tin.data.flips import LABEL_PAIRS, PLAIN
 from tin.evaluate import EvaluationError, evaluate_checkpoint
@@ -148,7 +149,10 @@ def check_frames_copied(output: str) -> None:
 def check_training_batches(output: str, info: DatasetInfo) -> None:
     """One pass of the training split through training's data pipeline: clips and targets of the
     shapes the model takes (the cheap part of an epoch; three roots train for real below)."""
-    config = TrainConfig(data=output, model="tin_r18", num_segments=4, crop_size=32, batch_size=8, num_workers=1)
+    config = from_flat(
+        TrainConfig,
+        {"data": output, "model": "tin_r18", "num_segments": 4, "crop_size": 32, "batch_size": 8, "num_workers": 1},
+    )
     batches = list(training_clips(config, info).iter_batches(batch_size=8))
     assert sum(len(batch["clips"]) for batch in batches) == CLIPS["train"] * len(MOTIONS)
     assert batches[0]["clips"].shape[1:] == (4, 32, 32, 3)

@@ -16,6 +16,7 @@ import pytest
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import MOTIONS, SyntheticConfig, SyntheticFiles, generate_split
 from pipelines.training import training_clips
+from tin.config import from_flat
 from tin.data import load_dataset_info
 from tin.train.config import TrainConfig
 from tin.train.local import train_locally
@@ -51,18 +52,29 @@ def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session
         generate_split(tmp_path / "videos", "train", synthetic), synthetic, "train", str(tmp_path / "ds"), chunk_size=16
     )
     info = load_dataset_info(str(tmp_path / "ds"))
-    config = TrainConfig(
-        data=str(tmp_path / "ds"), model="tin_r18", num_segments=8, crop_size=32, batch_size=8, num_workers=1
+    config = from_flat(
+        TrainConfig,
+        {
+            "data": str(tmp_path / "ds"),
+            "model": "tin_r18",
+            "num_segments": 8,
+            "crop_size": 32,
+            "batch_size": 8,
+            "num_workers": 1,
+        },
     )
     stream = training_clips(config, info)
     distinct, labels = [], []
     for _ in range(3):  # three epochs: each one a new pass in a new order
-        for batch in stream.iter_batches(batch_size=config.batch_size, drop_last=True):
+        for batch in stream.iter_batches(batch_size=config.optimization.batch_size, drop_last=True):
             distinct.append(len(set(batch["target"].tolist())))
             labels.extend(batch["target"].tolist())
     frequencies = np.bincount(labels, minlength=len(motions)) / len(labels)
-    iid = expected_distinct(frequencies, config.batch_size)
-    print(f"distinct classes per batch of {config.batch_size}: {np.mean(distinct):.2f}, i.i.d. draws {iid:.2f}")
+    iid = expected_distinct(frequencies, config.optimization.batch_size)
+    print(
+        f"distinct classes per batch of {config.optimization.batch_size}: {np.mean(distinct):.2f}, "
+        f"i.i.d. draws {iid:.2f}"
+    )
     assert abs(np.mean(distinct) - iid) <= 0.1 * iid
 
 
@@ -92,29 +104,32 @@ def test_a_class_sorted_list_trains_as_well_as_the_same_list_shuffled(ray_sessio
         )
         ingest_list(files["val"], SyntheticConfig(frames=8, size=32), "val", root, 16)
         summary = train_locally(
-            TrainConfig(
-                data=root,
-                model="tin_r18",
-                num_segments=8,
-                crop_size=32,
-                scales=(1.0, 0.875),
-                epochs=5,
-                batch_size=8,
-                num_workers=1,
-                optimizer="adamw",
-                lr=2e-3,
-                weight_decay=1e-4,
-                head_lr_mult=1.0,
-                head_bias_lr_mult=1.0,
-                warmup_epochs=1.0,
-                clip_grad=5.0,
-                dropout=0.0,
-                flip=True,
-                flip_label_pairs=((motions.index("left"), motions.index("right")),),
-                storage_path=str(tmp_path / "runs"),
-                name=order,
-                mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                experiment="sorted-lists",
+            from_flat(
+                TrainConfig,
+                {
+                    "data": root,
+                    "model": "tin_r18",
+                    "num_segments": 8,
+                    "crop_size": 32,
+                    "scales": (1.0, 0.875),
+                    "epochs": 5,
+                    "batch_size": 8,
+                    "num_workers": 1,
+                    "optimizer": "adamw",
+                    "lr": 2e-3,
+                    "weight_decay": 1e-4,
+                    "head_lr_mult": 1.0,
+                    "head_bias_lr_mult": 1.0,
+                    "warmup_epochs": 1.0,
+                    "clip_grad": 5.0,
+                    "dropout": 0.0,
+                    "flip": True,
+                    "flip_label_pairs": ((motions.index("left"), motions.index("right")),),
+                    "storage_path": str(tmp_path / "runs"),
+                    "name": order,
+                    "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "experiment": "sorted-lists",
+                },
             )
         )
         accuracy[order] = summary["metrics"]["val_top1"]

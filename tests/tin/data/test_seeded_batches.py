@@ -102,11 +102,14 @@ def test_ray_data_passes_draw_as_the_seed_and_epoch_say_whichever_task_decodes(r
     a new dataset of the same seed repeats the epochs, another seed does not, and every epoch
     holds the clips that decoding the shards in this process gives for that epoch."""
     from pipelines.training import clip_dataset
+    from tin.config import from_flat
     from tin.train.config import TrainConfig
     from tin.train.setup import decode_options
 
     paths = noise_root(tmp_path)
-    config = TrainConfig(data=str(tmp_path), model="tin_r18", num_segments=4, crop_size=16, seed=11)
+    config = from_flat(
+        TrainConfig, {"data": str(tmp_path), "model": "tin_r18", "num_segments": 4, "crop_size": 16, "seed": 11}
+    )
     info = load_dataset_info(str(tmp_path))
     dataset = clip_dataset(config, info, "train", train=True)
     epochs = [clip_set(dataset.iter_batches(batch_size=None)) for _ in range(2)]

@@ -22,6 +22,7 @@ import tin
 from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split, write_video
 from tests.conftest import RAMP_CLIPS, RAMP_SOURCE_FRAMES, RAMP_STORED_FRAMES, RampRoot
 from tin.checkpoint import CHECKPOINT_FILE
+from tin.config import from_flat
 from tin.data import DatasetInfo, encode_jpeg, load_dataset_info, read_video_clip, shard_schema
 from tin.data.facts import DatasetFacts
 from tin.models import build_model
@@ -119,16 +120,19 @@ def write_checkpoint(
     state of a run's weight average, ``AveragedModel.state_dict()``)."""
     torch.manual_seed(0)
     model = build_model(model_name, len(classes), FRAMES, image_size=SIZE, dropout=0.0)
-    config = TrainConfig(
-        data=data,
-        model=model_name,
-        num_segments=FRAMES,
-        crop_size=SIZE,
-        dropout=0.0,
-        storage_path=str(directory / "runs"),
-        name="untrained",
-        mlflow_uri=f"sqlite:///{directory / 'mlflow.db'}",
-        experiment="tests",
+    config = from_flat(
+        TrainConfig,
+        {
+            "data": data,
+            "model": model_name,
+            "num_segments": FRAMES,
+            "crop_size": SIZE,
+            "dropout": 0.0,
+            "storage_path": str(directory / "runs"),
+            "name": "untrained",
+            "mlflow_uri": f"sqlite:///{directory / 'mlflow.db'}",
+            "experiment": "tests",
+        },
     )
     facts = DatasetFacts(
         classes=tuple(classes),

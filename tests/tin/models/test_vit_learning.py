@@ -21,6 +21,7 @@ pytest.importorskip("ray", reason="the demo's recipe and synthetic clips come fr
 from pipelines.demo import VIT_RECIPE, DemoConfig
 from pipelines.frame_pretraining import FramePretrainConfig, frame_pretrained_options, pretrain_trunk, save_trunk
 from pipelines.synthetic import SyntheticConfig, render_clip
+from tin.config import from_flat
 from tin.data.transforms import normalize
 from tin.models import build_model
 from tin.models.protocol import video_model
@@ -68,30 +69,41 @@ def train_on_motion(
     dropout); returns (top-1 on the mirrored val clips, the model)."""
     torch.manual_seed(0)
     trunk_options = frame_pretrained_options(model_name, trunk)
-    config = TrainConfig(
-        data="in memory",
-        model=model_name,
-        num_segments=CLIPS.frames,
-        epochs=EPOCHS,
-        batch_size=DEMO.batch_size,
-        optimizer="adamw",
-        lr=VIT_RECIPE["lr"],
-        weight_decay=VIT_RECIPE["weight_decay"],
-        warmup_epochs=DEMO.warmup_epochs,
-        clip_grad=DEMO.clip_grad,
-        dropout=0.0,
-        crop_size=CLIPS.size,
-        pretrained=trunk_options.pop("pretrained"),
-        freeze_backbone=trunk_options.pop("freeze_backbone"),
-        model_option=tuple({**trunk_options, **options}.items()),
+    config = from_flat(
+        TrainConfig,
+        {
+            "data": "in memory",
+            "model": model_name,
+            "num_segments": CLIPS.frames,
+            "epochs": EPOCHS,
+            "batch_size": DEMO.batch_size,
+            "optimizer": "adamw",
+            "lr": VIT_RECIPE["lr"],
+            "weight_decay": VIT_RECIPE["weight_decay"],
+            "warmup_epochs": DEMO.warmup_epochs,
+            "clip_grad": DEMO.clip_grad,
+            "dropout": 0.0,
+            "crop_size": CLIPS.size,
+            "pretrained": trunk_options.pop("pretrained"),
+            "freeze_backbone": trunk_options.pop("freeze_backbone"),
+            "model_option": tuple({**trunk_options, **options}.items()),
+        },
     )
     model = build_model(model_name, len(MOTIONS), CLIPS.frames, image_size=CLIPS.size, **config.model_options())
     clips, labels = data["train"]
-    steps, batch = len(clips) // config.batch_size, config.batch_size
+    steps, batch = len(clips) // config.optimization.batch_size, config.optimization.batch_size
     optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, steps, EPOCHS, warmup_epochs=config.warmup_epochs)
+    scheduler = build_scheduler(optimizer, steps, EPOCHS, warmup_epochs=config.optimization.warmup_epochs)
     step = TrainingStep(
-        model, model, None, optimizer, scheduler, False, torch.device("cpu"), config.clip_grad, config.align_loss_weight
+        model,
+        model,
+        None,
+        optimizer,
+        scheduler,
+        False,
+        torch.device("cpu"),
+        config.optimization.clip_grad,
+        config.optimization.align_loss_weight,
     )
     order = torch.Generator().manual_seed(0)
     for epoch in range(EPOCHS):

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from tin.checkpoint import CHECKPOINT_FILE
+from tin.config import from_flat
 from tin.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,15 +36,17 @@ def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfi
         "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "experiment": "tests",
     }
-    return TrainConfig(**{**values, **overrides})
+    return from_flat(TrainConfig, {**{**values, **overrides}})
 
 
 def mlflow_run(config: TrainConfig):
-    mlflow.set_tracking_uri(config.mlflow_uri)
+    mlflow.set_tracking_uri(config.tracking.mlflow_uri)
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(config.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{config.name}'")
-    assert len(runs) == 1, f"expected one MLflow run named {config.name}, found {len(runs)}"
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"attributes.run_name = '{config.tracking.name}'"
+    )
+    assert len(runs) == 1, f"expected one MLflow run named {config.tracking.name}, found {len(runs)}"
     return client, runs[0]
 
 
@@ -52,7 +55,9 @@ def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
 
 
 def latest_checkpoint(config: TrainConfig) -> Path:
-    checkpoints = sorted(p for p in (Path(config.storage_path) / config.name).glob("checkpoint_*") if p.is_dir())
+    checkpoints = sorted(
+        p for p in (Path(config.tracking.storage_path) / config.tracking.name).glob("checkpoint_*") if p.is_dir()
+    )
     assert checkpoints, "no checkpoint written"
     return checkpoints[-1] / CHECKPOINT_FILE
 

@@ -29,6 +29,7 @@ from tin.checkpoint import (
     read_checkpoint,
     spec_of_training,
 )
+from tin.config import from_flat
 from tin.data.facts import DatasetFacts
 from tin.evaluate import EvaluationError, evaluate_checkpoint
 from tin.models import build_model, load_pretrained
@@ -64,7 +65,10 @@ class RunsCode:
 
 
 def run_config(tmp_path: Path) -> TrainConfig:
-    return TrainConfig(data=str(tmp_path / "data"), model="tin_r18", num_segments=FRAMES, crop_size=SIZE, dropout=0.0)
+    return from_flat(
+        TrainConfig,
+        {"data": str(tmp_path / "data"), "model": "tin_r18", "num_segments": FRAMES, "crop_size": SIZE, "dropout": 0.0},
+    )
 
 
 def facts() -> DatasetFacts:
@@ -82,7 +86,7 @@ def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 def trained_state(config: TrainConfig, optimizer_name: str) -> tuple[torch.nn.Module, TrainingState]:
     """A model after one optimiser step, and its state as training would checkpoint it."""
     torch.manual_seed(0)
-    model = build_model(config.model, len(CLASSES), FRAMES, dropout=0.0)
+    model = build_model(config.model.name, len(CLASSES), FRAMES, dropout=0.0)
     optimizer = make_optimizer(optimizer_name, model)
     scheduler = build_scheduler(optimizer, steps_per_epoch=2, epochs=3)
     model(torch.randn(2, FRAMES, 3, SIZE, SIZE)).sum().backward()
@@ -103,7 +107,7 @@ def test_training_state_round_trips_for_resuming(optimizer_name, tmp_path):
     assert (loaded.epoch, loaded.history) == (state.epoch, state.history)
     assert loaded.scheduler == state.scheduler
     assert all(torch.equal(loaded.model[key], tensor) for key, tensor in state.model.items())
-    model = build_model(config.model, len(CLASSES), FRAMES, dropout=0.0)
+    model = build_model(config.model.name, len(CLASSES), FRAMES, dropout=0.0)
     model.load_state_dict(loaded.model)
     optimizer = make_optimizer(optimizer_name, model)
     optimizer.load_state_dict(loaded.optimizer)
@@ -126,7 +130,7 @@ def test_load_model_rebuilds_the_trained_model(tmp_path):
     assert not loaded.training and trained.epoch == 1
     assert trained.spec == ModelSpec("tin_r18", FRAMES, SIZE, {"dropout": 0.0})
     assert trained.dataset == facts()
-    assert trained.run == TrainingRun("tin", None, config.storage_path, "tin")
+    assert trained.run == TrainingRun("tin", None, config.tracking.storage_path, "tin")
     checkpoint = read_checkpoint(tmp_path)
     assert checkpoint.format_version == FORMAT_VERSION
     assert TrainConfig.from_dict(checkpoint.training_config) == config
@@ -240,7 +244,12 @@ def test_commands_refuse_bad_checkpoints_naming_the_file(tmp_path, capsys):
 def test_weights_that_do_not_fit_the_model_are_named(tmp_path):
     config = run_config(tmp_path)
     _, state = trained_state(config, "sgd")
-    save_state(state, dataclasses.replace(config, model="tsm_r18"), facts(), tmp_path / CHECKPOINT_FILE)
+    save_state(
+        state,
+        dataclasses.replace(config, model=dataclasses.replace(config.model, name="tsm_r18")),
+        facts(),
+        tmp_path / CHECKPOINT_FILE,
+    )
     with pytest.raises(CheckpointError, match=r"the weights in checkpoint .* do not fit its model tsm_r18"):
         load_model(tmp_path)
 

@@ -17,6 +17,7 @@ import torch
 from pipelines.cli import train as train_job
 from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin.checkpoint import read_checkpoint
+from tin.config import from_flat
 from tin.data import iter_clips, load_dataset_info
 from tin.errors import USAGE_EXIT_STATUS
 from tin.train.checkpoint import load_state
@@ -68,16 +69,20 @@ def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_l
     first = load_state(latest_checkpoint(config))
     assert first.epoch == 1 and first.scheduler["last_epoch"] == steps and int(first.ema["n_averaged"]) == steps
 
-    config.epochs = 3
+    config.optimization.epochs = 3
     train_locally(config)  # same name and storage path: epochs 2 and 3 only
     state = load_state(latest_checkpoint(config))
     assert state.epoch == 3 and len(state.history) == 3 and state.history[0] == first.history[0]
     assert state.scheduler["last_epoch"] == 3 * steps and int(state.ema["n_averaged"]) == 3 * steps
-    assert len(checkpoint_folders(Path(config.storage_path) / config.name)) == 2  # the latest two kept
+    assert (
+        len(checkpoint_folders(Path(config.tracking.storage_path) / config.tracking.name)) == 2
+    )  # the latest two kept
     client, run = mlflow_run(config)  # one run, one entry per epoch
     assert metric_steps(client, run, "val_top1") == [1, 2, 3]
     saved = read_checkpoint(latest_checkpoint(config))
-    assert saved.trained.epoch == 3 and saved.training_config["weight_decay"] == 5e-4  # resolved: the recipe's
+    assert (
+        saved.trained.epoch == 3 and saved.training_config["optimization"]["weight_decay"] == 5e-4
+    )  # resolved: the recipe's
     saved.build()  # the weights fit the model the checkpoint describes
 
 
@@ -105,9 +110,18 @@ def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_la
     config = local_config(single_label_root, tmp_path, "local_job", epochs=1)
     flags = [
         "--local",
-        *("--data", config.data, "--model", config.model, "--epochs", "1", "--batch-size", "8"),
-        *("--num-segments", "4", "--crop-size", "32", "--storage-path", config.storage_path, "--name", config.name),
-        *("--mlflow-uri", config.mlflow_uri, "--experiment", config.experiment),
+        *("--data", config.data.root, "--model", config.model.name, "--epochs", "1", "--batch-size", "8"),
+        *(
+            "--num-segments",
+            "4",
+            "--crop-size",
+            "32",
+            "--storage-path",
+            config.tracking.storage_path,
+            "--name",
+            config.tracking.name,
+        ),
+        *("--mlflow-uri", config.tracking.mlflow_uri, "--experiment", config.tracking.experiment),
     ]
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.run(
@@ -121,7 +135,7 @@ def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_la
     assert job.returncode == 0, job.stderr[-3000:]
     imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", job.stderr, re.MULTILINE)
     assert "torch" in imported and not [name for name in imported if name == "ray" or name.startswith("ray.")]
-    assert "epoch 1/1" in job.stderr and f"finished {config.name}: val_" in job.stdout
+    assert "epoch 1/1" in job.stderr and f"finished {config.tracking.name}: val_" in job.stdout
     assert load_state(latest_checkpoint(config)).epoch == 1
     _, run = mlflow_run(config)
     assert run.data.params["config.lr"] == "0.01" and run.data.params["config.optimizer"] == "sgd"  # resolved
@@ -143,11 +157,11 @@ def test_local_runs_refuse_cluster_flags(flags, message, capsys):
 
 def test_local_runs_without_a_gpu_refuse_use_gpu():
     if torch.cuda.is_available():
-        assert local_device(TrainConfig(data="d", use_gpu=True)).type == "cuda"
+        assert local_device(from_flat(TrainConfig, {"data": "d", "use_gpu": True})).type == "cuda"
     else:
         with pytest.raises(TrainingSetupError, match="--use-gpu: this machine has no CUDA device"):
-            local_device(TrainConfig(data="d", use_gpu=True))
-    assert local_device(TrainConfig(data="d")).type == "cpu"
+            local_device(from_flat(TrainConfig, {"data": "d", "use_gpu": True}))
+    assert local_device(from_flat(TrainConfig, {"data": "d"})).type == "cpu"
 
 
 def test_the_shuffle_buffer_and_batches_keep_every_row():

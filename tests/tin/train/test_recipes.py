@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from tin.config import parse_config
+from tin.config import from_flat, parse_config
 from tin.errors import UsageError
 from tin.train.config import FAMILY_RECIPES, TrainConfig
 
@@ -16,14 +16,17 @@ from tin.train.config import FAMILY_RECIPES, TrainConfig
     [("tin_r50", "sgd", 0.01, (5.0, 10.0), (0.9, 0.999)), ("stam_b16", "adamw", 1e-3, (1.0, 1.0), (0.9, 0.999))],
 )
 def test_unset_knobs_take_the_family_recipe(model, optimizer, lr, head, betas):
-    recipe = TrainConfig(data="d", model=model).recipe()
+    recipe = from_flat(TrainConfig, {"data": "d", "model": model}).recipe()
     assert (recipe.optimizer, recipe.lr, (recipe.head_lr_mult, recipe.head_bias_lr_mult)) == (optimizer, lr, head)
     assert recipe.betas == betas
 
 
 def test_a_pretrained_vit_fine_tunes_at_the_recipes_rate_and_flags_win():
-    assert TrainConfig(data="d", model="stam_b16", pretrained="w.pth").recipe().lr == FAMILY_RECIPES["stam"].lr
-    ila = TrainConfig(data="d", model="ila_b32", lr=3e-4, clip_grad=1.0).recipe()
+    assert (
+        from_flat(TrainConfig, {"data": "d", "model": "stam_b16", "pretrained": "w.pth"}).recipe().lr
+        == FAMILY_RECIPES["stam"].lr
+    )
+    ila = from_flat(TrainConfig, {"data": "d", "model": "ila_b32", "lr": 3e-4, "clip_grad": 1.0}).recipe()
     assert (ila.lr, ila.clip_grad, ila.betas, ila.weight_decay) == (3e-4, 1.0, (0.9, 0.98), 0.05)
 
 
@@ -42,7 +45,12 @@ def test_model_options_reach_build_model_and_foreign_ones_are_refused(capsys):
             "ila_layers=[2,3]",
         ],
     )
-    assert config.model_options() == {"pretrained": None, "fusion": "token", "ila_hidden": 16, "ila_layers": [2, 3]}
+    assert config.model.build_options() == {
+        "pretrained": None,
+        "fusion": "token",
+        "ila_hidden": 16,
+        "ila_layers": [2, 3],
+    }
     with pytest.raises(UsageError, match="--model tin_r18 has no option --fusion"):
         parse_config(TrainConfig, ["--data", "d", "--model", "tin_r18", "--fusion", "add"])
     with pytest.raises(UsageError, match="--model-option ila_width: not an option of --model ila_tiny"):
@@ -55,36 +63,53 @@ def test_model_options_reach_build_model_and_foreign_ones_are_refused(capsys):
 
 
 def test_a_config_round_trips_through_its_dict():
-    config = TrainConfig(data="d", model="ila_tiny", betas=(0.9, 0.98), model_option=(("ila_layers", [1]),))
+    config = from_flat(
+        TrainConfig, {"data": "d", "model": "ila_tiny", "betas": (0.9, 0.98), "model_option": (("ila_layers", [1]),)}
+    )
     assert TrainConfig.from_dict(config.to_dict()) == config
 
 
 def test_the_driver_resolves_the_recipe_into_the_config_and_flags_win():
-    given = TrainConfig(data="d", model="ila_b32", lr=3e-4)
+    given = from_flat(TrainConfig, {"data": "d", "model": "ila_b32", "lr": 3e-4})
     resolved = given.with_recipe()
-    assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.betas, resolved.clip_grad) == (
+    assert (
+        resolved.optimization.optimizer,
+        resolved.optimization.lr,
+        resolved.optimization.weight_decay,
+        resolved.optimization.betas,
+        resolved.optimization.clip_grad,
+    ) == (
         "adamw",
         3e-4,
         0.05,
         (0.9, 0.98),
         5.0,
     )
-    assert (resolved.head_lr_mult, resolved.head_bias_lr_mult) == (1.0, 1.0)
+    assert (resolved.optimization.head_lr_mult, resolved.optimization.head_bias_lr_mult) == (1.0, 1.0)
     assert resolved.recipe() == given.recipe() and resolved.with_recipe() == resolved  # nothing left to resolve
-    assert given.weight_decay is None  # the given config is not rewritten
-    assert TrainConfig(data="d", model="stam_b16").with_recipe().lr == FAMILY_RECIPES["stam"].scratch_lr
+    assert given.optimization.weight_decay is None  # the given config is not rewritten
+    assert (
+        from_flat(TrainConfig, {"data": "d", "model": "stam_b16"}).with_recipe().optimization.lr
+        == FAMILY_RECIPES["stam"].scratch_lr
+    )
 
 
 def test_a_pretrained_vit_whose_trunk_trains_is_told_so_unless_a_freeze_flag_says_it():
     from tin.train.setup import TrainingDataWarning, warn_about_trainable_trunk
 
     with pytest.warns(TrainingDataWarning, match=r"--pretrained trunk.pth with --model ila_tiny: .* --freeze-backbone"):
-        warn_about_trainable_trunk(TrainConfig(data="root", model="ila_tiny", pretrained="trunk.pth"))
+        warn_about_trainable_trunk(
+            from_flat(TrainConfig, {"data": "root", "model": "ila_tiny", "pretrained": "trunk.pth"})
+        )
     quiet = [
-        TrainConfig(data="root", model="ila_tiny", pretrained="trunk.pth", freeze_backbone=True),
-        TrainConfig(data="root", model="stam_tiny", pretrained="trunk.pth", freeze_backbone=False),
-        TrainConfig(data="root", model="stam_tiny"),
-        TrainConfig(data="root", model="tin_r18", pretrained="resnet18.pth"),
+        from_flat(
+            TrainConfig, {"data": "root", "model": "ila_tiny", "pretrained": "trunk.pth", "freeze_backbone": True}
+        ),
+        from_flat(
+            TrainConfig, {"data": "root", "model": "stam_tiny", "pretrained": "trunk.pth", "freeze_backbone": False}
+        ),
+        from_flat(TrainConfig, {"data": "root", "model": "stam_tiny"}),
+        from_flat(TrainConfig, {"data": "root", "model": "tin_r18", "pretrained": "resnet18.pth"}),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingDataWarning)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from tin.config import parse_config
+from tin.config import from_flat, parse_config
 from tin.models import build_model
 from tin.train.config import TrainConfig
 from tin.train.schedule import build_scheduler
@@ -29,14 +29,14 @@ def test_fused_only_when_every_parameter_is_on_a_gpu():
 @pytest.mark.parametrize("model_name, optimizer_type", [("tin_r18", torch.optim.SGD), ("stam_tiny", torch.optim.AdamW)])
 def test_optimisers_on_cpu_keep_pytorchs_default_implementation(model_name, optimizer_type):
     model = build_model(model_name, CLASSES, num_segments=FRAMES, image_size=SIZE)
-    optimizer = build_optimizer(model, TrainConfig(data="d", model=model_name))
+    optimizer = build_optimizer(model, from_flat(TrainConfig, {"data": "d", "model": model_name}))
     assert isinstance(optimizer, optimizer_type)
     assert all(group["fused"] is None and group["foreach"] is None for group in optimizer.param_groups)
 
 
 def test_a_resumed_optimiser_keeps_this_runs_implementation():
     model = build_model("tin_r18", CLASSES, num_segments=FRAMES)
-    config = TrainConfig(data="d", model="tin_r18")
+    config = from_flat(TrainConfig, {"data": "d", "model": "tin_r18"})
     saved = build_optimizer(model, config).state_dict()
     for group in saved["param_groups"]:  # as a GPU run's checkpoint has it
         group["fused"] = True
@@ -47,16 +47,16 @@ def test_a_resumed_optimiser_keeps_this_runs_implementation():
 
 
 def test_the_compile_flag_parses_and_is_logged_with_the_config():
-    assert parse_config(TrainConfig, ["--data", "d"]).compile is False
+    assert parse_config(TrainConfig, ["--data", "d"]).scaling.compile is False
     config = parse_config(TrainConfig, ["--data", "d", "--compile"])
-    assert config.compile is True and config.to_dict()["compile"] is True
+    assert config.scaling.compile is True and config.to_dict()["scaling"]["compile"] is True
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert parse_config(TrainConfig, ["--data", "d", "--compile", "--no-compile"]).compile is False
+    assert parse_config(TrainConfig, ["--data", "d", "--compile", "--no-compile"]).scaling.compile is False
 
 
 def training_step(model: torch.nn.Module, runs: torch.nn.Module) -> TrainingStep:
     """The loop's step for ``model`` (run as ``runs``), with its recipe's optimiser and schedule."""
-    optimizer = build_optimizer(model, TrainConfig(data="d", model="tin_r18"))
+    optimizer = build_optimizer(model, from_flat(TrainConfig, {"data": "d", "model": "tin_r18"}))
     scheduler = build_scheduler(optimizer, steps_per_epoch=2, epochs=1, warmup_epochs=0)
     return TrainingStep(runs, model, None, optimizer, scheduler, False, CPU, clip_grad=20.0, auxiliary_weight=1.0)
 
