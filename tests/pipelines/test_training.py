@@ -33,7 +33,7 @@ from tin.train.setup import (
 )
 
 
-def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_label_root, tmp_path):
+def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(ray_session, single_label_root, tmp_path):
     root = single_class_shards(single_label_root, tmp_path)
     # F = T = 8, whole-frame crops and no flips: a training clip is exactly its stored frames.
     config = tiny_config(root, tmp_path, "stream", epochs=25, num_segments=8, scales=(1.0,), flip=False)
@@ -60,7 +60,9 @@ def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_l
             assert [len(part) for part in parts] == [18, 18] and sorted(parts[0] + parts[1]) == sorted(label_of)
 
 
-def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(ramp_root, tmp_path):
+def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(
+    ray_session, ramp_root, tmp_path
+):
     """72 source frames stored as 24, seen at T = 8: segment k holds source frames 9k .. 9k + 8."""
     config = tiny_config(ramp_root.path, tmp_path, "ramp", num_segments=8)
     info = load_dataset_info(ramp_root.path)
@@ -85,7 +87,9 @@ def test_local_shuffle_is_off_by_default_and_seeded_per_epoch_and_rank(tmp_path)
     assert local_shuffle(config, 0, 0)["local_shuffle_buffer_size"] == 64
 
 
-def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(single_label_root, tmp_path):
+def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(
+    ray_session, single_label_root, tmp_path
+):
     """ILA under DDP (every module it builds is used: no unused-parameter errors), its alignment
     loss logged, its points plotted; the weight average checkpointed and resumed exactly."""
     config = tiny_config(
@@ -128,7 +132,7 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(single_label_root, tmp_path):
+def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(ray_session, single_label_root, tmp_path):
     """--compile: DDP wraps the compiled model on each worker (the first step compiles it, minutes
     on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model."""
     config = tiny_config(single_label_root, tmp_path, "compiled", epochs=1, compile=True)
@@ -260,7 +264,7 @@ def load_job(name: str):
     return module
 
 
-def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_path, capsys):
+def test_loss_falls_with_adamw_and_no_validation_split(ray_session, single_label_root, tmp_path, capsys):
     """jobs/train.py with the demo's recipe knobs (AdamW, one learning rate for head and trunk, no
     scale jitter), --val-split none (training metrics only) and --shuffle-buffer (one worker's
     batches drawn from a local buffer of clips)."""
