@@ -1,4 +1,4 @@
-"""What the training tests share: a tiny training config and readers of a run's checkpoints and
+"""What the training tests share: a tiny training config, its job flags and readers of a run's checkpoints and
 MLflow record."""
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfi
         "experiment": "tests",
     }
     return TrainConfig(**{**values, **overrides})
+
+
+def job_flags(config: TrainConfig) -> list[str]:
+    """The flags of jobs/train.py that ask for ``config``'s data, model, run size and places."""
+    return [
+        *("--data", config.data, "--model", config.model, "--epochs", str(config.epochs)),
+        *("--batch-size", str(config.batch_size), "--num-workers", str(config.num_workers)),
+        *("--num-segments", str(config.num_segments), "--crop-size", str(config.crop_size)),
+        *("--storage-path", config.storage_path, "--name", config.name),
+        *("--mlflow-uri", str(config.mlflow_uri), "--experiment", config.experiment),
+    ]
 
 
 def mlflow_run(config: TrainConfig):
