@@ -1,6 +1,6 @@
 """Training in one process without Ray (``tin.train.local``, ``jobs/train.py --local``): the same
-loop, data pipeline, checkpoints and MLflow run as a Ray Train run. The dataset roots come from the
-session's Ray ingest; the training itself starts no Ray."""
+loop, data pipeline, checkpoints and MLflow run as a Ray Train run. Nothing here starts Ray: the
+dataset roots are written in process (tests/roots.py)."""
 
 from __future__ import annotations
 
