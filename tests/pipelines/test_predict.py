@@ -186,7 +186,7 @@ def test_labelled_split_gets_the_metrics_of_evaluation(ray_session, inputs, tmp_
         assert f"{name} {value:.4f}" in out or name == "clips"
     assert f"val: {CLIPS} clips, 1 clip(s) x 3 crop(s)" in out
     rows = predictions(output)
-    assert sorted(row["clip_id"] for row in rows) == [f"val-{index:05d}" for index in range(CLIPS)]
+    assert sorted(row["clip_id"] for row in rows) == [str(path.relative_to(inputs.videos)) for path in inputs.good]
     assert all(len(row["probabilities"]) == len(MOTIONS) and len(row["labels"]) == 1 for row in rows)
 
 
