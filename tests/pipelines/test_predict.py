@@ -22,9 +22,10 @@ import torch
 from pipelines import cli
 from pipelines.chunked_output import ChunkedOutput
 from pipelines.predict import PREDICTIONS
-from pipelines.synthetic import MOTIONS, SyntheticConfig, generate_split
+from pipelines.synthetic import MOTIONS
 from tests.pipelines.test_jobs import REPO, job_env, run_job
-from tests.tin.evaluate.conftest import FRAMES, SIZE, write_checkpoint, write_root
+from tests.roots import synthetic_split_config, write_split
+from tests.tin.evaluate.conftest import FRAMES, write_checkpoint
 from tin.checkpoint import load_model
 from tin.data import read_errors
 from tin.errors import USAGE_EXIT_STATUS
@@ -45,14 +46,12 @@ class Inputs:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Inputs:
     directory = tmp_path_factory.mktemp("predict")
-    files = generate_split(directory / "videos", "val", SyntheticConfig(num_clips=CLIPS, frames=FRAMES, size=SIZE))
-    (directory / "videos" / "val" / "broken.mp4").write_text("not a video\n")
-    rows = [json.loads(line) for line in files.annotations.read_text().splitlines()]
-    good = sorted(directory / "videos" / row["path"] for row in rows)
-    labelled = [(directory / "videos" / row["path"], [MOTIONS.index(row["labels"][0])]) for row in rows]
-    root = write_root(directory / "data", "val", labelled, list(MOTIONS), FRAMES)
+    config = synthetic_split_config(directory, "val", CLIPS, seed=0, clip_frames=FRAMES, stored_frames=FRAMES)
+    root = write_split(config)
+    videos = Path(config.video_root)
+    (videos / "val" / "broken.mp4").write_text("not a video\n")
     checkpoint = write_checkpoint(directory / "checkpoint", "tin_r18", root, list(MOTIONS))
-    return Inputs(directory / "videos", good, root, checkpoint)
+    return Inputs(videos, sorted((videos / "val").glob("clip_*.mp4")), root, checkpoint)
 
 
 def predict(*args: str) -> int:
@@ -187,7 +186,7 @@ def test_labelled_split_gets_the_metrics_of_evaluation(ray_session, inputs, tmp_
         assert f"{name} {value:.4f}" in out or name == "clips"
     assert f"val: {CLIPS} clips, 1 clip(s) x 3 crop(s)" in out
     rows = predictions(output)
-    assert sorted(row["clip_id"] for row in rows) == [f"val-{index:05d}" for index in range(CLIPS)]
+    assert sorted(row["clip_id"] for row in rows) == [str(path.relative_to(inputs.videos)) for path in inputs.good]
     assert all(len(row["probabilities"]) == len(MOTIONS) and len(row["labels"]) == 1 for row in rows)
 
 

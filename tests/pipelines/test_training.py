@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import torch
 
 from pipelines.train_worker import local_shuffle
 from pipelines.training import shard_list, train, training_clips, validation_clips
-from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tests.tin.train.runs import latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
 from tin.checkpoint import load_model
 from tin.config import from_flat
@@ -34,7 +33,7 @@ from tin.train.setup import (
 )
 
 
-def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_label_root, tmp_path):
+def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(ray_session, single_label_root, tmp_path):
     root = single_class_shards(single_label_root, tmp_path)
     # F = T = 8, whole-frame crops and no flips: a training clip is exactly its stored frames.
     config = tiny_config(root, tmp_path, "stream", epochs=25, num_segments=8, scales=(1.0,), flip=False)
@@ -61,7 +60,9 @@ def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(single_l
             assert [len(part) for part in parts] == [18, 18] and sorted(parts[0] + parts[1]) == sorted(label_of)
 
 
-def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(ramp_root, tmp_path):
+def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(
+    ray_session, ramp_root, tmp_path
+):
     """72 source frames stored as 24, seen at T = 8: segment k holds source frames 9k .. 9k + 8."""
     config = tiny_config(ramp_root.path, tmp_path, "ramp", num_segments=8)
     info = load_dataset_info(ramp_root.path)
@@ -86,7 +87,9 @@ def test_local_shuffle_is_off_by_default_and_seeded_per_epoch_and_rank(tmp_path)
     assert local_shuffle(config, 0, 0)["local_shuffle_buffer_size"] == 64
 
 
-def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(single_label_root, tmp_path):
+def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(
+    ray_session, single_label_root, tmp_path
+):
     """ILA under DDP (every module it builds is used: no unused-parameter errors), its alignment
     loss logged, its points plotted; the weight average checkpointed and resumed exactly."""
     config = tiny_config(
@@ -129,46 +132,26 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(single_label_root, tmp_path):
+def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(ray_session, single_label_root, tmp_path):
     """--compile: DDP wraps the compiled model on each worker (the first step compiles it, minutes
-    on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model."""
-    config = tiny_config(single_label_root, tmp_path, "compiled", epochs=1, compile=True)
+    on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model.
+    The run also takes Ray Train's paths of --val-split none (no validation dataset, training
+    metrics only) and --shuffle-buffer (each worker's batches from a local buffer), whose learning
+    is checked in process (test_local)."""
+    config = tiny_config(
+        single_label_root, tmp_path, "compiled", epochs=1, compile=True, val_split=None, shuffle_buffer=12
+    )
     result = train(config)
     assert result.error is None
     state = load_state(latest_checkpoint(config))
+    assert [epoch["steps"] for epoch in state.history] == [epoch_steps(36, 2, 4)]
+    assert not [key for key in state.history[0] if key.startswith("val_")]
     assert state.model is not None and not [key for key in state.model if "_orig_mod" in key]
     model, _ = load_model(latest_checkpoint(config))
     assert model.state_dict().keys() == state.model.keys()
-    _, run = mlflow_run(config)
-    assert run.data.params["config.compile"] == "True"
-
-
-def job_command(script: str, config: TrainConfig) -> list[str]:
-    flags = [
-        "--data",
-        config.data.root,
-        "--model",
-        config.model.name,
-        "--epochs",
-        str(config.optimization.epochs),
-        "--batch-size",
-        str(config.optimization.batch_size),
-        "--num-workers",
-        str(config.scaling.num_workers),
-        "--num-segments",
-        str(config.data.num_segments),
-        "--crop-size",
-        str(config.data.crop_size),
-        "--storage-path",
-        config.tracking.storage_path,
-        "--name",
-        config.tracking.name,
-        "--mlflow-uri",
-        config.tracking.mlflow_uri,
-        "--experiment",
-        config.tracking.experiment,
-    ]
-    return ["python", f"jobs/{script}", *flags]
+    client, run = mlflow_run(config)
+    assert run.data.params["config.compile"] == "True" and run.data.params["config.shuffle_buffer"] == "12"
+    assert metric_steps(client, run, "train_loss") == [1] and not [key for key in run.data.metrics if "val_" in key]
 
 
 def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_store(tmp_path, monkeypatch):
@@ -251,53 +234,3 @@ def test_stored_frames_that_miss_the_segment_centres_are_warned_about(
     root = root_with_split_facts(single_label_root, "train", shuffle_seed=7)
     (message,) = training_data_warnings(tiny_config(root, tmp_path, "off-centre", num_segments=4))  # 8 frames = 2 x 4
     assert "--num-segments 4 with 8 stored frames" in message and "--frames 12 or 20" in message
-
-
-def load_job(name: str):
-    """A script of jobs/ as a module (jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_loss_falls_with_adamw_and_no_validation_split(single_label_root, tmp_path, capsys):
-    """jobs/train.py with the demo's recipe knobs (AdamW, one learning rate for head and trunk, no
-    scale jitter), --val-split none (training metrics only) and --shuffle-buffer (one worker's
-    batches drawn from a local buffer of clips)."""
-    config = tiny_config(single_label_root, tmp_path, "no_val", epochs=8, num_workers=1, batch_size=6)
-    flags = [
-        *job_command("train.py", config)[2:],
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "1e-3",
-        "--warmup-epochs",
-        "1",
-        "--head-lr-mult",
-        "1",
-        "--head-bias-lr-mult",
-        "1",
-        "--scales",
-        "1.0",
-        "--val-split",
-        "none",
-        "--shuffle-buffer",
-        "12",
-    ]
-    assert load_job("train").main(flags) == 0
-    assert "finished no_val: train_loss" in capsys.readouterr().out
-    state = load_state(latest_checkpoint(config))
-    losses = [epoch["train_loss"] for epoch in state.history]
-    assert min(losses[-2:]) < 0.85 * losses[0], losses  # from about ln 9; seen 0.61-0.63 of it
-    assert state.epoch == 8 and {epoch["steps"] for epoch in state.history} == {36 // 6}
-    assert not [key for epoch in state.history for key in epoch if key.startswith("val_")]
-    moments = next(iter(state.optimizer["state"].values()))
-    assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 8 * (36 // 6)  # AdamW's state
-    assert {group["lr_mult"] for group in state.optimizer["param_groups"]} == {1.0}
-    client, run = mlflow_run(config)
-    assert metric_steps(client, run, "train_loss") == list(range(1, 9)) and not [
-        key for key in run.data.metrics if key.startswith("val_")
-    ]
-    assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
-    assert run.data.params["config.optimizer"] == "adamw"

@@ -14,10 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import tune_tin
-from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.search import FROM_SCRATCH_LR, ILA_SPACE, SEARCHABLE, STAM_SPACE
-from pipelines.synthetic import SyntheticConfig
 from pipelines.tuning import ResumableASHAScheduler, SearchConfig, TrialRow, parse_space, plan_search, results_table
+from tests.roots import write_synthetic_root
 from tin.config import from_flat
 from tin.train.config import OptimizationSettings, TrainConfig, TrainingSetupError
 
@@ -26,23 +25,9 @@ LEARNING_RATES = [0.01, 0.5]  # the first learns; the second overshoots, so ASHA
 
 
 @pytest.fixture(scope="module")
-def tiny_root(ray_session, tmp_path_factory) -> str:
-    """24 training and 12 validation clips of 32 x 32 pixels (single-label)."""
-    root = tmp_path_factory.mktemp("tune")
-    for split, clips, seed in (("train", 24, 0), ("val", 12, 1)):
-        prepare_dataset(
-            PrepareConfig(
-                format="synthetic",
-                video_root=str(root / "videos" / split),
-                split=split,
-                output=str(root / "data"),
-                frames=8,
-                short_side=32,
-                synthetic=SyntheticConfig(num_clips=clips, frames=16, size=32, seed=seed),
-            ),
-            log=lambda line: None,
-        )
-    return str(root / "data")
+def tiny_root(tmp_path_factory) -> str:
+    """24 training and 12 validation clips of 32 x 32 pixels (single-label), written without Ray."""
+    return write_synthetic_root(tmp_path_factory.mktemp("tune"), train_clips=24, val_clips=12)
 
 
 def search_flags(data: str, tmp_path: Path, *extra: str) -> list[str]:
@@ -320,6 +305,28 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
         parse_space(space, "--space bad.json", num_segments=8)
 
 
+def bad_flags_base(data: str, tmp_path: Path) -> list[str]:
+    """A search that could run on 2 CPUs, for the refusal tests to spoil with one flag."""
+    return [
+        "--data",
+        data,
+        "--model",
+        "tin_r18",
+        "--num-segments",
+        "4",
+        "--batch-size",
+        "6",
+        "--num-workers",
+        "1",
+        "--epochs",
+        "2",
+        "--storage-path",
+        str(tmp_path),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -347,31 +354,20 @@ def test_bad_space_files_name_the_file_and_dimension(tmp_path, space, message):
             ],
             "nothing left to search",
         ),
-        (["--max-concurrent", "2", "--cpus-per-worker", "1"], "2 CPUs cannot run --max-concurrent 2 trials"),
     ],
 )
-def test_bad_flags_name_the_flag(ray_session, tiny_root, tmp_path, capsys, extra, message):
-    flags = [
-        "--data",
-        tiny_root,
-        "--model",
-        "tin_r18",
-        "--num-segments",
-        "4",
-        "--batch-size",
-        "6",
-        "--num-workers",
-        "1",
-        "--epochs",
-        "2",
-        "--storage-path",
-        str(tmp_path),
-        "--mlflow-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        *extra,
-    ]
-    assert tune_tin(flags) == 2
+def test_bad_flags_name_the_flag(single_label_root, tmp_path, capsys, extra, message):
+    """Refused before Ray starts (the test runs without Ray)."""
+    assert tune_tin(bad_flags_base(single_label_root, tmp_path) + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_more_concurrent_trials_than_the_cluster_has_cpus_are_refused(ray_session, single_label_root, tmp_path, capsys):
+    """The one refusal that needs the cluster: its CPU count."""
+    assert (
+        tune_tin([*bad_flags_base(single_label_root, tmp_path), "--max-concurrent", "2", "--cpus-per-worker", "1"]) == 2
+    )
+    assert "2 CPUs cannot run --max-concurrent 2 trials" in capsys.readouterr().err
 
 
 def test_asha_state_round_trips_through_asha_own_save_and_restore(tmp_path):

@@ -344,6 +344,7 @@ def test_variants_list_their_options():
     assert ila_tiny(7, 8).input_mean == (0.48145466, 0.4578275, 0.40821073)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_importing_the_module_does_not_import_timm():
     code = "import sys, tin.models, tin.models.ila; assert 'timm' not in sys.modules, 'timm imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

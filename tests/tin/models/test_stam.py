@@ -108,6 +108,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_importing_the_models_does_not_import_timm():
     code = "import sys, tin.models, tin.models.stam, tin.models.vit_weights; print('timm' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

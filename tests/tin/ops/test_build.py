@@ -54,11 +54,13 @@ def assert_reference_after_failed_builds(outcome: dict) -> None:
         assert kind in warning and "failed" in warning and "reference" in warning
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_missing_compiler_gives_one_warning_per_build_and_the_reference(tmp_path):
     outcome = run_fallback_script(CXX=str(tmp_path / "no-such-compiler"), TIN_EXTENSION_DIR=str(tmp_path))
     assert_reference_after_failed_builds(outcome)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_disabled_extension_uses_the_reference(tmp_path):
     outcome = run_fallback_script(TIN_DISABLE_EXTENSION="1", TIN_EXTENSION_DIR=str(tmp_path))
     assert outcome == {"devices": [], "same": True, "warnings": []}

@@ -25,7 +25,10 @@ from tests.tin.ops.test_interlace import offsets_of_kind, random_case
 from tests.tin.ops.test_interlace_block import BLOCK_STORED_TOLERANCE, random_block_case
 from tin.ops import compiled_devices, temporal_interlace_reference
 
-pytestmark = pytest.mark.skipif("cpu" not in compiled_devices(), reason="the CPU kernels were not built")
+pytestmark = [
+    pytest.mark.slow,  # the emulation's build and its float64 comparisons: a minute on 2 CPUs
+    pytest.mark.skipif("cpu" not in compiled_devices(), reason="the CPU kernels were not built"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""What the training tests share: a tiny training config and readers of a run's checkpoints and
+"""What the training tests share: a tiny training config, its job flags and readers of a run's checkpoints and
 MLflow record."""
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ def tiny_config(data: str, tmp_path: Path, name: str, **overrides) -> TrainConfi
         "experiment": "tests",
     }
     return from_flat(TrainConfig, {**{**values, **overrides}})
+
+
+def job_flags(config: TrainConfig) -> list[str]:
+    """The flags of jobs/train.py that ask for ``config``'s data, model, run size and places."""
+    return [
+        *("--data", config.data.root, "--model", config.model.name, "--epochs", str(config.optimization.epochs)),
+        *("--batch-size", str(config.optimization.batch_size), "--num-workers", str(config.scaling.num_workers)),
+        *("--num-segments", str(config.data.num_segments), "--crop-size", str(config.data.crop_size)),
+        *("--storage-path", config.tracking.storage_path, "--name", config.tracking.name),
+        *("--mlflow-uri", str(config.tracking.mlflow_uri), "--experiment", config.tracking.experiment),
+    ]
 
 
 def mlflow_run(config: TrainConfig):

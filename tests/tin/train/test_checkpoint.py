@@ -254,6 +254,7 @@ def test_weights_that_do_not_fit_the_model_are_named(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_checkpoints_load_without_ray_mlflow_or_matplotlib():
     """In a fresh interpreter: checkpoint IO, prediction and export import none of them, and
     evaluation (which logs to MLflow) and tracking import no Ray; none of them imports tin.train

@@ -1,6 +1,6 @@
 """Training in one process without Ray (``tin.train.local``, ``jobs/train.py --local``): the same
-loop, data pipeline, checkpoints and MLflow run as a Ray Train run. The dataset roots come from the
-session's Ray ingest; the training itself starts no Ray."""
+loop, data pipeline, checkpoints and MLflow run as a Ray Train run. Nothing here starts Ray: the
+dataset roots are written in process (tests/roots.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from pipelines.cli import train as train_job
-from tests.tin.train.runs import REPO, latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
+from tests.tin.train.runs import (
+    REPO,
+    job_flags,
+    latest_checkpoint,
+    metric_steps,
+    mlflow_run,
+    single_class_shards,
+    tiny_config,
+)
 from tin.checkpoint import read_checkpoint
 from tin.config import from_flat
 from tin.data import iter_clips, load_dataset_info
@@ -29,42 +37,39 @@ def local_config(root: str, tmp_path: Path, name: str, **overrides) -> TrainConf
     return tiny_config(root, tmp_path, name, **{"num_workers": 1, **overrides})
 
 
-def test_the_local_loop_learns_the_synthetic_task_in_process(single_label_root, tmp_path):
-    """The in-process twin of test_training's jobs/train.py learning check (AdamW, one learning
-    rate for head and trunk, no scale jitter, no validation split, a shuffle buffer)."""
-    config = local_config(
-        single_label_root,
-        tmp_path,
-        "local_no_val",
-        epochs=8,
-        batch_size=6,
-        optimizer="adamw",
-        lr=1e-3,
-        warmup_epochs=1,
-        head_lr_mult=1.0,
-        head_bias_lr_mult=1.0,
-        scales=(1.0,),
-        val_split=None,
-        shuffle_buffer=12,
-    )
-    summary = train_locally(config)
+@pytest.mark.slow  # a learning check: 8 epochs
+def test_the_local_job_learns_with_adamw_a_shuffle_buffer_and_no_validation_split(single_label_root, tmp_path, capsys):
+    """jobs/train.py --local with the demo's recipe knobs (AdamW, one learning rate for head and
+    trunk, no scale jitter), --val-split none (training metrics only) and --shuffle-buffer (batches
+    drawn from a buffer of clips): the loss falls in process. (The Ray Train paths of the last two
+    flags run in test_training's compiled-model fit.)"""
+    config = local_config(single_label_root, tmp_path, "local_no_val", epochs=8, batch_size=6)
+    recipe = [
+        *("--optimizer", "adamw", "--lr", "1e-3", "--warmup-epochs", "1"),
+        *("--head-lr-mult", "1", "--head-bias-lr-mult", "1", "--scales", "1.0"),
+        *("--val-split", "none", "--shuffle-buffer", "12"),
+    ]
+    assert train_job(["--local", *job_flags(config), *recipe]) == 0
+    assert "finished local_no_val: train_loss" in capsys.readouterr().out
     state = load_state(latest_checkpoint(config))
     losses = [epoch["train_loss"] for epoch in state.history]
     assert min(losses[-2:]) < 0.85 * losses[0], losses  # from about ln 9
     assert state.epoch == 8 and {epoch["steps"] for epoch in state.history} == {36 // 6}
     assert not [key for epoch in state.history for key in epoch if key.startswith("val_")]
     moments = next(iter(state.optimizer["state"].values()))
-    assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 8 * (36 // 6)
-    assert summary["metrics"]["epoch"] == 8 and summary["checkpoint"] == str(latest_checkpoint(config).parent)
+    assert {"exp_avg", "exp_avg_sq"} <= set(moments) and float(moments["step"]) == 8 * (36 // 6)  # AdamW's state
+    assert {group["lr_mult"] for group in state.optimizer["param_groups"]} == {1.0}
     client, run = mlflow_run(config)
     assert metric_steps(client, run, "train_loss") == list(range(1, 9))
-    assert run.data.params["config.num_workers"] == "1" and run.data.params["config.shuffle_buffer"] == "12"
-    assert run.data.params["config.weight_decay"] == "0.0005"  # the ResNet recipe's, resolved before training
+    assert not [key for key in run.data.metrics if key.startswith("val_")]
+    assert run.data.params["config.val_split"] == "None" and run.data.params["config.shuffle_buffer"] == "12"
+    assert run.data.params["config.optimizer"] == "adamw" and run.data.params["config.num_workers"] == "1"
 
 
 def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_label_root, tmp_path):
     config = local_config(single_label_root, tmp_path, "local_resume", epochs=1, ema_decay=0.9)
-    train_locally(config)
+    summary = train_locally(config)
+    assert summary["metrics"]["epoch"] == 1 and summary["checkpoint"] == str(latest_checkpoint(config).parent)
     steps = 36 // 8
     first = load_state(latest_checkpoint(config))
     assert first.epoch == 1 and first.scheduler["last_epoch"] == steps and int(first.ema["n_averaged"]) == steps
@@ -106,26 +111,12 @@ def test_local_epochs_read_every_clip_once_in_a_new_shard_order(single_label_roo
     assert [len(target) for target in validation] == [5, 5, 2]  # every validation clip, the last batch short
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_label_root, tmp_path):
     config = local_config(single_label_root, tmp_path, "local_job", epochs=1)
-    flags = [
-        "--local",
-        *("--data", config.data.root, "--model", config.model.name, "--epochs", "1", "--batch-size", "8"),
-        *(
-            "--num-segments",
-            "4",
-            "--crop-size",
-            "32",
-            "--storage-path",
-            config.tracking.storage_path,
-            "--name",
-            config.tracking.name,
-        ),
-        *("--mlflow-uri", config.tracking.mlflow_uri, "--experiment", config.tracking.experiment),
-    ]
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.run(
-        [sys.executable, "-X", "importtime", "jobs/train.py", *flags],
+        [sys.executable, "-X", "importtime", "jobs/train.py", "--local", *job_flags(config)],
         cwd=REPO,
         env=environment,
         capture_output=True,
