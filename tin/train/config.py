@@ -193,6 +193,16 @@ class ModelSettings:
         help="local weights to start from: a torchvision ImageNet ResNet state dict (tin/tsm/tsn), the MIIL "
         "ImageNet-21K ViT or a STAM checkpoint (stam), an OpenAI, open_clip or timm CLIP file (ila)",
     )
+    tune_from: str | None = setting(
+        None,
+        metavar="CHECKPOINT",
+        help="a trained video model to start from (local path or URI): a tin checkpoint.pt or its folder, or an "
+        "MMAction2, TSM-repository or TIN-repository checkpoint, recognised from its keys; temporal modules it lacks "
+        "start new, and so does the classifier unless the checkpoint names the run's classes or --keep-head",
+    )
+    keep_head: bool = setting(
+        False, help="with --tune-from: load the checkpoint's classifier (it must have the run's number of classes)"
+    )
     partial_bn: bool = setting(False, help="ResNets: freeze every BatchNorm but the first")
     dropout: float | None = setting(None, help="dropout before the classifier", unset=_model_default("dropout"))
     shift_div: int | None = setting(
@@ -265,6 +275,13 @@ class ModelSettings:
                 f"own); its options: {', '.join(sorted(set(known) - {'pretrained', 'dropout'}))}"
             )
         self._typed_model_options()
+        if self.keep_head and self.tune_from is None:
+            raise TrainingSetupError("--keep-head keeps the classifier of a --tune-from checkpoint; give --tune-from")
+        if self.tune_from is not None and self.pretrained is not None:
+            raise TrainingSetupError(
+                f"--tune-from {self.tune_from} with --pretrained {self.pretrained}: a video checkpoint replaces every "
+                "weight the image weights would set; give one of the two"
+            )
         if self.partial_bn and model_family(self.name) != "resnet":
             raise TrainingSetupError(f"--partial-bn freezes BatchNorms of a ResNet; --model {self.name} has none")
 

@@ -48,6 +48,7 @@ from tin.train.step import (
     loss_function,
     train_one_epoch,
 )
+from tin.video_checkpoints import load_video_checkpoint
 
 Batch = dict[str, torch.Tensor]
 """{"clips": uint8 (B, T, H, W, 3) on the device, "target": int64 (B,) or float32 multi-hot (B, K)}."""
@@ -107,6 +108,8 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
         image_size=config.data.crop_size,
         **config.model.build_options(),
     )
+    if config.model.tune_from is not None:  # a resumed run's checkpoint then replaces these weights
+        load_video_checkpoint(model, config.model.tune_from, facts.classes, keep_head=config.model.keep_head)
     ema = averaged_model(model, config.optimization.ema_decay)
     with session.resumed_checkpoint() as path:
         state = TrainingState() if path is None else restore_state(path, model, ema)

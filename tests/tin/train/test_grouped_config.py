@@ -23,9 +23,13 @@ def flat_record() -> dict:
     return read_checkpoint(FORMAT_1).training_config
 
 
+ADDED_SINCE_FORMAT_1 = {"tune_from": None, "keep_head": False}
+"""Settings that format-1 records predate, with the values their runs had."""
+
+
 def test_the_flat_names_are_those_of_the_records_before_the_groups():
     config = from_flat(TrainConfig, {"data": "d"})
-    assert set(config.params()) == set(flat_record())  # MLflow params keep their names
+    assert set(config.params()) == set(flat_record()) | set(ADDED_SINCE_FORMAT_1)  # MLflow params keep their names
     assert flat_keys(TrainConfig)["data"] == ("data", "root") and flat_keys(TrainConfig)["model"] == ("model", "name")
 
 
@@ -35,7 +39,7 @@ def test_a_format_1_checkpoints_flat_config_reads_into_the_groups():
     config.validate()
     assert (config.data.root, config.model.name, config.model.fusion) == ("/data/format1", "ila_tiny", "token")
     assert (config.tracking.name, config.data.crop_size) == ("format1", 16)
-    assert config.params() == recorded
+    assert config.params() == recorded | ADDED_SINCE_FORMAT_1
 
 
 def test_flat_and_nested_dicts_round_trip_through_json():

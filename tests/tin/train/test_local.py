@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pipelines.cli import train as train_job
+from tests.tin.test_video_checkpoints import mmaction2
 from tests.tin.train.runs import (
     REPO,
     job_flags,
@@ -28,6 +29,8 @@ from tin.checkpoint import read_checkpoint
 from tin.config import from_flat
 from tin.data import iter_clips, load_dataset_info
 from tin.errors import USAGE_EXIT_STATUS
+from tin.models import build_model
+from tin.safe_load import CheckpointError
 from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.local import LocalSession, batched, buffer_shuffled, checkpoint_folders, local_device, train_locally
@@ -163,3 +166,23 @@ def test_the_shuffle_buffer_and_batches_keep_every_row():
     assert [len(batch["target"]) for batch in batched(pairs, 6, drop_last=True)] == [6, 6, 6]
     last = list(batched(pairs, 6, drop_last=False))[-1]
     assert last["clips"].shape == (2, 1) and last["target"].tolist() == [18, 19]
+
+
+def test_a_run_tuned_from_an_mmaction2_checkpoint_starts_from_its_trunk(single_label_root, tmp_path):
+    """--tune-from a Kinetics-sized MMAction2 TIN checkpoint: the trunk and the interlace modules
+    start from it (lr 0 keeps them there for the check), the 400-class head starts new."""
+    torch.manual_seed(3)
+    source = build_model("tin_r18", 400, 4, dropout=0.0)
+    release = tmp_path / "tin_r18_k400.pth"
+    torch.save(mmaction2(source), release)
+    config = local_config(single_label_root, tmp_path, "tuned", epochs=1, lr=0.0, tune_from=str(release))
+    train_locally(config)
+    trained = load_state(latest_checkpoint(config)).model
+    assert trained is not None
+    for key in ("conv1.weight", "layer2.1.conv2.weight", "layer3.0.conv1.temporal.offset_net.4.bias"):
+        assert torch.equal(trained[key], source.state_dict()[key]), key
+    assert trained["head.weight"].shape[0] == len(load_dataset_info(single_label_root).classes)
+    with pytest.raises(TrainingSetupError, match="--keep-head keeps the classifier of a --tune-from checkpoint"):
+        local_config(single_label_root, tmp_path, "keep", keep_head=True).validate()
+    with pytest.raises(CheckpointError, match=f"--keep-head: video checkpoint {release} has no classifier"):
+        train_locally(local_config(single_label_root, tmp_path, "kept", tune_from=str(release), keep_head=True))
