@@ -18,32 +18,49 @@ CLASSES, CLIPS, FRAMES, SIZE = 10, 2, 4, 32
 CPU = torch.device("cpu")
 
 
-def test_fused_only_when_every_parameter_is_on_a_gpu():
+def test_fused_when_every_parameter_is_on_one_kind_of_device():
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert fused_optimizer([cuda, torch.device("cuda", 1)])
+    assert fused_optimizer([cpu, cpu])
     assert not fused_optimizer([cuda, cpu])
-    assert not fused_optimizer([cpu])
     assert not fused_optimizer([])
 
 
 @pytest.mark.parametrize("model_name, optimizer_type", [("tin_r18", torch.optim.SGD), ("stam_tiny", torch.optim.AdamW)])
-def test_optimisers_on_cpu_keep_pytorchs_default_implementation(model_name, optimizer_type):
+def test_optimisers_on_cpu_are_fused_and_step_as_pytorchs_default_does(model_name, optimizer_type):
+    torch.manual_seed(0)
     model = build_model(model_name, CLASSES, num_segments=FRAMES, image_size=SIZE)
-    optimizer = build_optimizer(model, from_flat(TrainConfig, {"data": "d", "model": model_name}))
+    twin = copy.deepcopy(model)
+    config = from_flat(TrainConfig, {"data": "d", "model": model_name, "lr": 0.01})
+    optimizer = build_optimizer(model, config)
     assert isinstance(optimizer, optimizer_type)
-    assert all(group["fused"] is None and group["foreach"] is None for group in optimizer.param_groups)
+    assert all(group["fused"] is True for group in optimizer.param_groups)
+    default = build_optimizer(twin, config)
+    for group in default.param_groups:
+        group["fused"] = None
+    for parameter, twin_parameter in zip(model.parameters(), twin.parameters(), strict=True):
+        parameter.grad = torch.randn_like(parameter)
+        twin_parameter.grad = parameter.grad.clone()
+    for _ in range(2):
+        optimizer.step()
+        default.step()
+    for parameter, twin_parameter in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(parameter, twin_parameter)
 
 
 def test_a_resumed_optimiser_keeps_this_runs_implementation():
     model = build_model("tin_r18", CLASSES, num_segments=FRAMES)
     config = from_flat(TrainConfig, {"data": "d", "model": "tin_r18"})
     saved = build_optimizer(model, config).state_dict()
-    for group in saved["param_groups"]:  # as a GPU run's checkpoint has it
-        group["fused"] = True
+    for group in saved["param_groups"]:  # as a checkpoint of a run on mixed devices has it
+        group["fused"] = None
+        group["foreach"] = True
         group["lr"] = 0.5
     optimizer = build_optimizer(model, config)
     load_optimizer_state(optimizer, saved)
-    assert all(group["fused"] is None and group["lr"] == 0.5 for group in optimizer.param_groups)
+    assert all(
+        group["fused"] is True and group["foreach"] is None and group["lr"] == 0.5 for group in optimizer.param_groups
+    )
 
 
 def test_the_compile_flag_parses_and_is_logged_with_the_config():
