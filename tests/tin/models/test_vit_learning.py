@@ -89,7 +89,7 @@ def train_on_motion(
             "model_option": tuple({**trunk_options, **options}.items()),
         },
     )
-    model = build_model(model_name, len(MOTIONS), CLIPS.frames, image_size=CLIPS.size, **config.model_options())
+    model = build_model(model_name, len(MOTIONS), CLIPS.frames, image_size=CLIPS.size, **config.model.build_options())
     clips, labels = data["train"]
     steps, batch = len(clips) // config.optimization.batch_size, config.optimization.batch_size
     optimizer = build_optimizer(model, config)
