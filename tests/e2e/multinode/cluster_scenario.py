@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -94,11 +95,13 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return f"(unreadable: {error})"
 
 
-def wait_until(check, what: str, timeout_s: float = 180) -> None:
+def wait_until(check, what: str, timeout_s: float = 180, logs: tuple[Path, ...] = ()) -> None:
+    """Poll ``check`` every second; on timeout, the error shows the tails of ``logs``."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
+            tails = "".join(f"\n--- {log.name} ends:\n{log_tail(log)}" for log in logs)
+            raise TimeoutError(f"timed out waiting for {what}{tails}")
         time.sleep(1)
 
 
@@ -117,7 +120,9 @@ class Scenario:
         self.s3 = f"http://{head_ip}:{S3_PORT}"
         self.mlflow = f"http://{head_ip}:{MLFLOW_PORT}"
         self.dashboard = f"http://{head_ip}:{DASHBOARD_PORT}"
-        base = clean_env(RAY_AUTH_MODE="token", AWS_ENDPOINT_URL=self.s3, **CREDENTIALS)
+        # The cluster's own token, in every process's environment: nothing is read from or written to ~/.ray.
+        self.ray_auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        base = clean_env(**self.ray_auth, AWS_ENDPOINT_URL=self.s3, **CREDENTIALS)
         # The GCS marks a node dead after missing heartbeats: 3 s here instead of Ray's half a minute.
         self.head_env = base | {
             "GLOO_SOCKET_IFNAME": head_if,
@@ -166,7 +171,8 @@ class Scenario:
                 "--allowed-hosts",
                 f"{self.head_ip}:{MLFLOW_PORT}",
             ],
-            self.head_env,
+            # The server's job runners (seven more processes, for GenAI jobs) are not needed here.
+            self.head_env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             self.workdir / "mlflow.log",
         )
 
@@ -193,7 +199,11 @@ class Scenario:
             self.head_env,
             self.workdir / "head.log",
         )
-        wait_until(lambda: listening(self.head_ip, DASHBOARD_PORT), "the Ray head's dashboard")
+        wait_until(
+            lambda: listening(self.head_ip, DASHBOARD_PORT),
+            "the Ray head's dashboard",
+            logs=(self.workdir / "head.log",),
+        )
 
     def start_worker(self) -> subprocess.Popen:
         return self.processes.start(
@@ -287,12 +297,16 @@ class Scenario:
         self.start_mlflow()  # starts while the Ray nodes do
         self.start_head()
         worker = self.start_worker()
-        try:  # on 2 shared cores the two `ray start`s and the MLflow server start together: give them time
-            wait_until(lambda: self.alive_nodes() == 2, "the worker node to join", timeout_s=360)
-        except TimeoutError as error:
-            logs = "\n".join(f"--- {log} ends:\n{log_tail(self.workdir / log)}" for log in ("head.log", "worker.log"))
-            raise TimeoutError(f"{error}\n{logs}") from error
-        wait_until(lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server")
+        # On 2 shared cores the two `ray start`s and the MLflow server start together: give them time.
+        wait_until(
+            lambda: self.alive_nodes() == 2,
+            "the worker node to join",
+            timeout_s=360,
+            logs=(self.workdir / "head.log", self.workdir / "worker.log"),
+        )
+        wait_until(
+            lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server", logs=(self.workdir / "mlflow.log",)
+        )
 
         prepared = self.submit(
             "prepare_mmit.py",
@@ -379,11 +393,13 @@ class Scenario:
             return {"runs": len(runs)}
         run = runs[0]
         artifacts = {a.path for folder in ("plots", "model") for a in client.list_artifacts(run.info.run_id, folder)}
-        model_file = client.download_artifacts(run.info.run_id, "model/checkpoint.pt", str(self.workdir))
-        model, trained = load_model(model_file)
-        spec = trained.spec
-        with torch.no_grad():
-            logits = model(torch.zeros(1, spec.num_segments, 3, spec.crop_size, spec.crop_size))
+        logits = None  # the model's output shape, where the run logged a model
+        if "model/checkpoint.pt" in artifacts:
+            model_file = client.download_artifacts(run.info.run_id, "model/checkpoint.pt", str(self.workdir))
+            model, trained = load_model(model_file)
+            spec = trained.spec
+            with torch.no_grad():
+                logits = list(model(torch.zeros(1, spec.num_segments, 3, spec.crop_size, spec.crop_size)).shape)
         return {
             "runs": 1,
             "params": {
@@ -393,14 +409,14 @@ class Scenario:
             "metric_steps": sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_sample_map")}),
             "nodes_tag": run.data.tags.get("workers.nodes"),
             "artifacts": sorted(artifacts),
-            "logits": list(logits.shape),
+            "logits": logits,
         }
 
 
 def main() -> None:
     workdir, head_ip, head_if, worker_ns, worker_ip, worker_if = sys.argv[1:7]
-    os.environ["RAY_AUTH_MODE"] = "token"  # this process's job API client, like the nodes
     scenario = Scenario(Path(workdir), head_ip, head_if, worker_ns, worker_ip, worker_if)
+    os.environ.update(scenario.ray_auth)  # this process's job API client, like the nodes
     try:
         result = scenario.run()
     finally:
