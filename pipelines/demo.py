@@ -58,11 +58,21 @@ DEMO_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 """Demo entries besides the model names: (model, options) of an ablation twin."""
 DEMO_MODELS = MODEL_NAMES + tuple(DEMO_VARIANTS)
-VIT_RECIPE = {"lr": 1e-3, "weight_decay": 0.05, "ema_decay": 0.99}
+VIT_RECIPE = {
+    "lr": 1e-3,
+    "new_lr": 1e-3,
+    "weight_decay": 0.05,
+    "ema_decay": 0.99,
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "randaugment": 0,
+}
 """What the tiny ViTs train with (AdamW like the ResNets; EMA for validation). They start from a trunk
 pretrained on the demo's frames (``pipelines.frame_pretraining``, the stand-in for ImageNet-21K and
-CLIP), frozen, so their temporal parts and heads learn the motion: from scratch end to end they stayed
-at chance."""
+CLIP), frozen, so their temporal parts and heads learn the motion, at ``new_lr``: from scratch end to
+end they stayed at chance. The family recipes' regularisation is off, as it is for the ResNets, so
+every demo model learns the same clips under the same augmentation (crops and flips)."""
 
 QUICK = {
     "models": ("tin_r18", "tsn_r18"),
@@ -202,7 +212,12 @@ def train_config(config: DemoConfig, entry: str) -> TrainConfig:
             batch_size=config.batch_size,
             optimizer="adamw",
             lr=VIT_RECIPE["lr"] if vit else config.lr,
+            new_lr=VIT_RECIPE["new_lr"] if vit else None,
             weight_decay=VIT_RECIPE["weight_decay"] if vit else config.weight_decay,
+            label_smoothing=VIT_RECIPE["label_smoothing"] if vit else None,
+            mixup=VIT_RECIPE["mixup"] if vit else None,
+            cutmix=VIT_RECIPE["cutmix"] if vit else None,
+            randaugment=VIT_RECIPE["randaugment"] if vit else None,
             head_lr_mult=1.0,
             head_bias_lr_mult=1.0,
             warmup_epochs=config.warmup_epochs,

@@ -7,9 +7,9 @@ the internal, when one of them moves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+import pyarrow.fs
 
 SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Off (``0``), a Ray process addresses its node by 127.0.0.1 instead of the machine's routable
@@ -56,37 +56,6 @@ epoch and split) prints there. Upstream: https://github.com/ray-project/ray/issu
 option to silence Ray Data's logs)."""
 
 
-def data_execution_index() -> int:
-    """How many times the dataset that this Ray Data task belongs to was executed before: 0 during
-    its first pass, 1 during the second, ... Training executes its dataset once per epoch, so this
-    is the epoch the task decodes for (counted from the run's start: a run resumed from a
-    checkpoint counts again from 0).
-
-    Ray Data keeps the count in the private ``DataContext._execution_idx``, which it hands to the
-    tasks of every execution; its public seeded operations (``RandomSeedConfig(reseed_after_execution=
-    True)``) combine it with their seed, but a ``map_batches`` function has no public way to read it.
-    Upstream: https://github.com/ray-project/ray/pull/59528 (the count, for per-epoch file shuffles)
-    and https://github.com/ray-project/ray/pull/59662 (RandomSeedConfig, built on it).
-    """
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    if not hasattr(context, "_execution_idx"):
-        raise RuntimeError(
-            "ray.data.DataContext._execution_idx is gone in this Ray release, so a data task cannot tell which "
-            "epoch it decodes for; install a Ray release that pyproject.toml admits"
-        )
-    return int(context._execution_idx)
-
-
-def decode_shards_of_this_epoch(batch: dict[str, Any], **options: Any) -> Iterator[dict[str, Any]]:
-    """``tin.data.batches.decode_shards`` with the epoch of the execution running it
-    (``data_execution_index``): the ``map_batches`` function of training's clip datasets."""
-    from tin.data.batches import decode_shards
-
-    return decode_shards(batch, epoch=data_execution_index(), **options)
-
-
 RAY_DATA_USAGE_SWITCH = "RAY_DATA_USAGE_DISABLED"
 """``1``: Ray Data's usage collector stays off in the process (read at every dataset execution).
 
@@ -100,3 +69,19 @@ stats off in its processes; one started by ``ray start`` has them on.) The publi
 not this project's. Read in ``ray.data._internal.usage.collector.usage_collection_disabled`` (Ray
 2.60); usage collection: https://github.com/ray-project/ray/issues/20857 (no upstream issue on the
 queries yet)."""
+
+
+def run_storage() -> tuple[pyarrow.fs.FileSystem, str]:
+    """In a Ray Train worker: the filesystem of the run's storage and ``<storage path>/<name>`` on
+    it, where Ray Train writes the run's checkpoints.
+
+    The filesystem is the one the driver gave ``RunConfig``: an S3 one carries the driver's
+    endpoint and credentials, which a worker's environment may lack, so the worker cannot rebuild
+    it from the config. Ray exposes it
+    only through ``TrainContext.get_storage()``, a DeveloperAPI returning the private
+    ``StorageContext``. Upstream: https://github.com/ray-project/ray/issues/42630 (getting the
+    storage path inside a training session)."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    return storage.storage_filesystem, storage.experiment_fs_path

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import ray
 
+from pipelines.decode_resources import LOCAL_RAY_RESOURCES
 from pipelines.ray_internals import (
     RAY_DATA_LOGGING,
     RAY_DATA_LOGGING_FILE,
@@ -90,7 +91,8 @@ def dashboard(context) -> str:
 
 
 def start_local_ray(num_cpus: int | None, attempts: int = 3):
-    """A single-node Ray on 127.0.0.1 whose processes find their own dashboard.
+    """A single-node Ray on 127.0.0.1 whose processes find their own dashboard, declaring the
+    decode resource of a GPU node (``pipelines.decode_resources``).
 
     The dashboard port is chosen here, before Ray starts, so the address can go into the
     environment that the raylet, and through it every worker and actor, inherits. This process
@@ -106,6 +108,7 @@ def start_local_ray(num_cpus: int | None, attempts: int = 3):
         context = ray.init(
             address="local",
             num_cpus=num_cpus,
+            resources=LOCAL_RAY_RESOURCES,
             include_dashboard=True,
             dashboard_host=LOOPBACK,
             dashboard_port=port,

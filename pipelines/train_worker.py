@@ -9,17 +9,24 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.fs
+import ray.data
 import ray.train
 import ray.train.torch
 import ray.util
 import torch
 from torch import nn
 
+from pipelines import ray_internals
+from pipelines.decode_resources import DecodeResources, decode_resources
 from tin.checkpoint import CHECKPOINT_FILE
+from tin.data.batches import decode_shards
+from tin.data.epochs import Piece
 from tin.data.facts import DatasetFacts
 from tin.train.config import TrainConfig
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
 from tin.train.progress import show_only_project_info
+from tin.train.setup import SplitShards
 
 PREFETCH_BATCHES = 2  # training batches each worker's iterator decodes ahead
 
@@ -28,25 +35,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Entry point of every Ray Train worker.
 
     Args:
-        loop_config: {"config": the resolved TrainConfig.to_dict(), "dataset": DatasetFacts fields}.
+        loop_config: {"config": the resolved TrainConfig.to_dict(), "dataset": DatasetFacts fields,
+            "train": the training split's ``SplitShards``}.
     """
     show_only_project_info()
     config = TrainConfig.from_dict(loop_config["config"])
     facts = DatasetFacts(**loop_config["dataset"])
-    run_training(config, facts, RayTrainSession(config, facts.multi_label))
+    run_training(config, facts, RayTrainSession(config, facts.multi_label, loop_config["train"]))
 
 
 class RayTrainSession:
     """A Ray Train worker as the loop's ``Session``: rank, world size and device from the train
-    context, DDP from ``prepare_model``, the "train" and "val" dataset shards, checkpoints reported
+    context, DDP from ``prepare_model``, every epoch's training clips from a Ray dataset of this
+    rank's pieces of the epoch (``epoch_clips``), the "val" dataset shard, checkpoints reported
     with ``ray.train.report`` and resumed from ``ray.train.get_checkpoint``."""
 
-    def __init__(self, config: TrainConfig, multi_label: bool) -> None:
+    def __init__(self, config: TrainConfig, multi_label: bool, train: SplitShards) -> None:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.config, self.dtypes = config, batch_dtypes(multi_label)
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.config, self.dtypes, self.train = config, batch_dtypes(multi_label), train
         self.val_shard = ray.train.get_dataset_shard("val") if config.data.val_split is not None else None
 
     def node(self) -> str:
@@ -64,9 +72,12 @@ class RayTrainSession:
         with checkpoint.as_directory() as directory:
             yield Path(directory) / CHECKPOINT_FILE
 
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """Every epoch's ``iter_torch_batches`` runs the training dataset again: a new order."""
-        return self.train_shard.iter_torch_batches(
+    def train_batches(self, epoch: int, batch_size: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """This rank's clips of the epoch (``tin.data.epochs``) after the first ``skip_batches``
+        batches, decoded by Ray Data tasks and delivered in order."""
+        pieces = self.train.pieces(epoch, self.rank, self.world_size, skip_batches * batch_size)
+        resources = decode_resources(self.config.scaling.decode_cpus_per_gpu_node)
+        return epoch_clips(self.train, pieces, epoch, resources).iter_torch_batches(
             batch_size=batch_size,
             dtypes=self.dtypes,
             device=self.device,
@@ -88,6 +99,36 @@ class RayTrainSession:
                 write_checkpoint(Path(directory))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+    def run_storage(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """Where Ray Train persists the run's checkpoints: the filesystem the driver's ``RunConfig``
+        gave (an S3 one carries the driver's credentials) and ``<storage path>/<name>`` on it."""
+        return ray_internals.run_storage()
+
+
+def epoch_clips(source: SplitShards, pieces: list[Piece], epoch: int, resources: DecodeResources) -> ray.data.Dataset:
+    """A Ray dataset of the decoded, augmented clips of ``pieces`` in epoch ``epoch``, one task per
+    piece, each asking for ``resources``, delivered in the pieces' order (``preserve_order``): a
+    rank's epoch is a fixed sequence of clips, so a run resumed inside it can skip exactly those it
+    trained on."""
+    items = [{"path": piece.path, "start": piece.start, "stop": piece.stop} for piece in pieces]
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    clips = ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
+        decode_shards,
+        batch_size=1,
+        fn_kwargs={"filesystem": source.filesystem, "epoch": epoch, **source.options},
+        **resources.map_batches_args(),
+    )
+    return without_progress_output(clips)
+
+
+def without_progress_output(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """``dataset`` executing without Ray Data's plan lines and with its progress as log records
+    (which the workers keep in their log files) instead of progress bars relayed to the driver:
+    it runs once per epoch, and the loop's epoch lines (throughput, data wait, ETA) say more."""
+    dataset.context.use_ray_tqdm = False
+    dataset.context.print_on_execution_start = False
+    return dataset
 
 
 def local_shuffle(config: TrainConfig, epoch: int, rank: int) -> dict:

@@ -1,8 +1,9 @@
 """Training from a dataset root: Ray Data pipelines of augmented clips and the Ray Train run.
 
-shard files (in a new order every epoch in training) --read one shard per task, its rows in a
-new order every epoch--> sample T of F frames (random per segment in training, centre in
-evaluation) --decode those JPEGs, crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
+shard files (in training: each rank's part of the epoch, tin.data.epochs, as a Ray dataset the
+worker builds every epoch) --read one shard per task, its rows in a new order every epoch-->
+sample T of F frames (random per segment in training, centre in evaluation) --decode those JPEGs,
+crop, flip (CPU tasks)--> uint8 (B, T, S, S, 3) + targets
 --iter_torch_batches on each worker, once per epoch--> normalise on the device --> model
 """
 
@@ -14,65 +15,37 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.data
-from ray.data import ExecutionOptions, RandomSeedConfig
-from ray.data.dataset import MaterializedDataset
+from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.ray_internals import decode_shards_of_this_epoch
+from pipelines.decode_resources import decode_nodes_missing, decode_resources
 from pipelines.ray_runtime import init_ray
-from pipelines.train_worker import train_loop_per_worker
+from pipelines.train_worker import epoch_clips, train_loop_per_worker
 from tin.data import DatasetInfo
 from tin.data.reader import storage_options_from_env
-from tin.train.config import TrainConfig
-from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards
+from tin.train.config import TrainConfig, TrainingSetupError
+from tin.train.setup import CHECKPOINTS_KEPT, check_config, resolved_run, split_source
 
 RAY_TRAIN_CONSOLE_LEVEL = "WARNING"  # Ray Train's INFO lines go to its log files; the loop prints the epochs
 VALIDATION_CACHE_BYTES = 2 * 2**30  # decoded validation sets up to this size stay in the object store
 
 
-def shard_list(files: list[str]) -> MaterializedDataset:
-    """One {"path"} row and one block per shard file: the input of a split's decode operator, as
-    many blocks as shards however many epochs a run trains."""
-    return ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
+def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool, epoch: int = 0) -> ray.data.Dataset:
+    """A Ray dataset of the decoded clips of one split: in training, epoch ``epoch`` of it as one
+    rank reads it (``tin.data.epochs``: the shards in the epoch's order, each shard's rows in the
+    epoch's order, every clip sampled and augmented from generators of (``config.seed``, the epoch,
+    the shard or clip)); in evaluation every shard whole. Ray Train workers build their training
+    epochs themselves (``pipelines.train_worker.epoch_clips``), from the shard list the driver
+    made once."""
+    source = split_source(config, info, split, train)
+    resources = decode_resources(config.scaling.decode_cpus_per_gpu_node)
+    return epoch_clips(source, source.pieces(epoch), epoch, resources)
 
 
-def clip_dataset(config: TrainConfig, info: DatasetInfo, split: str, train: bool) -> ray.data.Dataset:
-    """A Ray dataset of the decoded, augmented clips of one split: one pass over its shards.
-
-    The shard files are listed once, in the driver (``shard_list``), and one task reads and
-    decodes a shard (a ``read_parquet`` would list them again at every execution, before every
-    epoch's first batch). Every epoch's ``iter_torch_batches`` executes the dataset again; in
-    training each execution takes the shards in a new order (``randomize_block_order`` seeded by
-    ``config.seed`` and Ray Data's count of executions: reproducible, and different every epoch)
-    and ``decode_shards`` reads the rows of every shard in a new order, and samples and augments
-    every clip, from generators of (``config.seed``, the epoch, the shard or clip): the same seed
-    gives the same epochs whichever tasks decode them.
-    """
-    filesystem, files = split_shards(config.data, split)
-    shards = shard_list(files)
-    if train:
-        shards = shards.randomize_block_order(seed=RandomSeedConfig(seed=config.seed, reseed_after_execution=True))
-    clips = shards.map_batches(
-        decode_shards_of_this_epoch,
-        batch_size=1,
-        fn_kwargs={"filesystem": filesystem, **decode_options(config, info, train)},
-    )
-    return without_progress_output(clips)
-
-
-def without_progress_output(dataset: ray.data.Dataset) -> ray.data.Dataset:
-    """``dataset`` executing without Ray Data's plan lines and with its progress as log records
-    (which the workers keep in their log files) instead of progress bars relayed to the driver:
-    it runs once per epoch, and the loop's epoch lines (throughput, data wait, ETA) say more."""
-    dataset.context.use_ray_tqdm = False
-    dataset.context.print_on_execution_start = False
-    return dataset
-
-
-def training_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
-    """The training split: every epoch one pass, freshly ordered, sampled and augmented."""
-    return clip_dataset(config, info, config.data.train_split, train=True)
+def training_clips(config: TrainConfig, info: DatasetInfo, epoch: int = 0) -> ray.data.Dataset:
+    """Epoch ``epoch`` of the training split, freshly ordered, sampled and augmented."""
+    return clip_dataset(config, info, config.data.train_split, train=True, epoch=epoch)
 
 
 def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset:
@@ -84,9 +57,10 @@ def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset
 
 
 class TrainAndValidationSplit(DataConfig):
-    """Splits "train" equally over the workers (DDP needs equal step counts) and "val" without
-    dropping rows, so every validation clip is evaluated exactly once per epoch; both splits go
-    to the workers on the nodes that hold their blocks where they can.
+    """Splits "val" over the workers without dropping rows, so every validation clip is evaluated
+    exactly once per epoch, on the nodes that hold its blocks where they can (any other dataset as
+    Ray's ``DataConfig`` does; training's clips are no dataset here: every worker builds its part
+    of each epoch, ``pipelines.train_worker.epoch_clips``).
 
     The execution options are given explicitly: Ray's default ones copy a deprecated field and
     warn about it in every run."""
@@ -147,17 +121,22 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None, info: Data
         info: the dataset's ``check_config`` result when the caller already has it.
 
     Raises:
-        TrainingSetupError: naming the flag or file that makes the run impossible.
+        TrainingSetupError: naming the flag or file that makes the run impossible, or
+            ``--decode-cpus-per-gpu-node`` where no node declares the decode resource.
     """
     info = info or check_config(config)
+    missing = decode_nodes_missing(config.scaling.decode_cpus_per_gpu_node, ray.cluster_resources())
+    if missing:
+        raise TrainingSetupError(missing)
     config, facts = resolved_run(config, info)
     storage_path, storage_filesystem = checkpoint_storage(config.tracking.storage_path)
-    datasets = {"train": training_clips(config, info)}
+    datasets = {}
     if config.data.val_split is not None:
         datasets["val"] = validation_clips(config, info)
+    train_source = split_source(config, info, config.data.train_split, True)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "dataset": asdict(facts)},
+        train_loop_config={"config": config.to_dict(), "dataset": asdict(facts), "train": train_source},
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,

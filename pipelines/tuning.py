@@ -50,6 +50,7 @@ from tin.config import from_flat, read_yaml_file
 from tin.data import DatasetInfo
 from tin.models.build import model_family, model_option_defaults
 from tin.train.config import MODEL_OPTION_FIELDS, TrainConfig, TrainingSetupError
+from tin.train.loop import MID_EPOCH
 from tin.train.setup import check_config, with_resolved_locations
 
 DATA_CPUS = 1.0  # per running trial, for its Ray Data tasks (see assign_trial_cpus)
@@ -281,6 +282,15 @@ def assign_trial_cpus(search: SearchConfig, base: TrainConfig, cluster_cpus: flo
 # ---- the trial -----------------------------------------------------------------------------------
 
 
+class EpochReportCallback(TuneReportCallback):
+    """``TuneReportCallback`` for the epochs only: a checkpoint reported inside an epoch
+    (``--checkpoint-every``) carries no validation metrics, and Tune's schedulers count epochs."""
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not metrics[0].get(MID_EPOCH):
+            super().after_report(run_context, metrics, checkpoint)
+
+
 def run_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function trainable: one Ray Train run with the trial's parameters (searched dimensions
     by flag name, as ``base``, the trials' config flat: ``TrainConfig.params()``).
@@ -290,7 +300,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     """
     trial_id = tune.get_context().get_trial_id()
     config = from_flat(TrainConfig, {**base, **params, "name": f"{base['name']}_{trial_id}"})
-    result = build_trainer(config, callbacks=[TuneReportCallback()]).fit()
+    result = build_trainer(config, callbacks=[EpochReportCallback()]).fit()
     if result.error:
         raise result.error
 

@@ -9,6 +9,7 @@ of plain values (tensors, dicts, lists, strings, numbers), so that every file lo
     format_version   FORMAT_VERSION (files without it are format 1)
     model            the trained weights (state dict)
     ema              the weights' moving average (``AveragedModel.state_dict()``), or absent/None
+    grad_scaler      an fp16 run's ``GradScaler.state_dict()``, or absent/None
     epoch            epochs completed
     optimizer, scheduler, history   what training resumes from (``tin.train.checkpoint``)
     config           the run's ``TrainConfig.to_dict()``, as recorded (provenance): a dict per group;

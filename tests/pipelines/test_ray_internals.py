@@ -127,3 +127,16 @@ def test_the_installed_ray_is_in_the_tested_range_and_others_are_refused(monkeyp
         warnings.simplefilter("always")
         check_ray_version("2.61.0")
     assert any("Ray 2.61.0 is installed" in str(warning.message) for warning in caught)
+
+
+def test_the_train_context_hands_workers_the_run_storage_the_driver_configured(tmp_path):
+    """``run_storage`` reads the filesystem and run folder off the ``StorageContext`` that Ray Train
+    workers get from ``get_storage()``; both attributes still carry what ``RunConfig`` was given."""
+    import pyarrow.fs
+    from ray.train.v2._internal.execution.context import TrainContext
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    filesystem = pyarrow.fs.LocalFileSystem()
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="run", storage_filesystem=filesystem)
+    assert callable(TrainContext.get_storage)
+    assert storage.storage_filesystem is filesystem and storage.experiment_fs_path == str(tmp_path / "run")

@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from pipelines.train_worker import local_shuffle
-from pipelines.training import shard_list, train, training_clips, validation_clips
+from pipelines.decode_resources import DecodeResources, decode_resources
+from pipelines.train_worker import epoch_clips, local_shuffle
+from pipelines.training import train, training_clips, validation_clips
 from tests.tin.train.runs import latest_checkpoint, metric_steps, mlflow_run, single_class_shards, tiny_config
 from tin import tracking
-from tin.checkpoint import load_model
+from tin.checkpoint import CHECKPOINT_FILE, load_model
 from tin.config import from_flat
 from tin.data import iter_clips, load_dataset_info
 from tin.data.batches import decode_shards
 from tin.export import example_clips
+from tin.train.best import BEST_FOLDER
 from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.loop import epoch_steps
+from tin.train.progress import BEST_CHECKPOINTS_TAG
 from tin.train.setup import (
     TrainingDataWarning,
     check_config,
     decode_options,
     shard_paths,
     show_data_warnings_as_lines,
+    split_source,
     warn_about,
     with_resolved_locations,
 )
@@ -38,13 +43,8 @@ def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(ray_sess
     # F = T = 8, whole-frame crops and no flips: a training clip is exactly its stored frames.
     config = tiny_config(root, tmp_path, "stream", epochs=25, num_segments=8, scales=(1.0,), flip=False)
     label_of = {clip.frames.tobytes(): int(clip.labels[0]) for clip in iter_clips(root, "train")}
-    files = shard_paths(root, "train")[1]
-    assert len(files) == 9 and shard_list(files).num_blocks() == 9  # O(shards) input blocks, whatever the epochs
-
-    clips = training_clips(config, load_dataset_info(root))
-    clips.context.execution_options.preserve_order = True  # rows leave in shard order: the order is visible
-    (stream,) = clips.streaming_split(1, equal=True)  # what one Ray Train worker reads, epoch after epoch
-    epochs = [[row["clips"].tobytes() for row in stream.iter_rows()] for _ in range(3)]
+    info = load_dataset_info(root)
+    epochs = [[row["clips"].tobytes() for row in training_clips(config, info, epoch).iter_rows()] for epoch in range(3)]
     for rows in epochs:
         assert sorted(rows) == sorted(label_of)  # every clip exactly once
     shard_orders = [[label_of[row] for row in rows[::4]] for rows in epochs]  # 4 clips per shard, one class each
@@ -52,12 +52,29 @@ def test_every_epoch_reads_every_clip_once_in_a_new_shard_and_row_order(ray_sess
     assert len({tuple(order) for order in shard_orders}) == 3, shard_orders
     row_orders = [{label_of[row]: rows[i : i + 4] for i, row in enumerate(rows) if i % 4 == 0} for rows in epochs]
     assert any(row_orders[0][label] != row_orders[1][label] for label in range(9))  # rows permuted inside shards
+    again = [row["clips"].tobytes() for row in training_clips(config, info, 1).iter_rows()]
+    assert again == epochs[1]  # an epoch is a function of the seed and the epoch, in order
 
-    halves = clips.streaming_split(2, equal=True)  # two workers: DDP needs the same number of steps on both
-    with ThreadPoolExecutor(2) as pool:
-        for _ in range(2):
-            parts = list(pool.map(lambda half: [row["clips"].tobytes() for row in half.iter_rows()], halves))
-            assert [len(part) for part in parts] == [18, 18] and sorted(parts[0] + parts[1]) == sorted(label_of)
+
+def test_two_ranks_read_the_halves_of_the_epoch_in_order(ray_session, single_label_root, tmp_path):
+    """What each Ray Train worker reads: its contiguous half of the epoch's clip sequence, in order
+    (here with decode tasks capped to one at a time on the local Ray, which declares a GPU node's
+    decode resource); resumed inside the epoch, the rest of its half."""
+    root = single_class_shards(single_label_root, tmp_path)
+    config = tiny_config(root, tmp_path, "halves", num_segments=8, scales=(1.0,), flip=False)
+    info = load_dataset_info(root)
+    whole = [row["clips"].tobytes() for row in training_clips(config, info, 2).iter_rows()]
+    source = split_source(config, info, "train", True)  # two workers: the halves of the epoch, in order
+    capped = decode_resources(1)
+    halves = [
+        [row["clips"].tobytes() for row in epoch_clips(source, source.pieces(2, rank, 2), 2, capped).iter_rows()]
+        for rank in range(2)
+    ]
+    assert sorted(halves[0] + halves[1]) == sorted(whole)
+    assert halves == [whole[:18], whole[18:]]
+    resumed = epoch_clips(source, source.pieces(2, 1, 2, skip=8), 2, DecodeResources())
+    resumed = [row["clips"].tobytes() for row in resumed.iter_rows()]
+    assert resumed == whole[26:]  # a resumed rank reads the rest of its half
 
 
 def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(
@@ -91,10 +108,23 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     ray_session, single_label_root, tmp_path
 ):
     """ILA under DDP (every module it builds is used: no unused-parameter errors), its alignment
-    loss logged, its points plotted; the weight average checkpointed and resumed exactly."""
+    loss logged, its points plotted; the weight average checkpointed and resumed exactly. The
+    recipe's mixup, cutmix and label smoothing, and RandAugment and erasing in the Ray Data tasks.
+    --keep-best keeps the better epoch in the run folder Ray Train's storage context names."""
     config = tiny_config(
-        single_label_root, tmp_path, "resume", epochs=1, model="ila_tiny", lr=1e-3, ema_decay=0.9, warmup_epochs=1
+        single_label_root,
+        tmp_path,
+        "resume",
+        epochs=1,
+        model="ila_tiny",
+        lr=1e-3,
+        ema_decay=0.9,
+        warmup_epochs=1,
+        checkpoint_every="3",
+        log_every=2,
+        keep_best="val_loss:1",
     )
+    config.optimization.randaugment, config.optimization.random_erasing = 1, 0.5
     result = train(config)
     assert result.error is None
     state = load_state(latest_checkpoint(config))
@@ -109,6 +139,7 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     # the driver resolved the recipe: the logged config is what trained, the flag's lr kept
     assert run.data.params["config.optimizer"] == "adamw" and run.data.params["config.weight_decay"] == "0.05"
     assert run.data.params["config.lr"] == "0.001"
+    assert (run.data.params["config.mixup"], run.data.params["config.label_smoothing"]) == ("0.8", "0.1")  # ILA's
     artifacts = {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/checkpoint.pt", "plots/training_curves.png", "plots/alignment_points.png"} <= artifacts
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}")  # the MLflow model too
@@ -123,8 +154,15 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
     state = load_state(latest_checkpoint(config))
     assert state.epoch == 2 and len(state.history) == 2 and state.scheduler["last_epoch"] == 2 * steps
     assert int(state.ema["n_averaged"]) == 2 * steps  # the average went on, not restarted
+    # --keep-best: rank 0 kept the better of the two epochs in best/ of Ray Train's run folder
+    losses = [epoch["val_loss"] for epoch in state.history]
+    best = sorted((Path(config.tracking.storage_path) / config.tracking.name / BEST_FOLDER).iterdir())
+    assert [folder.name for folder in best] == [f"epoch_{losses.index(min(losses)) + 1:04d}"]
+    assert load_state(best[0] / CHECKPOINT_FILE).history[-1]["val_loss"] == min(losses)
     client, run = mlflow_run(config)
-    assert metric_steps(client, run, "val_top1") == [1, 2]  # one entry per epoch, not 3
+    assert metric_steps(client, run, "val_top1") == [1, 2]  # one entry per epoch, not 3 (nor per mid-epoch report)
+    assert json.loads(run.data.tags[BEST_CHECKPOINTS_TAG]) == [str(best[0])]
+    assert metric_steps(client, run, "step/loss") == [2, 4, 6, 8]  # the run's steps, numbered on after the resume
     model, trained = load_model(latest_checkpoint(config))
     assert trained.epoch == 2 and trained.classes[0] == "left"
     average = {key.removeprefix("module."): value for key, value in state.ema.items() if key != "n_averaged"}
@@ -132,25 +170,41 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_compiled_tin_and_checkpoint_the_plain_module(ray_session, single_label_root, tmp_path):
+def test_two_workers_train_a_compiled_tin_accumulating_in_lockstep_and_checkpoint_the_plain_module(
+    ray_session, single_label_root, tmp_path
+):
     """--compile: DDP wraps the compiled model on each worker (the first step compiles it, minutes
     on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model.
-    The run also takes Ray Train's paths of --val-split none (no validation dataset, training
-    metrics only) and --shuffle-buffer (each worker's batches from a local buffer), whose learning
-    is checked in process (test_local)."""
+    With --grad-accum-steps 2: 18 clips per rank in micro-batches of 2 make 9 micro-batches, 4
+    optimiser steps (the ninth micro-batch dropped on both ranks), and the all-reduces of the two
+    ranks meet (a rank waiting on one the other skips would hang the run). The run also takes Ray
+    Train's paths of --val-split none (no validation dataset, training metrics only) and
+    --shuffle-buffer (each worker's batches from a local buffer), whose learning is checked in
+    process (test_local)."""
     config = tiny_config(
-        single_label_root, tmp_path, "compiled", epochs=1, compile=True, val_split=None, shuffle_buffer=12
+        single_label_root,
+        tmp_path,
+        "compiled",
+        epochs=1,
+        batch_size=4,
+        grad_accum_steps=2,
+        compile=True,
+        val_split=None,
+        shuffle_buffer=12,
     )
     result = train(config)
     assert result.error is None
     state = load_state(latest_checkpoint(config))
-    assert [epoch["steps"] for epoch in state.history] == [epoch_steps(36, 2, 4)]
+    steps = epoch_steps(36, 2, 2, accumulation=2)
+    assert steps == 4 and [epoch["steps"] for epoch in state.history] == [steps]
+    assert state.scheduler["last_epoch"] == steps
     assert not [key for key in state.history[0] if key.startswith("val_")]
     assert state.model is not None and not [key for key in state.model if "_orig_mod" in key]
     model, _ = load_model(latest_checkpoint(config))
     assert model.state_dict().keys() == state.model.keys()
     client, run = mlflow_run(config)
     assert run.data.params["config.compile"] == "True" and run.data.params["config.shuffle_buffer"] == "12"
+    assert run.data.params["config.grad_accum_steps"] == "2"
     assert metric_steps(client, run, "train_loss") == [1] and not [key for key in run.data.metrics if "val_" in key]
 
 
@@ -183,6 +237,8 @@ def test_the_driver_resolves_a_relative_storage_path_and_the_default_mlflow_stor
         ({"scales": (1.0, 1.5)}, r"--scales must be fractions of the short side in \(0, 1\]"),
         ({"shuffle_buffer": -1}, "--shuffle-buffer must be 0 \\(off\\) or a number of clips"),
         ({"val_split": "test"}, "split 'test' \\(--val-split\\) has no clips"),
+        ({"decode_cpus_per_gpu_node": 0}, "--decode-cpus-per-gpu-node must be a number of CPUs from 1 to 100, got 0;"),
+        ({"decode_cpus_per_gpu_node": 101}, "--decode-cpus-per-gpu-node must be .* from 1 to 100, got 101;"),
     ],
 )
 def test_bad_training_setups_name_the_flag(single_label_root, tmp_path, overrides, message):

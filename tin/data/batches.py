@@ -2,7 +2,8 @@
 
 It lives in a module of its own that imports only numpy, pyarrow, torch and ``tin.data``: every
 Ray Data worker that runs it imports its module, and the training driver's module would also pull
-in torchvision, MLflow and Ray Train, which decoding does not need.
+in torchvision, MLflow and Ray Train, which decoding does not need. (torchvision comes in only with
+RandAugment or random erasing, ``tin.data.augment``.)
 """
 
 from __future__ import annotations
@@ -45,15 +46,23 @@ def decode_clips(
     multi_label: bool,
     seed: int,
     epoch: int,
+    randaugment: int = 0,
+    randaugment_magnitude: int = 9,
+    random_erasing: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Shard rows -> model-ready uint8 clips and targets (a Ray Data ``map_batches`` function).
 
     Only the T sampled JPEG frames of each clip are decoded. In training, each clip's frames, crop
     and flip come from ``seeded(seed, epoch, CLIP_DRAWS, clip_id)``: the same seed and epoch give
     the same clip wherever and in whatever batch it is decoded, another seed or epoch another one.
+    So do its RandAugment operations and erased rectangle (``tin.data.augment.ClipAugmentation``,
+    seeded by a number drawn last from that generator), the same on every frame.
 
     Args:
         batch: shard rows with the columns clip_id, labels and frames.
+        randaugment, randaugment_magnitude: RandAugment's operations per clip (0: off) and their
+            magnitude, in training.
+        random_erasing: the probability that a training clip has a rectangle erased.
 
     Returns:
         {"clips": uint8 (B, T, crop, crop, 3), "target": int64 (B,) or float32 multi-hot (B, K)}.
@@ -64,10 +73,13 @@ def decode_clips(
     rows = zip(
         batch.column("clip_id").to_pylist(), batch.column("labels").to_pylist(), stored_frames(batch), strict=True
     )
+    augment = clip_augmentation(randaugment, randaugment_magnitude, random_erasing) if train else None
     for row, (clip_id, labels, stored) in enumerate(rows):
         if train:
             rng = seeded(seed, epoch, CLIP_DRAWS, clip_id)
             view, flipped = train_view(sampled_frames(stored, num_segments, rng), crop_size, rng, flip, scales)
+            if augment is not None:
+                view = augment(view, int(rng.integers(2**63)))
             if flipped:
                 labels = [swaps.get(label, label) for label in labels]
         else:
@@ -78,6 +90,17 @@ def decode_clips(
         else:
             targets[row] = labels[0]
     return {"clips": clips, "target": targets}
+
+
+def clip_augmentation(randaugment: int, magnitude: int, erasing: float) -> Any:
+    """The ``tin.data.augment.ClipAugmentation`` of these settings, None when they turn everything
+    off; its module is imported only then (it imports torchvision, a second of every decode
+    worker's start)."""
+    if randaugment == 0 and erasing == 0:
+        return None
+    from tin.data.augment import ClipAugmentation
+
+    return ClipAugmentation(randaugment, magnitude, erasing)
 
 
 def stored_frames(batch: pa.Table) -> list[Any]:
@@ -116,7 +139,9 @@ def decode_shards(
     batches of a shard whichever task reads it.
 
     Args:
-        batch: {"path": (B,) shard paths inside ``filesystem``}.
+        batch: {"path": (B,) shard paths inside ``filesystem``}, and optionally {"start": (B,),
+            "stop": (B,)}: decode only those positions of each shard's row order (a
+            ``tin.data.epochs.Piece``; the rows before and after are read but not decoded).
         filesystem: the fsspec filesystem of the dataset root (local or s3).
         decode_batch: clips per yielded batch.
         train: training (rows permuted, random frames and augmentation) or evaluation.
@@ -126,11 +151,13 @@ def decode_shards(
     Yields:
         ``decode_clips`` batches.
     """
-    for path in batch["path"]:
+    for index, path in enumerate(batch["path"]):
         with filesystem.open(str(path), "rb") as handle:
             rows = pq.read_table(handle, columns=["clip_id", "labels", "frames"])
         if train:
-            order = seeded(seed, epoch, ROW_ORDER, str(path).rsplit("/", 1)[-1])
-            rows = rows.take(order.permutation(rows.num_rows))
+            rows = rows.take(seeded(seed, epoch, ROW_ORDER, str(path).rsplit("/", 1)[-1]).permutation(rows.num_rows))
+        if "start" in batch:
+            start, stop = int(batch["start"][index]), int(batch["stop"][index])
+            rows = rows.slice(start, stop - start)
         for start in range(0, rows.num_rows, decode_batch):
             yield decode_clips(rows.slice(start, decode_batch), train=train, seed=seed, epoch=epoch, **decode_options)

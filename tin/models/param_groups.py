@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from tin.models.protocol import video_model
+from tin.models.protocol import started_new, video_model
 
 GROUP_ORDER = ("trunk", "temporal", "head_weight", "head_bias")
 
@@ -54,6 +54,7 @@ def param_groups(
     temporal_lr_mult: float = 1.0,
     backbone_lr_mult: float = 1.0,
     layer_decay: float = 1.0,
+    new_lr: float | None = None,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of a model into named optimiser groups.
 
@@ -62,12 +63,15 @@ def param_groups(
     and its others at ``head_bias_lr_mult`` x lr (the TSN recipe's new classifier at x5 / x10);
     temporal parameters at ``temporal_lr_mult`` x lr; the trunk at ``backbone_lr_mult`` x lr, times
     ``layer_decay ** (L - i)`` for layer i of a layered (ViT) trunk whose last layer is L, so the
-    final norm keeps the full rate and the embeddings get ``layer_decay ** L``.
+    final norm keeps the full rate and the embeddings get ``layer_decay ** L``. A group whose
+    parameters all started new on trained weights (``tin.models.protocol.started_new``: the temporal
+    modules and head that ``--pretrained`` or ``--tune-from`` weights lacked) has ``new_lr`` for its
+    base rate instead of ``lr``.
 
     Groups, in this order, empty ones left out: ``trunk`` and ``trunk_no_decay`` (a ResNet) or
     ``trunk.<i>`` and ``trunk.<i>_no_decay`` per layer (a ViT), ``temporal``,
     ``temporal_no_decay``, ``head_weight``, ``head_bias``. Each is a dict with ``name``,
-    ``params``, ``lr``, ``lr_mult`` (lr / the base lr, for schedules) and ``weight_decay``.
+    ``params``, ``lr``, ``lr_mult`` (lr / the group's base rate) and ``weight_decay``.
     Parameters that do not require gradients (frozen by partial BN or a frozen backbone) are left
     out, so freeze first.
 
@@ -75,6 +79,8 @@ def param_groups(
         model: a model of ``build_model`` (not yet wrapped in DDP).
         lr: base learning rate.
         weight_decay: weight decay of the decayed groups.
+        new_lr: base rate of the groups of new weights; None: ``lr`` (a model not loaded from trained
+            weights has none).
 
     Raises:
         ValueError: a trainable parameter without a role, or a role this function does not know.
@@ -84,7 +90,9 @@ def param_groups(
     rates = _Rates(
         head_lr_mult, head_bias_lr_mult, temporal_lr_mult, backbone_lr_mult, layer_decay, max(layers, default=0)
     )
+    new = started_new(model) or frozenset()
     groups: dict[str, dict[str, Any]] = {}
+    loaded: set[str] = set()  # groups holding a parameter the trained weights set
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -103,6 +111,11 @@ def param_groups(
             },
         )
         group["params"].append(parameter)
+        if name not in new:
+            loaded.add(group_name)
+    if new_lr is not None:
+        for group_name in groups.keys() - loaded:
+            groups[group_name]["lr"] = new_lr * groups[group_name]["lr_mult"]
     return sorted(groups.values(), key=lambda group: _order(group["name"]))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tin.models.protocol import mark_started_new
 from tin.safe_load import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ def load_checked(
     is_new: Callable[[str], bool],
     hint: str,
 ) -> PretrainedReport:
-    """Load ``state`` into ``model`` (``strict=False``) after checking the shapes; log and return the report.
+    """Load ``state`` into ``model`` (``strict=False``) after checking the shapes; log and return the
+    report. The new keys are recorded on the model (``mark_started_new``): they learn at the rate for
+    new weights.
 
     Args:
         model: the model to initialise.
@@ -122,6 +125,7 @@ def load_checked(
         unexpected=sorted(result.unexpected_keys),
         new=[key for key in missing if is_new(key)],
     )
+    mark_started_new(model, report.new or [])
     log.log(logging.WARNING if report.missing_trunk or report.unexpected else logging.INFO, "%s", report)
     return report
 

@@ -3,6 +3,7 @@ returns, besides ``forward``: the protocol that ResNets, STAM and ILA all implem
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, cast
 
 import torch
@@ -78,3 +79,20 @@ def freeze_trunk(model: nn.Module) -> None:
     for name, parameter in model.named_parameters():
         if roles[name][0].startswith(TRUNK_ROLE_PREFIX):
             parameter.requires_grad_(False)
+
+
+STARTED_NEW_ATTRIBUTE = "started_new_keys"
+"""The model attribute ``mark_started_new`` sets."""
+
+
+def mark_started_new(model: nn.Module, keys: Iterable[str]) -> None:
+    """Record that ``model`` was loaded from trained weights that lacked ``keys`` (state-dict keys of
+    the temporal modules and the head they left at their initialisation), so that ``param_groups``
+    trains those parameters at the rate for new weights. The loaders (``load_checked``) call it."""
+    setattr(model, STARTED_NEW_ATTRIBUTE, frozenset(keys))
+
+
+def started_new(model: nn.Module) -> frozenset[str] | None:
+    """The keys ``mark_started_new`` recorded; None for a model not loaded from trained weights
+    (every weight new: from scratch)."""
+    return getattr(model, STARTED_NEW_ATTRIBUTE, None)

@@ -22,8 +22,14 @@ from tin.train.config import TrainConfig
 @dataclass
 class TrainingState:
     """What training resumes from: the weights, optimiser and schedule state after ``epoch`` epochs,
-    one dict of metrics per epoch, and, for a run with ``--ema-decay``, the state of the weights'
-    moving average (``AveragedModel.state_dict()``: ``module.*`` and ``n_averaged``)."""
+    one dict of metrics per epoch, for a run with ``--ema-decay`` the state of the weights' moving
+    average (``AveragedModel.state_dict()``: ``module.*`` and ``n_averaged``), and for a run with
+    ``--precision fp16`` its gradient scaler's (``GradScaler.state_dict()``: the loss scale and its
+    growth counter).
+
+    A checkpoint written inside an epoch (``--checkpoint-every``) has ``epoch_step`` > 0: the
+    optimiser steps already taken in epoch ``epoch`` (0-based), which a resumed run does not take
+    again; its history holds the completed epochs only."""
 
     epoch: int = 0  # epochs completed
     model: dict[str, torch.Tensor] | None = None
@@ -31,9 +37,11 @@ class TrainingState:
     scheduler: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     ema: dict[str, torch.Tensor] | None = None
+    grad_scaler: dict[str, Any] | None = None
+    epoch_step: int = 0
 
 
-OPTIONAL_STATE = ("ema",)
+OPTIONAL_STATE = ("ema", "grad_scaler", "epoch_step")
 """``TrainingState`` fields a checkpoint may lack (runs without them)."""
 
 

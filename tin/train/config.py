@@ -14,6 +14,7 @@ import yaml
 
 from tin.checkpoint import training_model_options
 from tin.config import by_value, check_choices, flag_name, from_record, setting, to_flat
+from tin.data.augment import CUTMIX_SWITCH_PROB, RANDAUGMENT_MAGNITUDE_BINS
 from tin.data.shards import TRAIN_SPLIT, VAL_SPLIT
 from tin.data.transforms import MULTI_SCALES
 from tin.errors import UsageError
@@ -25,15 +26,24 @@ from tin.models.build import (
     option_defaults,
     option_spec,
 )
+from tin.train.best import RANKED_METRICS, KeepBest, ranked_metrics_help
+from tin.train.rates import DEFAULT_LR_SCALE, LR_SCALE_RULES, scale_factor, scaled_account
 from tin.train.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("bf16", "fp16", "fp32")
+"""``--precision``: the forward passes under bfloat16 or float16 autocast (float16 with a gradient
+scaler), or float32 throughout."""
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's, for the workers' bundles
+DECODE_CPUS_PER_GPU_NODE_MAX = 100
+"""The largest ``--decode-cpus-per-gpu-node``: a decode task asks for 1/N of a GPU node's one unit
+of a custom resource (``pipelines.decode_resources``), and Ray counts resources in ten-thousandths,
+which split one unit into exactly N shares (N fit, N + 1 do not) for every N up to 109."""
 LOCAL_SCALING: dict[str, Any] = {"num_workers": 1, "cpus_per_worker": None, "max_failures": 0}
 """The ``ScalingSettings`` of a run in one process; ``--local`` makes them the defaults and refuses others."""
 LOCAL_SETTINGS: dict[str, Any] = {"scaling": LOCAL_SCALING}
 """``LOCAL_SCALING`` as job defaults (shaped like a config file)."""
-CLUSTER_FIELDS = (*LOCAL_SCALING, "placement_strategy")
+CLUSTER_FIELDS = (*LOCAL_SCALING, "placement_strategy", "decode_cpus_per_gpu_node")
 """The ``ScalingSettings`` fields that only a Ray Train run uses."""
 
 
@@ -71,30 +81,52 @@ def model_option(text: str) -> tuple[str, Any]:
 class Recipe:
     """A model family's optimisation defaults: what a ``TrainConfig`` field left None resolves to.
 
-    ``lr`` is for the default total batch of 16 clips, fine-tuning from ``--pretrained``;
-    ``scratch_lr`` without it.
+    The rates are for a global batch of ``batch`` clips (``OptimizationSettings.global_batch``) and
+    scale with the run's (``tin.train.rates``): ``lr`` is the rate of pretrained weights when the run
+    starts from ``--pretrained`` or ``--tune-from`` (fine-tuning), ``new_lr`` that of the weights
+    such a start leaves new (temporal modules, a new head; ``param_groups``' ``new_lr``), and
+    ``scratch_lr`` the whole model's without such a start.
     """
 
     optimizer: str
     lr: float
+    new_lr: float
     scratch_lr: float
+    batch: int
     weight_decay: float
     head_lr_mult: float
     head_bias_lr_mult: float
     betas: tuple[float, float]
     clip_grad: float
+    # Regularisation (tin.data.augment), off unless the family's sources used it.
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    randaugment: int = 0
+    random_erasing: float = 0.0
 
 
 FAMILY_RECIPES: dict[str, Recipe] = {
-    # TSN/TSM/TIN: SGD 0.01 (0.02 for 48 clips, scaled), the new classifier at x5 / x10.
-    "resnet": Recipe("sgd", 0.01, 0.01, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
-    # STAM (its issue #9): AdamW 1e-5 for 64 clips, scaled; weight decay 1e-3.
-    "stam": Recipe("adamw", 2.5e-6, 1e-3, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0),
-    # ILA: AdamW with CLIP's betas; the release trained its new modules on a frozen CLIP trunk (--freeze-backbone).
-    "ila": Recipe("adamw", 1e-4, 1e-3, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0),
+    # TSN/TSM/TIN: TIN's official SGD 0.02 for 48 clips, the new classifier at x5 / x10 of it (and
+    # OffsetNet at x1), whether the trunk is pretrained or not; no regularisation beyond crops and
+    # flips (the TSM and TIN releases use none).
+    "resnet": Recipe("sgd", 0.02, 0.02, 0.02, 48, 5e-4, 5.0, 10.0, (0.9, 0.999), 20.0),
+    # STAM (its issue #9): AdamW 1e-5 for 64 clips, weight decay 1e-3. Its temporal encoder and head
+    # start new on an image-pretrained trunk and learn at 2e-3 (1e-3 for 16 clips, as from scratch):
+    # at the trunk's rate they stayed at chance. RandAugment, as issue 26 reads the STAM paper, at
+    # torchvision's (and the RandAugment paper's ImageNet) 2 operations of magnitude 9: the paper's
+    # own numbers were not checked (its release has no training code).
+    "stam": Recipe("adamw", 1e-5, 2e-3, 2e-3, 64, 1e-3, 1.0, 1.0, (0.9, 0.999), 5.0, randaugment=2),
+    # ILA: AdamW with CLIP's betas; the release trained its new modules at 1e-4 on a frozen CLIP trunk
+    # (--freeze-backbone); the batch is this project's default. Its release's AUG defaults
+    # (utils/config.py, from X-CLIP): label smoothing 0.1, mixup 0.8, cutmix 1.0.
+    "ila": Recipe(
+        "adamw", 1e-4, 1e-4, 1e-3, 16, 0.05, 1.0, 1.0, (0.9, 0.98), 5.0, label_smoothing=0.1, mixup=0.8, cutmix=1.0
+    ),
 }
-RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name != "scratch_lr")
-"""The ``OptimizationSettings`` fields that default to the model family's recipe."""
+RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe) if field.name not in ("scratch_lr", "batch"))
+"""The ``OptimizationSettings`` fields that default to the model family's recipe (``lr`` and
+``new_lr`` scaled to the run's global batch)."""
 
 
 def _model_default(option: str) -> str:
@@ -117,6 +149,23 @@ def _model_list(names: list[str]) -> str:
     shown = [family for family, members in families.items() if set(members) <= set(names)]
     shown += [name for name in names if model_family(name) not in shown]
     return ", ".join(shown)
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """A run's learning rates for its global batch (``TrainConfig.learning_rates``).
+
+    Attributes:
+        lr: the base rate (of the pretrained weights, or of every weight from scratch).
+        new_lr: the rate of the weights a pretrained start leaves new; None from scratch.
+        rule: the ``--lr-scale`` rule the recipe's rates were scaled by.
+        account: one line of how they came about, e.g. "lr 0.02667: resnet recipe 0.02 for 48 clips x 64/48 (linear)".
+    """
+
+    lr: float
+    new_lr: float | None
+    rule: str
+    account: str
 
 
 @dataclass
@@ -314,16 +363,25 @@ class ModelSettings:
 @dataclass
 class OptimizationSettings:
     """How the weights are fitted: epochs, the total batch, the optimiser and its learning rates,
-    the schedule, gradient clipping, the weights' moving average and ILA's alignment loss.
+    the schedule, gradient clipping, the weights' moving average, ILA's alignment loss and the
+    regularisation (label smoothing, mixup and cutmix, RandAugment and random erasing:
+    ``tin.data.augment``).
 
     ``batch_size`` is the total over all workers (each worker takes batch_size / num_workers) and
-    ``lr`` the learning rate for that total batch; the references use lr 0.02 for 48 clips, scaled
-    linearly. The recipe fields (``RECIPE_FIELDS``) left None take the model family's recipe
-    (``TrainConfig.recipe``).
+    ``lr`` the learning rate for the global batch (``global_batch``). The recipe fields
+    (``RECIPE_FIELDS``) left None take the model family's recipe, its rates scaled from the
+    recipe's batch to the global batch by ``lr_scale``'s rule (``TrainConfig.learning_rates``).
     """
 
     epochs: int = setting(25, help="epochs to train")
-    batch_size: int = setting(16, help="clips per step over all workers")
+    batch_size: int = setting(
+        16, help="clips per forward pass over all workers; an optimiser step takes --grad-accum-steps of them"
+    )
+    grad_accum_steps: int = setting(
+        1,
+        help="micro-batches of --batch-size clips whose gradients add up to one optimiser step: the step sees "
+        "--batch-size x this many clips (the schedule, the weight average and the step count go by these steps)",
+    )
     optimizer: str | None = setting(
         None,
         choices=OPTIMIZERS,
@@ -332,8 +390,23 @@ class OptimizationSettings:
     )
     lr: float | None = setting(
         None,
-        help="learning rate for the whole --batch-size, scale it linearly with the batch",
-        unset=f"{_recipe_default('lr')} with --pretrained; from scratch {_recipe_default('scratch_lr')}",
+        help="learning rate for the global batch (--batch-size), taken as given; with --pretrained or --tune-from "
+        "the rate of the pretrained weights",
+        unset="the family recipe's, scaled from its batch to the global batch (--lr-scale; README: Recipes)",
+    )
+    new_lr: float | None = setting(
+        None,
+        help="with --pretrained or --tune-from: the learning rate of the weights that start new (temporal modules "
+        "the weights lack, a new head), taken as given",
+        unset="the family recipe's rate for new weights, scaled like --lr; where --lr is given, --lr times the "
+        f"recipe's ratio of the two: {by_value((name, r.new_lr / r.lr) for name, r in FAMILY_RECIPES.items())}",
+    )
+    lr_scale: str | None = setting(
+        None,
+        choices=LR_SCALE_RULES,
+        help="how the recipe's rates follow the global batch: linear, sqrt (square root) or none; an --lr or "
+        "--new-lr given is taken as given",
+        unset=f"the optimiser's: {by_value(DEFAULT_LR_SCALE.items())}",
     )
     momentum: float = setting(0.9, help="SGD momentum")
     betas: tuple[float, ...] | None = setting(
@@ -373,11 +446,51 @@ class OptimizationSettings:
         unset="off",
     )
     align_loss_weight: float = setting(1.0, help="ILA: weight of the alignment loss added to the task loss")
+    label_smoothing: float | None = setting(
+        None,
+        help="label smoothing: single-label targets put this much probability evenly on all classes; multi-label "
+        "targets move each class's 0 or 1 this far towards 1/2",
+        unset=_recipe_default("label_smoothing"),
+    )
+    mixup: float | None = setting(
+        None,
+        metavar="ALPHA",
+        help="mix each training batch's clips pairwise with a weight drawn from Beta(ALPHA, ALPHA), targets alike, "
+        f"0: off; with --cutmix a batch takes cutmix instead with probability {CUTMIX_SWITCH_PROB}",
+        unset=_recipe_default("mixup"),
+    )
+    cutmix: float | None = setting(
+        None,
+        metavar="ALPHA",
+        help="paste a box of another clip of the batch into every frame of each clip, its area drawn from "
+        "Beta(ALPHA, ALPHA), targets weighted by area, 0: off",
+        unset=_recipe_default("cutmix"),
+    )
+    randaugment: int | None = setting(
+        None,
+        metavar="OPS",
+        help="RandAugment with this many operations per training clip, the same on all its frames, 0: off",
+        unset=_recipe_default("randaugment"),
+    )
+    randaugment_magnitude: int = setting(9, help=f"RandAugment's magnitude, 0 to {RANDAUGMENT_MAGNITUDE_BINS - 1}")
+    random_erasing: float | None = setting(
+        None,
+        metavar="P",
+        help="erase a random rectangle (to black) of a training clip, the same on all its frames, with probability P",
+        unset=_recipe_default("random_erasing"),
+    )
 
     def validate(self) -> None:
         """Raises ``TrainingSetupError`` naming the flag; None values are unset and pass."""
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr is None or self.lr >= 0, f"--lr must be >= 0, got {self.lr}"),
+            (self.new_lr is None or self.new_lr >= 0, f"--new-lr must be >= 0, got {self.new_lr}"),
+            (
+                self.grad_accum_steps >= 1,
+                f"--grad-accum-steps must be at least 1 (1: no accumulation), got {self.grad_accum_steps}",
+            ),
             (self.betas is None or len(self.betas) == 2, f"--betas takes two numbers, got {self.betas}"),
             (
                 self.ema_decay is None or 0 < self.ema_decay < 1,
@@ -391,20 +504,43 @@ class OptimizationSettings:
                 self.align_loss_weight is None or self.align_loss_weight >= 0,
                 f"--align-loss-weight must be >= 0, got {self.align_loss_weight}",
             ),
+            *self._regularisation_checks(),
         ]
         for passed, message in checks:
             if not passed:
                 raise TrainingSetupError(message)
 
+    def global_batch(self) -> int:
+        """Clips per optimiser step over all workers: ``grad_accum_steps`` micro-batches of ``batch_size``."""
+        return self.batch_size * self.grad_accum_steps
+
+    def _regularisation_checks(self) -> list[tuple[bool, str]]:
+        """(passed, message naming the flag) of each regularisation setting; None values pass."""
+        smoothing, erasing, ops = self.label_smoothing, self.random_erasing, self.randaugment
+        magnitude = self.randaugment_magnitude
+        return [
+            (smoothing is None or 0 <= smoothing < 1, f"--label-smoothing must lie in [0, 1), got {smoothing}"),
+            (self.mixup is None or self.mixup >= 0, f"--mixup takes an alpha > 0, or 0 (off), got {self.mixup}"),
+            (self.cutmix is None or self.cutmix >= 0, f"--cutmix takes an alpha > 0, or 0 (off), got {self.cutmix}"),
+            (ops is None or ops >= 0, f"--randaugment takes a number of operations (0: off), got {ops}"),
+            (
+                0 <= magnitude < RANDAUGMENT_MAGNITUDE_BINS,
+                f"--randaugment-magnitude must lie in 0..{RANDAUGMENT_MAGNITUDE_BINS - 1}, got {magnitude}",
+            ),
+            (erasing is None or 0 <= erasing <= 1, f"--random-erasing is a probability in [0, 1], got {erasing}"),
+        ]
+
 
 @dataclass
 class ScalingSettings:
     """Where and how the run trains: Ray Train's workers and their resources, restarts after
-    failures, and compiling the model. ``--local`` runs take none but ``use_gpu`` and ``compile``
-    (``check_local``)."""
+    failures, compiling the model, and the precision and memory layout the model runs in. ``--local``
+    runs take none of the cluster's (``check_local``)."""
 
     num_workers: int = setting(2, help="Ray Train workers (DDP processes)")
-    use_gpu: bool = setting(False, help="one GPU per worker (nccl, bf16 autocast, channels_last)")
+    use_gpu: bool = setting(
+        False, help="one GPU per worker (nccl; bf16 autocast and channels_last unless --precision, --no-channels-last)"
+    )
     cpus_per_worker: float | None = setting(
         None,
         help="CPUs reserved per worker",
@@ -423,10 +559,49 @@ class ScalingSettings:
         "a minute or more; worth it on GPUs for long runs); validation stays eager",
     )
 
+    precision: str | None = setting(
+        None,
+        choices=PRECISIONS,
+        help="the forward passes (training and validation) under bf16 or fp16 autocast, or fp32 throughout; fp16 "
+        "scales the loss (a gradient scaler, kept in the checkpoint) and needs --use-gpu",
+        unset="bf16 with --use-gpu, fp32 without",
+    )
+    channels_last: bool | None = setting(
+        None,
+        help="keep frames and convolution weights in the channels-last memory layout (cuDNN's fastest on GPUs)",
+        unset="on with --use-gpu, off without",
+    )
+    decode_cpus_per_gpu_node: int | None = setting(
+        None,
+        help="at most this many decode tasks (one CPU each) at a time on each GPU node, while CPU-only nodes "
+        "decode on all their CPUs; the nodes declare which they are when they start (README: Decoding on the "
+        "CPU nodes)",
+        unset="decode tasks take any free CPU of any node",
+    )
+
     def validate(self) -> None:
         """Raises ``TrainingSetupError`` naming the flag."""
         if self.num_workers < 1:
             raise TrainingSetupError(f"--num-workers must be at least 1, got {self.num_workers}")
+        cap = self.decode_cpus_per_gpu_node
+        if cap is not None and not 1 <= cap <= DECODE_CPUS_PER_GPU_NODE_MAX:
+            raise TrainingSetupError(
+                f"--decode-cpus-per-gpu-node must be a number of CPUs from 1 to {DECODE_CPUS_PER_GPU_NODE_MAX}, got "
+                f"{cap}; leave it unset to let decode tasks take any free CPU"
+            )
+        if self.precision == "fp16" and not self.use_gpu:
+            raise TrainingSetupError(
+                "--precision fp16 needs --use-gpu: float16 autocast and its gradient scaler are for GPUs; train on "
+                "the CPU with --precision fp32 (the default there) or bf16"
+            )
+
+    def chosen_precision(self) -> str:
+        """``precision``, or where unset the device's: bf16 with a GPU, fp32 on the CPU."""
+        return self.precision or ("bf16" if self.use_gpu else "fp32")
+
+    def chosen_channels_last(self) -> bool:
+        """``channels_last``, or where unset the device's: on with a GPU, off on the CPU."""
+        return self.use_gpu if self.channels_last is None else self.channels_last
 
 
 @dataclass
@@ -447,6 +622,90 @@ class TrackingSettings:
     mlflow_parent_run_id: str | None = setting(
         None, help="MLflow run id to nest this run under (a tuning search sets it per trial)"
     )
+    checkpoint_every: str | None = setting(
+        None,
+        metavar="STEPS|MINUTESm",
+        help="also checkpoint inside epochs: every N optimiser steps of the run (e.g. 500) or every N minutes "
+        "(e.g. 30m); a re-run continues from the step after the latest checkpoint, with the clips the epoch has "
+        "not yet trained on",
+        unset="at the end of every epoch only",
+    )
+    keep_best: str | None = setting(
+        None,
+        metavar="METRIC[:K]",
+        help="also keep the checkpoints of the K best epochs (K 1 when left out) by a validation metric, in best/ "
+        f"beside the latest ones, and log the best value to MLflow: {ranked_metrics_help()}",
+        unset="off: the latest checkpoints only",
+    )
+    log_every: int = setting(
+        50,
+        metavar="STEPS",
+        help="log the loss, learning rate, clips/s and data wait of the last N optimiser steps to MLflow every N "
+        "steps (metrics step/*, at the run's step number); 0: epoch metrics only",
+    )
+
+    def validate(self) -> None:
+        """Raises ``TrainingSetupError`` naming the flag."""
+        if self.log_every < 0:
+            raise TrainingSetupError(f"--log-every must be 0 (off) or a number of steps, got {self.log_every}")
+        self.checkpoint_interval()
+        self.best_kept()
+
+    def checkpoint_interval(self) -> CheckpointInterval | None:
+        """``checkpoint_every`` read: None (epoch ends only), N steps or N minutes.
+
+        Raises:
+            TrainingSetupError: naming the flag, when it is neither.
+        """
+        if self.checkpoint_every is None:
+            return None
+        text = self.checkpoint_every.strip().lower()
+        minutes = text.endswith("m")
+        try:
+            amount = float(text[:-1]) if minutes else int(text)
+        except ValueError:
+            amount = 0
+        if not amount > 0:
+            raise TrainingSetupError(
+                f"--checkpoint-every {self.checkpoint_every}: give a number of optimiser steps (e.g. 500) or of "
+                f"minutes with an m (e.g. 30m), more than 0"
+            )
+        return CheckpointInterval(seconds=60 * amount) if minutes else CheckpointInterval(steps=int(amount))
+
+    def best_kept(self) -> KeepBest | None:
+        """``keep_best`` read: None (off), or the metric and how many epochs to keep by it.
+
+        Raises:
+            TrainingSetupError: naming the flag, for text that is not METRIC or METRIC:K, a metric
+                checkpoints cannot be ranked by, or K under 1.
+        """
+        if self.keep_best is None:
+            return None
+        metric, colon, count = self.keep_best.strip().partition(":")
+        try:
+            keep = KeepBest(metric.strip(), int(count) if colon else 1)
+        except ValueError:
+            raise TrainingSetupError(
+                f"--keep-best {self.keep_best}: give a metric and how many epochs to keep by it, e.g. val_top1:3"
+            ) from None
+        if keep.metric not in RANKED_METRICS:
+            raise TrainingSetupError(
+                f"--keep-best {self.keep_best}: {keep.metric!r} is no metric checkpoints can be ranked by; choose one "
+                f"of {', '.join(RANKED_METRICS)}"
+            )
+        if keep.count < 1:
+            raise TrainingSetupError(
+                f"--keep-best {self.keep_best}: keep at least 1 checkpoint, or drop --keep-best to keep the latest only"
+            )
+        return keep
+
+
+@dataclass(frozen=True)
+class CheckpointInterval:
+    """How often a run checkpoints inside its epochs: every ``steps`` optimiser steps or every ``seconds``."""
+
+    steps: int | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -478,7 +737,7 @@ class TrainConfig:
             TrainingSetupError: naming the flag.
         """
         check_choices(self, TrainingSetupError)
-        for group in (self.data, self.model, self.optimization, self.scaling):
+        for group in (self.data, self.model, self.optimization, self.scaling, self.tracking):
             group.validate()
         batch, workers = self.optimization.batch_size, self.scaling.num_workers
         if batch < workers:
@@ -486,27 +745,92 @@ class TrainConfig:
                 f"--batch-size {batch} is smaller than --num-workers {workers}: every worker needs at least one "
                 "clip per step"
             )
+        if self.tracking.checkpoint_every is not None and self.data.shuffle_buffer:
+            raise TrainingSetupError(
+                f"--checkpoint-every {self.tracking.checkpoint_every} with --shuffle-buffer "
+                f"{self.data.shuffle_buffer}: a run resumed inside an epoch cannot tell which clips a shuffle "
+                "buffer had already handed out; drop one of the two"
+            )
+        if self.tracking.keep_best is not None and self.data.val_split is None:
+            raise TrainingSetupError(
+                f"--keep-best {self.tracking.keep_best} ranks epochs by a validation metric and --val-split none "
+                "validates nothing: give a validation split or drop --keep-best"
+            )
+        if self.optimization.new_lr is not None and not self.starts_pretrained():
+            raise TrainingSetupError(
+                f"--new-lr {self.optimization.new_lr} is the rate of the weights a --pretrained or --tune-from start "
+                "leaves new; from scratch every weight starts new and learns at --lr: give --lr instead"
+            )
+
+    def starts_pretrained(self) -> bool:
+        """Whether the run starts from trained weights (``--pretrained`` or ``--tune-from``): it
+        fine-tunes them at ``lr`` and trains the weights they lack at ``new_lr``."""
+        return self.model.pretrained is not None or self.model.tune_from is not None
+
+    def learning_rates(self) -> LearningRates:
+        """The run's learning rates and how they came about: an ``--lr`` or ``--new-lr`` given is
+        taken as given (``new_lr`` unset follows a given ``--lr`` at the recipe's ratio of the two);
+        the others are the family recipe's (``lr`` with a pretrained start,
+        ``scratch_lr`` without, ``new_lr``), scaled from the recipe's batch to ``global_batch`` by
+        ``lr_scale``'s rule, or the optimiser's (``tin.train.rates``). ``new_lr`` is None from
+        scratch, where every weight learns at ``lr``."""
+        family = model_family(self.model.name)
+        base, chosen = FAMILY_RECIPES[family], self.optimization
+        rule = chosen.lr_scale or DEFAULT_LR_SCALE[chosen.optimizer or base.optimizer]
+        batch = chosen.global_batch()
+        factor = scale_factor(rule, base.batch, batch)
+
+        def from_recipe(name: str, source: str, rate: float) -> tuple[float, str]:
+            value = rate * factor
+            return value, scaled_account(name, value, f"{family} recipe{source}", rate, base.batch, batch, rule)
+
+        if chosen.lr is not None:
+            lr, account = chosen.lr, f"lr {chosen.lr:.4g}: --lr, as given"
+        elif self.starts_pretrained():
+            lr, account = from_recipe("lr", "", base.lr)
+        else:
+            lr, account = from_recipe("lr", " from scratch", base.scratch_lr)
+        if not self.starts_pretrained():
+            return LearningRates(lr, None, rule, account)
+        if chosen.new_lr is not None:
+            new_lr, new_account = chosen.new_lr, f"new weights {chosen.new_lr:.4g}: --new-lr, as given"
+        elif chosen.lr is not None:
+            ratio = base.new_lr / base.lr
+            new_lr = lr * ratio
+            new_account = (
+                "new weights at --lr"
+                if ratio == 1
+                else f"new weights {new_lr:.4g}: --lr x {ratio:.4g} ({family} recipe {base.new_lr:.4g} / {base.lr:.4g})"
+            )
+        else:
+            new_lr, new_account = from_recipe("new weights", " for new weights", base.new_lr)
+        return LearningRates(lr, new_lr, rule, f"{account}; {new_account}")
 
     def recipe(self) -> Recipe:
         """The optimisation settings this run uses: the fields set, the model family's recipe for
-        those left None (``lr``: the recipe's from-scratch rate when there is no --pretrained)."""
+        those left None; ``lr`` and ``new_lr`` are the run's, as ``learning_rates`` resolves them for
+        the global batch (``new_lr`` = ``lr`` from scratch), ``batch`` and ``scratch_lr`` the
+        family's."""
         base = FAMILY_RECIPES[model_family(self.model.name)]
         chosen = {
             name: getattr(self.optimization, name)
             for name in RECIPE_FIELDS
             if getattr(self.optimization, name) is not None
         }
-        if self.optimization.lr is None and self.model.pretrained is None:
-            chosen["lr"] = base.scratch_lr
+        rates = self.learning_rates()
+        chosen.update(lr=rates.lr, new_lr=rates.lr if rates.new_lr is None else rates.new_lr)
         return dataclasses.replace(base, **chosen)
 
     def with_recipe(self) -> TrainConfig:
-        """This config with every recipe field (``RECIPE_FIELDS``) set to the value ``recipe``
-        resolves it to. The driver resolves it once, before any worker starts, so the workers train
-        with and MLflow and the checkpoints record the values themselves (an lr, not None); flags
-        that were set keep their values."""
-        recipe = self.recipe()
-        resolved = dataclasses.replace(self.optimization, **{name: getattr(recipe, name) for name in RECIPE_FIELDS})
+        """This config with every recipe field (``RECIPE_FIELDS``) and ``lr_scale`` set to the value
+        ``recipe`` and ``learning_rates`` resolve it to (``new_lr`` stays None from scratch). The
+        driver resolves it once, before any worker starts, so the workers train with and MLflow and
+        the checkpoints record the values themselves (an lr, not None); flags that were set keep
+        their values."""
+        recipe, rates = self.recipe(), self.learning_rates()
+        values = {name: getattr(recipe, name) for name in RECIPE_FIELDS}
+        values.update(new_lr=rates.new_lr, lr_scale=rates.rule)
+        resolved = dataclasses.replace(self.optimization, **values)
         return dataclasses.replace(self, optimization=resolved)
 
     def to_dict(self) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -28,9 +29,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tin.checkpoint import CHECKPOINT_FILE
 from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
+from tin.data.epochs import Piece
 from tin.train.config import TrainConfig, TrainingSetupError, check_local
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
-from tin.train.setup import CHECKPOINTS_KEPT, check_config, decode_options, resolved_run, split_shards
+from tin.train.setup import CHECKPOINTS_KEPT, SplitShards, check_config, piece_columns, resolved_run, split_source
 
 
 def train_locally(config: TrainConfig) -> dict[str, Any]:
@@ -73,14 +75,10 @@ class LocalSession:
     def __init__(self, config: TrainConfig, info: DatasetInfo, device: torch.device) -> None:
         self.config, self.device = config, device
         self.run_dir = Path(config.tracking.storage_path) / config.tracking.name
-        self.train_stream = ShardStream(
-            *split_shards(config.data, config.data.train_split), decode_options(config, info, True)
-        )
-        self.val_stream = None
+        self.train_source = split_source(config, info, config.data.train_split, True)
+        self.val_source = None
         if config.data.val_split is not None:
-            self.val_stream = ShardStream(
-                *split_shards(config.data, config.data.val_split), decode_options(config, info, False)
-            )
+            self.val_source = split_source(config, info, config.data.val_split, False)
 
     def node(self) -> str:
         return socket.gethostname()
@@ -92,21 +90,22 @@ class LocalSession:
     def resumed_checkpoint(self) -> Iterator[Path | None]:
         yield latest_checkpoint(self.run_dir)
 
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """The shards in the epoch's order and their clips drawn as Ray Data draws them (both
-        seeded by --seed and the epoch), full batches only, through a local shuffle buffer with
-        --shuffle-buffer."""
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_stream.files))
-        rows = clip_rows(decoded_chunks(self.train_stream.in_epoch(epoch, order)))
+    def train_batches(self, epoch: int, batch_size: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """The epoch's clips in the order ``tin.data.epochs`` gives them, drawn as Ray Data draws them
+        (seeded by --seed and the epoch), from the clip after the first ``skip_batches`` batches;
+        full batches only, through a local shuffle buffer with --shuffle-buffer."""
+        pieces = self.train_source.pieces(epoch, skip=skip_batches * batch_size)
+        rows = clip_rows(decoded_chunks(ShardStream(self.train_source, pieces, epoch)))
         if self.config.data.shuffle_buffer:
             rng = np.random.default_rng(shuffle_seed(self.config.seed, epoch, self.rank))
             rows = buffer_shuffled(rows, self.config.data.shuffle_buffer, rng)
         return self.on_device(batched(rows, batch_size, drop_last=True))
 
     def validation_batches(self, batch_size: int) -> Iterable[Batch]:
-        if self.val_stream is None:
+        if self.val_source is None:
             raise ValueError("this run has no validation split (--val-split none)")
-        return self.on_device(batched(clip_rows(decoded_chunks(self.val_stream)), batch_size, drop_last=False))
+        stream = ShardStream(self.val_source, self.val_source.pieces(0))
+        return self.on_device(batched(clip_rows(decoded_chunks(stream)), batch_size, drop_last=False))
 
     def on_device(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
@@ -116,30 +115,52 @@ class LocalSession:
         if write_checkpoint is not None:
             save_checkpoint_folder(self.run_dir, write_checkpoint)
 
+    def run_storage(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        return pyarrow.fs.LocalFileSystem(), str(self.run_dir)
+
 
 class ShardStream(IterableDataset):
-    """``decode_shards`` over a split's shard files in one epoch (its options:
-    ``tin.train.setup.decode_options``; the epoch picks the training draws); in a ``DataLoader``
-    worker, over every ``num_workers``-th file from the worker's index on."""
+    """``decode_shards`` over pieces of a split's shards (``SplitShards.pieces``) in one epoch (the
+    epoch picks the training draws); in a ``DataLoader`` worker, over every ``num_workers``-th
+    piece from the worker's index on. Every decoded chunk carries "position", the place of its
+    first clip in the pieces' sequence of clips, which ``in_sequence`` restores."""
 
-    def __init__(self, filesystem: Any, files: list[str], options: dict[str, Any], epoch: int = 0) -> None:
-        self.filesystem, self.files, self.options, self.epoch = filesystem, files, options, epoch
+    def __init__(self, source: SplitShards, pieces: list[Piece], epoch: int = 0) -> None:
+        self.source, self.pieces, self.epoch = source, pieces, epoch
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
-        files = self.files if worker is None else self.files[worker.id :: worker.num_workers]
-        yield from decode_shards({"path": np.array(files)}, self.filesystem, epoch=self.epoch, **self.options)
-
-    def in_epoch(self, epoch: int, order: np.ndarray) -> ShardStream:
-        """The stream of ``epoch``, over the files taken in ``order`` (indices into ``files``)."""
-        return ShardStream(self.filesystem, [self.files[index] for index in order], self.options, epoch)
+        first, every = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        offsets = np.cumsum([0] + [piece.stop - piece.start for piece in self.pieces])
+        for index in range(first, len(self.pieces), every):
+            batch = piece_columns(self.pieces[index : index + 1])
+            position = int(offsets[index])
+            options = self.source.options
+            for chunk in decode_shards(batch, self.source.filesystem, epoch=self.epoch, **options):
+                yield {**chunk, "position": np.int64(position)}
+                position += len(chunk["target"])
 
 
 def decoded_chunks(stream: ShardStream) -> Iterator[dict[str, torch.Tensor]]:
-    """The stream's decoded chunks (``DECODE_BATCH`` clips each) as tensors, decoded by
-    ``DataLoader`` worker processes."""
-    workers = min(len(stream.files), loader_workers())
-    return iter(DataLoader(stream, batch_size=None, num_workers=workers))
+    """The stream's decoded chunks (``DECODE_BATCH`` clips each) as tensors, in the pieces' order,
+    decoded by ``DataLoader`` worker processes."""
+    workers = min(len(stream.pieces), loader_workers())
+    return in_sequence(iter(DataLoader(stream, batch_size=None, num_workers=workers)))
+
+
+def in_sequence(chunks: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    """Chunks that carry their "position" in a stream of clips, in stream order (without it): the
+    workers of a ``DataLoader`` deliver their pieces' chunks by turns, and a run resumed inside an
+    epoch skips the clips that come first in the stream, so the stream's order must not depend on
+    the number of workers. Holds the chunks that arrive early (about a piece per worker)."""
+    pending: dict[int, dict[str, torch.Tensor]] = {}
+    expected = 0
+    for chunk in chunks:
+        pending[int(chunk.pop("position"))] = chunk
+        while expected in pending:
+            ready = pending.pop(expected)
+            expected += len(ready["target"])
+            yield ready
 
 
 def loader_workers() -> int:

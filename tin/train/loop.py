@@ -23,23 +23,27 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pyarrow.fs
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from tin.checkpoint import CHECKPOINT_FILE
+from tin.data.augment import batch_mixing
 from tin.data.facts import DatasetFacts
-from tin.data.transforms import normalize
 from tin.metrics import class_map, sample_map, topk_correct
 from tin.models import build_model
 from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
+from tin.train.best import BestCheckpoints
 from tin.train.checkpoint import TrainingState, load_state, save_state
 from tin.train.config import TrainConfig
-from tin.train.distributed import gather_objects, gather_rows
+from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
 from tin.train.progress import EpochLog, RunRecorder, logger
 from tin.train.schedule import build_scheduler
 from tin.train.step import (
+    Batch,
+    ExecutionPolicy,
     TrainingStep,
     averaged_model,
     build_optimizer,
@@ -50,8 +54,6 @@ from tin.train.step import (
 )
 from tin.video_checkpoints import load_video_checkpoint
 
-Batch = dict[str, torch.Tensor]
-"""{"clips": uint8 (B, T, H, W, 3) on the device, "target": int64 (B,) or float32 multi-hot (B, K)}."""
 CheckpointWriter = Callable[[Path], None]
 """Writes the epoch's ``CHECKPOINT_FILE`` into the given folder."""
 
@@ -76,9 +78,10 @@ class Session(Protocol):
         """The checkpoint file this run continues from (None: a fresh run), readable inside the context."""
         ...
 
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """One pass over this rank's part of the training split in the epoch's order, in full batches;
-        every rank gets ``epoch_steps`` of them."""
+    def train_batches(self, epoch: int, batch_size: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """One pass over this rank's part of the training split in the epoch's order
+        (``tin.data.epochs``), in full batches, from the batch after the first ``skip_batches`` (a
+        run resumed inside the epoch); every rank gets ``epoch_steps`` of them in a whole epoch."""
         ...
 
     def validation_batches(self, batch_size: int) -> Iterable[Batch]:
@@ -86,7 +89,13 @@ class Session(Protocol):
         ...
 
     def report(self, metrics: dict[str, float], write_checkpoint: CheckpointWriter | None) -> None:
-        """End of an epoch, called on every rank; rank 0 passes the writer of the epoch's checkpoint."""
+        """End of an epoch, or a checkpoint inside one (``MID_EPOCH`` in the metrics), called on every
+        rank; rank 0 passes the writer of the checkpoint."""
+        ...
+
+    def run_storage(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """The filesystem and the path on it of the run's folder, where its checkpoints go (rank 0
+        keeps the best ones there too, ``tin.train.best``)."""
         ...
 
 
@@ -113,8 +122,8 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
     ema = averaged_model(model, config.optimization.ema_decay)
     with session.resumed_checkpoint() as path:
         state = TrainingState() if path is None else restore_state(path, model, ema)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    policy = ExecutionPolicy.of_run(config)
+    model = policy.prepare_model(model)
     # On the device; DDP over several ranks, around the compiled module with --compile. ``model``
     # stays the plain module: checkpoints, validation and the average use it.
     placed = session.place_model(compiled_for_training(model) if config.scaling.compile else model)
@@ -122,7 +131,7 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
         ema.to(device)
 
     per_rank_batch = config.optimization.batch_size // session.world_size
-    steps_per_epoch = epoch_steps(facts.train_clips, session.world_size, per_rank_batch)
+    steps_per_epoch = epoch_steps(facts.train_clips, session.world_size, per_rank_batch, policy.accumulation)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(
         optimizer,
@@ -135,6 +144,7 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
     if state.optimizer is not None and state.scheduler is not None:
         load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
+    recipe = config.recipe()
     step = TrainingStep(
         placed,
         model,
@@ -145,15 +155,27 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
         device,
         clip_grad=config.recipe().clip_grad,
         auxiliary_weight=config.optimization.align_loss_weight,
+        policy=policy,
+        label_smoothing=recipe.label_smoothing,
+        mixing=batch_mixing(recipe.mixup, recipe.cutmix, len(facts.classes)),
     )
+    if state.grad_scaler is not None and step.scaler is not None:
+        step.scaler.load_state_dict(state.grad_scaler)
     validated = model if ema is None else ema.module
 
     recorder = RunRecorder(config, facts, enabled=session.rank == 0)
     recorder.workers_placed([str(node) for node in gather_objects(session.node())], state.epoch)
+    hooks = StepHooks(session, config, facts, step, recorder, steps_per_epoch)
+    keep_best = config.tracking.best_kept()
+    best = None if keep_best is None or session.rank != 0 else BestCheckpoints(keep_best, *session.run_storage())
     for epoch in range(state.epoch, config.optimization.epochs):
         started = time.perf_counter()
         video_model(model).set_epoch(epoch, config.optimization.epochs)
-        train_stats = train_one_epoch(step, session.train_batches(epoch, per_rank_batch))
+        done = state.epoch_step if epoch == state.epoch else 0  # steps of a resumed epoch already taken
+        batches = session.train_batches(epoch, per_rank_batch, done * policy.accumulation)
+        hooks.start_epoch(epoch, done, state.history)
+        train_stats = train_one_epoch(step, batches, hooks)
+        train_stats["steps"] += done
         if train_stats["steps"] != steps_per_epoch and session.rank == 0:
             logger.warning(
                 "epoch %d took %d steps, the learning-rate schedule counts %d: dataset.json's count of "
@@ -164,7 +186,7 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
             )
         val_stats = {}
         if config.data.val_split is not None:
-            val_stats = evaluate(validated, session.validation_batches(per_rank_batch), facts, device)
+            val_stats = evaluate(validated, session.validation_batches(per_rank_batch), facts, device, policy)
         log = EpochLog(
             epoch + 1, config.optimization.epochs, time.perf_counter() - started, {**train_stats, **val_stats}
         )
@@ -175,19 +197,155 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
             scheduler.state_dict(),
             [*state.history, log.metrics],
             ema=None if ema is None else ema.state_dict(),
+            grad_scaler=None if step.scaler is None else step.scaler.state_dict(),
         )
+        if best is not None:  # before the report: a run that stops between the two trains the epoch again
+            best.consider(state.epoch, log.metrics, partial(write_checkpoint, state, config, facts))
         report_epoch(session, state, config, facts)
+        hooks.checkpointed()
         recorder.epoch_done(log, state.history)
+        recorder.best_kept(best, state.epoch)
     recorder.finish(validated, state)
     return state
 
 
-def epoch_steps(train_clips: int, world: int, per_worker_batch: int) -> int:
+def epoch_steps(train_clips: int, world: int, per_worker_batch: int, accumulation: int = 1) -> int:
     """Optimiser steps per epoch: Ray Train splits the training set with ``streaming_split(equal=True)``,
-    which gives every rank floor(N / world) clips (a single process reads all N), and each rank
-    drops its last partial batch, so all ranks take this many steps (DDP needs them in lockstep)
-    and the schedule counts them."""
-    return (train_clips // world) // per_worker_batch
+    which gives every rank floor(N / world) clips (a single process reads all N), each rank drops
+    its last partial batch, and with ``accumulation`` (--grad-accum-steps) K the batches after its
+    last K-th (``tin.train.step.full_groups``), so all ranks take this many steps (DDP needs them
+    in lockstep) and the schedule counts them."""
+    return (train_clips // world) // per_worker_batch // accumulation
+
+
+MID_EPOCH = "mid_epoch"
+"""The metric that marks a report of a checkpoint written inside an epoch (value 1); such a report
+also carries "epoch" (the epochs completed) and "epoch_step" (the steps taken in the next)."""
+
+
+class StepHooks:
+    """What follows every optimiser step of a run (``train_one_epoch``'s ``after_step``): it
+    counts the step, logs the step metrics every ``--log-every`` steps, checkpoints inside the
+    epoch when ``--checkpoint-every`` says so, and seeds the next step's random draws (dropout,
+    stochastic depth) from the run's seed, the rank and the step, so that a run resumed from any
+    checkpoint draws what an uninterrupted one draws.
+
+    The run's step (``global_step``) is ``epoch * steps_per_epoch + epoch_step``: it continues
+    across a resume, and MLflow's step metrics are logged at it.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        config: TrainConfig,
+        facts: DatasetFacts,
+        step: TrainingStep,
+        recorder: RunRecorder,
+        steps_per_epoch: int,
+    ) -> None:
+        self.session, self.config, self.facts, self.step = session, config, facts, step
+        self.recorder, self.steps_per_epoch = recorder, steps_per_epoch
+        self.interval = config.tracking.checkpoint_interval()
+        self.window = StepWindow(step.device)
+        self.epoch, self.epoch_step = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.checkpointed()
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.epoch_step
+
+    def start_epoch(self, epoch: int, epoch_step: int, history: list[dict[str, float]]) -> None:
+        """Epoch ``epoch`` (0-based) starts, or resumes after ``epoch_step`` steps; ``history``: the
+        metrics of the epochs before it."""
+        self.epoch, self.epoch_step, self.history = epoch, epoch_step, history
+        self.window.restart()
+        seed_step(self.config.seed, self.session.rank, self.global_step)
+
+    def checkpointed(self) -> None:
+        """A checkpoint was just written: the minutes of ``--checkpoint-every`` count from now."""
+        self.last_checkpoint = time.monotonic()
+
+    def __call__(self, loss_sum: torch.Tensor, clips: int, waited: float) -> None:
+        self.epoch_step += 1
+        self.window.add(loss_sum, clips, waited)
+        log_every = self.config.tracking.log_every
+        if log_every and self.global_step % log_every == 0:
+            metrics = self.window.reduced()
+            self.recorder.steps_logged({**metrics, "lr": self.step.optimizer.param_groups[0]["lr"]}, self.global_step)
+            self.window.restart()
+        if self.epoch_step < self.steps_per_epoch and self.checkpoint_due():
+            self.write_mid_epoch_checkpoint()
+        seed_step(self.config.seed, self.session.rank, self.global_step)
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``--checkpoint-every`` asks for a checkpoint after this step; every rank gets the
+        same answer (after so many minutes: when any rank's clock says so)."""
+        if self.interval is None:
+            return False
+        if self.interval.steps is not None:
+            return self.global_step % self.interval.steps == 0
+        due = float(time.monotonic() - self.last_checkpoint >= (self.interval.seconds or 0.0))
+        return all_reduce_sum(torch.tensor([due], device=self.step.device)).item() > 0
+
+    def write_mid_epoch_checkpoint(self) -> None:
+        """Report the checkpoint of the run after this step, inside epoch ``epoch``, on every rank."""
+        step = self.step
+        state = TrainingState(
+            self.epoch,
+            step.model.state_dict(),
+            step.optimizer.state_dict(),
+            step.scheduler.state_dict(),
+            self.history,
+            ema=None if step.ema is None else step.ema.state_dict(),
+            grad_scaler=None if step.scaler is None else step.scaler.state_dict(),
+            epoch_step=self.epoch_step,
+        )
+        writer = None
+        if self.session.rank == 0:
+            writer = partial(write_checkpoint, state, self.config, self.facts)
+        self.session.report({"epoch": self.epoch, "epoch_step": self.epoch_step, MID_EPOCH: 1}, writer)
+        self.checkpointed()
+
+
+class StepWindow:
+    """The steps since the last step metrics: their loss, clips and data wait on this rank."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.clips, self.waited, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, clips: int, waited: float) -> None:
+        """One step: its loss summed over its ``clips`` (a device tensor: no sync per step)."""
+        self.loss_sum += loss_sum
+        self.clips += clips
+        self.waited += waited
+
+    def reduced(self) -> dict[str, float]:
+        """The window's metrics over all ranks (a collective: every rank calls it at the same step):
+        mean loss per clip, clips per second of all ranks together, and the mean over ranks of the
+        fraction of the time spent waiting for batches."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        totals = torch.stack(
+            [
+                self.loss_sum,
+                torch.tensor(float(self.clips), dtype=torch.float64, device=self.device),
+                torch.tensor(self.clips / elapsed, dtype=torch.float64, device=self.device),
+                torch.tensor(self.waited / elapsed, dtype=torch.float64, device=self.device),
+                torch.ones((), dtype=torch.float64, device=self.device),
+            ]
+        )
+        loss_sum, clips, clips_per_s, wait_sum, ranks = all_reduce_sum(totals).tolist()
+        return {"loss": loss_sum / max(clips, 1), "clips_per_s": clips_per_s, "data_wait": wait_sum / ranks}
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed PyTorch's generators for the run's optimiser step ``step`` (0-based) on ``rank``."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
 
 
 def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
@@ -228,18 +386,20 @@ def write_checkpoint(state: TrainingState, config: TrainConfig, facts: DatasetFa
 
 @torch.no_grad()
 def predict_batches(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, multi_label: bool, num_classes: int
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device,
+    multi_label: bool,
+    num_classes: int,
+    policy: ExecutionPolicy,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (n, K) and targets of every clip of ``batches``, with the plain (non-DDP) model."""
+    """Scores (n, K) and targets of every clip of ``batches``, with the plain (non-DDP) model, in the
+    precision and layout it trains in (``policy``)."""
     model.eval()
     scores, targets = [], []
     for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            expected = video_model(model)
-            clips = normalize(
-                batch["clips"], expected.input_mean, expected.input_std, channels_last=device.type == "cuda"
-            )
-            scores.append(model(clips).float())
+        with policy.autocast(device):
+            scores.append(model(policy.inputs(batch["clips"], video_model(model))).float())
         targets.append(batch["target"])
     if not scores:
         empty_target = torch.zeros(
@@ -251,9 +411,11 @@ def predict_batches(
     return torch.cat(scores), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, batches: Iterable[Batch], facts: DatasetFacts, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], facts: DatasetFacts, device: torch.device, policy: ExecutionPolicy
+) -> dict[str, float]:
     """Validation metrics over all ranks' parts of the validation split."""
-    scores, targets = predict_batches(model, batches, device, facts.multi_label, len(facts.classes))
+    scores, targets = predict_batches(model, batches, device, facts.multi_label, len(facts.classes), policy)
     scores, targets = gather_rows(scores), gather_rows(targets)
     loss = loss_function(scores, targets, facts.multi_label).item() if len(scores) else math.nan
     stats = {"val_loss": loss, "val_clips": float(len(scores))}

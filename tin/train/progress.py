@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -11,11 +12,16 @@ import mlflow
 
 from tin import tracking, viz
 from tin.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from tin.models.build import model_family
+from tin.train.best import BestCheckpoints
 from tin.train.checkpoint import TrainingState, save_state
+from tin.train.config import FAMILY_RECIPES
 
 # Ray Train routes worker prints through its logger and echoes them again when something (MLflow)
 # wraps stdout; a logger prints each line once.
 logger = logging.getLogger("tin.train")
+STEP_PREFIX = "step/"  # MLflow metrics logged per optimiser step (their step: the run's step), beside the epochs'
+BEST_CHECKPOINTS_TAG = "checkpoints.best"  # the --keep-best checkpoints' folders, best first
 
 
 def show_only_project_info() -> None:
@@ -80,6 +86,8 @@ class RunRecorder:
             {
                 "config": config.params(),  # flat, by flag name: comparable with runs before the groups
                 "recipe": asdict(config.recipe()),  # what the None fields resolved to
+                # the family's rates and the batch they are for, which config.lr scales (config.lr_scale)
+                "family_recipe": asdict(FAMILY_RECIPES[model_family(config.model.name)]),
                 "dataset": {k: v for k, v in asdict(facts).items() if k != "classes"},
             }
         )
@@ -107,6 +115,11 @@ class RunRecorder:
         )
         mlflow.set_tag("workers.nodes", placed)
 
+    def steps_logged(self, metrics: dict[str, float], step: int) -> None:
+        """The metrics of the steps up to the run's optimiser step ``step`` (1-based), as ``step/<name>``."""
+        if self.enabled:
+            mlflow.log_metrics({f"{STEP_PREFIX}{name}": value for name, value in metrics.items()}, step=step)
+
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
         if not self.enabled:
             return
@@ -114,6 +127,18 @@ class RunRecorder:
         logger.info(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)))
         mlflow.log_metrics(log.metrics, step=log.epoch)
         mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
+
+    def best_kept(self, best: BestCheckpoints | None, epoch: int) -> None:
+        """After epoch ``epoch`` (1-based) was offered to ``best`` (None: the run keeps no best
+        checkpoints): log the best value of its metric so far as ``best_<metric>`` at that epoch, and
+        tag the run with the kept checkpoints' folders, best first (``BEST_CHECKPOINTS_TAG``, a JSON
+        list)."""
+        value = None if best is None else best.best_value()
+        if not self.enabled or best is None or value is None:
+            return
+        mlflow.log_metric(f"best_{best.keep.metric}", value, step=epoch)
+        mlflow.set_tag(BEST_CHECKPOINTS_TAG, json.dumps(best.locations()))
+        logger.info("best %s %.4f: %s", best.keep.metric, value, ", ".join(best.locations()))
 
     def finish(self, model, state: TrainingState) -> None:
         """Log the final model (as the raw checkpoint model/checkpoint.pt and as the MLflow model

@@ -11,16 +11,22 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
 
 from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
+from tin.data.epochs import Piece, epoch_pieces
 from tin.data.facts import DatasetFacts
 from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.reader import storage_options_from_env
 from tin.data.sampling import centres_exact
 from tin.models.build import model_family
+from tin.train.best import reported_metrics
 from tin.train.config import DataSettings, TrainConfig, TrainingSetupError
 
 DECODE_BATCH = 8  # clips per decode batch: small, so the first training batch comes early
@@ -67,6 +73,51 @@ def split_shards(data: DataSettings, split: str) -> tuple[Any, list[str]]:
     return filesystem, files
 
 
+FOOTER_READERS = 16  # shard footers read at once when a run lists its shards' rows (object stores answer slowly)
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """A split as training reads it: the root's fsspec filesystem, every shard's (path, rows)
+    sorted by path, and ``decode_shards``' options for the split (``decode_options``)."""
+
+    filesystem: Any
+    shards: tuple[tuple[str, int], ...]
+    options: dict[str, Any]
+
+    def pieces(self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[Piece]:
+        """Rank ``rank``'s part of the epoch from its ``skip``-th clip on (``tin.data.epochs``); in
+        evaluation, every shard whole, in path order."""
+        if not self.options["train"]:
+            return [Piece(path, 0, rows) for path, rows in self.shards]
+        return epoch_pieces(self.shards, self.options["seed"], epoch, rank, world, skip)
+
+    def clips(self) -> int:
+        return sum(rows for _, rows in self.shards)
+
+
+def piece_columns(pieces: list[Piece]) -> dict[str, np.ndarray]:
+    """Pieces as ``decode_shards``' batch: {"path", "start", "stop"}, one entry per piece."""
+    return {
+        "path": np.array([piece.path for piece in pieces], dtype=object),
+        "start": np.array([piece.start for piece in pieces], dtype=np.int64),
+        "stop": np.array([piece.stop for piece in pieces], dtype=np.int64),
+    }
+
+
+def split_source(config: TrainConfig, info: DatasetInfo, split: str, train: bool) -> SplitShards:
+    """The ``SplitShards`` of a split the run reads; its shards' rows come from their Parquet footers."""
+    filesystem, files = split_shards(config.data, split)
+
+    def rows(path: str) -> int:
+        with filesystem.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:
+        counts = list(pool.map(rows, files))
+    return SplitShards(filesystem, tuple(zip(files, counts, strict=True)), decode_options(config, info, train))
+
+
 def flip_settings(data: DataSettings, info: DatasetInfo) -> tuple[bool, tuple[tuple[int, int], ...]]:
     """(flip, label pairs swapped on a flip) of a run: the flags where they say (``--no-flip``: no
     flips; ``--flip-label-pairs``: flips with those pairs; ``--flip`` alone: plain flips), else the
@@ -93,6 +144,7 @@ def with_flip_policy(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
 def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[str, Any]:
     """``decode_shards``' keyword arguments, all but the filesystem, for a split of this run."""
     flip, flip_label_pairs = flip_settings(config.data, info)
+    recipe = config.recipe()
     return {
         "decode_batch": DECODE_BATCH,
         "train": train,
@@ -104,6 +156,9 @@ def decode_options(config: TrainConfig, info: DatasetInfo, train: bool) -> dict[
         "num_classes": len(info.classes),
         "multi_label": info.multi_label,
         "seed": config.seed,
+        "randaugment": recipe.randaugment,
+        "randaugment_magnitude": config.optimization.randaugment_magnitude,
+        "random_erasing": recipe.random_erasing,
     }
 
 
@@ -119,10 +174,13 @@ def check_config(config: TrainConfig) -> DatasetInfo:
         ) from error
     check_splits(config.data, info)
     check_flip_label_pairs(config.data, info)
+    check_keep_best(config, info)
     batch, workers = config.optimization.batch_size, config.scaling.num_workers
-    if info.written(config.data.train_split) // workers < batch // workers:
+    micro_batches = config.optimization.grad_accum_steps
+    if info.written(config.data.train_split) // workers // (batch // workers) < micro_batches:
+        accumulated = f" x --grad-accum-steps {micro_batches}" if micro_batches > 1 else ""
         raise TrainingSetupError(
-            f"--batch-size {batch} needs at least {batch} training clips; "
+            f"--batch-size {batch}{accumulated} needs at least {batch * micro_batches} training clips; "
             f"{config.data.root} has {info.written(config.data.train_split)}"
         )
     warn_about_data(config, info)
@@ -164,6 +222,19 @@ def check_splits(data: DataSettings, info: DatasetInfo) -> None:
                 f"unlabelled), so it cannot be trained or validated on; predict on its videos instead "
                 f"(python -m tin.predict){instead}"
             )
+
+
+def check_keep_best(config: TrainConfig, info: DatasetInfo) -> None:
+    """``--keep-best`` must rank by a metric the run reports: top-k for single-label data, the mAPs
+    for multi-label data."""
+    keep = config.tracking.best_kept()
+    if keep is None or keep.metric in reported_metrics(info.multi_label):
+        return
+    kind = "multi-label" if info.multi_label else "single-label"
+    raise TrainingSetupError(
+        f"--keep-best {config.tracking.keep_best}: {config.data.root} holds {kind} data, whose runs report "
+        f"{', '.join(reported_metrics(info.multi_label))}; rank by one of those"
+    )
 
 
 def check_flip_label_pairs(data: DataSettings, info: DatasetInfo) -> None:
@@ -239,8 +310,11 @@ def resolved_run(config: TrainConfig, info: DatasetInfo) -> tuple[TrainConfig, D
     The config has the family recipe, the flip policy and the locations resolved
     (``TrainConfig.with_recipe``, ``with_flip_policy``, ``with_resolved_locations``), so MLflow and
     the checkpoints say what training did; the given config is not changed. The facts are what the
-    loop and the checkpoints need of the root: classes, label kind, the run's split sizes.
+    loop and the checkpoints need of the root: classes, label kind, the run's split sizes. Prints how
+    the learning rates came about (``TrainConfig.learning_rates``), one line, e.g. "lr 0.02667:
+    resnet recipe 0.02 for 48 clips x 64/48 (linear)".
     """
+    print(config.learning_rates().account, flush=True)
     resolved = with_resolved_locations(with_flip_policy(config.with_recipe(), info))
     facts = DatasetFacts(
         classes=tuple(info.classes),

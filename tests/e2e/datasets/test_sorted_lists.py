@@ -63,10 +63,11 @@ def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session
             "num_workers": 1,
         },
     )
-    stream = training_clips(config, info)
     distinct, labels = [], []
-    for _ in range(3):  # three epochs: each one a new pass in a new order
-        for batch in stream.iter_batches(batch_size=config.optimization.batch_size, drop_last=True):
+    for epoch in range(3):  # three epochs: each one a new pass in a new order
+        for batch in training_clips(config, info, epoch).iter_batches(
+            batch_size=config.optimization.batch_size, drop_last=True
+        ):
             distinct.append(len(set(batch["target"].tolist())))
             labels.extend(batch["target"].tolist())
     frequencies = np.bincount(labels, minlength=len(motions)) / len(labels)

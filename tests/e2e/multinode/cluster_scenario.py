@@ -8,10 +8,13 @@ namespace is reached with ``ip netns exec WORKER_NS``) and in a PID namespace of
 that nothing it starts outlives it. On the head: a moto S3 server, ``mlflow server`` with the
 artifacts served through it, ``ray start --head``; on the worker: ``ray start --address``. Then,
 all through ``ray job submit``: the MMiT miniature release (uploaded to S3) is prepared into
-shards on S3, and ``jobs/train_mmit.py`` trains with two workers spread over the nodes,
-checkpoints on S3 and MLflow over HTTP; after its first checkpoint the worker node is killed and
-the run has to finish on the head from that checkpoint. Every process is stopped by its pid.
-Prints one JSON line with what the test checks.
+shards on S3; a one-epoch run with its one training worker on the head ("the GPU node", which
+declares one unit of the decode resource) and ``--decode-cpus-per-gpu-node 1`` decodes on the
+worker node ("a CPU-only node") too, and on the head one task at a time (Ray's state API says
+where and when each decode task ran); then ``jobs/train_mmit.py`` trains with two workers spread
+over the nodes, checkpoints on S3 and MLflow over HTTP; after its first checkpoint the worker node
+is killed and the run has to finish on the head from that checkpoint. Every process is stopped by
+its pid. Prints one JSON line with what the test checks.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
+from pipelines.decode_resources import DECODE_RESOURCE, GPU_NODE_DECODE_UNITS  # noqa: E402
 from tests.ray_env import clean_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 S3_PORT, MLFLOW_PORT, GCS_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
+HEAD_CPUS, WORKER_CPUS = 5, 2
+# The head stands for a GPU node, the worker node for a CPU-only node (pipelines.decode_resources).
+HEAD_DECODE, WORKER_DECODE = {DECODE_RESOURCE: GPU_NODE_DECODE_UNITS}, {DECODE_RESOURCE: WORKER_CPUS}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 EPOCHS = 3
 RUN = "tin_mmit_cluster"
@@ -57,6 +64,16 @@ TRAIN_FLAGS = [
     str(EPOCHS),
     "--max-failures",
     "1",
+]
+DECODE_CAP = 1
+DECODE_RUN_WORKER_CPUS = WORKER_CPUS + 1
+"""One worker too big for the worker node: it trains on the head, which keeps HEAD_CPUS minus these
+(more than DECODE_CAP) for decoding."""
+DECODE_RUN_FLAGS = [
+    *TRAIN_FLAGS[: TRAIN_FLAGS.index("--num-workers")],
+    *("--num-workers", "1", "--cpus-per-worker", str(DECODE_RUN_WORKER_CPUS), "--epochs", "1"),
+    *("--val-split", "none"),
+    *("--decode-cpus-per-gpu-node", str(DECODE_CAP)),
 ]
 
 
@@ -192,7 +209,9 @@ class Scenario:
                 "--dashboard-port",
                 str(DASHBOARD_PORT),
                 "--num-cpus",
-                "3",
+                str(HEAD_CPUS),
+                "--resources",
+                json.dumps(HEAD_DECODE),
                 "--temp-dir",
                 str(self.workdir / "rh"),
             ],
@@ -220,7 +239,9 @@ class Scenario:
                 "--node-ip-address",
                 self.worker_ip,
                 "--num-cpus",
-                "2",
+                str(WORKER_CPUS),
+                "--resources",
+                json.dumps(WORKER_DECODE),
                 "--temp-dir",
                 str(self.workdir / "rw"),
             ],
@@ -315,6 +336,7 @@ class Scenario:
             submission_id="prepare",
         )
         markers = [json.loads(fs.cat(path)) for path in fs.glob("datasets/mmit/_ingest/train/done-*.json")]
+        decode = self.decode_run()
 
         submitted = self.submit(
             "train_mmit.py",
@@ -352,6 +374,7 @@ class Scenario:
         return {
             "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
             "chunk_nodes": sorted({marker["node"] for marker in markers}),
+            "decode": decode,
             "train": {
                 "submit": submitted.returncode,
                 "status": self.job_status("train"),
@@ -363,6 +386,46 @@ class Scenario:
             },
             "checkpoint": self.latest_checkpoint(fs),
             "mlflow": self.mlflow_record(),
+        }
+
+    def decode_run(self) -> dict:
+        """One epoch with its one worker on the head and ``--decode-cpus-per-gpu-node``: where the
+        job's decode tasks ran (from Ray's state API: each task's node, what it asked for, and the
+        span in which its worker executed it), and the most that ran at once on each node."""
+        from ray.job_submission import JobSubmissionClient
+        from ray.util.state import list_nodes, list_tasks
+
+        flags = ["--data", "s3://datasets/mmit", *DECODE_RUN_FLAGS, "--storage-path", "s3://runs"]
+        flags += ["--name", "tin_mmit_decode", "--mlflow-uri", self.mlflow, "--experiment", "decode"]
+        submitted = self.submit("train_mmit.py", flags, wait=True, submission_id="decode")
+        job_id = JobSubmissionClient(self.dashboard).get_job_info("decode").job_id
+        node_ips = {node.node_id: node.node_ip for node in list_nodes(address=self.dashboard)}
+        tasks = list_tasks(
+            address=self.dashboard,
+            filters=[("job_id", "=", job_id)],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+        spans: dict[str, list[tuple[float, float]]] = {}
+        asked = set()
+        for task in tasks:
+            if "decode_shards" not in task.name or task.state != "FINISHED":
+                continue
+            asked.add(json.dumps({name: task.required_resources.get(name) for name in ("CPU", DECODE_RESOURCE)}))
+            events = (task.profiling_data or {}).get("events", [])
+            executed = [(e["start_time"], e["end_time"]) for e in events if e["event_name"] == "task:execute"]
+            spans.setdefault(node_ips.get(task.node_id, str(task.node_id)), []).extend(executed[:1] or [(0.0, 0.0)])
+        logs = self.job_logs("decode")
+        return {
+            "submit": submitted.returncode,
+            "status": self.job_status("decode"),
+            "logs": logs[-6000:],
+            "placements": [line for line in logs.splitlines() if " on 1 node: " in line],
+            "tasks": {node: len(executed) for node, executed in spans.items()},
+            "untimed": sum(span == (0.0, 0.0) for executed in spans.values() for span in executed),
+            "most_at_once": {node: most_at_once(executed) for node, executed in spans.items()},
+            "asked": sorted(asked),
         }
 
     def latest_checkpoint(self, fs) -> dict:
@@ -411,6 +474,17 @@ class Scenario:
             "artifacts": sorted(artifacts),
             "logits": logits,
         }
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of the (start, end) spans that overlap at any instant (one ending as another starts
+    do not)."""
+    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
+    running = most = 0
+    for _, change in edges:
+        running += change
+        most = max(most, running)
+    return most
 
 
 def main() -> None:

@@ -98,10 +98,10 @@ def clip_set(batches) -> list[bytes]:
 
 
 def test_ray_data_passes_draw_as_the_seed_and_epoch_say_whichever_task_decodes(ray_session, tmp_path):
-    """Training's clip dataset on a real local Ray, a task per shard: each execution is an epoch;
-    a new dataset of the same seed repeats the epochs, another seed does not, and every epoch
-    holds the clips that decoding the shards in this process gives for that epoch."""
-    from pipelines.training import clip_dataset
+    """Training's clip dataset on a real local Ray, a task per shard, one dataset per epoch; a new
+    dataset of the same seed and epoch repeats it, another seed does not, and every epoch holds the
+    clips that decoding the shards in this process gives for that epoch."""
+    from pipelines.training import training_clips
     from tin.config import from_flat
     from tin.train.config import TrainConfig
     from tin.train.setup import decode_options
@@ -111,12 +111,11 @@ def test_ray_data_passes_draw_as_the_seed_and_epoch_say_whichever_task_decodes(r
         TrainConfig, {"data": str(tmp_path), "model": "tin_r18", "num_segments": 4, "crop_size": 16, "seed": 11}
     )
     info = load_dataset_info(str(tmp_path))
-    dataset = clip_dataset(config, info, "train", train=True)
-    epochs = [clip_set(dataset.iter_batches(batch_size=None)) for _ in range(2)]
+    epochs = [clip_set(training_clips(config, info, epoch).iter_batches(batch_size=None)) for epoch in range(2)]
     assert len(epochs[0]) == CLIPS and epochs[0] != epochs[1]
-    again = clip_dataset(config, info, "train", train=True)
+    again = training_clips(config, info, 0)
     assert clip_set(again.iter_batches(batch_size=None)) == epochs[0]
-    other = clip_dataset(replace(config, seed=12), info, "train", train=True)
+    other = training_clips(replace(config, seed=12), info, 0)
     assert clip_set(other.iter_batches(batch_size=None)) != epochs[0]
 
     options = decode_options(config, info, train=True)

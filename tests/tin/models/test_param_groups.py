@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tin.models import TemporalInterlace, build_model, param_groups
+from tin.models.protocol import mark_started_new
 
 
 def group_by_name(groups):
@@ -73,3 +74,16 @@ def test_a_frozen_clip_tower_leaves_only_ila_modules_and_heads():
     model = build_model("ila_tiny", 7, num_segments=8, image_size=32, freeze_backbone=True)
     names = {group["name"] for group in param_groups(model, lr=1e-3, weight_decay=0.05)}
     assert not any(name.startswith("trunk") for name in names) and "temporal" in names
+
+
+def test_groups_whose_weights_all_started_new_take_the_new_weights_rate():
+    """Only a group every parameter of which the trained weights lacked learns at new_lr: here the head
+    (a STAM checkpoint of other classes), not the temporal encoder it held."""
+    model = build_model("stam_tiny", 3, 8)
+    mark_started_new(model, ["head.weight", "head.bias", "temporal.encoder.norm.weight"])
+    groups = group_by_name(param_groups(model, lr=1e-5, weight_decay=0.05, new_lr=1e-3))
+    assert (groups["head_weight"]["lr"], groups["head_bias"]["lr"]) == (pytest.approx(5e-3), pytest.approx(1e-2))
+    assert groups["temporal"]["lr"] == groups["temporal_no_decay"]["lr"] == pytest.approx(1e-5)  # partly loaded
+    unmarked = group_by_name(param_groups(build_model("stam_tiny", 3, 8), lr=1e-5, weight_decay=0.05, new_lr=1e-3))
+    assert {group["lr"] for group in unmarked.values() if group["name"].startswith("temporal")} == {1e-5}
+    assert unmarked["head_weight"]["lr"] == pytest.approx(5e-5)  # x the head's multiplier of the base lr

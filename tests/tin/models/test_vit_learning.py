@@ -65,7 +65,7 @@ def train_on_motion(
     model_name: str, options: dict, trunk: Path, data: dict[str, tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[float, torch.nn.Module]:
     """Train ``model_name`` with ``options`` on the frozen ``trunk`` with the demo's ViT recipe (AdamW,
-    ``VIT_RECIPE``'s learning rate and weight decay, the demo's warm-up, cosine, gradient clip, no
+    ``VIT_RECIPE``'s learning rates and weight decay, the demo's warm-up, cosine, gradient clip, no
     dropout); returns (top-1 on the mirrored val clips, the model)."""
     torch.manual_seed(0)
     trunk_options = frame_pretrained_options(model_name, trunk)
@@ -79,6 +79,7 @@ def train_on_motion(
             "batch_size": DEMO.batch_size,
             "optimizer": "adamw",
             "lr": VIT_RECIPE["lr"],
+            "new_lr": VIT_RECIPE["new_lr"],
             "weight_decay": VIT_RECIPE["weight_decay"],
             "warmup_epochs": DEMO.warmup_epochs,
             "clip_grad": DEMO.clip_grad,

@@ -3,6 +3,7 @@ MLflow record."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from tin.checkpoint import CHECKPOINT_FILE
 from tin.config import from_flat
+from tin.train.best import BEST_FOLDER, METADATA_FILE
+from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig
+from tin.train.progress import BEST_CHECKPOINTS_TAG
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -86,3 +90,34 @@ def single_class_shards(root: str, tmp_path: Path) -> str:
     for label in np.unique(labels):
         pq.write_table(table.take(np.flatnonzero(labels == label)), copy / "train" / f"part-{label:05d}.parquet")
     return str(copy)
+
+
+def epoch_values(config: TrainConfig, key: str) -> dict[int, float]:
+    """{epoch: value} of an epoch metric the run logged to MLflow (the latest value of each epoch)."""
+    client, run = mlflow_run(config)
+    return {metric.step: metric.value for metric in client.get_metric_history(run.info.run_id, key)}
+
+
+def kept_folders(config: TrainConfig) -> dict[int, Path]:
+    """{epoch: folder} of the run's best/ folder, read from each folder's best.json."""
+    best = Path(config.tracking.storage_path) / config.tracking.name / BEST_FOLDER
+    return {json.loads((folder / METADATA_FILE).read_text())["epoch"]: folder for folder in best.iterdir()}
+
+
+def assert_best_kept(config: TrainConfig, metric: str, count: int) -> None:
+    """best/ holds the ``count`` epochs with the lowest ``metric`` the run logged (ties: the earlier
+    epoch), each with its epoch's checkpoint and value; MLflow has the best value after every epoch
+    and the kept folders, best first."""
+    values = epoch_values(config, metric)
+    expected = sorted(values, key=lambda epoch: (values[epoch], epoch))[:count]
+    kept = kept_folders(config)
+    assert sorted(kept) == sorted(expected), (values, sorted(kept))
+    for epoch, folder in kept.items():
+        record = json.loads((folder / METADATA_FILE).read_text())
+        assert record["metric"] == metric and record["value"] == values[epoch]
+        state = load_state(folder / "checkpoint.pt")
+        assert state.epoch == epoch and state.history[-1][metric] == values[epoch] and state.model is not None
+    best = epoch_values(config, f"best_{metric}")
+    assert best == {epoch: min(values[e] for e in values if e <= epoch) for epoch in values}
+    _, run = mlflow_run(config)
+    assert json.loads(run.data.tags[BEST_CHECKPOINTS_TAG]) == [str(kept[epoch]) for epoch in expected]

@@ -23,8 +23,23 @@ def flat_record() -> dict:
     return read_checkpoint(FORMAT_1).training_config
 
 
-ADDED_SINCE_FORMAT_1 = {"tune_from": None, "keep_head": False}
-"""Settings that format-1 records predate, with the values their runs had."""
+ADDED_SINCE_FORMAT_1 = {
+    "tune_from": None,
+    "keep_head": False,
+    "precision": None,
+    "channels_last": None,
+    "grad_accum_steps": 1,
+    "new_lr": None,
+    "lr_scale": None,
+    **dict.fromkeys(("label_smoothing", "mixup", "cutmix", "randaugment", "random_erasing")),
+    "randaugment_magnitude": 9,
+    "checkpoint_every": None,
+    "log_every": 50,
+    "keep_best": None,
+    "decode_cpus_per_gpu_node": None,
+}
+"""Settings that format-1 records predate, with the values they read as (the regularisation ones
+unset: the family's recipe)."""
 
 
 def test_the_flat_names_are_those_of_the_records_before_the_groups():

@@ -4,6 +4,7 @@ dataset roots are written in process (tests/roots.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from pipelines.cli import train as train_job
 from tests.tin.test_video_checkpoints import mmaction2
 from tests.tin.train.runs import (
     REPO,
+    assert_best_kept,
     job_flags,
     latest_checkpoint,
     metric_steps,
@@ -31,6 +33,7 @@ from tin.data import iter_clips, load_dataset_info
 from tin.errors import USAGE_EXIT_STATUS
 from tin.models import build_model
 from tin.safe_load import CheckpointError
+from tin.train.best import RANKED_METRICS, reported_metrics
 from tin.train.checkpoint import load_state
 from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.local import LocalSession, batched, buffer_shuffled, checkpoint_folders, local_device, train_locally
@@ -69,13 +72,22 @@ def test_the_local_job_learns_with_adamw_a_shuffle_buffer_and_no_validation_spli
     assert run.data.params["config.optimizer"] == "adamw" and run.data.params["config.num_workers"] == "1"
 
 
-def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_label_root, tmp_path):
-    config = local_config(single_label_root, tmp_path, "local_resume", epochs=1, ema_decay=0.9)
+def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_label_root, tmp_path, caplog):
+    """One epoch, then the same run for three: the checkpoint, schedule, average and MLflow run go
+    on, and --keep-best val_loss:1 keeps ranking against the epoch it kept before the rerun."""
+    config = local_config(single_label_root, tmp_path, "local_resume", epochs=1, ema_decay=0.9, keep_best="val_loss:1")
+    caplog.set_level(logging.INFO, logger="tin.train")
     summary = train_locally(config)
     assert summary["metrics"]["epoch"] == 1 and summary["checkpoint"] == str(latest_checkpoint(config).parent)
     steps = 36 // 8
     first = load_state(latest_checkpoint(config))
     assert first.epoch == 1 and first.scheduler["last_epoch"] == steps and int(first.ema["n_averaged"]) == steps
+    assert_best_kept(config, "val_loss", 1)
+    _, run = mlflow_run(config)
+    assert run.data.params["config.keep_best"] == "val_loss:1"
+    # the ranked metrics a single-label run reported, as RANKED_METRICS says
+    assert {key for key in run.data.metrics if key in RANKED_METRICS} == set(reported_metrics(False))
+    assert f"best val_loss {run.data.metrics['best_val_loss']:.4f}: " in caplog.text
 
     config.optimization.epochs = 3
     train_locally(config)  # same name and storage path: epochs 2 and 3 only
@@ -87,6 +99,7 @@ def test_a_local_rerun_continues_from_the_checkpoint_and_the_mlflow_run(single_l
     )  # the latest two kept
     client, run = mlflow_run(config)  # one run, one entry per epoch
     assert metric_steps(client, run, "val_top1") == [1, 2, 3]
+    assert_best_kept(config, "val_loss", 1)
     saved = read_checkpoint(latest_checkpoint(config))
     assert (
         saved.trained.epoch == 3 and saved.training_config["optimization"]["weight_decay"] == 5e-4
@@ -132,7 +145,15 @@ def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_la
     assert "epoch 1/1" in job.stderr and f"finished {config.tracking.name}: val_" in job.stdout
     assert load_state(latest_checkpoint(config)).epoch == 1
     _, run = mlflow_run(config)
-    assert run.data.params["config.lr"] == "0.01" and run.data.params["config.optimizer"] == "sgd"  # resolved
+    # resolved: the recipe's rate scaled linearly from its batch to the run's, printed and recorded
+    params = run.data.params
+    assert float(params["config.lr"]) == pytest.approx(0.02 * 8 / 48) and params["config.optimizer"] == "sgd"
+    assert (params["config.lr_scale"], params["family_recipe.lr"], params["family_recipe.batch"]) == (
+        "linear",
+        "0.02",
+        "48",
+    )
+    assert "lr 0.003333: resnet recipe from scratch 0.02 for 48 clips x 8/48 (linear)" in job.stdout
 
 
 @pytest.mark.parametrize(
@@ -141,6 +162,7 @@ def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_la
         (["--num-workers", "2"], "--num-workers 2: --local trains in one process"),
         (["--max-failures", "1"], "--max-failures 1: --local"),
         (["--placement-strategy", "SPREAD"], "--placement-strategy SPREAD: --local"),
+        (["--decode-cpus-per-gpu-node", "4"], "--decode-cpus-per-gpu-node 4: --local"),
         (["--storage-path", "s3://bucket/runs"], "--storage-path s3://bucket/runs: --local keeps its checkpoints"),
     ],
 )

@@ -13,19 +13,21 @@ from tin.train.config import FAMILY_RECIPES, TrainConfig
 
 @pytest.mark.parametrize(
     "model, optimizer, lr, head, betas",
-    [("tin_r50", "sgd", 0.01, (5.0, 10.0), (0.9, 0.999)), ("stam_b16", "adamw", 1e-3, (1.0, 1.0), (0.9, 0.999))],
+    [
+        ("tin_r50", "sgd", 0.02 * 16 / 48, (5.0, 10.0), (0.9, 0.999)),
+        ("stam_b16", "adamw", 1e-3, (1.0, 1.0), (0.9, 0.999)),
+    ],
 )
 def test_unset_knobs_take_the_family_recipe(model, optimizer, lr, head, betas):
     recipe = from_flat(TrainConfig, {"data": "d", "model": model}).recipe()
-    assert (recipe.optimizer, recipe.lr, (recipe.head_lr_mult, recipe.head_bias_lr_mult)) == (optimizer, lr, head)
+    assert (recipe.optimizer, (recipe.head_lr_mult, recipe.head_bias_lr_mult)) == (optimizer, head)
+    assert recipe.lr == pytest.approx(lr)  # the recipe's, for the default 16 clips
     assert recipe.betas == betas
 
 
 def test_a_pretrained_vit_fine_tunes_at_the_recipes_rate_and_flags_win():
-    assert (
-        from_flat(TrainConfig, {"data": "d", "model": "stam_b16", "pretrained": "w.pth"}).recipe().lr
-        == FAMILY_RECIPES["stam"].lr
-    )
+    stam = from_flat(TrainConfig, {"data": "d", "model": "stam_b16", "pretrained": "w.pth", "batch_size": 64})
+    assert (stam.recipe().lr, stam.recipe().new_lr) == (FAMILY_RECIPES["stam"].lr, FAMILY_RECIPES["stam"].new_lr)
     ila = from_flat(TrainConfig, {"data": "d", "model": "ila_b32", "lr": 3e-4, "clip_grad": 1.0}).recipe()
     assert (ila.lr, ila.clip_grad, ila.betas, ila.weight_decay) == (3e-4, 1.0, (0.9, 0.98), 0.05)
 
@@ -88,10 +90,8 @@ def test_the_driver_resolves_the_recipe_into_the_config_and_flags_win():
     assert (resolved.optimization.head_lr_mult, resolved.optimization.head_bias_lr_mult) == (1.0, 1.0)
     assert resolved.recipe() == given.recipe() and resolved.with_recipe() == resolved  # nothing left to resolve
     assert given.optimization.weight_decay is None  # the given config is not rewritten
-    assert (
-        from_flat(TrainConfig, {"data": "d", "model": "stam_b16"}).with_recipe().optimization.lr
-        == FAMILY_RECIPES["stam"].scratch_lr
-    )
+    scratch = from_flat(TrainConfig, {"data": "d", "model": "stam_b16", "batch_size": 64}).with_recipe()
+    assert (scratch.optimization.lr, scratch.optimization.new_lr) == (FAMILY_RECIPES["stam"].scratch_lr, None)
 
 
 def test_a_pretrained_vit_whose_trunk_trains_is_told_so_unless_a_freeze_flag_says_it():
