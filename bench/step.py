@@ -38,7 +38,7 @@ from tin.models.build import model_family
 from tin.ops import compiled_devices
 from tin.train.config import TrainConfig
 from tin.train.schedule import build_scheduler
-from tin.train.step import TrainingStep, build_optimizer, compiled_for_training
+from tin.train.step import ExecutionPolicy, TrainingStep, build_optimizer, compiled_for_training
 
 MODELS = ("tin_r50", "tsm_r50", "tsn_r50", "stam_b16", "ila_b32")
 BASELINE = "tsn_r50"
@@ -97,11 +97,11 @@ def training_step(
     name: str, device: torch.device, frames: int, size: int, compile_backend: str | None = None
 ) -> TrainingStep:
     """The training loop's step for a fresh ``name`` with its recipe's optimiser and schedule, on
-    ``device`` (channels_last on a GPU), compiled with ``compile_backend`` when one is given."""
-    model = build_model(name, NUM_CLASSES, frames, image_size=size).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    config = from_flat(TrainConfig, {"data": "", "model": name})
+    ``device`` with a run's defaults there (bf16 autocast and channels_last on a GPU), compiled with
+    ``compile_backend`` when one is given."""
+    config = from_flat(TrainConfig, {"data": "", "model": name, "use_gpu": device.type == "cuda"})
+    policy = ExecutionPolicy.of_run(config)
+    model = policy.prepare_model(build_model(name, NUM_CLASSES, frames, image_size=size).to(device))
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, steps_per_epoch=SCHEDULED_STEPS, epochs=1)
     runs = model if compile_backend is None else compiled_for_training(model, compile_backend)
@@ -115,6 +115,7 @@ def training_step(
         device,
         config.recipe().clip_grad,
         config.optimization.align_loss_weight,
+        policy,
     )
 
 
