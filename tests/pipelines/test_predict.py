@@ -62,6 +62,7 @@ def predictions(output: Path) -> list[dict]:
     return pq.read_table(output / PREDICTIONS).to_pylist()
 
 
+@pytest.mark.slow
 def test_folder_gives_top_k_probabilities_features_and_an_error_row(ray_session, inputs, tmp_path, capsys):
     output = tmp_path / "out"
     status = predict(
@@ -97,6 +98,7 @@ def test_folder_gives_top_k_probabilities_features_and_an_error_row(ray_session,
             np.testing.assert_allclose(head(features).softmax(0).numpy(), probabilities, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path, capsys):
     listing = inputs.videos / "val.txt"  # relative lines, an absolute one and a comment
     lines = [str(path.relative_to(inputs.videos)) for path in inputs.good[:-1]] + [str(inputs.good[-1])]
@@ -132,6 +134,7 @@ def test_list_input_reruns_only_the_missing_chunk(ray_session, inputs, tmp_path,
     )
 
 
+@pytest.mark.slow
 def test_a_killed_prediction_resumes_and_writes_each_clip_once(ray_session, inputs, tmp_path):
     """The actors commit the chunks: what they committed before the driver was killed (with no
     ledger written) is kept by the rerun, and every clip lands once."""

@@ -86,6 +86,7 @@ def test_ray_data_takes_the_project_logging_file_console_at_warning_file_at_debu
     assert found == {"level": 10, "console": [30], "files": [0]}
 
 
+@pytest.mark.slow
 @pytest.mark.ray  # starts a local Ray in its fresh interpreter
 def test_the_usage_switch_keeps_ray_data_from_polling_prometheus_and_only_the_switch_does():
     """With the switch a dataset runs and no usage poller thread starts; the same process without

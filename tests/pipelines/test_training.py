@@ -104,6 +104,7 @@ def test_local_shuffle_is_off_by_default_and_seeded_per_epoch_and_rank(tmp_path)
     assert local_shuffle(config, 0, 0)["local_shuffle_buffer_size"] == 64
 
 
+@pytest.mark.slow
 def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_run(
     ray_session, single_label_root, tmp_path
 ):

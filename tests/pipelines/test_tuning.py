@@ -104,6 +104,7 @@ def trial_checkpoints(search_dir: Path, trial_suffix: str) -> list[Path]:
     return [p for p in search_dir.glob(f"search_*_{trial_suffix}/checkpoint_*") if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_asha_search_is_killed_resumed_and_recorded(ray_session, tiny_root, tmp_path):
     flags = search_flags(tiny_root, tmp_path)
     search_dir = tmp_path / "runs" / "search"

@@ -215,6 +215,7 @@ TRAININGS = [(dataset, ["train.py", "--local"]) for dataset in sorted(RELEASES)]
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "job"), TRAININGS, ids=[f"{d}-{' '.join(j)}" for d, j in TRAININGS])
 def test_train_and_evaluate_on_the_release_layout(
     dataset, job, ray_session, run_job, prepared, tmp_path_factory, tmp_path

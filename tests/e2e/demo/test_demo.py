@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.demo import EXPERIMENT, DemoConfig, comparison_table, run_demo
 
 
+@pytest.mark.slow
 def test_quick_demo_shows_tin_beating_tsn_on_mirrored_classes_and_reuses_its_work(ray_session, tmp_path):
     config = DemoConfig.quick(str(tmp_path / "demo"))
     summary = run_demo(config, log=print)

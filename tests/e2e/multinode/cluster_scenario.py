@@ -79,7 +79,9 @@ DECODE_RUN_FLAGS = [
 
 @dataclass
 class Processes:
-    """Every long-running process of the scenario, stopped (by pid, in reverse order) at the end."""
+    """Every long-running process of the scenario, killed (by pid, in reverse order) at the end:
+    nothing of theirs is needed by then, and graceful stops wait on timeouts (the MLflow server's
+    workers, Ray's services) that cost the test half a minute."""
 
     started: list[subprocess.Popen] = field(default_factory=list)
 
@@ -90,18 +92,15 @@ class Processes:
         self.started.append(process)
         return process
 
-    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    def kill(self, process: subprocess.Popen) -> None:
+        """SIGKILL to the process's group (a Ray node: its raylet, workers and tasks die with it)."""
         if process.poll() is None:
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
-    def stop_all(self) -> None:
+    def kill_all(self) -> None:
         for process in reversed(self.started):
-            self.stop(process)
+            self.kill(process)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -365,7 +364,7 @@ class Scenario:
             timeout_s=600,
         )
         killed_at = len(fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt"))
-        self.processes.stop(worker, signal.SIGKILL)  # the node dies: its raylet, workers and tasks
+        self.processes.kill(worker)  # the node dies: its raylet, workers and tasks
         wait_until(
             lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900
         )
@@ -494,7 +493,7 @@ def main() -> None:
     try:
         result = scenario.run()
     finally:
-        scenario.processes.stop_all()
+        scenario.processes.kill_all()
     print(json.dumps(result))
 
 
