@@ -15,13 +15,13 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.data
-from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.decode_resources import decode_nodes_missing, decode_resources
 from pipelines.ray_runtime import init_ray
 from pipelines.train_worker import epoch_clips, train_loop_per_worker
+from pipelines.validation_split import TrainAndValidationSplit
 from tin.data import DatasetInfo
 from tin.data.reader import storage_options_from_env
 from tin.train.config import TrainConfig, TrainingSetupError
@@ -54,33 +54,6 @@ def validation_clips(config: TrainConfig, info: DatasetInfo) -> ray.data.Dataset
     clips = clip_dataset(config, info, config.data.val_split, train=False)
     decoded_bytes = info.written(config.data.val_split) * config.data.num_segments * config.data.crop_size**2 * 3
     return clips.materialize() if decoded_bytes <= VALIDATION_CACHE_BYTES else clips
-
-
-class TrainAndValidationSplit(DataConfig):
-    """Splits "val" over the workers without dropping rows, so every validation clip is evaluated
-    exactly once per epoch, on the nodes that hold its blocks where they can (any other dataset as
-    Ray's ``DataConfig`` does; training's clips are no dataset here: every worker builds its part
-    of each epoch, ``pipelines.train_worker.epoch_clips``).
-
-    The execution options are given explicitly: Ray's default ones copy a deprecated field and
-    warn about it in every run."""
-
-    def __init__(self) -> None:
-        super().__init__(execution_options=ExecutionOptions())
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        # Ray Train configures one dataset at a time, when the workers first ask for it.
-        others = {name: dataset for name, dataset in datasets.items() if name != "val"}
-        output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
-        if "val" not in datasets:
-            return output
-        validation = datasets["val"].copy(datasets["val"])
-        validation.context.execution_options = ExecutionOptions()
-        for worker, split in enumerate(
-            validation.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
-        ):
-            output[worker]["val"] = split
-        return output
 
 
 def worker_cpus(config: TrainConfig) -> float:
