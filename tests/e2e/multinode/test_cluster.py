@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.decode_resources import DECODE_RESOURCE
-from tests.e2e.multinode.cluster_scenario import DECODE_CAP, DECODE_RUN_WORKER_CPUS, EPOCHS, HEAD_CPUS
+from tests.e2e.multinode.cluster_scenario import DECODE_CAP, EPOCHS, HEAD_CPUS, TRAIN_WORKER_CPUS
 from tests.ray_env import clean_env
 
 REPO = Path(__file__).resolve().parents[3]
@@ -71,11 +71,11 @@ def two_hosts() -> Iterator[Network]:
 
 def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hosts):
     """Under ray job submit: the MMiT release on S3 ingested by tasks on both nodes into shards
-    on S3; a run training on the head alone (a GPU node) with --decode-cpus-per-gpu-node decodes on
-    the worker node (a CPU-only node) too and never on more head CPUs than that; train_mmit.py with
-    one worker per node, checkpoints on S3, MLflow through a tracking server with its artifacts
-    served through it; the worker node killed after the first checkpoint and the run finished from
-    it on the head (--max-failures 1)."""
+    on S3; train_mmit.py with one worker per node, checkpoints on S3, MLflow through a tracking
+    server with its artifacts served through it, and --decode-cpus-per-gpu-node 1: the head (a GPU
+    node) decodes one task at a time though it has CPUs free, the worker node (a CPU-only node)
+    decodes too; the worker node killed after the first checkpoint and the run finished from it on
+    the head (--max-failures 1)."""
     workdir = Path(tempfile.mkdtemp(prefix="tin-cluster-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     try:
         command = [
@@ -106,12 +106,10 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
     assert prepare["returncode"] == 0 and "succeeded" in prepare["output"], prepare["output"]
     assert result["chunk_nodes"] == [HEAD_IP, WORKER_IP], "ingest tasks did not run on both nodes"
 
-    decode = result["decode"]
-    assert decode["submit"] == 0 and decode["status"] == "SUCCEEDED", decode["logs"]
-    assert any(f"1 worker on 1 node: {HEAD_IP} (rank 0)" in line for line in decode["placements"]), decode
-    assert decode["tasks"].get(WORKER_IP, 0) > 0, decode  # decoded where no training worker runs
+    decode = result["decode"]  # the training job's decode tasks
+    assert decode["tasks"].get(WORKER_IP, 0) > 0 and decode["tasks"].get(HEAD_IP, 0) > 0, decode
     assert decode["untimed"] == 0, decode
-    assert decode["most_at_once"].get(HEAD_IP, 0) <= DECODE_CAP < HEAD_CPUS - DECODE_RUN_WORKER_CPUS, decode
+    assert decode["most_at_once"].get(HEAD_IP, 0) <= DECODE_CAP < HEAD_CPUS - TRAIN_WORKER_CPUS, decode
     assert decode["asked"] == [f'{{"CPU": 1.0, "{DECODE_RESOURCE}": {1 / DECODE_CAP}}}'], decode
 
     train = result["train"]
