@@ -19,12 +19,14 @@ from tin.checkpoint import CHECKPOINT_FILE
 from tin.train.checkpoint import load_state
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS = 20  # tiny epochs of about a second: the run must outlast the other Ray's start and stop
+EPOCHS = 8  # the run must outlast the other Ray's start and stop (2 epochs of 8 had passed by then here)
 JOB_LINES = re.compile(
-    r"^(Ray: started a local Ray|.*\d+ workers? on \d+ nodes?: |.*epoch \d+/\d+  train_loss|finished |checkpoint: )"
+    r"^(Ray: started a local Ray|.*\d+ workers? on \d+ nodes?: |.*epoch \d+/\d+  train_loss|finished |checkpoint: "
+    r"|warning: |lr \d)"  # the job's own lines: its progress, its warning about the data, the learning rate it chose
 )
 RAY_LINES_ALLOWED = (
-    15  # the token-authentication note, Ray Train's PreemptionWatcher error line, one Ray Data progress block
+    15  # the token-authentication note, Ray Train's PreemptionWatcher error line, MLflow's note on pickled
+    # models, one Ray Data progress block (9 lines, 10 when it prints another progress line)
 )
 CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
 
