@@ -21,12 +21,11 @@ from pipelines import ray_internals
 from pipelines.decode_resources import DecodeResources, decode_resources
 from tin.checkpoint import CHECKPOINT_FILE
 from tin.data.batches import decode_shards
-from tin.data.epochs import Piece
+from tin.data.epochs import Piece, SplitShards
 from tin.data.facts import DatasetFacts
 from tin.train.config import TrainConfig
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
 from tin.train.progress import show_only_project_info
-from tin.train.setup import SplitShards
 
 PREFETCH_BATCHES = 2  # training batches each worker's iterator decodes ahead
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,3 +64,35 @@ def epoch_pieces(
         if offset >= end:
             break
     return pieces
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """A split as training reads it: the root's fsspec filesystem, every shard's (path, rows)
+    sorted by path, and ``decode_shards``' options for the split (``tin.train.setup.decode_options``).
+
+    Ray Train's controller unpickles it with the run's ``train_loop_config``: it lives here, in a
+    module without torch or MLflow, so that the controller does not import them."""
+
+    filesystem: Any
+    shards: tuple[tuple[str, int], ...]
+    options: dict[str, Any]
+
+    def pieces(self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[Piece]:
+        """Rank ``rank``'s part of the epoch from its ``skip``-th clip on (``tin.data.epochs``); in
+        evaluation, every shard whole, in path order."""
+        if not self.options["train"]:
+            return [Piece(path, 0, rows) for path, rows in self.shards]
+        return epoch_pieces(self.shards, self.options["seed"], epoch, rank, world, skip)
+
+    def clips(self) -> int:
+        return sum(rows for _, rows in self.shards)
+
+
+def piece_columns(pieces: list[Piece]) -> dict[str, np.ndarray]:
+    """Pieces as ``decode_shards``' batch: {"path", "start", "stop"}, one entry per piece."""
+    return {
+        "path": np.array([piece.path for piece in pieces], dtype=object),
+        "start": np.array([piece.start for piece in pieces], dtype=np.int64),
+        "stop": np.array([piece.stop for piece in pieces], dtype=np.int64),
+    }

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tin.checkpoint import CHECKPOINT_FILE
 from tin.data import DatasetInfo
 from tin.data.batches import decode_shards
-from tin.data.epochs import Piece
+from tin.data.epochs import Piece, SplitShards, piece_columns
 from tin.train.config import TrainConfig, TrainingSetupError, check_local
 from tin.train.loop import Batch, CheckpointWriter, run_training, shuffle_seed
-from tin.train.setup import CHECKPOINTS_KEPT, SplitShards, check_config, piece_columns, resolved_run, split_source
+from tin.train.setup import CHECKPOINTS_KEPT, check_config, resolved_run, split_source
 
 
 def train_locally(config: TrainConfig) -> dict[str, Any]:

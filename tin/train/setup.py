@@ -12,15 +12,14 @@ import os
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from tin import tracking
 from tin.data import DatasetInfo, load_dataset_info, open_root
-from tin.data.epochs import Piece, epoch_pieces
+from tin.data.epochs import SplitShards
 from tin.data.facts import DatasetFacts
 from tin.data.flips import NO_FLIP, direction_classes, mirror_pairs
 from tin.data.reader import storage_options_from_env
@@ -74,35 +73,6 @@ def split_shards(data: DataSettings, split: str) -> tuple[Any, list[str]]:
 
 
 FOOTER_READERS = 16  # shard footers read at once when a run lists its shards' rows (object stores answer slowly)
-
-
-@dataclass(frozen=True)
-class SplitShards:
-    """A split as training reads it: the root's fsspec filesystem, every shard's (path, rows)
-    sorted by path, and ``decode_shards``' options for the split (``decode_options``)."""
-
-    filesystem: Any
-    shards: tuple[tuple[str, int], ...]
-    options: dict[str, Any]
-
-    def pieces(self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[Piece]:
-        """Rank ``rank``'s part of the epoch from its ``skip``-th clip on (``tin.data.epochs``); in
-        evaluation, every shard whole, in path order."""
-        if not self.options["train"]:
-            return [Piece(path, 0, rows) for path, rows in self.shards]
-        return epoch_pieces(self.shards, self.options["seed"], epoch, rank, world, skip)
-
-    def clips(self) -> int:
-        return sum(rows for _, rows in self.shards)
-
-
-def piece_columns(pieces: list[Piece]) -> dict[str, np.ndarray]:
-    """Pieces as ``decode_shards``' batch: {"path", "start", "stop"}, one entry per piece."""
-    return {
-        "path": np.array([piece.path for piece in pieces], dtype=object),
-        "start": np.array([piece.start for piece in pieces], dtype=np.int64),
-        "stop": np.array([piece.stop for piece in pieces], dtype=np.int64),
-    }
 
 
 def split_source(config: TrainConfig, info: DatasetInfo, split: str, train: bool) -> SplitShards:
