@@ -43,6 +43,25 @@ def address_this_process_by_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+IDLE_WORKERS_KEPT_BEYOND_CPUS = 8
+"""Idle worker processes a local Ray keeps besides one per CPU (``local_worker_pool_config``)."""
+
+
+def local_worker_pool_config(cpus: int) -> dict[str, int]:
+    """``ray.init``'s ``_system_config`` for a local Ray of ``cpus`` CPUs: its raylet keeps up to
+    ``cpus + IDLE_WORKERS_KEPT_BEYOND_CPUS`` idle worker processes for the next tasks.
+
+    By default the raylet kills a worker idle for a second once more workers are idle than the
+    node has CPUs *available* (``num_workers_soft_limit``). While a training run's workers hold
+    the CPUs, that is none: every dataset the run starts (an epoch's stream, a validation, an
+    evaluation) started new worker processes, each importing torch and the decode code again (2
+    to 3 CPU seconds each). Read by the raylet from its system config (Ray 2.60); upstream:
+    https://github.com/ray-project/ray/issues/36669 (workers not reused) and
+    https://github.com/ray-project/ray/pull/36766 (the idle-worker limit as it is now).
+    """
+    return {"num_workers_soft_limit": cpus + IDLE_WORKERS_KEPT_BEYOND_CPUS}
+
+
 RAY_DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
 """The YAML file Ray Data configures its ``ray.data`` logger from, each time a process imports
 Ray Data or starts executing a dataset."""

@@ -28,6 +28,7 @@ from pipelines.ray_internals import (
     SINGLE_NODE_SWITCH,
     STATE_API_ADDRESS,
     address_this_process_by_loopback,
+    local_worker_pool_config,
 )
 from tin.errors import UsageError
 
@@ -92,7 +93,9 @@ def dashboard(context) -> str:
 
 def start_local_ray(num_cpus: int | None, attempts: int = 3):
     """A single-node Ray on 127.0.0.1 whose processes find their own dashboard, declaring the
-    decode resource of a GPU node (``pipelines.decode_resources``).
+    decode resource of a GPU node (``pipelines.decode_resources``) and keeping idle worker
+    processes for the next datasets while a run's workers hold the CPUs
+    (``local_worker_pool_config``).
 
     The dashboard port is chosen here, before Ray starts, so the address can go into the
     environment that the raylet, and through it every worker and actor, inherits. This process
@@ -114,6 +117,7 @@ def start_local_ray(num_cpus: int | None, attempts: int = 3):
             dashboard_port=port,
             logging_level=RAY_CONSOLE_LEVEL,
             runtime_env=WORKER_RUNTIME_ENV,
+            _system_config=local_worker_pool_config(num_cpus or os.cpu_count() or 1),
         )
         if context.dashboard_url == f"{LOOPBACK}:{port}":
             return context

@@ -122,3 +122,34 @@ def test_the_driver_and_every_worker_get_the_project_ray_data_settings(ray_sessi
 
     assert os.environ.get(RAY_DATA_USAGE_SWITCH) == "1"
     assert ray.get(worker_settings.remote()) == ("1", str(RAY_DATA_LOGGING_FILE), [logging.WARNING])
+
+
+def test_a_local_ray_keeps_idle_workers_while_a_run_holds_every_cpu(ray_session):
+    """With every CPU held (as a training run's workers hold them), a task's worker process idle
+    for longer than the raylet's one-second grace is still there for the next task
+    (``local_worker_pool_config``): by default the raylet keeps only as many idle workers as CPUs
+    are free, here none."""
+    import time
+
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        pytest.skip("the session attached to a Ray it did not start")
+
+    @ray.remote(num_cpus=0)
+    def worker_pid() -> int:
+        return os.getpid()
+
+    @ray.remote
+    class CpuHolder:
+        def ready(self) -> bool:
+            return True
+
+    holder = CpuHolder.options(num_cpus=ray.cluster_resources()["CPU"]).remote()
+    try:
+        ray.get(holder.ready.remote())
+        first = ray.get(worker_pid.remote())
+        time.sleep(3)  # the raylet looks for idle workers to kill every 200 ms
+        assert ray.get(worker_pid.remote()) == first
+    finally:
+        ray.kill(holder)
