@@ -29,6 +29,7 @@ CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.ray,
+    pytest.mark.own_ray,
     pytest.mark.skipif(not CAN_NAMESPACE, reason="needs root, ip(8) and unshare(1) for network namespaces"),
 ]
 
