@@ -3,14 +3,16 @@
     python -m tests.run [PYTEST_ARGS...]
 
 The tests of the session's Ray (``-m "ray and not own_ray"``: ingest, prediction, Ray Train and
-Tune runs, the jobs) run one after another in one process, as they must: two of them at once
-slowed each other several-fold (an ASHA search's first phase 107 s -> 385 s), close to their
-deadlines. The other process runs the rest: the tests without Ray (operators, models, the
-in-process learning checks, the kernels' builds) and the two that start a Ray of their own in
-namespaces of their own (``own_ray``: the two-node cluster, a run beside another Ray), which run
-beside the session's Ray as two experiments on one machine do. Both processes run torch on one
-thread (``OMP_NUM_THREADS``): with a thread per CPU in each, the in-process learning checks ran 5
-to 7 times slower, their OpenMP threads spinning against each other.
+Tune runs, the jobs, and the two-node cluster) run one after another in one process, as they
+must: two of them at once slowed each other several-fold (an ASHA search's first phase 107 s ->
+385 s), close to their deadlines. The two-node cluster starts Rays of its own, but it takes both
+CPUs for minutes: beside the other process it took 401 s instead of 217 s and the suite took
+longer. The other process runs the rest: the tests without Ray (operators, models, the
+in-process learning checks, the kernels' builds) and the run beside another Ray (``own_ray``: its
+Rays in a PID namespace of their own, beside the session's as two experiments on one machine
+are). Both processes run torch on one thread (``OMP_NUM_THREADS``): with a thread per CPU in
+each, the in-process learning checks ran 5 to 7 times slower, their OpenMP threads spinning
+against each other.
 
 Each process writes its output to a log, printed whole when it ends (the quicker one first), and
 gets a base temporary folder of its own. PYTEST_ARGS go to both (``-x``, ``-k EXPR``, ...). The exit

@@ -28,8 +28,7 @@ CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.ray,
-    pytest.mark.own_ray,
+    pytest.mark.ray,  # its own Ray, but it takes both CPUs for minutes: with the session's Ray tests (tests/run.py)
     pytest.mark.skipif(not CAN_NAMESPACE, reason="needs root, ip(8) and unshare(1) for network namespaces"),
 ]
 
