@@ -36,10 +36,11 @@ def test_logged_model_loads_in_a_fresh_process_with_the_eager_logits(tmp_path):
     classes = ["left", "right", "static"]
     checkpoint = write_checkpoint(tmp_path / "run", "tin_r18", str(tmp_path / "data"), classes)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(store)
-    mlflow.set_experiment("models")
-    with mlflow.start_run():
+    tracking.start_run(store, "models", "key", "run")  # its artifacts beside the store
+    try:
         info = tracking.log_video_model(read_checkpoint(checkpoint), registered_model_name="tin-test")
+    finally:
+        mlflow.end_run()
     assert info.registered_model_version == 1
     assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {
         "dtype": "float32",
