@@ -36,18 +36,15 @@ NO_TESTS_COLLECTED = 5
 
 @dataclass(frozen=True)
 class Stream:
-    """One pytest process of the suite: its name, marker expression and environment additions."""
+    """One pytest process of the suite: its name and marker expression."""
 
     name: str
     markers: str
-    env: dict[str, str]
 
 
+STREAMS = (Stream("ray", "ray and not own_ray"), Stream("rest", "not ray or own_ray"))
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-STREAMS = (
-    Stream("ray", "ray and not own_ray", ONE_THREAD),
-    Stream("rest", "not ray or own_ray", ONE_THREAD),
-)
+"""Added to both processes' environment (see the module docstring)."""
 
 
 def start(stream: Stream, pytest_args: list[str], workdir: Path) -> tuple[subprocess.Popen, Path]:
@@ -64,7 +61,7 @@ def start(stream: Stream, pytest_args: list[str], workdir: Path) -> tuple[subpro
         *pytest_args,
     ]
     process = subprocess.Popen(
-        command, cwd=REPO, env=os.environ | stream.env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        command, cwd=REPO, env=os.environ | ONE_THREAD, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     print(f"[{stream.name}] started: {' '.join(command[1:])}", flush=True)
     return process, log

@@ -52,8 +52,7 @@ def start_run(tracking_uri: str, experiment: str, run_key: str, run_name: str, p
         The run id; the run is active in this process.
     """
     mlflow.set_tracking_uri(tracking_uri)
-    create_experiment(tracking_uri, experiment)
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=experiment_id(tracking_uri, experiment))
     existing = find_run(tracking_uri, experiment, run_key)
     if existing:
         return mlflow.start_run(run_id=existing).info.run_id
@@ -65,26 +64,28 @@ def start_run(tracking_uri: str, experiment: str, run_key: str, run_name: str, p
 
 def local_artifact_root(tracking_uri: str) -> str | None:
     """Where the experiments of a local sqlite store keep their artifacts: ``mlartifacts`` beside
-    the database file. (MLflow's default, ``./mlruns`` in the working directory of whichever
-    process creates the experiment, mixes the artifacts of every store created in one folder.)
-    None for other stores, whose server or configuration decides."""
+    the database file, as a file URI. (MLflow's default, ``./mlruns`` in the working directory of
+    whichever process creates the experiment, mixes the artifacts of every store created in one
+    folder.) None for other stores, whose server or configuration decides."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
-def create_experiment(tracking_uri: str, experiment: str) -> None:
-    """Create ``experiment`` in the store unless it exists, its artifacts where
+def experiment_id(tracking_uri: str, experiment: str) -> str:
+    """The id of ``experiment`` in the store, created unless it exists, its artifacts where
     ``local_artifact_root`` says; another process creating it at the same time is fine."""
     client = MlflowClient(tracking_uri)
-    if client.get_experiment_by_name(experiment) is not None:
-        return
-    root = local_artifact_root(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
     try:
-        client.create_experiment(experiment, artifact_location=None if root is None else Path(root).as_uri())
+        return client.create_experiment(experiment, artifact_location=local_artifact_root(tracking_uri))
     except mlflow.exceptions.MlflowException:
-        if client.get_experiment_by_name(experiment) is None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
             raise
+        return found.experiment_id
 
 
 def training_run_key(storage_path: str, name: str) -> str:

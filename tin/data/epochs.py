@@ -79,7 +79,7 @@ class SplitShards:
     options: dict[str, Any]
 
     def pieces(self, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> list[Piece]:
-        """Rank ``rank``'s part of the epoch from its ``skip``-th clip on (``tin.data.epochs``); in
+        """Rank ``rank``'s part of the epoch from its ``skip``-th clip on (``epoch_pieces``); in
         evaluation, every shard whole, in path order."""
         if not self.options["train"]:
             return [Piece(path, 0, rows) for path, rows in self.shards]

@@ -13,8 +13,8 @@ checkpoints on S3 and MLflow over HTTP, and ``--decode-cpus-per-gpu-node 1``: th
 node", which declares one unit of the decode resource) decodes one task at a time while the worker
 node ("a CPU-only node") decodes too (Ray's state API says where and when each decode task ran);
 after the run's first checkpoint the worker node is killed and the run has to finish on the head
-from that checkpoint. Every process is stopped by
-its pid. Prints one JSON line with what the test checks.
+from that checkpoint. Every process is stopped by its pid. Prints one JSON line with what the test
+checks.
 """
 
 from __future__ import annotations
