@@ -1,8 +1,11 @@
 """Annotation lists sorted by class, as real releases ship them (and as the synthetic generator
 writes them), must give batches that mix classes: ingest permutes the rows before cutting shards,
-training re-permutes inside every shard. The batches are compared with i.i.d. draws, and a model
-trained from the sorted list with one trained from the same list shuffled (before ingest permuted
-the rows, a sorted list kept TIN at chance)."""
+training re-permutes inside every shard. The batches of an ingested sorted list are compared with
+i.i.d. draws, and a model trained from the sorted list with one trained from the same list
+shuffled (before ingest permuted the rows, a sorted list kept TIN at chance). The two trained roots
+are written by ``tests.roots.write_split``, ingest's row order and chunks without Ray Data (a test
+in tests/pipelines/test_ingest.py holds it to ingest's output), so the learning check runs beside
+the session's Ray tests instead of among them."""
 
 from __future__ import annotations
 
@@ -16,27 +19,28 @@ import pytest
 from pipelines.prepare import PrepareConfig, prepare_dataset
 from pipelines.synthetic import MOTIONS, SyntheticConfig, SyntheticFiles, generate_split
 from pipelines.training import training_clips
+from tests.roots import write_split
 from tin.config import from_flat
 from tin.data import load_dataset_info
 from tin.train.config import TrainConfig
 from tin.train.local import train_locally
 
 
-def ingest_list(files: SyntheticFiles, synthetic: SyntheticConfig, split: str, output: str, chunk_size: int) -> None:
-    """Ingest a generated split from its annotation list, which is sorted by class."""
-    prepare_dataset(
-        PrepareConfig(
-            format="generic",
-            annotations=str(files.annotations),
-            classes=str(files.classes),
-            video_root=str(files.annotations.parent),
-            split=split,
-            output=output,
-            frames=synthetic.frames,
-            short_side=synthetic.size,
-            chunk_size=chunk_size,
-        ),
-        log=lambda line: None,
+def list_config(
+    files: SyntheticFiles, synthetic: SyntheticConfig, split: str, output: str, chunk_size: int
+) -> PrepareConfig:
+    """The prepare config that ingests a generated split from its annotation list (sorted by class
+    as generated)."""
+    return PrepareConfig(
+        format="generic",
+        annotations=str(files.annotations),
+        classes=str(files.classes),
+        video_root=str(files.annotations.parent),
+        split=split,
+        output=output,
+        frames=synthetic.frames,
+        short_side=synthetic.size,
+        chunk_size=chunk_size,
     )
 
 
@@ -48,9 +52,8 @@ def expected_distinct(frequencies: np.ndarray, batch_size: int) -> float:
 def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session, tmp_path):
     motions = MOTIONS[:8]
     synthetic = SyntheticConfig(num_clips=8 * 12, frames=8, size=32, motions=motions)
-    ingest_list(
-        generate_split(tmp_path / "videos", "train", synthetic), synthetic, "train", str(tmp_path / "ds"), chunk_size=16
-    )
+    files = generate_split(tmp_path / "videos", "train", synthetic)
+    prepare_dataset(list_config(files, synthetic, "train", str(tmp_path / "ds"), chunk_size=16), log=lambda line: None)
     info = load_dataset_info(str(tmp_path / "ds"))
     config = from_flat(
         TrainConfig,
@@ -80,10 +83,10 @@ def test_batches_from_a_class_sorted_list_mix_classes_like_iid_draws(ray_session
 
 
 @pytest.mark.slow
-def test_a_class_sorted_list_trains_as_well_as_the_same_list_shuffled(ray_session, tmp_path):
-    """TIN-R18 from scratch on left / right / static, one root ingested from the class-sorted
-    list and one from the same lines shuffled, trained alike in this process: the same accuracy
-    within 0.15, both far above chance (a sorted root of one-class shards would not learn)."""
+def test_a_class_sorted_list_trains_as_well_as_the_same_list_shuffled(tmp_path):
+    """TIN-R18 from scratch on left / right / static, one root written as ingest writes it from the
+    class-sorted list and one from the same lines shuffled, trained alike in this process: the same
+    accuracy within 0.15, both far above chance (a sorted root of one-class shards would not learn)."""
     motions = ("left", "right", "static")
     sizes = {"train": 180, "val": 45}
     files = {
@@ -100,10 +103,9 @@ def test_a_class_sorted_list_trains_as_well_as_the_same_list_shuffled(ray_sessio
     accuracy = {}
     for order, listed in (("sorted", files["train"].annotations), ("shuffled", shuffled_list)):
         root = str(tmp_path / order)
-        ingest_list(
-            SyntheticFiles(listed, files["train"].classes), SyntheticConfig(frames=8, size=32), "train", root, 16
-        )
-        ingest_list(files["val"], SyntheticConfig(frames=8, size=32), "val", root, 16)
+        stored = SyntheticConfig(frames=8, size=32)
+        write_split(list_config(SyntheticFiles(listed, files["train"].classes), stored, "train", root, 16))
+        write_split(list_config(files["val"], stored, "val", root, 16))
         summary = train_locally(
             from_flat(
                 TrainConfig,
