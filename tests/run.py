@@ -14,6 +14,12 @@ are). Both processes run torch on one thread (``OMP_NUM_THREADS``): with a threa
 each, the in-process learning checks ran 5 to 7 times slower, their OpenMP threads spinning
 against each other.
 
+Both processes write the bytecode of the modules they import (``PYTHONDONTWRITEBYTECODE``, which
+some machines set, is left out of their environment): the README's test command installs with
+``pip --no-compile``, which saves compiling every installed module (about 40 s of a fresh
+install), so the first process that imports a module compiles it, once, instead of every
+process, each Ray worker included, compiling its imports again.
+
 Each process writes its output to a log, printed whole when it ends (the quicker one first), and
 gets a base temporary folder of its own. PYTEST_ARGS go to both (``-x``, ``-k EXPR``, ...). The exit
 status is the first failing process's, or 0; a process that selected no test (pytest's 5) fails
@@ -44,7 +50,13 @@ class Stream:
 
 STREAMS = (Stream("ray", "ray and not own_ray"), Stream("rest", "not ray or own_ray"))
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-"""Added to both processes' environment (see the module docstring)."""
+NO_BYTECODE = "PYTHONDONTWRITEBYTECODE"
+
+
+def stream_environment() -> dict[str, str]:
+    """Both processes' environment: this one's with torch on one thread and bytecode written (see
+    the module docstring)."""
+    return {name: value for name, value in os.environ.items() if name != NO_BYTECODE} | ONE_THREAD
 
 
 def start(stream: Stream, pytest_args: list[str], workdir: Path) -> tuple[subprocess.Popen, Path]:
@@ -61,7 +73,7 @@ def start(stream: Stream, pytest_args: list[str], workdir: Path) -> tuple[subpro
         *pytest_args,
     ]
     process = subprocess.Popen(
-        command, cwd=REPO, env=os.environ | ONE_THREAD, stdout=log.open("w"), stderr=subprocess.STDOUT
+        command, cwd=REPO, env=stream_environment(), stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     print(f"[{stream.name}] started: {' '.join(command[1:])}", flush=True)
     return process, log

@@ -1,11 +1,15 @@
-"""The suite runner's exit status (tests/run.py): a failure in either process fails the run; a
-process that selected no test does not, unless neither selected any."""
+"""The suite runner (tests/run.py): its exit status (a failure in either process fails the run; a
+process that selected no test does not, unless neither selected any), the markers that split the
+suite, and the processes' environment."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.run import NO_TESTS_COLLECTED, STREAMS, exit_status
+from tests.run import NO_TESTS_COLLECTED, STREAMS, exit_status, stream_environment
 
 
 @pytest.mark.parametrize(
@@ -26,3 +30,13 @@ def test_the_first_failing_process_decides(codes, status):
 
 def test_the_two_processes_split_the_suite_by_the_ray_markers():
     assert sorted(stream.markers for stream in STREAMS) == ["not ray or own_ray", "ray and not own_ray"]
+
+
+def test_the_processes_run_torch_on_one_thread_and_write_bytecode(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    environment = stream_environment()
+    (tmp_path / "probe_module.py").write_text("VALUE = 1\n")
+    probe = [sys.executable, "-c", "import probe_module"]
+    subprocess.run(probe, cwd=tmp_path, env=environment | {"PYTHONPATH": str(tmp_path)}, check=True)
+    assert environment["OMP_NUM_THREADS"] == "1"
+    assert list((tmp_path / "__pycache__").glob("probe_module.*.pyc"))
