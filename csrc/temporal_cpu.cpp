@@ -15,8 +15,13 @@
 // interlaced channels), then the networks' backward per clip, then grad_x in one pass that adds
 // the descriptor's gradient to the interlace's. The parameters' gradients are sums over clips in a
 // fixed order: every result is deterministic.
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -10,7 +10,7 @@
 // at a few blocks, so the kernels' grid-stride loops walk the rest as they do for huge grids.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <condition_variable>
