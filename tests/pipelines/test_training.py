@@ -174,8 +174,11 @@ def test_two_workers_train_ila_with_a_weight_average_then_resume_continues_the_r
 def test_two_workers_train_a_compiled_tin_accumulating_in_lockstep_and_checkpoint_the_plain_module(
     ray_session, single_label_root, tmp_path
 ):
-    """--compile: DDP wraps the compiled model on each worker (the first step compiles it, minutes
-    on 2 CPUs); the checkpoint holds the plain module's names and loads into an uncompiled model.
+    """--compile: DDP wraps the compiled model on each worker (the first step compiles it); the
+    checkpoint holds the plain module's names and loads into an uncompiled model. The backend is
+    aot_eager: Dynamo's capture with DDP's graph split at bucket boundaries and AOT autograd, all of
+    the compiled path but Inductor's code generation, which tests/tin compiles in process (a
+    minute per worker on 2 CPUs here).
     With --grad-accum-steps 2: 18 clips per rank in micro-batches of 2 make 9 micro-batches, 4
     optimiser steps (the ninth micro-batch dropped on both ranks), and the all-reduces of the two
     ranks meet (a rank waiting on one the other skips would hang the run). The run also takes Ray
@@ -190,6 +193,7 @@ def test_two_workers_train_a_compiled_tin_accumulating_in_lockstep_and_checkpoin
         batch_size=4,
         grad_accum_steps=2,
         compile=True,
+        compile_backend="aot_eager",
         val_split=None,
         shuffle_buffer=12,
     )
@@ -204,7 +208,8 @@ def test_two_workers_train_a_compiled_tin_accumulating_in_lockstep_and_checkpoin
     model, _ = load_model(latest_checkpoint(config))
     assert model.state_dict().keys() == state.model.keys()
     client, run = mlflow_run(config)
-    assert run.data.params["config.compile"] == "True" and run.data.params["config.shuffle_buffer"] == "12"
+    assert run.data.params["config.compile"] == "True" and run.data.params["config.compile_backend"] == "aot_eager"
+    assert run.data.params["config.shuffle_buffer"] == "12"
     assert run.data.params["config.grad_accum_steps"] == "2"
     assert metric_steps(client, run, "train_loss") == [1] and not [key for key in run.data.metrics if "val_" in key]
 

@@ -34,6 +34,10 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("bf16", "fp16", "fp32")
 """``--precision``: the forward passes under bfloat16 or float16 autocast (float16 with a gradient
 scaler), or float32 throughout."""
+COMPILE_BACKENDS = ("inductor", "aot_eager")
+"""``--compile-backend``, the first the default: TorchInductor's generated kernels, or Dynamo's graph
+capture and AOT autograd without code generation (PyTorch's first step in telling a problem of
+Inductor from one of tracing, and a compiled run that starts in seconds)."""
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's, for the workers' bundles
 DECODE_CPUS_PER_GPU_NODE_MAX = 100
 """The largest ``--decode-cpus-per-gpu-node``: a decode task asks for 1/N of a GPU node's one unit
@@ -558,6 +562,13 @@ class ScalingSettings:
         help="torch.compile the model for the training steps (the first step of a run compiles it, which takes "
         "a minute or more; worth it on GPUs for long runs); validation stays eager",
     )
+    compile_backend: str | None = setting(
+        None,
+        choices=COMPILE_BACKENDS,
+        help="torch.compile's backend with --compile: inductor (generated kernels) or aot_eager (graph capture and "
+        "AOT autograd without code generation, to tell a problem of Inductor from one of tracing)",
+        unset=COMPILE_BACKENDS[0],
+    )
 
     precision: str | None = setting(
         None,
@@ -589,11 +600,19 @@ class ScalingSettings:
                 f"--decode-cpus-per-gpu-node must be a number of CPUs from 1 to {DECODE_CPUS_PER_GPU_NODE_MAX}, got "
                 f"{cap}; leave it unset to let decode tasks take any free CPU"
             )
+        if self.compile_backend is not None and not self.compile:
+            raise TrainingSetupError(
+                f"--compile-backend {self.compile_backend} chooses the backend of --compile; add --compile"
+            )
         if self.precision == "fp16" and not self.use_gpu:
             raise TrainingSetupError(
                 "--precision fp16 needs --use-gpu: float16 autocast and its gradient scaler are for GPUs; train on "
                 "the CPU with --precision fp32 (the default there) or bf16"
             )
+
+    def chosen_compile_backend(self) -> str:
+        """``compile_backend``, or where unset the default (``COMPILE_BACKENDS``)."""
+        return self.compile_backend or COMPILE_BACKENDS[0]
 
     def chosen_precision(self) -> str:
         """``precision``, or where unset the device's: bf16 with a GPU, fp32 on the CPU."""

@@ -126,7 +126,8 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
     model = policy.prepare_model(model)
     # On the device; DDP over several ranks, around the compiled module with --compile. ``model``
     # stays the plain module: checkpoints, validation and the average use it.
-    placed = session.place_model(compiled_for_training(model) if config.scaling.compile else model)
+    backend = config.scaling.chosen_compile_backend()
+    placed = session.place_model(compiled_for_training(model, backend) if config.scaling.compile else model)
     if ema is not None:
         ema.to(device)
 

@@ -180,8 +180,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         group.update(implementation)
 
 
-def compiled_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``model`` compiled with ``torch.compile``, to run the training steps.
+def compiled_for_training(model: nn.Module, backend: str) -> nn.Module:
+    """``model`` compiled with ``torch.compile`` and ``backend`` (one of
+    ``tin.train.config.COMPILE_BACKENDS``), to run the training steps.
 
     The result shares ``model``'s parameters and buffers. Wrap it, not ``model``, in DDP: PyTorch
     recommends compiling the module inside the wrapper, and Dynamo still splits the graph at DDP's

@@ -10,7 +10,7 @@ import torch
 
 from tin.config import from_flat, parse_config
 from tin.models import build_model
-from tin.train.config import TrainConfig
+from tin.train.config import TrainConfig, TrainingSetupError
 from tin.train.schedule import build_scheduler
 from tin.train.step import TrainingStep, build_optimizer, compiled_for_training, fused_optimizer, load_optimizer_state
 
@@ -69,6 +69,14 @@ def test_the_compile_flag_parses_and_is_logged_with_the_config():
     assert config.scaling.compile is True and config.to_dict()["scaling"]["compile"] is True
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert parse_config(TrainConfig, ["--data", "d", "--compile", "--no-compile"]).scaling.compile is False
+    assert config.scaling.chosen_compile_backend() == "inductor"
+    aot = parse_config(TrainConfig, ["--data", "d", "--compile", "--compile-backend", "aot_eager"])
+    assert aot.scaling.chosen_compile_backend() == aot.to_dict()["scaling"]["compile_backend"] == "aot_eager"
+
+
+def test_a_compile_backend_without_compile_is_a_usage_error_naming_both_flags():
+    with pytest.raises(TrainingSetupError, match=r"--compile-backend aot_eager chooses the backend of --compile"):
+        parse_config(TrainConfig, ["--data", "d", "--compile-backend", "aot_eager"]).validate()
 
 
 def training_step(model: torch.nn.Module, runs: torch.nn.Module) -> TrainingStep:
