@@ -37,6 +37,7 @@ ADDED_SINCE_FORMAT_1 = {
     "log_every": 50,
     "keep_best": None,
     "decode_cpus_per_gpu_node": None,
+    "compile_backend": None,
 }
 """Settings that format-1 records predate, with the values they read as (the regularisation ones
 unset: the family's recipe)."""
