@@ -41,7 +41,7 @@ HEAD_CPUS, WORKER_CPUS = 5, 2
 # The head stands for a GPU node, the worker node for a CPU-only node (pipelines.decode_resources).
 HEAD_DECODE, WORKER_DECODE = {DECODE_RESOURCE: GPU_NODE_DECODE_UNITS}, {DECODE_RESOURCE: WORKER_CPUS}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-EPOCHS = 2
+EPOCHS = 3
 RUN = "tin_mmit_cluster"
 DECODE_CAP = 1
 """--decode-cpus-per-gpu-node: decode tasks at a time on the head."""
