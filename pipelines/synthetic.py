@@ -19,8 +19,10 @@ from ``seed`` and the split name.
 from __future__ import annotations
 
 import json
+import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,19 +167,38 @@ def render_clip(motions: Sequence[str], config: SyntheticConfig, rng: np.random.
     return np.clip(video, 0, 255).astype(np.uint8)
 
 
+@contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy and priority on leaving.
+
+    SVT-AV1 (PyAV's ``libsvtav1`` encoder) raises the thread that opens it to real-time
+    ``SCHED_FIFO`` priority 99 wherever it may (as root) and leaves it there. The process, and every
+    process it starts afterwards, Ray workers and jobs included, then runs ahead of all of the
+    machine's ordinary work: one busy such process held a CPU to itself and slowed everything
+    else sharing the machine several-fold.
+    """
+    policy, parameters = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, parameters):
+            os.sched_setscheduler(0, policy, parameters)
+
+
 def write_video(
     path: str | Path, frames: np.ndarray, fps: int, codec: str = "libx264", all_intra: bool = False
 ) -> None:
     """Encode uint8 (T, H, W, 3) RGB (H, W even) with PyAV, single-threaded; the container
     follows the file extension (.mp4, .avi, .webm, .mkv). ``codec``: any FFmpeg encoder name
     (libx264, mpeg4, libvpx-vp9, libsvtav1, ...). ``all_intra`` codes every frame as a key frame.
+    The calling thread keeps its scheduling policy (``scheduling_kept``).
     """
     import av
 
     options = {"crf": "18", "preset": "fast"} if codec == "libx264" else {}
     if all_intra:
         options["g"] = "1"
-    with av.open(str(path), mode="w") as container:
+    with scheduling_kept(), av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"

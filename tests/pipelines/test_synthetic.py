@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -19,6 +23,7 @@ from pipelines.synthetic import (
 from tin.data import probe_video, read_video_clip
 
 MIRRORS = [("left", "right"), ("up", "down"), ("approach", "recede"), ("rotate_cw", "rotate_ccw")]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = SyntheticConfig(num_clips=9, frames=8, size=32, noise=0.0)
 
 
@@ -123,3 +128,22 @@ def test_single_frames_do_not_reveal_the_direction():
     left = [motion_trajectory("left", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)]
     right = [motion_trajectory("right", 16, 64, np.random.default_rng(s)).centre[:, 0] for s in range(50)]
     np.testing.assert_allclose(np.sort(np.concatenate(left)), np.sort(np.concatenate(right)))
+
+
+def test_an_av1_encoding_leaves_the_process_at_its_own_scheduling_priority(tmp_path):
+    """SVT-AV1 raises the thread that opens it to real-time SCHED_FIFO 99 where it may (as root);
+    write_video puts it back, so the process and what it starts later share the CPUs as before.
+    Checked in a fresh interpreter, so that a failure cannot leave this one real-time."""
+    probe = (
+        "import json, os, sys, numpy as np\n"
+        "from pipelines.synthetic import write_video\n"
+        "def policy(): return [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]\n"
+        "before = policy()\n"
+        "write_video(sys.argv[1], np.zeros((4, 32, 32, 3), np.uint8), 12, codec='libsvtav1')\n"
+        "print(json.dumps([before, policy()]))\n"
+    )
+    command = [sys.executable, "-c", probe, str(tmp_path / "clip.mkv")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert after == before == [os.SCHED_OTHER, 0]
+    assert (tmp_path / "clip.mkv").stat().st_size > 0
