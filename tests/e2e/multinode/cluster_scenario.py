@@ -410,7 +410,7 @@ class Scenario:
             spans.setdefault(node_ips.get(task.node_id, str(task.node_id)), []).extend(executed[:1] or [(0.0, 0.0)])
         return {
             "tasks": {node: len(executed) for node, executed in spans.items()},
-            "untimed": sum(span == (0.0, 0.0) for executed in spans.values() for span in executed),
+            "untimed": {node: sum(span == (0.0, 0.0) for span in executed) for node, executed in spans.items()},
             "most_at_once": {node: most_at_once(executed) for node, executed in spans.items()},
             "asked": sorted(asked),
         }

@@ -108,7 +108,9 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
 
     decode = result["decode"]  # the training job's decode tasks
     assert decode["tasks"].get(WORKER_IP, 0) > 0 and decode["tasks"].get(HEAD_IP, 0) > 0, decode
-    assert decode["untimed"] == 0, decode
+    # Every decode task on the head has its execution span. The killed node's last task events can
+    # die with it (a task that finished there just before the kill, its profile not yet reported).
+    assert decode["untimed"].get(HEAD_IP, 0) == 0, decode
     assert decode["most_at_once"].get(HEAD_IP, 0) <= DECODE_CAP < HEAD_CPUS - TRAIN_WORKER_CPUS, decode
     assert decode["asked"] == [f'{{"CPU": 1.0, "{DECODE_RESOURCE}": {1 / DECODE_CAP}}}'], decode
 
