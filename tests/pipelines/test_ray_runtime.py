@@ -19,7 +19,9 @@ from tin.checkpoint import CHECKPOINT_FILE
 from tin.train.checkpoint import load_state
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS = 12  # the run must outlast the other Ray's start and stop (2 of 8 had passed by then alone; beside the Ray tests at nice 10, 8 were too few once)
+# The run must outlast the other Ray's start and stop: 2 epochs of 8 had passed by then alone, but
+# beside the Ray tests at nice 10, 8 were too few once.
+EPOCHS = 12
 JOB_LINES = re.compile(
     r"^(Ray: started a local Ray|.*\d+ workers? on \d+ nodes?: |.*epoch \d+/\d+  train_loss|finished |checkpoint: "
     r"|warning: |lr \d)"  # the job's own lines: its progress, its warning about the data, the learning rate it chose
