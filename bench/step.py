@@ -36,7 +36,7 @@ from tin.config import from_flat
 from tin.models import build_model
 from tin.models.build import model_family
 from tin.ops import compiled_devices
-from tin.train.config import TrainConfig
+from tin.train.config import COMPILE_BACKENDS, TrainConfig
 from tin.train.schedule import build_scheduler
 from tin.train.step import ExecutionPolicy, TrainingStep, build_optimizer, compiled_for_training
 
@@ -233,7 +233,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="also time the ResNets torch.compile'd (default: on GPU yes, on CPU no)",
     )
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick)")
+    parser.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default=COMPILE_BACKENDS[0],
+        help="torch.compile backend (aot_eager: quick)",
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps first, the first compiles (default 3 GPU, 2 CPU)")
     parser.add_argument("--repeat", type=int, help="timed steps per case (default 15 on GPU, 5 on CPU)")
     parser.add_argument("--json", help="write the figures to this JSON file (for bench/gpu.py's summary)")

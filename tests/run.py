@@ -12,11 +12,9 @@ in-process learning checks, the kernels' builds) and the run beside another Ray 
 Rays in a PID namespace of their own, beside the session's as two experiments on one machine
 are). Both processes run torch on one thread (``OMP_NUM_THREADS``): with a thread per CPU in
 each, the in-process learning checks ran 5 to 7 times slower, their OpenMP threads spinning
-against each other. The second process runs at a lower CPU priority (nice 10): the Ray process
-is the longer one and the machine's CPUs are what both wait for. A Ray run keeps about 70 % of
-them busy, so the other process's tests run in what it leaves idle instead of slowing it: side by
-side at equal priority, Ray tests ran 1.5 to 4 times slower than alone, whichever part of the
-suite they met.
+against each other. The second process runs at a lower CPU priority (nice 10): the Ray tests
+are the suite's longest chain, one after another, and a Ray run keeps only about 70 % of the CPUs
+busy, so the other process's tests take what it leaves idle instead of slowing it.
 
 Both processes write the bytecode of the modules they import (``PYTHONDONTWRITEBYTECODE``, which
 some machines set, is left out of their environment): the README's test command installs with

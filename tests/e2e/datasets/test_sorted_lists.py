@@ -100,10 +100,10 @@ def test_a_class_sorted_list_trains_as_well_as_the_same_list_shuffled(tmp_path):
     assert sum(a != b for a, b in itertools.pairwise(labels)) == len(motions) - 1  # one run of lines per class
     shuffled_list = files["train"].annotations.with_name("train_shuffled.jsonl")
     shuffled_list.write_text("\n".join(random.Random(0).sample(lines, len(lines))) + "\n")
+    stored = SyntheticConfig(frames=8, size=32)
     accuracy = {}
     for order, listed in (("sorted", files["train"].annotations), ("shuffled", shuffled_list)):
         root = str(tmp_path / order)
-        stored = SyntheticConfig(frames=8, size=32)
         write_split(list_config(SyntheticFiles(listed, files["train"].classes), stored, "train", root, 16))
         write_split(list_config(files["val"], stored, "val", root, 16))
         summary = train_locally(
