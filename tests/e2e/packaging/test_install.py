@@ -64,6 +64,8 @@ def test_a_wheel_in_a_fresh_venv_compiles_and_runs_the_kernels(tmp_path):
     assert (venv_site / "tin" / "ops" / "csrc" / "temporal_cpu.cpp").is_file()
 
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TIN_DISABLE_EXTENSION")}
+    env["TIN_EXTENSION_DIR"] = str(tmp_path / "extensions")  # a build of the wheel's sources, not the user's cache
     done = subprocess.run([str(python), "-c", RUN_THE_OP], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "kernels ['cpu'" in done.stdout
+    assert list((tmp_path / "extensions").glob("tin_ops_*/tin_ops_*.so")), "the venv did not build its own library"
