@@ -181,20 +181,56 @@ def cuda_toolkit() -> ToolkitSearch:
     return find_cuda_toolkit()
 
 
-def cxx_compiler() -> str:
-    """The C++ compiler PyTorch builds with (CXX, else c++), as the file it resolves to and that
-    file's modification time, so that installing or replacing it makes another build key."""
-    name = os.environ.get("CXX", "c++")
-    found = shutil.which(name)
+def build_search_path() -> str:
+    """The PATH builds run with: this process's, behind the folder of the ninja that this Python
+    environment installed (the ``ninja`` package, a dependency), so that every process of one
+    environment builds with the same ninja whatever its own PATH.
+
+    PyTorch runs the first ``ninja`` on PATH, and ninja 1.12 changed how its build log hashes the
+    commands: a ninja of another version finds every command changed and rebuilds the whole
+    library. Processes of one environment with and without its ``bin/`` on PATH (a test process and
+    the jobs it starts, a job's driver and its Ray workers) rebuilt each other's library in turn,
+    each build replacing it in place while the others waited on the lock."""
+    path = os.environ.get("PATH", os.defpath)
+    try:
+        import ninja
+    except ImportError:
+        return path
+    return os.pathsep.join([ninja.BIN_DIR, path]) if ninja.BIN_DIR else path
+
+
+@contextmanager
+def searching(path: str) -> Iterator[None]:
+    """Run the body with ``path`` as this process's PATH (PyTorch's build looks its tools up there)."""
+    before = os.environ.get("PATH")
+    os.environ["PATH"] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = before
+
+
+def build_tool(name: str) -> str:
+    """The tool ``name`` a build runs (looked up on ``build_search_path()``), as the file it resolves
+    to and that file's modification time, so that installing or replacing it makes another build key."""
+    found = shutil.which(name, path=build_search_path())
     if found is None:
         return f"{name} (not found)"
     path = Path(found).resolve()
     return f"{path} {path.stat().st_mtime_ns}"
 
 
+def cxx_compiler() -> str:
+    """The C++ compiler PyTorch builds with (CXX, else c++): ``build_tool``'s description of it."""
+    return build_tool(os.environ.get("CXX", "c++"))
+
+
 def build_key(with_cuda: bool) -> dict[str, str]:
     """Everything a build's outcome depends on: sources, flags, the PyTorch installation, build kind and toolchain
-    (the C++ compiler; with CUDA also the toolkit, its nvcc version and the target architectures)."""
+    (the C++ compiler and ninja; with CUDA also the toolkit, its nvcc version and the target architectures)."""
     digest = hashlib.sha256()
     for source in _sources(with_cuda) + HEADERS:
         digest.update((CSRC / source).read_bytes())
@@ -206,6 +242,7 @@ def build_key(with_cuda: bool) -> dict[str, str]:
         "torch": f"{torch.__version__} {Path(torch.__file__).parent}",
         "kind": "cpu+cuda" if with_cuda else "cpu",
         "cxx": cxx_compiler(),
+        "ninja": build_tool("ninja"),
     }
     if with_cuda:
         root = cuda_toolkit().root
@@ -314,17 +351,18 @@ def _compile_and_load(folder: Path, with_cuda: bool) -> None:
     module = cpp_extension()
     if with_cuda:  # replaces PyTorch's guess from its import
         module.CUDA_HOME = str(cuda_toolkit().root)
-    module.load(
-        name=folder.name,
-        sources=[str(CSRC / source) for source in _sources(with_cuda)],
-        extra_cflags=list(CXX_FLAGS),
-        extra_cuda_cflags=list(NVCC_FLAGS),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(folder),
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=os.environ.get("TIN_VERBOSE_BUILD") == "1",
-    )
+    with searching(build_search_path()):
+        module.load(
+            name=folder.name,
+            sources=[str(CSRC / source) for source in _sources(with_cuda)],
+            extra_cflags=list(CXX_FLAGS),
+            extra_cuda_cflags=list(NVCC_FLAGS),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(folder),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=os.environ.get("TIN_VERBOSE_BUILD") == "1",
+        )
 
 
 @contextmanager

@@ -41,7 +41,7 @@ def load() -> object:
     digest.update(f"{THREADS} {torch.__version__} {Path(torch.__file__).parent}".encode())
     folder = _extension.cache_root() / f"tin_emulated_{digest.hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
-    with _extension.exclusive(folder / "tin.lock"):
+    with _extension.exclusive(folder / "tin.lock"), _extension.searching(_extension.build_search_path()):
         _extension.cpp_extension().load(
             name=folder.name,
             sources=[str(HERE / "cuda_emulation.cpp"), str(_extension.CSRC / "temporal_ops.cpp")],

@@ -123,6 +123,20 @@ def test_build_is_cached_under_its_key():
     assert any(folder.glob("*.so")) and not (folder / _extension.FAILURE_RECORD).exists()
 
 
+def test_processes_with_and_without_the_environments_bin_on_path_load_one_build():
+    """A job started with the environment's bin/ first on PATH and a process without it (another
+    ninja first, or none) load the same library: neither rebuilds it."""
+    devices = _extension.load()
+    assert "cpu" in devices
+    library = next(_extension.build_folder(_extension.build_key(with_cuda="cuda" in devices)).glob("*.so"))
+    built = library.stat().st_mtime_ns
+    environment_bin = str(Path(sys.executable).parent)
+    others = [entry for entry in os.environ["PATH"].split(os.pathsep) if entry != environment_bin]
+    for path in (os.pathsep.join([environment_bin, *others]), os.pathsep.join(others)):
+        assert run_fallback_script(PATH=path)["devices"] == sorted(devices)
+        assert library.stat().st_mtime_ns == built, f"PATH={path} rebuilt the library"
+
+
 def make_toolkit(root: Path, *, runtime: bool = True) -> Path:
     """A fake CUDA toolkit: bin/nvcc (prints a version), include/cuda_runtime.h and, unless
     ``runtime`` is False, lib64/libcudart.so.12."""
