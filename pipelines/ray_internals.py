@@ -8,8 +8,10 @@ the internal, when one of them moves.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow.fs
+if TYPE_CHECKING:  # every Ray worker imports this module through its setup hook; most never need pyarrow
+    import pyarrow.fs
 
 SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Off (``0``), a Ray process addresses its node by 127.0.0.1 instead of the machine's routable
