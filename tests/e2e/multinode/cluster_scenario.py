@@ -14,7 +14,7 @@ node", which declares one unit of the decode resource) decodes one task at a tim
 node ("a CPU-only node") decodes too (Ray's state API says where and when each decode task ran);
 after the run's first checkpoint the worker node is killed and the run has to finish on the head
 from that checkpoint. Every process is stopped by its pid. Prints one JSON line with what the test
-checks.
+checks and when each phase ended (the test prints those times).
 """
 
 from __future__ import annotations
@@ -144,6 +144,11 @@ class Scenario:
         }
         self.worker_env = base | {"GLOO_SOCKET_IFNAME": worker_if}
         self.processes = Processes()
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}  # when each phase ended, from the start
+
+    def reached(self, phase: str) -> None:
+        self.seconds[phase] = round(time.monotonic() - self.started, 1)
 
     # ---- services and nodes ---------------------------------------------------------------
 
@@ -311,6 +316,7 @@ class Scenario:
             client_kwargs={"endpoint_url": self.s3, "region_name": "us-east-1"},
         )
         fs.put(str(release), "releases/", recursive=True)
+        self.reached("release on S3")
         self.start_mlflow()  # starts while the Ray nodes do
         self.start_head()
         worker = self.start_worker()
@@ -324,6 +330,7 @@ class Scenario:
         wait_until(
             lambda: listening(self.head_ip, MLFLOW_PORT), "the MLflow server", logs=(self.workdir / "mlflow.log",)
         )
+        self.reached("nodes and MLflow up")
 
         prepared = self.submit(
             "prepare_mmit.py",
@@ -332,6 +339,7 @@ class Scenario:
             submission_id="prepare",
         )
         markers = [json.loads(fs.cat(path)) for path in fs.glob("datasets/mmit/_ingest/train/done-*.json")]
+        self.reached("prepare job")
 
         submitted = self.submit(
             "train_mmit.py",
@@ -361,15 +369,23 @@ class Scenario:
         )
         killed_at = len(fs.glob(f"runs/{RUN}/checkpoint_*/checkpoint.pt"))
         self.processes.kill(worker)  # the node dies: its raylet, workers and tasks
+        self.reached("first checkpoint")
         wait_until(
             lambda: self.job_status("train") not in ("RUNNING", "PENDING"), "the training job to end", timeout_s=900
         )
+        self.reached("training job")
         logs = self.job_logs("train")
         lines = logs.splitlines()
+        decode = self.decode_tasks("train")
+        self.reached("decode tasks listed")
+        checkpoint = self.latest_checkpoint(fs)
+        self.reached("checkpoint read")
+        mlflow = self.mlflow_record()
+        self.reached("MLflow read back")
         return {
             "prepare": {"returncode": prepared.returncode, "output": prepared.stdout[-6000:] + prepared.stderr[-2000:]},
             "chunk_nodes": sorted({marker["node"] for marker in markers}),
-            "decode": self.decode_tasks("train"),
+            "decode": decode,
             "train": {
                 "submit": submitted.returncode,
                 "status": self.job_status("train"),
@@ -379,8 +395,9 @@ class Scenario:
                 "checkpoints": [line for line in lines if "checkpoint: " in line],
                 "checkpoints_when_killed": killed_at,
             },
-            "checkpoint": self.latest_checkpoint(fs),
-            "mlflow": self.mlflow_record(),
+            "checkpoint": checkpoint,
+            "mlflow": mlflow,
+            "seconds": self.seconds,
         }
 
     def decode_tasks(self, submission_id: str) -> dict:

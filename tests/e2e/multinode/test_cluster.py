@@ -99,6 +99,7 @@ def test_two_nodes_ingest_to_s3_train_across_them_and_survive_losing_one(two_hos
         done = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=1500)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"two-node scenario, seconds from its start to the end of each phase: {result['seconds']}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
