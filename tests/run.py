@@ -2,21 +2,20 @@
 
     python -m tests.run [PYTEST_ARGS...]
 
-The tests of the session's Ray (``-m "ray and not own_ray"``: ingest, prediction, Ray Train and
-Tune runs, the jobs, and the two-node cluster) run one after another in one process, as they
-must: two of them at once slowed each other several-fold (an ASHA search's first phase 107 s ->
-385 s), close to their deadlines. The two-node cluster starts Rays of its own, but it takes both
-CPUs for minutes: beside the other process it took 401 s instead of 217 s and the suite took
-longer. The other process runs the rest: the tests without Ray (operators, models, the
-in-process learning checks, the kernels' builds) and the run beside another Ray (``own_ray``: its
-Rays in a PID namespace of their own, beside the session's as two experiments on one machine
-are). Both processes run torch on one thread (``OMP_NUM_THREADS``): with a thread per CPU in
-each, the in-process learning checks ran 5 to 7 times slower, their OpenMP threads spinning
-against each other. The second process runs at nice 10: below the Ray tests' own processes and
-Ray's services, above Ray's worker processes (training workers, decode tasks, actors), which Ray
-starts at nice 15 (its ``worker_niceness``). The suite is bound by its CPU time (the two CPUs are
-busy about 92 % of a run), and this split ends the two processes together; at nice 19 the Ray
-process ended 190 s before the other, which then ran alone on one CPU.
+The tests that run Ray (``-m ray``: the session's Ray for ingest, prediction, Ray Train and Tune
+runs and the jobs; Rays of their own for the two-node cluster and the run beside another Ray) run
+one after another in one process, as they must: two of them at once slowed each other
+several-fold (an ASHA search's first phase 107 s -> 385 s), close to their deadlines. The
+two-node cluster takes both CPUs for minutes: beside the other process it took 401 s instead of
+217 s and the suite took longer. The other process runs the tests without Ray (operators,
+models, the in-process learning checks, the kernels' builds). Both processes run torch on one
+thread (``OMP_NUM_THREADS``): with a thread per CPU in each, the in-process learning checks ran 5
+to 7 times slower, their OpenMP threads spinning against each other. The second process runs at
+nice 10: below the Ray tests' own processes and Ray's services, above Ray's worker processes
+(training workers, decode tasks, actors), which Ray starts at nice 15 (its ``worker_niceness``).
+The suite is bound by its CPU time (the two CPUs are busy about 90 % of a run), and this split
+ends the two processes together; at nice 19 the Ray process ended 190 s before the other, which
+then ran alone on one CPU.
 
 Both processes write the bytecode of the modules they import (``PYTHONDONTWRITEBYTECODE``, which
 some machines set, is left out of their environment): the README's test command installs with
@@ -54,7 +53,7 @@ class Stream:
     niceness: int = 0
 
 
-STREAMS = (Stream("ray", "ray and not own_ray"), Stream("rest", "not ray or own_ray", niceness=10))
+STREAMS = (Stream("ray", "ray"), Stream("rest", "not ray", niceness=10))
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 NO_BYTECODE = "PYTHONDONTWRITEBYTECODE"
 

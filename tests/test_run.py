@@ -29,9 +29,9 @@ def test_the_first_failing_process_decides(codes, status):
 
 
 def test_the_two_processes_split_the_suite_by_the_ray_markers_and_the_ray_tests_come_first_for_the_cpus():
-    assert sorted(stream.markers for stream in STREAMS) == ["not ray or own_ray", "ray and not own_ray"]
+    assert sorted(stream.markers for stream in STREAMS) == ["not ray", "ray"]
     priority = {stream.markers: stream.niceness for stream in STREAMS}
-    assert priority["ray and not own_ray"] < priority["not ray or own_ray"]
+    assert priority["ray"] < priority["not ray"]
 
 
 def test_the_processes_run_torch_on_one_thread_and_write_bytecode(monkeypatch, tmp_path):

@@ -38,7 +38,6 @@ CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
 
 @pytest.mark.slow
 @pytest.mark.ray  # its job starts a local Ray (its root no longer brings the session's)
-@pytest.mark.own_ray  # in a PID namespace of its own
 @pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare(1) for a PID namespace of its own")
 def test_a_run_survives_another_local_ray_started_and_stopped_beside_it(single_label_root, tmp_path):
     """Ray Train's placement-group cleaner asks the state API every second whether the run's
