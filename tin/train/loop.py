@@ -37,8 +37,8 @@ from tin.models.protocol import video_model
 from tin.safe_load import CheckpointError
 from tin.train.best import BestCheckpoints
 from tin.train.checkpoint import TrainingState, load_state, save_state
-from tin.train.config import TrainConfig
-from tin.train.distributed import all_reduce_sum, gather_objects, gather_rows
+from tin.train.config import CheckpointInterval, TrainConfig
+from tin.train.distributed import all_reduce_sum, distributed, gather_objects, gather_rows
 from tin.train.progress import EpochLog, RunRecorder, logger
 from tin.train.schedule import build_scheduler
 from tin.train.step import (
@@ -246,11 +246,10 @@ class StepHooks:
     ) -> None:
         self.session, self.config, self.facts, self.step = session, config, facts, step
         self.recorder, self.steps_per_epoch = recorder, steps_per_epoch
-        self.interval = config.tracking.checkpoint_interval()
+        self.schedule = CheckpointSchedule(config.tracking.checkpoint_interval(), step.device)
         self.window = StepWindow(step.device)
         self.epoch, self.epoch_step = 0, 0
         self.history: list[dict[str, float]] = []
-        self.checkpointed()
 
     @property
     def global_step(self) -> int:
@@ -265,7 +264,7 @@ class StepHooks:
 
     def checkpointed(self) -> None:
         """A checkpoint was just written: the minutes of ``--checkpoint-every`` count from now."""
-        self.last_checkpoint = time.monotonic()
+        self.schedule.restart()
 
     def __call__(self, loss_sum: torch.Tensor, clips: int, waited: float) -> None:
         self.epoch_step += 1
@@ -275,19 +274,9 @@ class StepHooks:
             metrics = self.window.reduced()
             self.recorder.steps_logged({**metrics, "lr": self.step.optimizer.param_groups[0]["lr"]}, self.global_step)
             self.window.restart()
-        if self.epoch_step < self.steps_per_epoch and self.checkpoint_due():
+        if self.epoch_step < self.steps_per_epoch and self.schedule.due(self.global_step):
             self.write_mid_epoch_checkpoint()
         seed_step(self.config.seed, self.session.rank, self.global_step)
-
-    def checkpoint_due(self) -> bool:
-        """Whether ``--checkpoint-every`` asks for a checkpoint after this step; every rank gets the
-        same answer (after so many minutes: when any rank's clock says so)."""
-        if self.interval is None:
-            return False
-        if self.interval.steps is not None:
-            return self.global_step % self.interval.steps == 0
-        due = float(time.monotonic() - self.last_checkpoint >= (self.interval.seconds or 0.0))
-        return all_reduce_sum(torch.tensor([due], device=self.step.device)).item() > 0
 
     def write_mid_epoch_checkpoint(self) -> None:
         """Report the checkpoint of the run after this step, inside epoch ``epoch``, on every rank."""
@@ -307,6 +296,41 @@ class StepHooks:
             writer = partial(write_checkpoint, state, self.config, self.facts)
         self.session.report({"epoch": self.epoch, "epoch_step": self.epoch_step, MID_EPOCH: 1}, writer)
         self.checkpointed()
+
+
+CLOCK_CHECK_STEPS = 8
+"""How often ranks compare their clocks for a ``--checkpoint-every`` in minutes, in optimiser
+steps: agreeing takes a collective and a wait for the device, which on every step would keep the
+host from queueing the next step while the device runs this one. A checkpoint comes at most this
+many steps after its minutes have passed."""
+
+
+class CheckpointSchedule:
+    """When ``--checkpoint-every`` asks for a checkpoint inside an epoch. Every rank gets the same
+    answer, as every rank must report it: after N steps, on the run's steps that N divides; after
+    N minutes, on the first step the clocks are compared after any rank's clock says so (every
+    step in a single process, every ``CLOCK_CHECK_STEPS`` steps across ranks)."""
+
+    def __init__(self, interval: CheckpointInterval | None, device: torch.device) -> None:
+        self.interval, self.device = interval, device
+        self.restart()
+
+    def restart(self) -> None:
+        """A checkpoint was just written: the minutes count from now."""
+        self.last_checkpoint = time.monotonic()
+
+    def due(self, global_step: int) -> bool:
+        """Whether to checkpoint after the run's step ``global_step`` (1-based)."""
+        if self.interval is None:
+            return False
+        if self.interval.steps is not None:
+            return global_step % self.interval.steps == 0
+        passed = time.monotonic() - self.last_checkpoint >= (self.interval.seconds or 0.0)
+        if not distributed():
+            return passed
+        if global_step % CLOCK_CHECK_STEPS:
+            return False
+        return all_reduce_sum(torch.tensor([float(passed)], device=self.device)).item() > 0
 
 
 class StepWindow:

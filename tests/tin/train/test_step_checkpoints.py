@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 
 from tests.tin.train.runs import REPO, job_flags, latest_checkpoint, mlflow_run, tiny_config
 from tin.checkpoint import CHECKPOINT_FILE
@@ -22,6 +24,7 @@ from tin.data.epochs import epoch_pieces, shard_order
 from tin.train.checkpoint import load_state
 from tin.train.config import CheckpointInterval, TrainConfig, TrainingSetupError
 from tin.train.local import checkpoint_folders, train_locally
+from tin.train.loop import CLOCK_CHECK_STEPS, CheckpointSchedule
 
 STEPS_PER_EPOCH = 36 // 8  # single_label_root's training clips, batches of 8
 
@@ -118,6 +121,47 @@ def test_checkpoint_intervals_read_steps_or_minutes():
     assert interval("30m") == CheckpointInterval(seconds=1800.0) and interval("0.5m") == CheckpointInterval(
         seconds=30.0
     )
+
+
+def minutes_decisions(rank: int, late_rank: int) -> list[bool]:
+    """Whether a 1-minute ``CheckpointSchedule`` checkpoints after each of the run's first 3 *
+    ``CLOCK_CHECK_STEPS`` steps, on ``rank``; rank ``late_rank``'s clock starts two minutes late,
+    so its minute has passed from the first step on. A due step restarts the clock, as the
+    checkpoint it writes does."""
+    schedule = CheckpointSchedule(CheckpointInterval(seconds=60.0), torch.device("cpu"))
+    if rank == late_rank:
+        schedule.last_checkpoint -= 120
+    decisions = []
+    for step in range(1, 3 * CLOCK_CHECK_STEPS + 1):
+        decisions.append(schedule.due(step))
+        if decisions[-1]:
+            schedule.restart()
+    return decisions
+
+
+def rank_of_two(rank: int, folder: Path) -> None:
+    """Rank ``rank`` of a gloo group of two: its decisions go to ``folder``/rank-<rank>.txt."""
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)
+    try:
+        decisions = minutes_decisions(rank, late_rank=1)
+    finally:
+        dist.destroy_process_group()
+    (folder / f"rank-{rank}.txt").write_text(" ".join(str(int(due)) for due in decisions))
+
+
+def test_checkpoints_by_the_minute_are_due_on_every_rank_at_once_and_checked_every_few_steps(tmp_path):
+    """One rank's clock says the minute has passed; both ranks checkpoint, on the first step the
+    clocks are compared (a rank that reported alone would hang the run), and only then."""
+    torch.multiprocessing.spawn(rank_of_two, args=(tmp_path,), nprocs=2)
+    expected = [step == CLOCK_CHECK_STEPS for step in range(1, 3 * CLOCK_CHECK_STEPS + 1)]
+    for rank in range(2):
+        decisions = [bool(int(due)) for due in (tmp_path / f"rank-{rank}.txt").read_text().split()]
+        assert decisions == expected, rank
+    alone = minutes_decisions(0, late_rank=0)  # one process: its own clock, on every step
+    assert alone == [True] + (3 * CLOCK_CHECK_STEPS - 1) * [False]
+    by_steps = CheckpointSchedule(CheckpointInterval(steps=5), torch.device("cpu"))
+    assert [step for step in range(1, 21) if by_steps.due(step)] == [5, 10, 15, 20]
+    assert not any(CheckpointSchedule(None, torch.device("cpu")).due(step) for step in range(1, 21))
 
 
 def test_an_accumulated_run_resumed_inside_an_epoch_ends_with_the_uninterrupted_weights(single_label_root, tmp_path):
