@@ -111,13 +111,13 @@ def epoch_clips(source: SplitShards, pieces: list[Piece], epoch: int, resources:
     rank's epoch is a fixed sequence of clips, so a run resumed inside it can skip exactly those it
     trained on."""
     items = [{"path": piece.path, "start": piece.start, "stop": piece.stop} for piece in pieces]
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     clips = ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
         decode_shards,
         batch_size=1,
         fn_kwargs={"filesystem": source.filesystem, "epoch": epoch, **source.options},
         **resources.map_batches_args(),
     )
+    clips.context.execution_options.preserve_order = True  # this dataset's copy of the process's context
     return without_progress_output(clips)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import ray.data
 import torch
 
 from pipelines.decode_resources import DecodeResources, decode_resources
@@ -75,6 +76,7 @@ def test_two_ranks_read_the_halves_of_the_epoch_in_order(ray_session, single_lab
     resumed = epoch_clips(source, source.pieces(2, 1, 2, skip=8), 2, DecodeResources())
     resumed = [row["clips"].tobytes() for row in resumed.iter_rows()]
     assert resumed == whole[26:]  # a resumed rank reads the rest of its half
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order  # only these datasets'
 
 
 def test_validation_takes_the_true_segment_centres_and_training_every_frame_of_each_segment(
