@@ -200,12 +200,15 @@ def run_training(config: TrainConfig, facts: DatasetFacts, session: Session) -> 
             ema=None if ema is None else ema.state_dict(),
             grad_scaler=None if step.scaler is None else step.scaler.state_dict(),
         )
-        if best is not None:  # before the report: a run that stops between the two trains the epoch again
+        # Everything of the epoch is recorded before its checkpoint: a run that stops between the
+        # two trains and records the epoch again, where one that stopped after the checkpoint would
+        # start again with nothing left to train and never record it.
+        if best is not None:
             best.consider(state.epoch, log.metrics, partial(write_checkpoint, state, config, facts))
+        recorder.epoch_done(log, state.history, validated, model)
+        recorder.best_kept(best, state.epoch)
         report_epoch(session, state, config, facts)
         hooks.checkpointed()
-        recorder.epoch_done(log, state.history)
-        recorder.best_kept(best, state.epoch)
     recorder.finish(validated, state)
     return state
 

@@ -120,13 +120,22 @@ class RunRecorder:
         if self.enabled:
             mlflow.log_metrics({f"{STEP_PREFIX}{name}": value for name, value in metrics.items()}, step=step)
 
-    def epoch_done(self, log: EpochLog, history: list[dict[str, float]]) -> None:
+    def epoch_done(self, log: EpochLog, history: list[dict[str, float]], *models) -> None:
+        """Print the epoch's line and log its metrics, the training curves of ``history`` and the
+        plot of what the temporal modules learned, from the first of ``models`` that has run (the
+        validated model, then the trained one: with a weight average and no validation only the
+        trained one ran)."""
         if not self.enabled:
             return
         self.epoch_seconds.append(log.seconds)
         logger.info(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)))
         mlflow.log_metrics(log.metrics, step=log.epoch)
         mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
+        stats = next((stats for stats in (model.temporal_stats() for model in models) if stats), None)
+        if stats is not None:
+            kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))
+            plot, artifact = viz.TEMPORAL_PLOTS[kind]
+            mlflow.log_figure(plot(stats), artifact)
 
     def best_kept(self, best: BestCheckpoints | None, epoch: int) -> None:
         """After epoch ``epoch`` (1-based) was offered to ``best`` (None: the run keeps no best
@@ -143,7 +152,7 @@ class RunRecorder:
     def finish(self, model, state: TrainingState) -> None:
         """Log the final model (as the raw checkpoint model/checkpoint.pt and as the MLflow model
         ``tracking.MODEL_NAME`` of the same weights, registered under ``--register-model`` where
-        it names a model) and the learned offsets/weights plot, and end the run."""
+        it names a model), and end the run."""
         if not self.enabled:
             return
         with tempfile.TemporaryDirectory(prefix="tin-model-") as directory:
@@ -153,9 +162,4 @@ class RunRecorder:
             )
             mlflow.log_artifact(str(path), "model")
             tracking.log_video_model(read_checkpoint(path), self.config.tracking.register_model)
-        stats = model.temporal_stats()
-        if stats:
-            kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))
-            plot, artifact = viz.TEMPORAL_PLOTS[kind]
-            mlflow.log_figure(plot(stats), artifact)
         mlflow.end_run()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,36 @@ def test_jobs_train_local_trains_in_a_subprocess_without_importing_ray(single_la
         "48",
     )
     assert "lr 0.003333: resnet recipe from scratch 0.02 for 48 clips x 8/48 (linear)" in job.stdout
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_a_run_stopped_after_its_last_checkpoint_and_started_again_has_its_offsets_plot(single_label_root, tmp_path):
+    """A run that dies after its last checkpoint (while it logs its model, say) has nothing left to
+    train when started again, so none of its TIN blocks runs again: the epoch's metrics, curves and
+    the plot of the blocks' offsets and weights are logged before the epoch's checkpoint."""
+    config = local_config(single_label_root, tmp_path, "stopped", epochs=1)
+    command = [sys.executable, "jobs/train.py", "--local", *job_flags(config)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_dir = Path(config.tracking.storage_path) / config.tracking.name
+    job = subprocess.Popen(command, cwd=REPO, env=environment, stderr=subprocess.DEVNULL)
+    while not checkpoint_folders(run_dir) and job.poll() is None:
+        time.sleep(0.02)
+    job.kill()
+    assert job.wait() == -signal.SIGKILL, "the run ended before it was stopped"
+    plots = {"plots/temporal_offsets_weights.png", "plots/training_curves.png"}
+    client, run = mlflow_run(config)
+    assert plots <= {artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
+    assert metric_steps(client, run, "val_top1") == [1]
+
+    again = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "epoch 1/1" not in again.stderr  # nothing trained: the checkpoint held the last epoch
+    client, run = mlflow_run(config)
+    assert run.info.status == "FINISHED" and "model/checkpoint.pt" in {
+        artifact.path for artifact in client.list_artifacts(run.info.run_id, "model")
+    }
+    assert plots <= {artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
+    assert metric_steps(client, run, "val_top1") == [1]  # once: the epoch was not trained again
 
 
 @pytest.mark.parametrize(
