@@ -121,16 +121,19 @@ class RunRecorder:
             mlflow.log_metrics({f"{STEP_PREFIX}{name}": value for name, value in metrics.items()}, step=step)
 
     def epoch_done(self, log: EpochLog, history: list[dict[str, float]], *models) -> None:
-        """Print the epoch's line and log its metrics, the training curves of ``history`` and the
-        plot of what the temporal modules learned, from the first of ``models`` that has run (the
-        validated model, then the trained one: with a weight average and no validation only the
-        trained one ran)."""
+        """Print the epoch's line and log its metrics and the training curves of ``history``; after
+        the last epoch also the plot of what the temporal modules learned, from the first of
+        ``models`` that has run (the validated model, then the trained one: with a weight average
+        and no validation only the trained one ran). That plot takes about half a second, which
+        many short epochs would feel."""
         if not self.enabled:
             return
         self.epoch_seconds.append(log.seconds)
         logger.info(log.line(sum(self.epoch_seconds) / len(self.epoch_seconds)))
         mlflow.log_metrics(log.metrics, step=log.epoch)
         mlflow.log_figure(viz.plot_training_curves(history), "plots/training_curves.png")
+        if log.epoch < log.epochs:
+            return
         stats = next((stats for stats in (model.temporal_stats() for model in models) if stats), None)
         if stats is not None:
             kind = next(key for key in viz.TEMPORAL_PLOTS if key in next(iter(stats.values())))
