@@ -79,7 +79,7 @@ QUICK = {
     "motions": ("left", "right", STATIC),
     "train_clips": 240,
     "val_clips": 60,
-    "epochs": 5,
+    "epochs": 4,
 }
 """The CI-sized demo (``--quick``): TIN and TSN on one mirrored pair plus static, few clips and
 epochs; still enough for TIN to tell left from right while TSN cannot."""
