@@ -3,7 +3,10 @@
 The library is compiled on first use with ``torch.utils.cpp_extension`` into a cache folder named after
 a hash of everything the build depends on (``build_key``: the sources and flags, the PyTorch version,
 the build kind and the toolchain), so later processes only load it. Builders of one folder take turns
-on a lock in it: of several Ray workers starting together one builds, the others then load.
+on a lock in it: of several Ray workers starting together one builds, the others then load. The build
+compiles copies of the sources kept in that folder (``staged_sources``), not the files where this
+package happens to be: ninja rebuilds whatever it compiled from another path, and every ``ray job
+submit --working-dir`` unpacks the code at a new one.
 
 A failed build is recorded in its folder (``FAILURE_RECORD``: the key and the error), and processes
 that find the record skip the build after one warning naming it, instead of each compiling for
@@ -347,14 +350,28 @@ def _stopped_by_a_signal(error: Exception) -> bool:
     return cause.returncode < 0 or NINJA_INTERRUPTED in output
 
 
+def staged_sources(folder: Path, with_cuda: bool) -> Path:
+    """``folder``/csrc holding the build's sources and headers as in ``CSRC``; a file is written
+    only where it is missing or differs, since a new modification time makes ninja compile again."""
+    staged = folder / "csrc"
+    staged.mkdir(exist_ok=True)
+    for name in _sources(with_cuda) + HEADERS:
+        text = (CSRC / name).read_bytes()
+        copy = staged / name
+        if not copy.is_file() or copy.read_bytes() != text:
+            copy.write_bytes(text)
+    return staged
+
+
 def _compile_and_load(folder: Path, with_cuda: bool) -> None:
     module = cpp_extension()
     if with_cuda:  # replaces PyTorch's guess from its import
         module.CUDA_HOME = str(cuda_toolkit().root)
+    sources = staged_sources(folder, with_cuda)
     with searching(build_search_path()):
         module.load(
             name=folder.name,
-            sources=[str(CSRC / source) for source in _sources(with_cuda)],
+            sources=[str(sources / source) for source in _sources(with_cuda)],
             extra_cflags=list(CXX_FLAGS),
             extra_cuda_cflags=list(NVCC_FLAGS),
             extra_ldflags=["-fopenmp"],

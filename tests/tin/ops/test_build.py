@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import tin
 from tin.ops import _extension
 
 FALLBACK_SCRIPT = """
 import json, warnings, torch
+import tin
 from tin.ops import compiled_devices, interlace, interlace_reference
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -25,20 +27,25 @@ with warnings.catch_warnings(record=True) as caught:
     x, offset, weight = torch.randn(8, 4, 2, 2), torch.randn(2, 2), torch.rand(2, 4, 2)
     same = torch.equal(interlace(x, offset, weight, 4), interlace_reference(x, offset, weight, 4))
 tin_warnings = [str(w.message) for w in caught if str(w.message).startswith("tin:")]
-print(json.dumps({"devices": sorted(devices), "same": same, "warnings": tin_warnings}))
+print(json.dumps({"devices": sorted(devices), "same": same, "warnings": tin_warnings, "tin": tin.__file__}))
 """
 
 CUDA_BUILD_ATTEMPTED = torch.cuda.is_available() and torch.version.cuda is not None
 BUILD_VARIABLES = ("CXX", "TIN_DISABLE_EXTENSION", _extension.REBUILD_VARIABLE)
 
 
-def run_fallback_script(**env: str) -> dict:
-    """Runs FALLBACK_SCRIPT in a fresh process with ``env`` over this one's environment (less the
-    variables that steer the build); returns its devices, whether the op matched the reference, and
-    its tin warnings."""
+def run_fallback_script(cwd: Path | None = None, **env: str) -> dict:
+    """Runs FALLBACK_SCRIPT in a fresh process in ``cwd`` with ``env`` over this one's environment
+    (less the variables that steer the build); returns its devices, whether the op matched the
+    reference, its tin warnings and the file of the ``tin`` it imported."""
     inherited = {name: value for name, value in os.environ.items() if name not in BUILD_VARIABLES}
     result = subprocess.run(
-        [sys.executable, "-c", FALLBACK_SCRIPT], env={**inherited, **env}, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", FALLBACK_SCRIPT],
+        cwd=cwd,
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
@@ -63,7 +70,7 @@ def test_missing_compiler_gives_one_warning_per_build_and_the_reference(tmp_path
 @pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_disabled_extension_uses_the_reference(tmp_path):
     outcome = run_fallback_script(TIN_DISABLE_EXTENSION="1", TIN_EXTENSION_DIR=str(tmp_path))
-    assert outcome == {"devices": [], "same": True, "warnings": []}
+    assert (outcome["devices"], outcome["same"], outcome["warnings"]) == ([], True, [])
 
 
 @pytest.mark.slow
@@ -135,6 +142,20 @@ def test_processes_with_and_without_the_environments_bin_on_path_load_one_build(
     for path in (os.pathsep.join([environment_bin, *others]), os.pathsep.join(others)):
         assert run_fallback_script(PATH=path)["devices"] == sorted(devices)
         assert library.stat().st_mtime_ns == built, f"PATH={path} rebuilt the library"
+
+
+def test_the_code_unpacked_at_another_path_loads_the_same_build(tmp_path):
+    """As ``ray job submit --working-dir`` runs a job: the code unpacked at a new path. The build
+    compiled the copy of the sources in its cache folder, so ninja finds nothing to redo."""
+    devices = _extension.load()
+    library = next(_extension.build_folder(_extension.build_key(with_cuda="cuda" in devices)).glob("*.so"))
+    built = library.stat().st_mtime_ns
+    package = tmp_path / "_ray_pkg_0123"
+    shutil.copytree(Path(tin.__file__).parent, package / "tin", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(_extension.CSRC, package / "csrc")
+    outcome = run_fallback_script(cwd=package, PYTHONPATH=str(package))
+    assert outcome["tin"] == str(package / "tin" / "__init__.py")
+    assert outcome["devices"] == sorted(devices) and library.stat().st_mtime_ns == built, "rebuilt the library"
 
 
 def make_toolkit(root: Path, *, runtime: bool = True) -> Path:
